@@ -1,0 +1,207 @@
+"""Self-describing safetensors checkpoints and the pickle-free resumable training state.
+
+A model checkpoint's metadata holds everything needed to rebuild and use the model:
+``{"format": "vitrain", "arch": {...ViTConfig...}, "classes": [...], "img_size",
+"in_chans", "mean", "std", "crop_pct", ...}``. Every write goes to a temporary file in the
+same folder, is flushed to disk and then renamed over the target, so a crash leaves
+either the old file or the new one, never a torn one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save as safetensors_bytes
+from torch import nn
+
+from .models.vit import ViTConfig, VisionTransformer
+
+FORMAT = "vitrain"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, unreadable, not vitrain's, or does not fit the model."""
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a synced temporary file and an atomic rename."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:  # pragma: no cover - some filesystems cannot sync folders
+        pass
+
+
+def _save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    # safetensors refuses shared or non-contiguous storage; checkpoints own their bytes
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
+    atomic_write_bytes(path, safetensors_bytes(tensors, metadata=metadata))
+
+
+def _read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from None
+    return tensors, metadata
+
+
+def model_metadata(model: VisionTransformer, **meta: Any) -> dict[str, Any]:
+    """The metadata dict for ``model``: its architecture plus ``meta`` (classes, preprocessing)."""
+    cfg = model.config
+    return {"format": FORMAT, "format_version": FORMAT_VERSION, "arch": cfg.to_dict(),
+            "img_size": cfg.img_size, "in_chans": cfg.in_chans, **model.meta, **meta}
+
+
+def save_model(path: str | Path, model: VisionTransformer, **meta: Any) -> None:
+    """Save weights and self-description; ``meta`` adds to (or overrides) ``model.meta``."""
+    metadata = model_metadata(model, **meta)
+    _save_tensors(Path(path), model.state_dict(), {"vitrain": json.dumps(metadata)})
+
+
+def read_model_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Weights and metadata of a vitrain model checkpoint."""
+    tensors, raw = _read_tensors(Path(path))
+    if "vitrain" not in raw:
+        raise CheckpointError(
+            f"{path}: a safetensors file without vitrain metadata (not written by vitrain); "
+            "foreign ViT weights are loaded through their converters instead")
+    meta = json.loads(raw["vitrain"])
+    if meta.get("format") != FORMAT or int(meta.get("format_version", 0)) > FORMAT_VERSION:
+        raise CheckpointError(f"{path}: unsupported checkpoint format {meta.get('format')!r} "
+                              f"version {meta.get('format_version')!r}")
+    return tensors, meta
+
+
+def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """Load ``state_dict`` strictly, with an error that lists mismatching keys and shapes."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    wrong = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
+             for k in sorted(set(own) & set(state_dict)) if own[k].shape != state_dict[k].shape]
+    if missing or unexpected or wrong:
+        parts = []
+        if wrong:
+            parts.append("shape mismatch: " + "; ".join(wrong[:4]))
+        if missing:
+            parts.append(f"missing keys: {', '.join(missing[:4])}" + (" ..." if len(missing) > 4 else ""))
+        if unexpected:
+            parts.append(f"unexpected keys: {', '.join(unexpected[:4])}" + (" ..." if len(unexpected) > 4 else ""))
+        raise CheckpointError(f"{source} does not match the model: " + "; ".join(parts))
+    model.load_state_dict(state_dict)
+
+
+def model_from_checkpoint(path: str | Path) -> VisionTransformer:
+    """Rebuild the model described by a vitrain checkpoint and load its weights."""
+    tensors, meta = read_model_checkpoint(path)
+    try:
+        config = ViTConfig(**meta["arch"])
+    except (TypeError, ValueError, KeyError) as err:
+        raise CheckpointError(f"{path}: invalid architecture in metadata ({err})") from None
+    model = VisionTransformer(config)
+    load_weights(model, tensors, str(path))
+    model.meta = {k: v for k, v in meta.items() if k not in ("format", "format_version", "arch")}
+    return model
+
+
+def resolve_checkpoint_path(source: str | Path) -> Path:
+    """A checkpoint file, or a run folder (its ``best.safetensors``, else ``last.safetensors``)."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        for name in ("best.safetensors", "last.safetensors"):
+            if (path / name).is_file():
+                return path / name
+        raise CheckpointError(f"{path}: a folder without best.safetensors or last.safetensors")
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint file or run folder")
+    return path
+
+
+def load_model(source: str | Path) -> VisionTransformer:
+    """Load a trained model from a vitrain checkpoint file or run folder, in eval mode.
+
+    Class names and preprocessing are on ``model.meta``. (Foreign pretrained weights are
+    read through :mod:`vitrain.models.convert`.)
+    """
+    path = resolve_checkpoint_path(source)
+    if path.suffix != ".safetensors":
+        raise CheckpointError(f"{path}: unknown checkpoint format (vitrain checkpoints are .safetensors)")
+    return model_from_checkpoint(path).eval()
+
+
+# ------------------------------------------------------------------ resumable training state
+
+def _flatten(obj: Any, tensors: dict[str, torch.Tensor], prefix: str) -> Any:
+    """Replace every tensor in a nested structure by a reference into ``tensors``."""
+    if isinstance(obj, torch.Tensor):
+        tensors[prefix] = obj
+        return {"__tensor__": prefix}
+    if isinstance(obj, dict):
+        if not all(isinstance(k, (str, int)) for k in obj):
+            raise TypeError(f"cannot store dict keys of type {[type(k) for k in obj]}")
+        # JSON keys are strings: remember which were ints (optimizer state is keyed by int)
+        return {"__dict__": [[k, _flatten(v, tensors, f"{prefix}.{k}")] for k, v in obj.items()]}
+    if isinstance(obj, (list, tuple)):
+        return [_flatten(v, tensors, f"{prefix}.{i}") for i, v in enumerate(obj)]
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"cannot store {type(obj).__name__} at {prefix} in the training state")
+
+
+def _unflatten(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(obj, dict):
+        if "__tensor__" in obj:
+            return tensors[obj["__tensor__"]]
+        return {k: _unflatten(v, tensors) for k, v in obj["__dict__"]}
+    if isinstance(obj, list):
+        return [_unflatten(v, tensors) for v in obj]
+    return obj
+
+
+def save_state(path: str | Path, state: dict[str, Any]) -> None:
+    """Save a nested dict of tensors and plain values (model, optimizer, RNG ...) atomically.
+
+    Tensors go into safetensors, everything else into its JSON metadata: nothing is pickled.
+    """
+    tensors: dict[str, torch.Tensor] = {}
+    skeleton = _flatten(state, tensors, "s")
+    _save_tensors(Path(path), tensors, {"vitrain_state": json.dumps(skeleton)})
+
+
+def load_state(path: str | Path) -> dict[str, Any]:
+    """Read a training state written by :func:`save_state`."""
+    tensors, raw = _read_tensors(Path(path))
+    if "vitrain_state" not in raw:
+        raise CheckpointError(f"{path}: not a vitrain training state")
+    return _unflatten(json.loads(raw["vitrain_state"]), tensors)
+
+
+__all__ = ["CheckpointError", "load_model", "load_state", "model_from_checkpoint", "read_model_checkpoint",
+           "resolve_checkpoint_path", "save_model", "save_state"]

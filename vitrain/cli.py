@@ -1,0 +1,185 @@
+"""The ``vitrain`` command line: ``vitrain train`` and ``vitrain models``."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from . import __version__
+from .config import ConfigError, TrainConfig, config_from_dict, load_config_file
+
+# options that may differ when a run is resumed: they change where and how fast it runs, not what it computes
+RESUME_OVERRIDABLE = {"device", "workers", "progress", "data_root", "download"}
+
+
+def _add_train_arguments(p: argparse.ArgumentParser) -> None:
+    S = argparse.SUPPRESS  # only options given on the command line reach the config
+
+    g = p.add_argument_group("data")
+    g.add_argument("--data", default=S, help="digits (default), cifar10, cifar100, mnist, fashion-mnist, "
+                   "a folder of class folders, or a .zip/.tar of one")
+    g.add_argument("--data-root", default=S, help="where torchvision sets are stored/downloaded "
+                   "(default ~/.cache/vitrain/datasets)")
+    g.add_argument("--no-download", dest="download", action="store_false", default=S,
+                   help="never download torchvision sets; fail with a message saying where to put them")
+    g.add_argument("--classes", default=S, help="comma-separated subset of classes to train on, e.g. glioma,meningioma")
+    g.add_argument("--val-fraction", type=float, default=S, help="validation share where the data has no val split (0.1)")
+    g.add_argument("--test-fraction", type=float, default=S, help="test share of a flat folder (0.1)")
+    g.add_argument("--split-seed", type=int, default=S, help="seed of those splits, independent of --seed (0)")
+    g.add_argument("--channels", type=int, choices=[1, 3], default=S,
+                   help="convert images to 1 or 3 channels (default: 1 if every image is grayscale)")
+
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default=S, help="auto (default: picked from the image size), a preset "
+                   "(see `vitrain models`), or vit (explicit dims only)")
+    g.add_argument("--img-size", type=int, default=S, help="input size in pixels (images are resized)")
+    g.add_argument("--patch-size", type=int, default=S)
+    g.add_argument("--embed-dim", type=int, default=S)
+    g.add_argument("--depth", type=int, default=S, help="number of encoder blocks")
+    g.add_argument("--num-heads", type=int, default=S)
+    g.add_argument("--mlp-dim", type=int, default=S)
+    g.add_argument("--dropout", type=float, default=S)
+    g.add_argument("--drop-path", type=float, default=S, help="stochastic depth rate of the last block")
+    g.add_argument("--pool", choices=["cls", "avg"], default=S, help="class token or global average pooling")
+
+    g = p.add_argument_group("augmentation and preprocessing")
+    g.add_argument("--augment", choices=["auto", "none", "flip-crop", "autoaugment", "randaugment", "trivialaugment"],
+                   default=S, help="training augmentation (auto: none for images of at most 16 px, else flip-crop)")
+    g.add_argument("--hflip", type=float, default=S, help="horizontal flip probability (0.5; 0 for digits)")
+    g.add_argument("--crop-scale", default=S, help="MIN,MAX area of random resized crops (0.08,1)")
+    g.add_argument("--crop-ratio", default=S, help="MIN,MAX aspect ratio of random resized crops (0.75,1.333)")
+    g.add_argument("--crop-pct", type=float, default=S, help="evaluation center-crop fraction (1.0)")
+    g.add_argument("--random-erasing", type=float, default=S, help="random erasing probability (0)")
+    g.add_argument("--normalize", choices=["dataset", "imagenet", "none"], default=S,
+                   help="per-dataset statistics (default), ImageNet's, or none")
+    g.add_argument("--mean", default=S, help="comma-separated per-channel mean (with --std)")
+    g.add_argument("--std", default=S, help="comma-separated per-channel std (with --mean)")
+
+    g = p.add_argument_group("optimization")
+    g.add_argument("--epochs", type=int, default=S, help="(80)")
+    g.add_argument("--batch-size", type=int, default=S, help="(32)")
+    g.add_argument("--optimizer", choices=["adamw", "sgd"], default=S, help="(adamw)")
+    g.add_argument("--lr", type=float, default=S, help="peak learning rate (1e-3)")
+    g.add_argument("--weight-decay", type=float, default=S, help="applied to weights with ndim >= 2 only (0.05)")
+    g.add_argument("--betas", default=S, help="AdamW betas (0.9,0.999)")
+    g.add_argument("--eps", type=float, default=S, help="AdamW epsilon (1e-8)")
+    g.add_argument("--momentum", type=float, default=S, help="SGD momentum (0.9)")
+    g.add_argument("--nesterov", action="store_true", default=S, help="Nesterov momentum for SGD")
+    g.add_argument("--schedule", choices=["cosine", "step", "multistep", "constant"], default=S, help="(cosine)")
+    g.add_argument("--warmup-epochs", type=float, default=S, help="linear warmup length, any schedule (3)")
+    g.add_argument("--min-lr", type=float, default=S, help="final learning rate of the cosine schedule (0)")
+    g.add_argument("--step-size", type=float, default=S, help="epochs between decays of the step schedule (10)")
+    g.add_argument("--gamma", type=float, default=S, help="decay factor of step/multistep (0.1)")
+    g.add_argument("--milestones", default=S, help="multistep decay points as fractions of training (0.6,0.85)")
+    g.add_argument("--label-smoothing", type=float, default=S, help="(0.1)")
+    g.add_argument("--clip-grad", type=float, default=S, help="clip the gradient norm at this value (0: off)")
+
+    g = p.add_argument_group("running")
+    g.add_argument("--config", help="YAML file with any of these options (flags given here win)")
+    g.add_argument("--out", default=S, help="run folder (default runs/DATA-TIMESTAMP)")
+    g.add_argument("--resume", metavar="DIR", help="continue the run in DIR after its last completed epoch")
+    g.add_argument("--overwrite", action="store_true", default=S, help="replace a run already in --out")
+    g.add_argument("--seed", type=int, default=S, help="(0)")
+    g.add_argument("--device", default=S, help="auto (default), cpu, cuda or cuda:N")
+    g.add_argument("--workers", type=int, default=S, help="data-loading processes (auto)")
+    g.add_argument("--best-metric", choices=["accuracy", "loss"], default=S,
+                   help="which validation metric picks best.safetensors (accuracy)")
+    g.add_argument("--no-progress", dest="progress", action="store_false", default=S,
+                   help="no progress bars (one line per epoch only)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with its subcommands."""
+    parser = argparse.ArgumentParser(prog="vitrain", description="Train Vision Transformers on your images.")
+    parser.add_argument("--version", action="version", version=f"vitrain {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    train = sub.add_parser("train", help="train a ViT (default data: digits)",
+                           description="Train a Vision Transformer and write a run folder.")
+    _add_train_arguments(train)
+    sub.add_parser("models", help="list the named model sizes")
+    return parser
+
+
+def train_config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
+    """Merge defaults < --config file (or the resumed run's config) < flags; returns (config, resume)."""
+    given = {k: v for k, v in vars(args).items() if k not in ("command", "config", "resume")}
+    if args.resume:
+        saved = Path(args.resume) / "config.yaml"
+        if not saved.is_file():
+            raise ConfigError(f"--resume {args.resume}: no config.yaml there, so it is not a vitrain run folder")
+        fixed = sorted(set(given) - RESUME_OVERRIDABLE - {"out"})
+        if fixed:
+            raise ConfigError("--resume continues the saved configuration; these options cannot change: "
+                              + ", ".join("--" + k.replace("_", "-") for k in fixed))
+        base = config_from_dict(load_config_file(saved))
+        return config_from_dict({**given, "out": str(args.resume)}, base), True
+    from .engine.train import default_run_dir
+
+    file_values = load_config_file(args.config) if args.config else {}
+    cfg = config_from_dict({**file_values, **given})
+    if cfg.out is None:
+        cfg.out = default_run_dir(cfg.data)
+    return cfg, False
+
+
+def _models_table() -> str:
+    from .models.registry import PRESETS, resolve_config
+    from .models.vit import VisionTransformer
+
+    lines = [f"{'name':<12} {'params':>8}  {'input':>6}  {'patch':>5}  {'dim':>4}  {'depth':>5}  {'heads':>5}  description"]
+    for name, (_, description) in PRESETS.items():
+        cfg = resolve_config(name, num_classes=10)
+        params = sum(p.numel() for p in VisionTransformer(cfg).parameters()) if cfg.embed_dim < 1024 else None
+        params_text = f"{params / 1e6:.2f}M" if params else "~303M"
+        lines.append(f"{name:<12} {params_text:>8}  {cfg.img_size:>4}px  {cfg.patch_size:>5}  {cfg.embed_dim:>4}  "
+                     f"{cfg.depth:>5}  {cfg.num_heads:>5}  {description}")
+    lines.append("vit          explicit dims only: --img-size --patch-size --embed-dim --depth --num-heads --mlp-dim")
+    return "\n".join(lines)
+
+
+def _raise_keyboard_interrupt(signum, frame):  # noqa: ARG001 - signal handler signature
+    raise KeyboardInterrupt
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``vitrain`` console script and ``python -m vitrain``."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    if args.command == "models":
+        print(_models_table())
+        return 0
+
+    from .checkpoint import CheckpointError
+    from .data.archive import ArchiveError
+    from .data.images import ImageReadError
+    from .data.sources import DataError
+    from .engine.train import TrainingError, train
+
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)  # stop like Ctrl-C: the last epoch is saved
+    out = None
+    try:
+        cfg, resume = train_config_from_args(args)
+        out = cfg.out
+        train(cfg, resume=resume)
+    except (ConfigError, DataError, ArchiveError, ImageReadError, CheckpointError) as err:
+        print(f"vitrain: error: {err}", file=sys.stderr)
+        return 2
+    except TrainingError as err:
+        print(f"vitrain: training stopped: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        where = f" --resume {out}" if out else " --resume RUN_FOLDER"
+        print(f"\nvitrain: interrupted; every completed epoch is saved. Continue with: vitrain train{where}",
+              file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,192 @@
+"""The training configuration: one dataclass, read from flags or YAML, saved with every run."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Optional, get_args, get_origin, get_type_hints
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the option."""
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of ``vitrain train``. Field names are the CLI flags with '-' for '_'."""
+
+    # data
+    data: str = "digits"
+    data_root: Optional[str] = None
+    download: bool = True
+    classes: Optional[list[str]] = None
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    split_seed: int = 0
+    channels: Optional[int] = None
+    # model ("auto" picks one for the data; "vit" means explicit dims only)
+    model: str = "auto"
+    img_size: Optional[int] = None
+    patch_size: Optional[int] = None
+    embed_dim: Optional[int] = None
+    depth: Optional[int] = None
+    num_heads: Optional[int] = None
+    mlp_dim: Optional[int] = None
+    dropout: Optional[float] = None
+    drop_path: Optional[float] = None
+    pool: Optional[str] = None
+    # preprocessing and augmentation
+    augment: str = "auto"  # none for images of at most 16 px, else flip-crop
+    hflip: Optional[float] = None  # None: 0.5, or 0 for data where flips change labels
+    crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
+    crop_ratio: list[float] = field(default_factory=lambda: [0.75, 4 / 3])
+    crop_pct: float = 1.0
+    random_erasing: float = 0.0
+    normalize: str = "dataset"
+    mean: Optional[list[float]] = None
+    std: Optional[list[float]] = None
+    # optimization
+    epochs: int = 80
+    batch_size: int = 32
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    momentum: float = 0.9
+    nesterov: bool = False
+    schedule: str = "cosine"
+    warmup_epochs: float = 3.0
+    min_lr: float = 0.0
+    step_size: float = 10.0
+    gamma: float = 0.1
+    milestones: list[float] = field(default_factory=lambda: [0.6, 0.85])
+    label_smoothing: float = 0.1
+    clip_grad: float = 0.0
+    # running
+    seed: int = 0
+    device: str = "auto"
+    workers: Optional[int] = None
+    best_metric: str = "accuracy"
+    out: Optional[str] = None
+    overwrite: bool = False
+    progress: bool = True
+
+    def validate(self) -> "TrainConfig":
+        """Raise :class:`ConfigError` naming the first option with an impossible value."""
+        checks = [
+            (self.epochs >= 1, "--epochs", "must be at least 1"),
+            (self.batch_size >= 1, "--batch-size", "must be at least 1"),
+            (self.lr > 0, "--lr", "must be positive"),
+            (self.weight_decay >= 0, "--weight-decay", "must be >= 0"),
+            (self.optimizer in ("adamw", "sgd"), "--optimizer", "must be adamw or sgd"),
+            (self.schedule in SCHEDULES, "--schedule", f"must be one of {', '.join(SCHEDULES)}"),
+            (self.warmup_epochs >= 0, "--warmup-epochs", "must be >= 0"),
+            (self.min_lr >= 0, "--min-lr", "must be >= 0"),
+            (self.step_size > 0, "--step-size", "must be positive"),
+            (0 < self.gamma <= 1, "--gamma", "must be in (0, 1]"),
+            (all(0 < m < 1 for m in self.milestones), "--milestones", "fractions must be in (0, 1)"),
+            (0 <= self.label_smoothing < 1, "--label-smoothing", "must be in [0, 1)"),
+            (self.clip_grad >= 0, "--clip-grad", "must be >= 0 (0 turns clipping off)"),
+            (len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "--betas", "needs two values in [0, 1)"),
+            (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "--device",
+             "must be auto, cpu, cuda or cuda:N"),
+            (self.workers is None or self.workers >= 0, "--workers", "must be >= 0"),
+            (self.best_metric in ("accuracy", "loss"), "--best-metric", "must be accuracy or loss"),
+            (self.hflip is None or 0 <= self.hflip <= 1, "--hflip", "must be a probability in [0, 1]"),
+            (0 <= self.random_erasing <= 1, "--random-erasing", "must be a probability in [0, 1]"),
+            (0 < self.crop_pct <= 1, "--crop-pct", "must be in (0, 1]"),
+            (len(self.crop_scale) == 2 and 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1,
+             "--crop-scale", "needs MIN,MAX with 0 < MIN <= MAX <= 1"),
+            (len(self.crop_ratio) == 2 and 0 < self.crop_ratio[0] <= self.crop_ratio[1], "--crop-ratio",
+             "needs MIN,MAX with 0 < MIN <= MAX"),
+            (self.normalize in ("dataset", "imagenet", "none"), "--normalize", "must be dataset, imagenet or none"),
+            ((self.mean is None) == (self.std is None), "--mean/--std", "must be given together"),
+            (self.std is None or all(s > 0 for s in self.std), "--std", "values must be positive"),
+            (self.img_size is None or self.img_size > 0, "--img-size", "must be positive"),
+            (self.patch_size is None or self.patch_size > 0, "--patch-size", "must be positive"),
+        ]
+        for ok, option, message in checks:
+            if not ok:
+                raise ConfigError(f"{option} {message} (got {getattr(self, _attr(option), '')})".rstrip())
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: Path, extra: dict[str, Any] | None = None) -> None:
+        """Write the config (plus resolved values in ``extra``) as YAML."""
+        data = {"train": self.to_dict(), **(extra or {})}
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+SCHEDULES = ("cosine", "step", "multistep", "constant")
+
+
+def _attr(option: str) -> str:
+    return option.split("/")[0].lstrip("-").replace("-", "_")
+
+
+def _coerce(name: str, hint: Any, value: Any) -> Any:
+    """Check a YAML value against the field's type, converting ints to floats where expected."""
+    origin = get_origin(hint)
+    if origin is not None and type(None) in get_args(hint):
+        if value is None:
+            return None
+        hint = next(a for a in get_args(hint) if a is not type(None))
+        origin = get_origin(hint)
+    if origin is list:
+        (item,) = get_args(hint)
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{name}: expected a list, got {value!r}")
+        return [_coerce(name, item, v) for v in value]
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{name}: expected true or false, got {value!r}")
+    try:
+        if hint is float and isinstance(value, (int, float, str)) and not isinstance(value, bool):
+            return float(value)
+        if hint is int and (isinstance(value, int) or (isinstance(value, str) and value.lstrip("-").isdigit())):
+            return int(value)
+        if hint is str and isinstance(value, (str, int, float)):
+            return str(value)
+    except ValueError:
+        pass
+    raise ConfigError(f"{name}: expected {hint.__name__}, got {value!r}")
+
+
+def config_from_dict(values: dict[str, Any], base: TrainConfig | None = None) -> TrainConfig:
+    """A :class:`TrainConfig` from ``base`` with ``values`` applied; unknown keys are errors."""
+    hints = get_type_hints(TrainConfig)
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"unknown option(s): {', '.join(unknown)}")
+    merged = (base or TrainConfig()).to_dict()
+    for key, value in values.items():
+        merged[key] = _coerce(key, hints[key], value)
+    return TrainConfig(**merged)
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config: either flat options, or a saved run's ``config.yaml`` (``train:`` section)."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"--config {path}: no such file") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--config {path}: not valid YAML ({err})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config {path}: expected a mapping of option: value")
+    if isinstance(data.get("train"), dict):
+        data = data["train"]
+    return {k.replace("-", "_"): v for k, v in data.items()}

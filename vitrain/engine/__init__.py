@@ -1,0 +1,1 @@
+"""Engines: the training loop, evaluation, optimizers and schedules."""

@@ -1,0 +1,332 @@
+"""``vitrain train``: data -> model -> the training loop -> checkpoints, curves and a report.
+
+:func:`train` is the whole loop in one function; the helpers above it resolve the
+configuration, build the loaders and manage the run folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from ..checkpoint import CheckpointError, load_state, load_weights, save_model, save_state
+from ..config import ConfigError, TrainConfig
+from ..data.sources import ArrayImageDataset, DataSplits, load_data
+from ..data.transforms import TransformedDataset, build_eval_transform, build_train_transform, normalization
+from ..models.registry import resolve_config
+from ..models.vit import VisionTransformer
+from ..report import plot_confusion_matrix, plot_curves, write_metrics_csv, write_report
+from .evaluate import evaluate
+from .optim import build_optimizer, build_scheduler
+
+STATE_FILE = "state.safetensors"
+RUN_FILES = ("config.yaml", "metrics.csv", "best.safetensors", "last.safetensors", STATE_FILE, "report.json",
+             "accuracy.png", "loss.png", "confusion_matrix.png")
+MODEL_FIELDS = ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_dim", "dropout", "drop_path", "pool")
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (for example the loss became NaN); the message says where."""
+
+
+# ------------------------------------------------------------------------------ setup
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; an unavailable CUDA request is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
+    return torch.device(name)
+
+
+def default_model(native_size: int) -> str:
+    """The preset ``--model auto`` picks from the data's typical image side."""
+    if native_size <= 16:
+        return "vit-digits"
+    if native_size <= 64:
+        return "vit-mini4"
+    return "vit-ti16"
+
+
+def resolve_config_for_data(cfg: TrainConfig, splits: DataSplits) -> TrainConfig:
+    """Fill every 'auto'/None field from the data, so config.yaml records what really ran."""
+    model = default_model(splits.native_size) if cfg.model == "auto" else cfg.model
+    overrides = {k: getattr(cfg, k) for k in MODEL_FIELDS}
+    arch = resolve_config(model, **overrides, in_chans=splits.channels, num_classes=len(splits.classes))
+    augment = cfg.augment
+    if augment == "auto":
+        # on tiny images a one-pixel shift is a large distortion; crops start to help at ~32 px
+        augment = "none" if arch.img_size <= 16 else "flip-crop"
+    resolved = dataclasses.replace(
+        cfg, model=model, augment=augment, classes=list(splits.classes), channels=splits.channels,
+        hflip=(0.5 if splits.hflip_ok else 0.0) if cfg.hflip is None else cfg.hflip,
+        **{k: getattr(arch, k) for k in MODEL_FIELDS},
+    )
+    if resolved.mean is None:
+        mean, std = normalization(cfg.normalize, splits.train, arch.img_size, splits.channels)
+        resolved = dataclasses.replace(resolved, mean=mean, std=std)
+    for name in ("mean", "std"):
+        if len(getattr(resolved, name)) != splits.channels:
+            raise ConfigError(f"--{name} needs {splits.channels} value(s) for {splits.channels}-channel images, "
+                              f"got {getattr(resolved, name)}")
+    return resolved
+
+
+def build_model(cfg: TrainConfig) -> VisionTransformer:
+    """The model a resolved config describes, initialized from ``cfg.seed``."""
+    torch.manual_seed(cfg.seed)
+    arch = resolve_config(cfg.model, **{k: getattr(cfg, k) for k in MODEL_FIELDS},
+                          in_chans=cfg.channels, num_classes=len(cfg.classes))
+    model = VisionTransformer(arch)
+    model.meta = {"classes": list(cfg.classes), "mean": list(cfg.mean), "std": list(cfg.std),
+                  "crop_pct": cfg.crop_pct, "interpolation": "bilinear", "model_name": cfg.model,
+                  "data": cfg.data}
+    return model
+
+
+def build_loaders(cfg: TrainConfig, splits: DataSplits, device: torch.device) -> dict[str, DataLoader]:
+    """Train/val(/test) loaders. The train loader's generator is re-seeded every epoch."""
+    train_tf = build_train_transform(
+        cfg.img_size, cfg.augment, cfg.mean, cfg.std, native_size=splits.native_size, hflip=cfg.hflip,
+        crop_scale=tuple(cfg.crop_scale), crop_ratio=tuple(cfg.crop_ratio), crop_pct=cfg.crop_pct,
+        random_erasing=cfg.random_erasing)
+    eval_tf = build_eval_transform(cfg.img_size, cfg.mean, cfg.std, cfg.crop_pct)
+    in_memory = isinstance(splits.train, ArrayImageDataset)
+    workers = cfg.workers if cfg.workers is not None else (0 if in_memory else max(1, min(8, (os.cpu_count() or 2) - 1)))
+    if workers > (os.cpu_count() or 1) * 4:
+        raise ConfigError(f"--workers {workers} is more than 4x this machine's {os.cpu_count()} CPUs")
+    for dataset in (splits.train, splits.val, splits.test):
+        if dataset is not None and hasattr(dataset, "max_side"):
+            # big JPEGs decode at reduced size, never below what the crop needs
+            dataset.max_side = int(cfg.img_size / min(cfg.crop_pct, cfg.crop_scale[0] ** 0.5)) + 1
+    common = dict(num_workers=workers, pin_memory=device.type == "cuda")
+    loaders = {
+        "train": DataLoader(TransformedDataset(splits.train, train_tf), batch_size=cfg.batch_size, shuffle=True,
+                            generator=torch.Generator(), **common),
+        "val": DataLoader(TransformedDataset(splits.val, eval_tf), batch_size=cfg.batch_size, **common),
+    }
+    if splits.test is not None:
+        loaders["test"] = DataLoader(TransformedDataset(splits.test, eval_tf), batch_size=cfg.batch_size, **common)
+    return loaders
+
+
+def default_run_dir(data: str) -> str:
+    """``runs/<data name>-<timestamp>``, the run folder when ``--out`` is not given."""
+    return str(Path("runs") / f"{Path(data).stem or 'data'}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def prepare_run_dir(cfg: TrainConfig, resume: bool) -> Path:
+    """Create the run folder; refuse to mix a new run into an old one."""
+    out = Path(cfg.out or default_run_dir(cfg.data))
+    if resume:
+        if not (out / STATE_FILE).is_file():
+            raise ConfigError(f"--resume {out}: no {STATE_FILE} there, so there is nothing to resume")
+        return out
+    existing = [name for name in RUN_FILES if (out / name).exists()]
+    if existing:
+        if not cfg.overwrite:
+            raise ConfigError(f"--out {out} already holds a run ({', '.join(existing[:3])}); "
+                              f"continue it with --resume {out} or replace it with --overwrite")
+        for name in RUN_FILES:
+            (out / name).unlink(missing_ok=True)
+        shutil.rmtree(out / "tensorboard", ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    # every epoch's randomness (shuffling, augmentation, dropout) depends only on (seed, epoch),
+    # so a run resumed after epoch k repeats epochs k+1... exactly
+    return (seed * 1_000_003 + epoch * 7_919) % (2**63)
+
+
+def _amp_dtype(device: torch.device) -> torch.dtype | None:
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+def _param_norm(model: torch.nn.Module) -> float:
+    return float(torch.sqrt(sum((p.detach().float() ** 2).sum() for p in model.parameters())))
+
+
+# ------------------------------------------------------------------------------ the loop
+
+def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
+    """Train a ViT as ``cfg`` says and return the report (also written to ``report.json``).
+
+    With ``resume``, ``cfg`` must be the run's saved config; training continues after the
+    last completed epoch and ends with the same weights as an uninterrupted run (on CPU).
+    """
+    started = time.perf_counter()
+    cfg.validate()
+    device = resolve_device(cfg.device)
+    out = prepare_run_dir(cfg, resume)
+    splits = load_data(cfg.data, data_root=cfg.data_root, download=cfg.download, channels=cfg.channels,
+                       classes=cfg.classes, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
+                       split_seed=cfg.split_seed)
+    cfg = resolve_config_for_data(cfg, splits)
+    cfg = dataclasses.replace(cfg, out=str(out))
+    if not resume:
+        cfg.save(out / "config.yaml", {"data_summary": {"splits": splits.sizes(), "notes": splits.notes}})
+
+    model = build_model(cfg).to(device)
+    loaders = build_loaders(cfg, splits, device)
+    steps_per_epoch = len(loaders["train"])
+    optimizer = build_optimizer(model, cfg, device)
+    scheduler = build_scheduler(optimizer, cfg, steps_per_epoch)
+    amp_dtype = _amp_dtype(device)
+    num_classes = len(cfg.classes)
+    higher_is_better = cfg.best_metric == "accuracy"
+    history: list[dict[str, Any]] = []
+    best = {"epoch": 0, "value": -math.inf if higher_is_better else math.inf, "val_accuracy": 0.0, "val_loss": math.inf}
+    start_epoch, train_seconds = 1, 0.0
+    if resume:
+        state = load_state(out / STATE_FILE)
+        load_weights(model, state["model"], str(out / STATE_FILE))
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        history, best, train_seconds = state["history"], state["best"], state["train_seconds"]
+        start_epoch = state["epoch"] + 1
+        if state["classes"] != cfg.classes:
+            raise CheckpointError(f"--resume {out}: the data's classes changed since the run started")
+
+    n_params = sum(p.numel() for p in model.parameters())
+    log(f"data: {cfg.data}  {len(cfg.classes)} classes, {splits.channels} channel(s), "
+        + ", ".join(f"{k} {v}" for k, v in splits.sizes().items()))
+    for note in splits.notes:
+        log(f"  note: {note}")
+    log(f"model: {cfg.model}  {n_params / 1e6:.2f}M parameters, {cfg.img_size}px input, patch {cfg.patch_size}, "
+        f"dim {cfg.embed_dim}, depth {cfg.depth}, heads {cfg.num_heads}")
+    log(f"training: {cfg.epochs} epochs x {steps_per_epoch} steps, batch {cfg.batch_size}, {cfg.optimizer} "
+        f"lr {cfg.lr:g}, {cfg.schedule} schedule, on {device}" + (" (bf16 autocast)" if amp_dtype else ""))
+    if resume:
+        log(f"resuming {out} after epoch {start_epoch - 1}")
+    log(f"writing to {out}")
+
+    from torch.utils.tensorboard import SummaryWriter  # imported late: it is slow to import
+
+    writer = SummaryWriter(str(out / "tensorboard"), purge_step=start_epoch if resume else None)
+    train_loader = loaders["train"]
+    try:
+        for epoch in range(start_epoch, cfg.epochs + 1):
+            epoch_start = time.perf_counter()
+            torch.manual_seed(_epoch_seed(cfg.seed, epoch))
+            train_loader.generator.manual_seed(_epoch_seed(cfg.seed, epoch))
+            model.train()
+            loss_sum = torch.zeros((), device=device)
+            correct = torch.zeros((), dtype=torch.long, device=device)
+            grad_norm_sum = torch.zeros((), device=device)
+            seen = 0
+            bar = tqdm(train_loader, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=not cfg.progress,
+                       dynamic_ncols=True)
+            for step, (images, labels) in enumerate(bar, 1):
+                images = images.to(device, non_blocking=True)
+                labels = labels.to(device, non_blocking=True)
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                    logits = model(images)
+                    loss = F.cross_entropy(logits, labels, label_smoothing=cfg.label_smoothing)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.clip_grad > 0:
+                    grad_norm_sum += torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+                optimizer.step()
+                scheduler.step()
+                # accumulate on the device: no host synchronization inside the step
+                loss_sum += loss.detach().float() * labels.shape[0]
+                correct += (logits.detach().argmax(1) == labels).sum()
+                seen += labels.shape[0]
+                if cfg.progress and (step % 10 == 0 or step == steps_per_epoch):
+                    bar.set_postfix(loss=f"{float(loss_sum) / seen:.4f}")
+            train_time = time.perf_counter() - epoch_start
+            train_loss = float(loss_sum) / seen
+            if not math.isfinite(train_loss):
+                raise TrainingError(f"the training loss became {train_loss} in epoch {epoch}; the last good "
+                                    f"checkpoint is {out / 'last.safetensors'} (lower --lr or set --clip-grad)")
+            val = evaluate(model, loaders["val"], device, num_classes, amp_dtype)
+            epoch_seconds = time.perf_counter() - epoch_start
+            train_seconds += epoch_seconds
+            row = {"epoch": epoch, "train_loss": train_loss, "train_accuracy": float(correct) / seen,
+                   "val_loss": val.loss, "val_accuracy": val.accuracy, "lr": optimizer.param_groups[0]["lr"],
+                   "epoch_seconds": epoch_seconds, "images_per_second": seen / train_time}
+            history.append(row)
+            value = val.accuracy if higher_is_better else val.loss
+            improved = value > best["value"] if higher_is_better else value < best["value"]
+            if improved:
+                best = {"epoch": epoch, "value": value, "val_accuracy": val.accuracy, "val_loss": val.loss}
+                save_model(out / "best.safetensors", model, epoch=epoch)
+            save_model(out / "last.safetensors", model, epoch=epoch)
+            # the state file is the commit point of an epoch: resume starts after the last one written
+            save_state(out / STATE_FILE, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                          "scheduler": scheduler.state_dict(), "epoch": epoch, "best": best,
+                                          "history": history, "train_seconds": train_seconds,
+                                          "classes": list(cfg.classes)})
+            write_metrics_csv(out / "metrics.csv", history)
+            for key in ("train_loss", "val_loss"):
+                writer.add_scalar(f"loss/{key[:-5]}", row[key], epoch)
+            for key in ("train_accuracy", "val_accuracy"):
+                writer.add_scalar(f"accuracy/{key[:-9]}", row[key], epoch)
+            writer.add_scalar("lr", row["lr"], epoch)
+            writer.add_scalar("images_per_second", row["images_per_second"], epoch)
+            writer.add_scalar("param_norm", _param_norm(model), epoch)
+            if cfg.clip_grad > 0:
+                writer.add_scalar("grad_norm", float(grad_norm_sum) / steps_per_epoch, epoch)
+            log(f"epoch {epoch:>3}/{cfg.epochs}  train loss {train_loss:.4f} acc {row['train_accuracy']:.4f}  "
+                f"val loss {val.loss:.4f} acc {val.accuracy:.4f}  lr {row['lr']:.2e}  "
+                f"{row['images_per_second']:.0f} img/s  {epoch_seconds:.1f}s" + ("  *" if improved else ""))
+    finally:
+        writer.close()
+
+    report = final_report(cfg, splits, loaders, device, out, history, best, train_seconds, amp_dtype, log)
+    report["total_seconds"] = round(time.perf_counter() - started, 2)
+    write_report(out / "report.json", report)
+    log(f"done in {report['total_seconds']:.1f}s: test accuracy {report['test']['accuracy']:.4f} "
+        f"(best epoch {best['epoch']}, val accuracy {best['val_accuracy']:.4f}); report in {out / 'report.json'}")
+    return report
+
+
+def final_report(cfg: TrainConfig, splits: DataSplits, loaders: dict[str, DataLoader], device: torch.device,
+                 out: Path, history: list[dict[str, Any]], best: dict[str, Any], train_seconds: float,
+                 amp_dtype: torch.dtype | None, log=print) -> dict[str, Any]:
+    """Evaluate the best checkpoint on the test split (or validation, if there is none); plot and report."""
+    from ..checkpoint import model_from_checkpoint
+
+    model = model_from_checkpoint(out / "best.safetensors").to(device)
+    split = "test" if "test" in loaders else "val"
+    if split == "val":
+        log("note: no test split, so the final evaluation uses the validation split")
+    result = evaluate(model, loaders[split], device, len(cfg.classes), amp_dtype)
+    matrix = result.confusion(len(cfg.classes))
+    plot_curves(history, out)
+    plot_confusion_matrix(matrix, cfg.classes, out / "confusion_matrix.png",
+                          f"{split} split, best epoch {best['epoch']}: accuracy {result.accuracy:.3f}")
+    return {
+        "data": cfg.data,
+        "classes": list(cfg.classes),
+        "model": {"name": cfg.model, "parameters": sum(p.numel() for p in model.parameters()),
+                  **model.config.to_dict()},
+        "best_epoch": int(best["epoch"]),
+        "best_metric": cfg.best_metric,
+        "epochs": len(history),
+        "val": {"accuracy": best["val_accuracy"], "loss": best["val_loss"]},
+        "test": {"split": split, "images": int(len(result.targets)), "accuracy": result.accuracy,
+                 "top5": result.top5, "loss": result.loss,
+                 "per_class": result.per_class_accuracy(cfg.classes),
+                 "confusion_matrix": matrix.tolist()},
+        "splits": splits.sizes(),
+        "notes": splits.notes,
+        "device": str(device),
+        "seed": cfg.seed,
+        "train_seconds": round(train_seconds, 2),
+    }

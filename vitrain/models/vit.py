@@ -1,0 +1,221 @@
+"""The Vision Transformer (Dosovitskiy et al., 2021), written from scratch.
+
+One file, one model: convolutional patch embedding, an optional class token,
+learnable position embeddings, pre-LayerNorm encoder blocks whose attention runs
+through ``torch.nn.functional.scaled_dot_product_attention``, a GELU MLP, dropout
+and stochastic depth, a final LayerNorm and a linear head.
+
+Parameter names follow timm's ``VisionTransformer`` (``patch_embed.proj``,
+``cls_token``, ``pos_embed``, ``blocks.N.attn.qkv`` ...), so timm weights load with
+almost no renaming and torchvision weights through a small key map
+(see :mod:`vitrain.models.convert`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import StochasticDepth
+
+Pool = Literal["cls", "avg"]
+
+
+@dataclass(frozen=True)
+class ViTConfig:
+    """Every number that defines a ViT's architecture (and nothing about training)."""
+
+    img_size: int = 224
+    patch_size: int = 16
+    in_chans: int = 3
+    num_classes: int = 1000
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_dim: int = 3072
+    dropout: float = 0.0
+    drop_path: float = 0.0
+    pool: Pool = "cls"
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.img_size <= 0 or self.patch_size <= 0:
+            problems.append(f"img_size ({self.img_size}) and patch_size ({self.patch_size}) must be positive")
+        elif self.img_size % self.patch_size:
+            problems.append(
+                f"img_size {self.img_size} is not divisible by patch_size {self.patch_size}"
+            )
+        if self.in_chans not in (1, 3):
+            problems.append(f"in_chans must be 1 or 3, got {self.in_chans}")
+        if self.num_classes < 1:
+            problems.append(f"num_classes must be at least 1, got {self.num_classes}")
+        if min(self.embed_dim, self.depth, self.num_heads, self.mlp_dim) < 1:
+            problems.append("embed_dim, depth, num_heads and mlp_dim must be positive")
+        elif self.embed_dim % self.num_heads:
+            problems.append(
+                f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}"
+            )
+        if not 0.0 <= self.dropout < 1.0 or not 0.0 <= self.drop_path < 1.0:
+            problems.append("dropout and drop_path must be in [0, 1)")
+        if self.pool not in ("cls", "avg"):
+            problems.append(f"pool must be 'cls' or 'avg', got {self.pool!r}")
+        if problems:
+            raise ValueError("invalid ViT configuration: " + "; ".join(problems))
+
+    @property
+    def grid_size(self) -> int:
+        """Patches per side."""
+        return self.img_size // self.patch_size
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class PatchEmbed(nn.Module):
+    """Split the image into non-overlapping patches and project each to ``embed_dim``."""
+
+    def __init__(self, img_size: int, patch_size: int, in_chans: int, embed_dim: int) -> None:
+        super().__init__()
+        self.img_size = img_size
+        self.patch_size = patch_size
+        self.num_patches = (img_size // patch_size) ** 2
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, num_patches, embed_dim)."""
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with a fused qkv projection."""
+
+    def __init__(self, dim: int, num_heads: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
+        self.attn_dropout = dropout
+        self.proj_drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, C = x.shape
+        # (B, N, 3*C) -> (3, B, heads, N, head_dim): the q|k|v layout of timm and nn.MultiheadAttention
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        x = F.scaled_dot_product_attention(
+            q, k, v, dropout_p=self.attn_dropout if self.training else 0.0
+        )
+        x = x.transpose(1, 2).reshape(B, N, C)
+        return self.proj_drop(self.proj(x))
+
+
+class Mlp(nn.Module):
+    """Linear - GELU - dropout - Linear - dropout."""
+
+    def __init__(self, dim: int, hidden_dim: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden_dim, dim)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+class Block(nn.Module):
+    """A pre-LayerNorm transformer encoder block with stochastic depth on both branches."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_dim: int, dropout: float, drop_path: float) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim, num_heads, dropout)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, mlp_dim, dropout)
+        # "row" mode drops the whole residual branch per sample, as in the DeiT paper
+        self.drop_path = StochasticDepth(drop_path, mode="row") if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class VisionTransformer(nn.Module):
+    """A standard ViT classifier.
+
+    Args:
+        config: the architecture; see :class:`ViTConfig`.
+
+    Shapes: input (B, in_chans, img_size, img_size), output (B, num_classes).
+    """
+
+    def __init__(self, config: ViTConfig) -> None:
+        super().__init__()
+        self.config = config
+        dim = config.embed_dim
+        self.num_prefix_tokens = 1 if config.pool == "cls" else 0
+        self.patch_embed = PatchEmbed(config.img_size, config.patch_size, config.in_chans, dim)
+        num_tokens = self.patch_embed.num_patches + self.num_prefix_tokens
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if config.pool == "cls" else None
+        self.pos_embed = nn.Parameter(torch.zeros(1, num_tokens, dim))
+        self.pos_drop = nn.Dropout(config.dropout)
+        # stochastic depth grows linearly with depth (Huang et al., 2016; DeiT)
+        rates = torch.linspace(0, config.drop_path, config.depth).tolist()
+        self.blocks = nn.Sequential(
+            *(Block(dim, config.num_heads, config.mlp_dim, config.dropout, r) for r in rates)
+        )
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.head = nn.Linear(dim, config.num_classes)
+        self.meta: dict = {}  # classes and preprocessing, filled in by checkpoints
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Initialize as in the ViT/DeiT papers: truncated normal (std 0.02), zero biases."""
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        if self.cls_token is not None:
+            nn.init.trunc_normal_(self.cls_token, std=0.02)
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Conv2d)):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names that should not be weight-decayed (besides biases and norms)."""
+        return {"pos_embed", "cls_token"}
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the head with a freshly initialized one for ``num_classes`` classes."""
+        self.head = nn.Linear(self.config.embed_dim, num_classes).to(self.pos_embed.device)
+        nn.init.trunc_normal_(self.head.weight, std=0.02)
+        nn.init.zeros_(self.head.bias)
+        self.config = ViTConfig(**{**self.config.to_dict(), "num_classes": num_classes})
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, C, H, W) -> normalized tokens (B, prefix + patches, embed_dim)."""
+        cfg = self.config
+        if x.ndim != 4 or x.shape[1:] != (cfg.in_chans, cfg.img_size, cfg.img_size):
+            raise ValueError(
+                f"expected input of shape (B, {cfg.in_chans}, {cfg.img_size}, {cfg.img_size}), "
+                f"got {tuple(x.shape)}"
+            )
+        x = self.patch_embed(x)
+        if self.cls_token is not None:
+            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        x = self.pos_drop(x + self.pos_embed)
+        x = self.blocks(x)
+        return self.norm(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Tokens -> logits (or the pooled embedding when ``pre_logits``)."""
+        x = x[:, 0] if self.cls_token is not None else x.mean(dim=1)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))

@@ -1,0 +1,87 @@
+"""What a run leaves for people: metrics.csv, curves, the confusion matrix and report.json."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, never a window
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from .checkpoint import atomic_write_bytes  # noqa: E402
+
+METRIC_COLUMNS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr",
+                  "epoch_seconds", "images_per_second"]
+
+
+def write_metrics_csv(path: Path, history: Sequence[dict[str, Any]]) -> None:
+    """One row per completed epoch (rewritten whole, so a resumed run never duplicates rows)."""
+    lines = [",".join(METRIC_COLUMNS)]
+    for row in history:
+        lines.append(",".join(_fmt(row.get(c)) for c in METRIC_COLUMNS))
+    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return "" if value is None else str(value)
+
+
+def read_metrics_csv(path: Path) -> list[dict[str, float]]:
+    """The rows of a metrics.csv as floats."""
+    with open(path, newline="") as f:
+        return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
+
+
+def plot_curves(history: Sequence[dict[str, Any]], out_dir: Path) -> None:
+    """``accuracy.png`` and ``loss.png``: train and validation per epoch."""
+    epochs = [row["epoch"] for row in history]
+    for metric, filename, ylabel in (("accuracy", "accuracy.png", "accuracy"), ("loss", "loss.png", "loss")):
+        fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+        for split, style in (("train", "-o"), ("val", "-s")):
+            ax.plot(epochs, [row[f"{split}_{metric}"] for row in history], style, markersize=3,
+                    label=f"{'training' if split == 'train' else 'validation'}")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        if metric == "accuracy":
+            ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        ax.set_title(f"{ylabel} per epoch")
+        fig.tight_layout()
+        fig.savefig(out_dir / filename)
+        plt.close(fig)
+
+
+def plot_confusion_matrix(matrix: np.ndarray, classes: Sequence[str], path: Path, title: str) -> None:
+    """A confusion matrix with counts in the cells, colored by row-normalized rate."""
+    n = len(classes)
+    size = min(4 + 0.45 * n, 22)
+    fig, ax = plt.subplots(figsize=(size, size * 0.9), dpi=120)
+    rates = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    im = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(n), classes, rotation=45 if n > 4 else 0, ha="right" if n > 4 else "center")
+    ax.set_yticks(range(n), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    if n <= 40:
+        for i in range(n):
+            for j in range(n):
+                ax.text(j, i, str(int(matrix[i, j])), ha="center", va="center", fontsize=8,
+                        color="white" if rates[i, j] > 0.5 else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_report(path: Path, report: dict[str, Any]) -> None:
+    """``report.json``, written atomically."""
+    atomic_write_bytes(path, (json.dumps(report, indent=2) + "\n").encode())
