@@ -9,6 +9,8 @@ from typing import Any, Optional, get_args, get_origin, get_type_hints
 
 import yaml
 
+from .models.registry import ALIASES, model_names
+
 
 class ConfigError(ValueError):
     """A configuration value is invalid; the message names the option."""
@@ -106,6 +108,8 @@ class TrainConfig:
             (self.normalize in ("dataset", "imagenet", "none"), "--normalize", "must be dataset, imagenet or none"),
             ((self.mean is None) == (self.std is None), "--mean/--std", "must be given together"),
             (self.std is None or all(s > 0 for s in self.std), "--std", "values must be positive"),
+            (self.model == "auto" or self.model in ALIASES or self.model in model_names(), "--model",
+             f"must be auto or one of {', '.join(model_names())}"),
             (self.img_size is None or self.img_size > 0, "--img-size", "must be positive"),
             (self.patch_size is None or self.patch_size > 0, "--patch-size", "must be positive"),
         ]

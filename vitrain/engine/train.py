@@ -63,7 +63,10 @@ def resolve_config_for_data(cfg: TrainConfig, splits: DataSplits) -> TrainConfig
     """Fill every 'auto'/None field from the data, so config.yaml records what really ran."""
     model = default_model(splits.native_size) if cfg.model == "auto" else cfg.model
     overrides = {k: getattr(cfg, k) for k in MODEL_FIELDS}
-    arch = resolve_config(model, **overrides, in_chans=splits.channels, num_classes=len(splits.classes))
+    try:
+        arch = resolve_config(model, **overrides, in_chans=splits.channels, num_classes=len(splits.classes))
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"--model {model} with the given model options: {err}") from None
     augment = cfg.augment
     if augment == "auto":
         # on tiny images a one-pixel shift is a large distortion; crops start to help at ~32 px

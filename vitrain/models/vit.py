@@ -163,7 +163,7 @@ class VisionTransformer(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, num_tokens, dim))
         self.pos_drop = nn.Dropout(config.dropout)
         # stochastic depth grows linearly with depth (Huang et al., 2016; DeiT)
-        rates = torch.linspace(0, config.drop_path, config.depth).tolist()
+        rates = [config.drop_path * i / max(config.depth - 1, 1) for i in range(config.depth)]
         self.blocks = nn.Sequential(
             *(Block(dim, config.num_heads, config.mlp_dim, config.dropout, r) for r in rates)
         )

@@ -1,0 +1,63 @@
+"""Shared fixtures: tiny image folders written by the tests themselves, and tiny model settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+SHARED_DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+
+# a 2-block, 32-dim ViT on 16 px images: trains a step in milliseconds
+TINY_MODEL = {"model": "vit", "img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2,
+              "mlp_dim": 64}
+
+
+def make_image(color: tuple[int, int, int], seed: int, size: int = 20, mode: str = "RGB") -> Image.Image:
+    """A noisy image around ``color`` with a bright square whose place depends on the color (learnable)."""
+    rng = np.random.default_rng(seed)
+    arr = np.clip(np.array(color)[None, None] + rng.normal(0, 25, (size, size, 3)), 0, 255).astype(np.uint8)
+    offset = (sum(color) // 100) % (size // 2)
+    arr[offset:offset + size // 3, offset:offset + size // 3] = 255
+    img = Image.fromarray(arr, "RGB")
+    return img if mode == "RGB" else img.convert(mode)
+
+
+CLASS_COLORS = {"cat": (200, 40, 40), "dog": (40, 200, 40), "fox": (40, 40, 200)}
+
+
+def write_class_folders(root: Path, per_class: int = 8, classes: dict | None = None, start: int = 0,
+                        ext: str = ".png") -> Path:
+    """root/<class>/<i>.png for each class; returns root."""
+    for c, (name, color) in enumerate((classes or CLASS_COLORS).items()):
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(start, start + per_class):
+            make_image(color, seed=c * 1000 + i).save(folder / f"{i:03d}{ext}")
+    return root
+
+
+@pytest.fixture
+def flat_folder(tmp_path: Path) -> Path:
+    """3 classes x 10 images, no split folders."""
+    return write_class_folders(tmp_path / "flat", per_class=10)
+
+
+@pytest.fixture
+def split_folder(tmp_path: Path) -> Path:
+    """A Kaggle-style wrapper folder with Training/ and Testing/ split folders."""
+    root = tmp_path / "kaggle" / "my-dataset"
+    write_class_folders(root / "Training", per_class=10)
+    write_class_folders(root / "Testing", per_class=4, start=100)
+    return tmp_path / "kaggle"
+
+
+@pytest.fixture
+def tiny_args(tmp_path: Path) -> list[str]:
+    """CLI flags for a fast, tiny training run."""
+    args = []
+    for key, value in {**TINY_MODEL, "epochs": 2, "batch_size": 8, "workers": 0}.items():
+        args += [f"--{key.replace('_', '-')}", str(value)]
+    return args + ["--no-progress"]

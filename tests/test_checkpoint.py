@@ -1,0 +1,104 @@
+"""Checkpoints: self-describing round trips, atomic writes, clear errors, no pickle."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+import vitrain
+from vitrain.checkpoint import (
+    CheckpointError,
+    atomic_write_bytes,
+    load_state,
+    load_weights,
+    read_model_checkpoint,
+    save_model,
+    save_state,
+)
+from vitrain.models import create_model
+
+
+def _trained_like_model():
+    model = create_model("vit-digits", num_classes=3)
+    model.meta = {"classes": ["a", "b", "c"], "mean": [0.3], "std": [0.2], "crop_pct": 1.0}
+    return model
+
+
+def test_round_trip_rebuilds_the_model_from_metadata_alone(tmp_path):
+    model = _trained_like_model().eval()
+    save_model(tmp_path / "m.safetensors", model, epoch=4)
+    loaded = vitrain.load_model(tmp_path / "m.safetensors")
+    x = torch.randn(2, 1, 8, 8)
+    assert torch.equal(model(x), loaded(x))
+    assert loaded.meta["classes"] == ["a", "b", "c"] and loaded.meta["epoch"] == 4
+    assert loaded.config == model.config and not loaded.training
+
+
+def test_metadata_is_plain_json_in_the_safetensors_header(tmp_path):
+    save_model(tmp_path / "m.safetensors", _trained_like_model())
+    with safe_open(str(tmp_path / "m.safetensors"), framework="pt") as f:
+        meta = json.loads(f.metadata()["vitrain"])
+    assert meta["arch"]["patch_size"] == 2 and meta["in_chans"] == 1 and meta["img_size"] == 8
+    assert meta["mean"] == [0.3] and meta["std"] == [0.2] and meta["format"] == "vitrain"
+
+
+def test_run_folder_loads_best_checkpoint(tmp_path):
+    save_model(tmp_path / "last.safetensors", _trained_like_model(), epoch=9)
+    save_model(tmp_path / "best.safetensors", _trained_like_model(), epoch=5)
+    assert vitrain.load_model(tmp_path).meta["epoch"] == 5
+
+
+def test_foreign_or_broken_files_are_clear_errors(tmp_path):
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "foreign.safetensors"))
+    with pytest.raises(CheckpointError, match="without vitrain metadata"):
+        vitrain.load_model(tmp_path / "foreign.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="not a readable safetensors"):
+        read_model_checkpoint(tmp_path / "junk.safetensors")
+    (tmp_path / "model.pth").write_bytes(b"\x80\x04")
+    with pytest.raises(CheckpointError, match="unknown checkpoint format"):
+        vitrain.load_model(tmp_path / "model.pth")
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        vitrain.load_model(tmp_path / "missing")
+
+
+def test_mismatched_weights_list_the_differences():
+    small = create_model("vit-digits", num_classes=3)
+    other = create_model("vit-digits", num_classes=5, depth=5)
+    with pytest.raises(CheckpointError, match=r"shape mismatch: head\.bias.*unexpected keys: blocks\.4"):
+        load_weights(small, other.state_dict(), "other.safetensors")
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):
+    target = tmp_path / "last.safetensors"
+    atomic_write_bytes(target, b"old")
+
+    def disk_full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        atomic_write_bytes(target, b"new")
+    assert target.read_bytes() == b"old"
+    assert os.listdir(tmp_path) == ["last.safetensors"]  # no temporary file left
+
+
+def test_training_state_round_trips_optimizer_and_nested_values(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    model(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    state = {"optimizer": opt.state_dict(), "epoch": 3, "best": {"value": -float("inf")},
+             "history": [{"epoch": 1, "loss": 0.5}], "model": model.state_dict()}
+    save_state(tmp_path / "state.safetensors", state)
+    back = load_state(tmp_path / "state.safetensors")
+    assert back["epoch"] == 3 and back["best"]["value"] == -float("inf") and back["history"][0]["loss"] == 0.5
+    fresh = torch.optim.AdamW(torch.nn.Linear(3, 2).parameters(), lr=0.1)
+    fresh.load_state_dict(back["optimizer"])
+    assert torch.equal(fresh.state_dict()["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
+    assert list(back["optimizer"]["state"]) == [0, 1]  # integer keys survive

@@ -1,0 +1,185 @@
+"""Every kind of ``--data``: digits, torchvision sets, flat and split folders, class subsets, bad input."""
+
+from __future__ import annotations
+
+import struct
+from collections import Counter
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vitrain.data.images import ImageReadError
+from vitrain.data.sources import DataError, load_data, stratified_split
+
+from .conftest import CLASS_COLORS, make_image, write_class_folders
+
+
+def test_digits_has_a_fixed_stratified_split():
+    a, b = load_data("digits"), load_data("digits", split_seed=5)
+    assert a.sizes() == {"train": 1259, "val": 179, "test": 359}
+    assert a.test.targets == b.test.targets  # fixed, whatever the split seed
+    image, label = a.train[0]
+    assert image.shape == (1, 8, 8) and image.dtype.is_floating_point is False and 0 <= label < 10
+    counts = Counter(a.test.targets)
+    assert max(counts.values()) - min(counts.values()) <= 2  # stratified
+    assert not a.hflip_ok
+
+
+def test_digits_can_be_three_channel_and_subset():
+    splits = load_data("digits", channels=3, classes=["3", "8"])
+    assert splits.classes == ["3", "8"]
+    assert splits.train[0][0].shape == (3, 8, 8)
+    assert set(splits.test.targets) == {0, 1}
+
+
+def test_flat_folder_split_is_seeded_and_stratified(flat_folder):
+    a = load_data(str(flat_folder), val_fraction=0.2, test_fraction=0.2, split_seed=1)
+    b = load_data(str(flat_folder), val_fraction=0.2, test_fraction=0.2, split_seed=1)
+    c = load_data(str(flat_folder), val_fraction=0.2, test_fraction=0.2, split_seed=2)
+    assert a.sizes() == {"train": 18, "val": 6, "test": 6}
+    assert Counter(a.val.targets) == {0: 2, 1: 2, 2: 2}
+    assert a.val.paths == b.val.paths and a.val.paths != c.val.paths
+    assert not set(a.train.paths) & set(a.val.paths) | set(a.train.paths) & set(a.test.paths)
+    assert a.classes == ["cat", "dog", "fox"] and a.channels == 3
+
+
+def test_kaggle_training_testing_folders_inside_a_wrapper(split_folder):
+    splits = load_data(str(split_folder), val_fraction=0.2)
+    assert splits.sizes() == {"train": 24, "val": 6, "test": 12}
+    assert all("Testing" in str(p) for p in splits.test.paths)
+    assert any("validation = 20% of Training/" in n for n in splits.notes)
+
+
+def test_train_val_test_spellings(tmp_path):
+    for folder, n in (("train", 6), ("valid", 2), ("test", 3)):
+        write_class_folders(tmp_path / folder, per_class=n)
+    splits = load_data(str(tmp_path))
+    assert splits.sizes() == {"train": 18, "val": 6, "test": 9}
+
+
+def test_train_and_val_only_evaluates_on_val(tmp_path):
+    write_class_folders(tmp_path / "train", per_class=4)
+    write_class_folders(tmp_path / "validation", per_class=2)
+    splits = load_data(str(tmp_path))
+    assert splits.test is None and any("no test split" in n for n in splits.notes)
+
+
+def test_class_subset_keeps_the_given_order(split_folder):
+    splits = load_data(str(split_folder), classes=["fox", "cat"])
+    assert splits.classes == ["fox", "cat"]
+    assert all(("fox" in str(p)) == (t == 0) for p, t in zip(splits.test.paths, splits.test.targets))
+
+
+def test_unknown_class_in_subset_lists_what_exists(flat_folder):
+    with pytest.raises(DataError, match="--classes: wolf not found.*available: cat, dog, fox"):
+        load_data(str(flat_folder), classes=["cat", "wolf"])
+
+
+def test_grayscale_folder_gives_one_channel_and_mixed_gives_three(tmp_path):
+    gray = tmp_path / "gray"
+    for name in ("a", "b"):
+        (gray / name).mkdir(parents=True)
+        for i in range(3):
+            make_image((90, 90, 90), i, mode="L").save(gray / name / f"{i}.png")
+    assert load_data(str(gray), val_fraction=0.34, test_fraction=0).channels == 1
+    # mixing in an RGBA and a palette image makes it a 3-channel set; each converts cleanly
+    make_image((10, 200, 10), 9).convert("RGBA").save(gray / "a" / "rgba.png")
+    make_image((10, 10, 200), 9).convert("P").save(gray / "b" / "palette.png")
+    splits = load_data(str(gray), val_fraction=0.25, test_fraction=0.25)
+    assert splits.channels == 3
+    for dataset in (splits.train, splits.val, splits.test):
+        for i in range(len(dataset)):
+            assert dataset[i][0].shape[0] == 3
+    assert load_data(str(gray), channels=1, val_fraction=0.25, test_fraction=0.25).channels == 1
+
+
+def test_non_image_files_are_ignored_and_counted(flat_folder):
+    (flat_folder / "cat" / "notes.txt").write_text("hello")
+    (flat_folder / "cat" / ".DS_Store").write_bytes(b"\0")
+    (flat_folder / "README.md").write_text("about this set")
+    splits = load_data(str(flat_folder))
+    assert sum(splits.sizes().values()) == 30
+    assert "ignored 2 non-image file(s)" in splits.notes
+
+
+def test_images_in_nested_folders_belong_to_their_class(flat_folder):
+    (flat_folder / "cat" / "more").mkdir()
+    make_image(CLASS_COLORS["cat"], 77).save(flat_folder / "cat" / "more" / "x.png")
+    assert sum(load_data(str(flat_folder)).sizes().values()) == 31
+
+
+def test_corrupt_image_is_named_before_training(flat_folder):
+    (flat_folder / "dog" / "broken.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(ImageReadError, match=r"dog/broken\.jpg"):
+        load_data(str(flat_folder))
+
+
+def test_empty_class_folder_is_named(flat_folder):
+    (flat_folder / "empty").mkdir()
+    with pytest.raises(DataError, match="class folder.*empty.*contain no images"):
+        load_data(str(flat_folder))
+    assert load_data(str(flat_folder), classes=["cat", "dog"]).classes == ["cat", "dog"]
+
+
+def test_single_class_is_refused(tmp_path):
+    write_class_folders(tmp_path / "one", classes={"cat": (1, 2, 3)}, per_class=3)
+    write_class_folders(tmp_path / "one", classes={"dog": (3, 2, 1)}, per_class=3)
+    with pytest.raises(DataError, match="at least 2"):
+        load_data(str(tmp_path / "one"), classes=["cat"])
+
+
+def test_split_folders_with_different_classes_are_refused(tmp_path):
+    write_class_folders(tmp_path / "train", per_class=3)
+    write_class_folders(tmp_path / "test", per_class=2, classes={"cat": (1, 1, 1), "dog": (2, 2, 2)})
+    with pytest.raises(DataError, match="test/ lacks fox"):
+        load_data(str(tmp_path))
+    assert load_data(str(tmp_path), classes=["cat", "dog"]).classes == ["cat", "dog"]
+
+
+def test_missing_path_and_bad_fractions_are_clear(tmp_path):
+    with pytest.raises(DataError, match="no such file or folder, and not a built-in set"):
+        load_data(str(tmp_path / "nope"))
+    with pytest.raises(DataError, match="--val-fraction"):
+        load_data("digits", val_fraction=1.5)
+
+
+def _write_idx(path, array: np.ndarray) -> None:
+    dims = array.shape
+    header = struct.pack(">HBB", 0, 0x08, len(dims)) + b"".join(struct.pack(">I", d) for d in dims)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def test_mnist_from_data_root_without_download(tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 60), ("t10k", 20)):
+        _write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 255, (n, 28, 28)))
+        _write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10)
+    splits = load_data("mnist", data_root=tmp_path, download=False, val_fraction=0.2)
+    assert splits.classes == [str(d) for d in range(10)]
+    assert splits.sizes() == {"train": 50, "val": 10, "test": 20}  # 6 per class, 20% -> 1 each
+    assert splits.train[0][0].shape == (1, 28, 28)
+
+
+@pytest.mark.parametrize("name", ["cifar10", "fashion-mnist"])
+def test_missing_torchvision_set_says_where_to_put_it(tmp_path, name):
+    with pytest.raises(DataError, match=rf"--data {name}: not found under --data-root {tmp_path}.*Put "):
+        load_data(name, data_root=tmp_path, download=False)
+
+
+def test_stratified_split_keeps_every_class_in_training():
+    val, test, train = stratified_split([0] * 2 + [1] * 50, [0.5, 0.5], seed=0)
+    assert any(i < 2 for i in train)  # class 0 (2 samples) keeps one for training
+    assert sorted(np.concatenate([val, test, train]).tolist()) == list(range(52))
+    assert len(val) == 1 + 25 and len(test) == 0 + 24  # class 0 has one left after val
+
+
+def test_folder_images_of_odd_sizes_load(tmp_path):
+    for name, size in (("a", (30, 20)), ("b", (17, 41))):
+        (tmp_path / name).mkdir()
+        for i in range(3):
+            Image.new("RGB", size, (i * 40, 0, 0)).save(tmp_path / name / f"{i}.bmp")
+    splits = load_data(str(tmp_path), val_fraction=0.34, test_fraction=0)
+    assert 17 <= splits.native_size <= 20

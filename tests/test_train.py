@@ -1,0 +1,240 @@
+"""``vitrain train`` end to end: the run folder contract, resume, determinism, configs and errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+import vitrain
+from vitrain.cli import main
+from vitrain.engine import train as train_module
+
+RUN_FILES = ["config.yaml", "metrics.csv", "best.safetensors", "last.safetensors", "state.safetensors",
+             "report.json", "accuracy.png", "loss.png", "confusion_matrix.png"]
+
+
+def _metrics(run: Path) -> list[dict[str, str]]:
+    with open(run / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def _without_timing(rows):
+    return [{k: v for k, v in r.items() if k not in ("epoch_seconds", "images_per_second")} for r in rows]
+
+
+def test_train_on_a_folder_writes_the_whole_run_folder(flat_folder, tmp_path, tiny_args):
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(flat_folder), "--out", str(run), *tiny_args]) == 0
+    for name in RUN_FILES:
+        assert (run / name).is_file(), name
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+
+    report = json.loads((run / "report.json").read_text())
+    assert report["classes"] == ["cat", "dog", "fox"]
+    assert report["best_epoch"] in (1, 2)
+    assert 0 <= report["val"]["accuracy"] <= 1 and report["val"]["loss"] > 0
+    test = report["test"]
+    assert test["split"] == "test" and test["images"] == 3
+    assert test["top5"] is None  # fewer than 5 classes
+    assert set(test["per_class"]) == {"cat", "dog", "fox"}
+    matrix = test["confusion_matrix"]
+    assert len(matrix) == 3 and sum(map(sum, matrix)) == 3
+    assert test["accuracy"] == pytest.approx(sum(matrix[i][i] for i in range(3)) / 3)
+    assert report["train_seconds"] > 0
+
+    rows = _metrics(run)
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert set(rows[0]) >= {"train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "images_per_second"}
+
+    config = yaml.safe_load((run / "config.yaml").read_text())["train"]
+    assert config["classes"] == ["cat", "dog", "fox"] and config["channels"] == 3
+    assert len(config["mean"]) == 3 and config["embed_dim"] == 32
+    assert config["augment"] == "none"  # "auto" resolves to none at a 16 px input
+
+    model = vitrain.load_model(run)  # best checkpoint, no model flags
+    assert model.meta["classes"] == ["cat", "dog", "fox"] and model.meta["mean"] == config["mean"]
+    assert model(torch.zeros(1, 3, 16, 16)).shape == (1, 3)
+
+
+def test_best_checkpoint_is_the_best_validation_epoch(flat_folder, tmp_path, tiny_args):
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(flat_folder), "--out", str(run), *tiny_args, "--epochs", "4",
+                 "--lr", "3e-3"]) == 0
+    rows = _metrics(run)
+    report = json.loads((run / "report.json").read_text())
+    best_acc = max(float(r["val_accuracy"]) for r in rows)
+    first_best = next(int(r["epoch"]) for r in rows if float(r["val_accuracy"]) == best_acc)
+    assert report["best_epoch"] == first_best and report["val"]["accuracy"] == pytest.approx(best_acc)
+    assert vitrain.load_model(run / "best.safetensors").meta["epoch"] == first_best
+    assert vitrain.load_model(run / "last.safetensors").meta["epoch"] == 4
+
+
+def test_same_seed_same_numbers(flat_folder, tmp_path, tiny_args):
+    for name in ("a", "b"):
+        assert main(["train", "--data", str(flat_folder), "--out", str(tmp_path / name), *tiny_args,
+                     "--augment", "randaugment", "--dropout", "0.1", "--seed", "3"]) == 0
+    assert _without_timing(_metrics(tmp_path / "a")) == _without_timing(_metrics(tmp_path / "b"))
+    a, b = (load_file(str(tmp_path / n / "last.safetensors")) for n in "ab")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_ends_identical_to_an_uninterrupted_run(flat_folder, tmp_path, tiny_args, monkeypatch):
+    common = ["--data", str(flat_folder), *tiny_args, "--epochs", "3", "--augment", "trivialaugment",
+              "--dropout", "0.1", "--drop-path", "0.1", "--warmup-epochs", "1"]
+    assert main(["train", "--out", str(tmp_path / "full"), *common]) == 0
+
+    real_evaluate = train_module.evaluate
+    calls = {"n": 0}
+
+    def interrupt_in_epoch_three(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:  # the validation pass of epoch 3: epochs 1-2 are saved, 3 is lost
+            raise KeyboardInterrupt
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "evaluate", interrupt_in_epoch_three)
+    assert main(["train", "--out", str(tmp_path / "cut"), *common]) == 130
+    assert len(_metrics(tmp_path / "cut")) == 2
+    monkeypatch.setattr(train_module, "evaluate", real_evaluate)
+
+    assert main(["train", "--resume", str(tmp_path / "cut"), "--no-progress"]) == 0
+    full = load_file(str(tmp_path / "full" / "last.safetensors"))
+    resumed = load_file(str(tmp_path / "cut" / "last.safetensors"))
+    assert all(torch.equal(full[k], resumed[k]) for k in full)
+    assert _without_timing(_metrics(tmp_path / "full")) == _without_timing(_metrics(tmp_path / "cut"))
+    full_report = json.loads((tmp_path / "full" / "report.json").read_text())
+    cut_report = json.loads((tmp_path / "cut" / "report.json").read_text())
+    assert full_report["test"] == cut_report["test"]
+
+
+def test_resume_refuses_changed_settings_and_missing_state(flat_folder, tmp_path, tiny_args, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(flat_folder), "--out", str(run), *tiny_args, "--epochs", "1"]) == 0
+    assert main(["train", "--resume", str(run), "--lr", "0.5"]) == 2
+    assert "cannot change: --lr" in capsys.readouterr().err
+    assert main(["train", "--resume", str(tmp_path / "nowhere")]) == 2
+    assert "not a vitrain run folder" in capsys.readouterr().err
+
+
+def test_existing_run_is_not_overwritten_by_accident(flat_folder, tmp_path, tiny_args, capsys):
+    run = tmp_path / "run"
+    args = ["train", "--data", str(flat_folder), "--out", str(run), *tiny_args, "--epochs", "1"]
+    assert main(args) == 0
+    before = (run / "last.safetensors").read_bytes()
+    assert main(args) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert (run / "last.safetensors").read_bytes() == before
+    (run / "my-notes.txt").write_text("keep me")
+    assert main(args + ["--overwrite", "--seed", "1"]) == 0
+    assert (run / "my-notes.txt").read_text() == "keep me"  # only vitrain's own files are replaced
+
+
+def test_config_file_holds_flags_and_flags_win(flat_folder, tmp_path, tiny_args):
+    config = tmp_path / "exp.yaml"
+    config.write_text(yaml.safe_dump({"data": str(flat_folder), "epochs": 1, "lr": 0.002, "label-smoothing": 0.2,
+                                      "classes": ["cat", "fox"], "schedule": "step", "betas": [0.9, 0.95]}))
+    run = tmp_path / "run"
+    assert main(["train", "--config", str(config), "--out", str(run), *tiny_args, "--epochs", "2"]) == 0
+    saved = yaml.safe_load((run / "config.yaml").read_text())["train"]
+    assert saved["epochs"] == 2 and saved["lr"] == 0.002 and saved["label_smoothing"] == 0.2
+    assert saved["classes"] == ["cat", "fox"] and saved["betas"] == [0.9, 0.95]
+    # a saved config.yaml is itself a valid --config
+    again = tmp_path / "again"
+    assert main(["train", "--config", str(run / "config.yaml"), "--out", str(again), "--no-progress"]) == 0
+    assert _without_timing(_metrics(run)) == _without_timing(_metrics(again))
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--lr", "-1"], "--lr must be positive"),
+        (["--batch-size", "0"], "--batch-size must be at least 1"),
+        (["--img-size", "30", "--patch-size", "4"], "not divisible by patch_size"),
+        (["--data", "no/such/folder"], "--data no/such/folder: no such file"),
+        (["--mean", "0.5"], "--mean/--std must be given together"),
+        (["--mean", "0.5,0.5", "--std", "0.2,0.2"], "--mean needs 1 value"),
+        (["--workers", "9999"], "--workers 9999 is more than"),
+        (["--device", "cuda:0"] if not torch.cuda.is_available() else ["--device", "tpu"], "--device"),
+    ],
+)
+def test_bad_options_exit_2_with_a_message_naming_them(tmp_path, flags, message, capsys):
+    assert main(["train", "--out", str(tmp_path / "run"), "--epochs", "1", "--no-progress", *flags]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_bad_config_file_is_named(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epochs: [1, 2\n")
+    assert main(["train", "--config", str(bad)]) == 2
+    assert "not valid YAML" in capsys.readouterr().err
+    bad.write_text("epochz: 3\n")
+    assert main(["train", "--config", str(bad)]) == 2
+    assert "unknown option(s): epochz" in capsys.readouterr().err
+
+
+def test_python_dash_m_runs_the_default_digits_job_briefly(tmp_path):
+    run = tmp_path / "digits"
+    result = subprocess.run([sys.executable, "-m", "vitrain", "train", "--epochs", "2", "--out", str(run),
+                             "--no-progress"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "model: vit-digits" in result.stdout and "test accuracy" in result.stdout
+    report = json.loads((run / "report.json").read_text())
+    assert report["test"]["images"] == 359 and report["test"]["top5"] is not None
+    assert len(report["classes"]) == 10
+
+
+def test_models_command_lists_presets(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "vit-ti16" in out and "vit-digits" in out and "vit-b16" in out
+
+
+@pytest.mark.slow
+def test_default_job_reaches_95_percent_on_digits(tmp_path):
+    """The README's promise (about 70 s on 2 CPU cores): run with `pytest -m slow`."""
+    assert main(["train", "--out", str(tmp_path / "default"), "--no-progress"]) == 0
+    report = json.loads((tmp_path / "default" / "report.json").read_text())
+    assert report["test"]["accuracy"] >= 0.95
+
+
+def test_nonfinite_loss_stops_naming_the_epoch_and_keeps_the_last_good_checkpoint(
+        flat_folder, tmp_path, tiny_args, monkeypatch, capsys):
+    real = train_module.F.cross_entropy
+    calls = {"n": 0}
+
+    def nan_in_epoch_two(*args, **kwargs):
+        calls["n"] += 1
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if calls["n"] > 3 else loss  # 3 steps per epoch
+
+    monkeypatch.setattr(train_module.F, "cross_entropy", nan_in_epoch_two)
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(flat_folder), "--out", str(run), *tiny_args, "--epochs", "3"]) == 1
+    assert "the training loss became nan in epoch 2" in capsys.readouterr().err
+    assert vitrain.load_model(run / "last.safetensors").meta["epoch"] == 1
+    assert len(_metrics(run)) == 1
+
+
+def test_sigterm_saves_and_says_how_to_resume(tmp_path):
+    import signal
+    import time
+
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "vitrain", "train", "--epochs", "500", "--out", str(run),
+                             "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (run / "metrics.csv").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert f"Continue with: vitrain train --resume {run}" in err
+    assert (run / "state.safetensors").is_file() and vitrain.load_model(run / "last.safetensors")

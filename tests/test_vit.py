@@ -1,0 +1,154 @@
+"""The ViT itself: shapes for every preset, options, and parity with torchvision and timm."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+
+import vitrain
+from vitrain.models import PRESETS, ViTConfig, create_model, resolve_config
+from vitrain.models.convert import detect_format, from_timm, from_torchvision
+
+
+@pytest.mark.parametrize("name", [n for n in PRESETS if n != "vit-l16"])
+def test_every_preset_gives_logits_of_the_right_shape(name):
+    cfg = resolve_config(name, num_classes=7)
+    model = create_model(name, num_classes=7).eval()
+    x = torch.randn(2, cfg.in_chans, cfg.img_size, cfg.img_size)
+    with torch.inference_mode():
+        assert model(x).shape == (2, 7)
+        tokens = model.forward_features(x)
+    assert tokens.shape == (2, cfg.grid_size**2 + (cfg.pool == "cls"), cfg.embed_dim)
+
+
+def test_vit_large_preset_has_the_papers_parameter_count():
+    # building ViT-L (300M parameters) on the meta device costs no memory
+    with torch.device("meta"):
+        model = create_model("vit-l16")
+    assert sum(p.numel() for p in model.parameters()) == 304_326_632  # ViT-L/16, 1000 classes
+
+
+def test_vit_base_parameter_count_matches_torchvision():
+    ours = sum(p.numel() for p in create_model("vit-b16").parameters())
+    theirs = sum(p.numel() for p in torchvision.models.vit_b_16().parameters())
+    assert ours == theirs == 86_567_656
+
+
+@pytest.mark.parametrize("in_chans", [1, 3])
+@pytest.mark.parametrize("pool", ["cls", "avg"])
+def test_any_size_patch_channels_and_pooling(in_chans, pool):
+    model = create_model("vit", img_size=40, patch_size=8, in_chans=in_chans, num_classes=3, embed_dim=32,
+                         depth=2, num_heads=4, mlp_dim=64, pool=pool)
+    out = model(torch.randn(3, in_chans, 40, 40))
+    assert out.shape == (3, 3)
+    assert (model.cls_token is None) == (pool == "avg")
+    assert model.pos_embed.shape == (1, 25 + (pool == "cls"), 32)
+
+
+def test_wrong_input_shape_is_a_clear_error():
+    model = create_model("vit-digits", num_classes=10)
+    with pytest.raises(ValueError, match=r"expected input of shape \(B, 1, 8, 8\)"):
+        model(torch.randn(1, 3, 8, 8))
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"img_size": 30, "patch_size": 4}, "not divisible by patch_size"),
+        ({"embed_dim": 30, "num_heads": 4}, "not divisible by num_heads"),
+        ({"in_chans": 2}, "in_chans must be 1 or 3"),
+        ({"pool": "max"}, "pool must be"),
+        ({"drop_path": 1.5}, "drop_path"),
+    ],
+)
+def test_invalid_architectures_are_refused(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        create_model("vit-mini4", **overrides)
+
+
+def test_unknown_names_and_options_are_refused():
+    with pytest.raises(ValueError, match="unknown model 'vit-huge'"):
+        create_model("vit-huge")
+    with pytest.raises(TypeError, match="unknown model option"):
+        create_model("vit-ti16", hidden_size=3)
+
+
+def test_vit_name_uses_only_explicit_dims_and_aliases_resolve():
+    cfg = resolve_config("vit", img_size=32, patch_size=4, embed_dim=48, depth=3, num_heads=3, mlp_dim=96)
+    assert (cfg.embed_dim, cfg.depth, cfg.num_heads, cfg.mlp_dim, cfg.img_size) == (48, 3, 3, 96, 32)
+    assert resolve_config("vit_b_16") == resolve_config("vit-b16")
+
+
+def test_dropout_and_drop_path_only_act_in_training():
+    model = create_model("vit-mini4", num_classes=4, dropout=0.3, drop_path=0.3)
+    x = torch.randn(4, 3, 32, 32)
+    model.eval()
+    assert torch.equal(model(x), model(x))
+    model.train()
+    assert not torch.equal(model(x), model(x))
+    rates = [getattr(b.drop_path, "p", 0.0) for b in model.blocks]
+    assert rates[0] == 0 and rates[-1] == pytest.approx(0.3)  # linear in depth
+
+
+def test_no_weight_decay_and_reset_classifier():
+    model = create_model("vit-mini4", num_classes=4)
+    assert model.no_weight_decay() == {"pos_embed", "cls_token"}
+    model.reset_classifier(9)
+    assert model(torch.randn(1, 3, 32, 32)).shape == (1, 9)
+    assert model.config.num_classes == 9
+
+
+def test_same_seed_same_weights():
+    torch.manual_seed(3)
+    a = vitrain.create_model("vit-mini4")
+    torch.manual_seed(3)
+    b = vitrain.create_model("vit-mini4")
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def _randomize_head(linear: torch.nn.Linear) -> None:
+    # both libraries may zero-initialize the head, which would make any two models "agree"
+    torch.nn.init.normal_(linear.weight, std=0.05)
+    torch.nn.init.normal_(linear.bias, std=0.05)
+
+
+def _assert_same_logits(reference: torch.nn.Module, ours: torch.nn.Module) -> None:
+    x = torch.randn(2, 3, 224, 224)
+    with torch.inference_mode():
+        expected, got = reference.eval()(x), ours.eval()(x)
+    assert expected.std() > 0.1  # the comparison has signal
+    assert (expected - got).abs().max() < 1e-4
+
+
+def test_parity_with_torchvision_vit_b_16():
+    torch.manual_seed(0)
+    reference = torchvision.models.vit_b_16()
+    _randomize_head(reference.heads.head)
+    state = reference.state_dict()
+    assert detect_format(state) == "torchvision"
+    ours = create_model("vit-b16")
+    ours.load_state_dict(from_torchvision(state))
+    _assert_same_logits(reference, ours)
+
+
+def test_parity_with_timm_vit_tiny_patch16_224():
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    reference = timm.create_model("vit_tiny_patch16_224", pretrained=False)
+    _randomize_head(reference.head)
+    state = reference.state_dict()
+    assert detect_format(state) == "timm"
+    ours = create_model("vit-ti16")
+    ours.load_state_dict(from_timm(state))
+    _assert_same_logits(reference, ours)
+
+
+def test_timm_variants_that_differ_are_refused_not_converted():
+    with pytest.raises(KeyError, match="not supported"):
+        from_timm({"fc_norm.weight": torch.zeros(3), "pos_embed": torch.zeros(1)})
+
+
+def test_config_round_trips_through_dict():
+    cfg = resolve_config("vit-cifar", num_classes=10)
+    assert ViTConfig(**cfg.to_dict()) == cfg
