@@ -113,35 +113,36 @@ def _randomize_head(linear: torch.nn.Linear) -> None:
     torch.nn.init.normal_(linear.bias, std=0.05)
 
 
-def _assert_same_logits(reference: torch.nn.Module, ours: torch.nn.Module) -> None:
+def _torchvision_vit_b_16():
+    model = torchvision.models.vit_b_16()
+    return model, model.heads.head
+
+
+def _timm_vit_tiny():
+    timm = pytest.importorskip("timm")
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False)
+    return model, model.head
+
+
+@pytest.mark.parametrize(
+    "build_reference, fmt, preset, convert",
+    [(_torchvision_vit_b_16, "torchvision", "vit-b16", from_torchvision),
+     (_timm_vit_tiny, "timm", "vit-ti16", from_timm)],
+    ids=["torchvision-vit_b_16", "timm-vit_tiny_patch16_224"],
+)
+def test_parity_with_reference_implementations(build_reference, fmt, preset, convert):
+    torch.manual_seed(0)
+    reference, head = build_reference()
+    _randomize_head(head)
+    state = reference.state_dict()
+    assert detect_format(state) == fmt
+    ours = create_model(preset)
+    ours.load_state_dict(convert(state))
     x = torch.randn(2, 3, 224, 224)
     with torch.inference_mode():
         expected, got = reference.eval()(x), ours.eval()(x)
     assert expected.std() > 0.1  # the comparison has signal
     assert (expected - got).abs().max() < 1e-4
-
-
-def test_parity_with_torchvision_vit_b_16():
-    torch.manual_seed(0)
-    reference = torchvision.models.vit_b_16()
-    _randomize_head(reference.heads.head)
-    state = reference.state_dict()
-    assert detect_format(state) == "torchvision"
-    ours = create_model("vit-b16")
-    ours.load_state_dict(from_torchvision(state))
-    _assert_same_logits(reference, ours)
-
-
-def test_parity_with_timm_vit_tiny_patch16_224():
-    timm = pytest.importorskip("timm")
-    torch.manual_seed(0)
-    reference = timm.create_model("vit_tiny_patch16_224", pretrained=False)
-    _randomize_head(reference.head)
-    state = reference.state_dict()
-    assert detect_format(state) == "timm"
-    ours = create_model("vit-ti16")
-    ours.load_state_dict(from_timm(state))
-    _assert_same_logits(reference, ours)
 
 
 def test_timm_variants_that_differ_are_refused_not_converted():
