@@ -9,6 +9,7 @@ from typing import Any, Optional, get_args, get_origin, get_type_hints
 
 import yaml
 
+from .checkpoint import atomic_write_bytes
 from .models.registry import ALIASES, model_names
 
 
@@ -124,7 +125,7 @@ class TrainConfig:
     def save(self, path: Path, extra: dict[str, Any] | None = None) -> None:
         """Write the config (plus resolved values in ``extra``) as YAML."""
         data = {"train": self.to_dict(), **(extra or {})}
-        path.write_text(yaml.safe_dump(data, sort_keys=False))
+        atomic_write_bytes(path, yaml.safe_dump(data, sort_keys=False).encode())
 
 
 SCHEDULES = ("cosine", "step", "multistep", "constant")

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ..checkpoint import CheckpointError, load_state, load_weights, save_model, save_state
+from ..checkpoint import CheckpointError, load_state, load_weights, model_from_checkpoint, save_model, save_state
 from ..config import ConfigError, TrainConfig
 from ..data.sources import ArrayImageDataset, DataSplits, load_data
 from ..data.transforms import TransformedDataset, build_eval_transform, build_train_transform, normalization
@@ -136,6 +136,8 @@ def prepare_run_dir(cfg: TrainConfig, resume: bool) -> Path:
         if not (out / STATE_FILE).is_file():
             raise ConfigError(f"--resume {out}: no {STATE_FILE} there, so there is nothing to resume")
         return out
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a folder")
     existing = [name for name in RUN_FILES if (out / name).exists()]
     if existing:
         if not cfg.overwrite:
@@ -303,8 +305,6 @@ def final_report(cfg: TrainConfig, splits: DataSplits, loaders: dict[str, DataLo
                  out: Path, history: list[dict[str, Any]], best: dict[str, Any], train_seconds: float,
                  amp_dtype: torch.dtype | None, log=print) -> dict[str, Any]:
     """Evaluate the best checkpoint on the test split (or validation, if there is none); plot and report."""
-    from ..checkpoint import model_from_checkpoint
-
     model = model_from_checkpoint(out / "best.safetensors").to(device)
     split = "test" if "test" in loaders else "val"
     if split == "val":

@@ -1,0 +1,391 @@
+"""Everything ``--data`` accepts, turned into train/val/test datasets of uint8 images.
+
+* ``digits``: scikit-learn's bundled 8x8 handwritten digits (offline; the default).
+* ``cifar10``, ``cifar100``, ``mnist``, ``fashion-mnist``: torchvision datasets in ``--data-root``.
+* a folder of class folders, flat or with split folders (``train``, ``val``/``valid``/
+  ``validation``, ``test``, and the ``Training``/``Testing`` spelling of Kaggle sets).
+* a ``.zip`` or ``.tar`` of such a folder, extracted once into a cache.
+
+Every dataset yields ``(image, label)`` with ``image`` a (C, H, W) uint8 tensor that
+already has the requested channel count; resizing and augmentation are the transforms' job.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .archive import default_cache_dir, extract_archive, is_archive
+from .images import image_mode, is_image_file, read_image
+
+BUILTIN = ("digits", "cifar10", "cifar100", "mnist", "fashion-mnist")
+SPLIT_NAMES = {
+    "train": "train", "training": "train",
+    "val": "val", "valid": "val", "validation": "val",
+    "test": "test", "testing": "test",
+}
+_IGNORED_DIRS = {"__MACOSX"}
+_GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+
+
+class DataError(ValueError):
+    """The data given with ``--data`` (or a related option) cannot be used; says why."""
+
+
+class ArrayImageDataset(Dataset):
+    """Images held in memory as one (N, C, H, W) uint8 tensor."""
+
+    def __init__(self, images: torch.Tensor, targets: Sequence[int], channels: int | None = None) -> None:
+        if images.ndim == 3:
+            images = images[:, None]
+        self.images = images
+        self.targets = [int(t) for t in targets]
+        self.channels = channels or images.shape[1]
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return convert_tensor_channels(self.images[index], self.channels), self.targets[index]
+
+    def subset(self, indices: Sequence[int]) -> "ArrayImageDataset":
+        idx = torch.as_tensor(np.asarray(indices, dtype=np.int64))
+        return ArrayImageDataset(self.images[idx], [self.targets[i] for i in idx.tolist()], self.channels)
+
+
+class FileImageDataset(Dataset):
+    """Images decoded from files on every access."""
+
+    def __init__(self, paths: Sequence[Path], targets: Sequence[int], channels: int,
+                 max_side: int | None = None) -> None:
+        self.paths = list(paths)
+        self.targets = [int(t) for t in targets]
+        self.channels = channels
+        self.max_side = max_side  # set by the loader to decode big JPEGs at reduced size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return read_image(self.paths[index], self.channels, self.max_side), self.targets[index]
+
+    def subset(self, indices: Sequence[int]) -> "FileImageDataset":
+        return FileImageDataset([self.paths[i] for i in indices], [self.targets[i] for i in indices],
+                                self.channels, self.max_side)
+
+
+def convert_tensor_channels(image: torch.Tensor, channels: int) -> torch.Tensor:
+    """(C, H, W) uint8 with C in {1, 3} -> ``channels`` channels (luma for RGB -> gray)."""
+    if image.shape[0] == channels:
+        return image
+    if channels == 3:
+        return image.expand(3, -1, -1).contiguous()
+    weights = torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)  # ITU-R 601, as PIL's 'L'
+    return (image.float() * weights).sum(0, keepdim=True).round().clamp(0, 255).to(torch.uint8)
+
+
+@dataclass
+class DataSplits:
+    """The resolved data: class names, datasets per split, and facts the rest of vitrain uses."""
+
+    name: str
+    classes: list[str]
+    channels: int
+    train: Dataset
+    val: Dataset
+    test: Dataset | None
+    native_size: int  # typical shorter image side, used to pick a default model
+    hflip_ok: bool = True  # whether a horizontal flip keeps the label (not for digits)
+    notes: list[str] = field(default_factory=list)
+
+    def sizes(self) -> dict[str, int]:
+        return {k: len(v) for k, v in (("train", self.train), ("val", self.val), ("test", self.test)) if v is not None}
+
+
+def stratified_split(targets: Sequence[int], fractions: Sequence[float], seed: int) -> list[np.ndarray]:
+    """Split indices per class, seeded, so every part keeps the class proportions.
+
+    Returns ``len(fractions) + 1`` index arrays: one per fraction, then the remainder.
+    A nonzero fraction takes at least one sample per class; every class keeps at least one
+    sample in the remainder.
+    """
+    rng = np.random.default_rng(seed)
+    targets = np.asarray(targets)
+    parts: list[list[int]] = [[] for _ in range(len(fractions) + 1)]
+    for cls in np.unique(targets):
+        idx = np.flatnonzero(targets == cls)
+        rng.shuffle(idx)
+        start = 0
+        for part, fraction in zip(parts, fractions):
+            n = int(round(len(idx) * fraction))
+            if fraction > 0 and n == 0:
+                n = 1  # tiny classes still get one image in every requested split
+            n = min(n, len(idx) - start - 1)
+            part.extend(idx[start:start + max(n, 0)].tolist())
+            start += max(n, 0)
+        parts[-1].extend(idx[start:].tolist())
+    return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
+
+
+def _select_classes(classes: list[str], wanted: Sequence[str] | None, where: str) -> list[str]:
+    if not wanted:
+        return classes
+    unknown = [c for c in wanted if c not in classes]
+    if unknown:
+        raise DataError(f"--classes: {', '.join(unknown)} not found in {where}; available: {', '.join(classes)}")
+    return list(dict.fromkeys(wanted))
+
+
+def _check_class_count(classes: list[str], where: str) -> None:
+    if len(classes) < 2:
+        raise DataError(f"{where}: found {len(classes)} class ({', '.join(classes) or 'none'}); "
+                        "a classifier needs at least 2 class folders")
+
+
+# ---------------------------------------------------------------------------- built-in sets
+
+def digits_splits(channels: int | None = None, classes: Sequence[str] | None = None) -> DataSplits:
+    """scikit-learn's 1,797 8x8 digits, split 70/10/20 (train/val/test) with a fixed seed."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = torch.from_numpy(np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8))[:, None]
+    names = [str(d) for d in range(10)]
+    dataset = ArrayImageDataset(images, bunch.target.tolist(), channels or 1)
+    dataset, names = _filter_array_classes(dataset, names, classes, "digits")
+    test_idx, val_idx, train_idx = stratified_split(dataset.targets, [0.2, 0.1], seed=0)
+    return DataSplits("digits", names, dataset.channels, dataset.subset(train_idx), dataset.subset(val_idx),
+                      dataset.subset(test_idx), native_size=8, hflip_ok=False,
+                      notes=["digits: fixed stratified split 70/10/20 (seed 0)"])
+
+
+def _filter_array_classes(dataset: ArrayImageDataset, names: list[str], wanted: Sequence[str] | None,
+                          where: str) -> tuple[ArrayImageDataset, list[str]]:
+    chosen = _select_classes(names, wanted, where)
+    if chosen == names:
+        return dataset, names
+    remap = {names.index(c): i for i, c in enumerate(chosen)}
+    keep = [i for i, t in enumerate(dataset.targets) if t in remap]
+    subset = dataset.subset(keep)
+    subset.targets = [remap[t] for t in subset.targets]
+    return subset, chosen
+
+
+def torchvision_splits(name: str, root: Path, download: bool, val_fraction: float, split_seed: int,
+                       channels: int | None = None, classes: Sequence[str] | None = None) -> DataSplits:
+    """CIFAR-10/100, MNIST or Fashion-MNIST from torchvision, held in memory.
+
+    The official test set is the test split; the validation split is carved (stratified)
+    out of the official training set.
+    """
+    import torchvision.datasets as tvd
+
+    cls = {"cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100, "mnist": tvd.MNIST,
+           "fashion-mnist": tvd.FashionMNIST}[name]
+    files = {"cifar10": "cifar-10-python.tar.gz (or its extracted cifar-10-batches-py/)",
+             "cifar100": "cifar-100-python.tar.gz (or its extracted cifar-100-python/)",
+             "mnist": "MNIST/raw/ with the four uncompressed *-ubyte files",
+             "fashion-mnist": "FashionMNIST/raw/ with the four uncompressed *-ubyte files"}[name]
+    root = Path(root).expanduser()
+    try:
+        train_set = cls(str(root), train=True, download=download)
+        test_set = cls(str(root), train=False, download=download)
+    except (RuntimeError, OSError) as err:
+        how = ("downloading failed" if download else "downloading is off (--no-download)")
+        raise DataError(
+            f"--data {name}: not found under --data-root {root} and {how} ({err}). "
+            f"Put {files} in {root}, or run once with internet access."
+        ) from None
+
+    def as_images(data) -> torch.Tensor:
+        array = torch.as_tensor(np.asarray(data))
+        return array.permute(0, 3, 1, 2).contiguous() if array.ndim == 4 else array[:, None]
+
+    if name.startswith("cifar"):
+        names = list(train_set.classes)
+    else:  # MNIST's class names read '0 - zero'; the digit is the name users expect
+        names = [c.split(" - ")[0] for c in train_set.classes]
+    train_all = ArrayImageDataset(as_images(train_set.data), list(map(int, train_set.targets)), channels)
+    test = ArrayImageDataset(as_images(test_set.data), list(map(int, test_set.targets)), channels)
+    train_all, chosen = _filter_array_classes(train_all, names, classes, name)
+    test, _ = _filter_array_classes(test, names, classes, name)
+    val_idx, train_idx = stratified_split(train_all.targets, [val_fraction], split_seed)
+    return DataSplits(name, chosen, train_all.channels, train_all.subset(train_idx), train_all.subset(val_idx),
+                      test, native_size=int(train_all.images.shape[-1]), hflip_ok=name.startswith(("cifar", "fashion")),
+                      notes=[f"{name}: validation = {val_fraction:.0%} of the official training set (seed {split_seed})"])
+
+
+# ---------------------------------------------------------------------------- image folders
+
+def _subdirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir()
+                  if p.is_dir() and not p.name.startswith(".") and p.name not in _IGNORED_DIRS)
+
+
+def find_dataset_root(folder: Path) -> Path:
+    """Descend through single wrapper folders (``dataset.zip`` -> ``dataset/`` -> classes)."""
+    while True:
+        subdirs = _subdirs(folder)
+        has_images = any(is_image_file(p) for p in folder.iterdir() if p.is_file())
+        if len(subdirs) == 1 and not has_images and subdirs[0].name.lower() not in SPLIT_NAMES:
+            folder = subdirs[0]
+        else:
+            return folder
+
+
+def _scan_classes(folder: Path) -> tuple[dict[str, list[Path]], int]:
+    """Class name -> sorted image paths (recursively); also count ignored non-image files."""
+    found: dict[str, list[Path]] = {}
+    ignored = 0
+    for class_dir in _subdirs(folder):
+        files = [p for p in class_dir.rglob("*") if p.is_file()]
+        images = sorted(p for p in files if is_image_file(p))
+        ignored += len(files) - len(images)
+        found[class_dir.name] = images
+    return found, ignored
+
+
+def _check_nonempty(found: dict[str, list[Path]], classes: list[str], folder: Path) -> None:
+    empty = [c for c in classes if not found.get(c)]
+    if empty:
+        raise DataError(f"{folder}: class folder(s) {', '.join(empty)} contain no images "
+                        "(remove them, or pick classes with --classes)")
+
+
+def _check_and_infer_channels(paths: Sequence[Path]) -> int:
+    """Read every file's header (so a bad file fails now, by name); 1 if all are single-channel, else 3."""
+    modes = {image_mode(p) for p in paths}
+    return 1 if modes <= _GRAY_MODES else 3
+
+
+def _typical_size(paths: Sequence[Path], sample: int = 32) -> int:
+    from PIL import Image
+
+    step = max(1, len(paths) // sample)
+    sides = []
+    for p in paths[::step][:sample]:
+        with Image.open(p) as img:
+            sides.append(min(img.size))
+    return int(np.median(sides))
+
+
+def folder_splits(folder: Path, channels: int | None, classes: Sequence[str] | None,
+                  val_fraction: float, test_fraction: float, split_seed: int) -> DataSplits:
+    """A folder of class folders, flat or with split folders."""
+    root = find_dataset_root(folder)
+    subdirs = _subdirs(root)
+    split_dirs = {SPLIT_NAMES[d.name.lower()]: d for d in subdirs if d.name.lower() in SPLIT_NAMES}
+    notes: list[str] = []
+    if split_dirs and "train" in split_dirs:
+        others = [d.name for d in subdirs if d.name.lower() not in SPLIT_NAMES]
+        if others:
+            warnings.warn(f"{root}: ignoring folder(s) {', '.join(others)} beside the split folders")
+        scans = {split: _scan_classes(d) for split, d in split_dirs.items()}
+        names = {split: sorted(found) for split, (found, _) in scans.items()}
+        chosen = _select_classes(names["train"], classes, str(split_dirs["train"]))
+        for split, d in split_dirs.items():
+            missing = sorted(set(chosen) - set(names[split]))
+            extra = sorted(set(names[split]) - set(names["train"]))
+            if missing or (extra and not classes):
+                raise DataError(
+                    f"{root}: split folders have different classes: {d.name}/ "
+                    + (f"lacks {', '.join(missing)}" if missing else f"has extra {', '.join(extra)}")
+                    + f" compared to {split_dirs['train'].name}/ (use --classes to pick common ones)")
+        _check_class_count(chosen, str(split_dirs["train"]))
+        for split, (found, _) in scans.items():
+            _check_nonempty(found, chosen, split_dirs[split])
+        ignored = sum(n for _, n in scans.values())
+        paths = {split: [(p, i) for i, c in enumerate(chosen) for p in scans[split][0][c]] for split in scans}
+        all_paths = [p for items in paths.values() for p, _ in items]
+        inferred = _check_and_infer_channels(all_paths)
+        ch = channels or inferred
+
+        def make(items: list[tuple[Path, int]]) -> FileImageDataset:
+            return FileImageDataset([p for p, _ in items], [t for _, t in items], ch)
+
+        train = make(paths["train"])
+        test = make(paths["test"]) if "test" in paths else None
+        if "val" in paths:
+            val = make(paths["val"])
+        else:
+            val_idx, train_idx = stratified_split(train.targets, [val_fraction], split_seed)
+            train, val = train.subset(train_idx), train.subset(val_idx)
+            notes.append(f"validation = {val_fraction:.0%} of {split_dirs['train'].name}/ (stratified, seed {split_seed})")
+        if test is None:
+            notes.append("no test split folder: the final evaluation uses the validation split")
+    else:
+        found, ignored = _scan_classes(root)
+        chosen = _select_classes(sorted(found), classes, str(root))
+        _check_class_count(chosen, str(root))
+        _check_nonempty(found, chosen, root)
+        items = [(p, i) for i, c in enumerate(chosen) for p in found[c]]
+        all_paths = [p for p, _ in items]
+        inferred = _check_and_infer_channels(all_paths)
+        ch = channels or inferred
+        full = FileImageDataset(all_paths, [t for _, t in items], ch)
+        if val_fraction + test_fraction >= 1:
+            raise DataError(f"--val-fraction {val_fraction} + --test-fraction {test_fraction} leave no training images")
+        test_idx, val_idx, train_idx = stratified_split(full.targets, [test_fraction, val_fraction], split_seed)
+        train, val, test = full.subset(train_idx), full.subset(val_idx), full.subset(test_idx)
+        if len(test) == 0:
+            test = None
+        notes.append(f"flat folder: stratified split {1 - val_fraction - test_fraction:.0%}/"
+                     f"{val_fraction:.0%}/{test_fraction:.0%} (train/val/test, seed {split_seed})")
+    if ignored:
+        notes.append(f"ignored {ignored} non-image file(s)")
+    if len(val) == 0:
+        raise DataError(f"{root}: the validation split is empty; add images or raise --val-fraction")
+    return DataSplits(str(folder), chosen, ch, train, val, test, native_size=_typical_size(all_paths), notes=notes)
+
+
+# ---------------------------------------------------------------------------- entry point
+
+def load_data(data: str, *, data_root: str | Path | None = None, download: bool = True,
+              channels: int | None = None, classes: Sequence[str] | None = None,
+              val_fraction: float = 0.1, test_fraction: float = 0.1, split_seed: int = 0,
+              cache_dir: Path | None = None) -> DataSplits:
+    """Resolve a ``--data`` value into :class:`DataSplits`.
+
+    Args:
+        data: ``digits``, a torchvision set name, a folder, or a .zip/.tar archive.
+        data_root: where torchvision sets live (default ``$VITRAIN_CACHE/datasets``).
+        download: allow torchvision to download missing sets.
+        channels: force 1 or 3 channels (default: the data's own).
+        classes: train on these classes only, in this order.
+        val_fraction, test_fraction: split fractions where the data has no such split.
+        split_seed: seed of those splits (independent of the training seed).
+    """
+    for name, value in (("--val-fraction", val_fraction), ("--test-fraction", test_fraction)):
+        if not 0 <= value < 1:
+            raise DataError(f"{name} must be in [0, 1), got {value}")
+    if channels not in (None, 1, 3):
+        raise DataError(f"--channels must be 1 or 3, got {channels}")
+    key = data.lower()
+    if key == "digits":
+        return digits_splits(channels, classes)
+    if key in BUILTIN:
+        root = Path(data_root) if data_root else default_cache_dir() / "datasets"
+        return torchvision_splits(key, root, download, val_fraction, split_seed, channels, classes)
+    path = Path(data).expanduser()
+    if path.is_dir():
+        return folder_splits(path, channels, classes, val_fraction, test_fraction, split_seed)
+    if is_archive(path):
+        extracted = extract_archive(path, cache_dir)
+        splits = folder_splits(extracted, channels, classes, val_fraction, test_fraction, split_seed)
+        splits.name = str(path)
+        return splits
+    if path.exists():
+        raise DataError(f"--data {data}: not a folder or a .zip/.tar archive")
+    raise DataError(f"--data {data}: no such file or folder, and not a built-in set ({', '.join(BUILTIN)})")
+
+
+def class_counts(dataset: Dataset) -> Counter:
+    """Images per class index."""
+    return Counter(dataset.targets)
