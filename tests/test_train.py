@@ -132,6 +132,10 @@ def test_existing_run_is_not_overwritten_by_accident(flat_folder, tmp_path, tiny
     assert main(args) == 2
     assert "already holds a run" in capsys.readouterr().err
     assert (run / "last.safetensors").read_bytes() == before
+    # a failing start (here: a mistyped --data) with --overwrite leaves the old run untouched
+    bad = ["train", "--data", str(flat_folder) + "-typo", "--out", str(run), *tiny_args, "--overwrite"]
+    assert main(bad) == 2
+    assert (run / "last.safetensors").read_bytes() == before
     (run / "my-notes.txt").write_text("keep me")
     assert main(args + ["--overwrite", "--seed", "1"]) == 0
     assert (run / "my-notes.txt").read_text() == "keep me"  # only vitrain's own files are replaced
@@ -161,13 +165,14 @@ def test_config_file_holds_flags_and_flags_win(flat_folder, tmp_path, tiny_args)
         (["--data", "no/such/folder"], "--data no/such/folder: no such file"),
         (["--mean", "0.5"], "--mean/--std must be given together"),
         (["--mean", "0.5,0.5", "--std", "0.2,0.2"], "--mean needs 1 value"),
-        (["--workers", "9999"], "--workers 9999 is more than"),
+        (["--workers", "9999"], "--workers is more than 4x this machine"),
         (["--device", "cuda:0"] if not torch.cuda.is_available() else ["--device", "tpu"], "--device"),
     ],
 )
 def test_bad_options_exit_2_with_a_message_naming_them(tmp_path, flags, message, capsys):
     assert main(["train", "--out", str(tmp_path / "run"), "--epochs", "1", "--no-progress", *flags]) == 2
     assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # nothing is created for a run that never started
 
 
 def test_bad_config_file_is_named(tmp_path, capsys):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional, get_args, get_origin, get_type_hints
@@ -98,6 +99,8 @@ class TrainConfig:
             (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "--device",
              "must be auto, cpu, cuda or cuda:N"),
             (self.workers is None or self.workers >= 0, "--workers", "must be >= 0"),
+            (self.workers is None or self.workers <= 4 * (os.cpu_count() or 1), "--workers",
+             f"is more than 4x this machine's {os.cpu_count()} CPUs"),
             (self.best_metric in ("accuracy", "loss"), "--best-metric", "must be accuracy or loss"),
             (self.hflip is None or 0 <= self.hflip <= 1, "--hflip", "must be a probability in [0, 1]"),
             (0 <= self.random_erasing <= 1, "--random-erasing", "must be a probability in [0, 1]"),

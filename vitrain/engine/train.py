@@ -107,8 +107,6 @@ def build_loaders(cfg: TrainConfig, splits: DataSplits, device: torch.device) ->
     eval_tf = build_eval_transform(cfg.img_size, cfg.mean, cfg.std, cfg.crop_pct)
     in_memory = isinstance(splits.train, ArrayImageDataset)
     workers = cfg.workers if cfg.workers is not None else (0 if in_memory else max(1, min(8, (os.cpu_count() or 2) - 1)))
-    if workers > (os.cpu_count() or 1) * 4:
-        raise ConfigError(f"--workers {workers} is more than 4x this machine's {os.cpu_count()} CPUs")
     for dataset in (splits.train, splits.val, splits.test):
         if dataset is not None and hasattr(dataset, "max_side"):
             # big JPEGs decode at reduced size, never below what the crop needs
@@ -129,8 +127,8 @@ def default_run_dir(data: str) -> str:
     return str(Path("runs") / f"{Path(data).stem or 'data'}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
-def prepare_run_dir(cfg: TrainConfig, resume: bool) -> Path:
-    """Create the run folder; refuse to mix a new run into an old one."""
+def check_run_dir(cfg: TrainConfig, resume: bool) -> Path:
+    """The run folder, checked before any work: a new run never mixes into an old one."""
     out = Path(cfg.out or default_run_dir(cfg.data))
     if resume:
         if not (out / STATE_FILE).is_file():
@@ -139,15 +137,21 @@ def prepare_run_dir(cfg: TrainConfig, resume: bool) -> Path:
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file, not a folder")
     existing = [name for name in RUN_FILES if (out / name).exists()]
-    if existing:
-        if not cfg.overwrite:
-            raise ConfigError(f"--out {out} already holds a run ({', '.join(existing[:3])}); "
-                              f"continue it with --resume {out} or replace it with --overwrite")
-        for name in RUN_FILES:
-            (out / name).unlink(missing_ok=True)
-        shutil.rmtree(out / "tensorboard", ignore_errors=True)
-    out.mkdir(parents=True, exist_ok=True)
+    if existing and not cfg.overwrite:
+        raise ConfigError(f"--out {out} already holds a run ({', '.join(existing[:3])}); "
+                          f"continue it with --resume {out} or replace it with --overwrite")
     return out
+
+
+def start_run_dir(out: Path) -> None:
+    """Create the folder, removing an old run's files (only vitrain's own) for --overwrite.
+
+    Called once the data has loaded, so a mistyped option never costs the old run.
+    """
+    for name in RUN_FILES:
+        (out / name).unlink(missing_ok=True)
+    shutil.rmtree(out / "tensorboard", ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -177,13 +181,14 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
     started = time.perf_counter()
     cfg.validate()
     device = resolve_device(cfg.device)
-    out = prepare_run_dir(cfg, resume)
+    out = check_run_dir(cfg, resume)
     splits = load_data(cfg.data, data_root=cfg.data_root, download=cfg.download, channels=cfg.channels,
                        classes=cfg.classes, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
                        split_seed=cfg.split_seed)
     cfg = resolve_config_for_data(cfg, splits)
     cfg = dataclasses.replace(cfg, out=str(out))
     if not resume:
+        start_run_dir(out)
         cfg.save(out / "config.yaml", {"data_summary": {"splits": splits.sizes(), "notes": splits.notes}})
 
     model = build_model(cfg).to(device)
