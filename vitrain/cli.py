@@ -1,4 +1,4 @@
-"""The ``vitrain`` command line: ``vitrain train`` and ``vitrain models``."""
+"""The ``vitrain`` command line: ``train``, ``eval``, ``predict``, ``export`` and ``models``."""
 
 from __future__ import annotations
 
@@ -100,7 +100,45 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Train a Vision Transformer and write a run folder.")
     _add_train_arguments(train)
     sub.add_parser("models", help="list the named model sizes")
+
+    ev = sub.add_parser("eval", help="evaluate a checkpoint or run folder on any --data source",
+                        description="Top-1/top-5, loss, per-class precision/recall/F1, confusion matrices.")
+    ev.add_argument("checkpoint", help="a .safetensors checkpoint or a run folder (its best.safetensors)")
+    ev.add_argument("--data", required=True, help="as for train; a folder without split folders means all of it")
+    ev.add_argument("--split", choices=["train", "val", "test"],
+                    help="which split (default: test, or val where there is none; all images of a flat folder)")
+    ev.add_argument("--out", help="folder for report.json and the plots (default CHECKPOINT_DIR/eval/DATA-SPLIT)")
+    _add_running_arguments(ev, data=True)
+
+    pr = sub.add_parser("predict", help="classify image files, folders or glob patterns",
+                        description="Write predictions.csv; optionally annotated copies and attention maps.")
+    pr.add_argument("checkpoint", help="a .safetensors checkpoint or a run folder (its best.safetensors)")
+    pr.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (recursive) or glob patterns")
+    pr.add_argument("--out", default="predictions", help="output folder (default ./predictions)")
+    pr.add_argument("--top-k", type=int, default=5, help="how many labels per image in the CSV (5)")
+    pr.add_argument("--annotate", action="store_true",
+                    help="save copies with the prediction drawn on them (and right/wrong when the folder names the class)")
+    pr.add_argument("--attention", action="store_true", help="save attention-rollout overlays and raw maps (.npy)")
+    _add_running_arguments(pr, data=False)
+
+    ex = sub.add_parser("export", help="export a checkpoint to ONNX or TorchScript",
+                        description="Dynamic batch dimension, preprocessing in the metadata, parity checked.")
+    ex.add_argument("checkpoint", help="a .safetensors checkpoint or a run folder (its best.safetensors)")
+    ex.add_argument("--format", choices=["onnx", "torchscript"], required=True)
+    ex.add_argument("--out", help="output file (default beside the checkpoint)")
     return parser
+
+
+def _add_running_arguments(p: argparse.ArgumentParser, data: bool) -> None:
+    p.add_argument("--batch-size", type=int, default=64, help="(64)")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    if data:
+        p.add_argument("--workers", type=int, default=0, help="data-loading processes (0)")
+        p.add_argument("--data-root", help="where torchvision sets are stored")
+        p.add_argument("--no-download", dest="download", action="store_false", help="never download torchvision sets")
+        p.add_argument("--val-fraction", type=float, default=0.1, help="as for train, with --split on a flat folder")
+        p.add_argument("--test-fraction", type=float, default=0.1, help="as for train, with --split on a flat folder")
+        p.add_argument("--split-seed", type=int, default=0, help="as for train, with --split on a flat folder")
 
 
 def train_config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
@@ -143,6 +181,66 @@ def _models_table() -> str:
     return "\n".join(lines)
 
 
+def _run_tool(args: argparse.Namespace) -> int:
+    """eval, predict and export: everything after training, from a checkpoint alone."""
+    if args.command == "export":
+        from .engine.export import export_model
+
+        export_model(args.checkpoint, args.format, args.out)
+        return 0
+    from .engine.train import resolve_device
+
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1 (got {args.batch_size})")
+    device = resolve_device(args.device)
+    if args.command == "eval":
+        from .engine.evaluate import evaluate_checkpoint
+
+        evaluate_checkpoint(args.checkpoint, args.data, split=args.split, out=args.out, batch_size=args.batch_size,
+                            workers=args.workers, device=device, data_root=args.data_root, download=args.download,
+                            val_fraction=args.val_fraction, test_fraction=args.test_fraction,
+                            split_seed=args.split_seed)
+        return 0
+    return _predict(args, device)
+
+
+def _predict(args: argparse.Namespace, device) -> int:
+    from .checkpoint import load_model
+    from .engine.predict import annotate, output_names, predict_files, save_attention, write_predictions_csv
+
+    if args.top_k < 1:
+        raise ConfigError(f"--top-k must be at least 1 (got {args.top_k})")
+    result = predict_files(args.checkpoint, args.inputs, top_k=args.top_k, batch_size=args.batch_size,
+                           attention=args.attention, device=device)
+    crop_pct = load_model(args.checkpoint).meta.get("crop_pct", 1.0) if args.attention else 1.0
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_predictions_csv(out / "predictions.csv", result, args.top_k)
+    names = output_names([p.path for p in result.predictions])
+    width = min(max((len(str(p.path)) for p in result.predictions), default=4), 60)
+    print(f"{'image':<{width}}  {'prediction':<20} {'prob':>6}  true")
+    for p in result.predictions:
+        shown = str(p.path) if len(str(p.path)) <= width else "..." + str(p.path)[-(width - 3):]
+        mark = "" if p.correct is None else f"{p.true_label} ({'right' if p.correct else 'wrong'})"
+        print(f"{shown:<{width}}  {p.label:<20} {p.probability:>6.1%}  {mark}")
+        if args.annotate:
+            annotate(p, (out / "annotated" / names[p.path]).with_suffix(".png"))
+        if args.attention:
+            save_attention(p, (out / "attention" / names[p.path]).with_suffix(".png"), crop_pct)
+    accuracy = result.accuracy()
+    judged = sum(p.correct is not None for p in result.predictions)
+    summary = f"{len(result.predictions)} image(s) classified"
+    if accuracy is not None:
+        summary += f"; {judged} in folders named like a class: accuracy {accuracy:.4f}"
+    print(summary + f"; results in {out / 'predictions.csv'}")
+    for item, reason in result.failed:
+        print(f"vitrain: skipped {item}: {reason}", file=sys.stderr)
+    if result.failed:
+        print(f"vitrain: {len(result.failed)} input(s) failed", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _raise_keyboard_interrupt(signum, frame):  # noqa: ARG001 - signal handler signature
     raise KeyboardInterrupt
 
@@ -162,6 +260,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .data.archive import ArchiveError
     from .data.images import ImageReadError
     from .data.sources import DataError
+    from .engine.export import ExportError
+
+    if args.command != "train":
+        try:
+            return _run_tool(args)
+        except (ConfigError, DataError, ArchiveError, ImageReadError, CheckpointError, ExportError, ValueError) as err:
+            print(f"vitrain: error: {err}", file=sys.stderr)
+            return 2
+
     from .engine.train import TrainingError, train
 
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)  # stop like Ctrl-C: the last epoch is saved

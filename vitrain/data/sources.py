@@ -389,3 +389,34 @@ def load_data(data: str, *, data_root: str | Path | None = None, download: bool 
 def class_counts(dataset: Dataset) -> Counter:
     """Images per class index."""
     return Counter(dataset.targets)
+
+
+def load_split(data: str, split: str | None = None, *, channels: int | None = None, data_root: str | Path | None = None,
+               download: bool = True, val_fraction: float = 0.1, test_fraction: float = 0.1, split_seed: int = 0,
+               cache_dir: Path | None = None) -> tuple[Dataset, list[str], str]:
+    """One split of ``data`` to evaluate: (dataset, class names, which split it is).
+
+    A folder (or archive) without split folders means all of its images unless ``split``
+    is given; otherwise the default is the test split, or validation where there is none.
+    """
+    if split not in (None, "train", "val", "test"):
+        raise DataError(f"--split must be train, val or test, got {split!r}")
+    path = Path(data).expanduser()
+    folder = extract_archive(path, cache_dir) if is_archive(path) else path
+    if split is None and folder.is_dir():
+        root = find_dataset_root(folder)
+        if not any(d.name.lower() in SPLIT_NAMES for d in _subdirs(root)):
+            found, _ = _scan_classes(root)
+            names = sorted(found)
+            _check_nonempty(found, names, root)
+            items = [(p, i) for i, c in enumerate(names) for p in found[c]]
+            paths = [p for p, _ in items]
+            inferred = _check_and_infer_channels(paths)
+            return FileImageDataset(paths, [t for _, t in items], channels or inferred), names, "all images"
+    splits = load_data(data, data_root=data_root, download=download, channels=channels, val_fraction=val_fraction,
+                       test_fraction=test_fraction, split_seed=split_seed, cache_dir=cache_dir)
+    chosen = split or ("test" if splits.test is not None else "val")
+    dataset = getattr(splits, chosen)
+    if dataset is None:
+        raise DataError(f"--data {data} has no {chosen} split")
+    return dataset, splits.classes, chosen

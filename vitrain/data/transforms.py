@@ -82,19 +82,25 @@ def build_eval_transform(img_size: int, mean: Sequence[float], std: Sequence[flo
     return v2.Compose(_resize_and_center(img_size, crop_pct) + _to_float_normalized(mean, std))
 
 
-class TransformedDataset(Dataset):
-    """Apply ``transform`` to the images of ``dataset``."""
+def eval_transform_for(meta: dict, img_size: int) -> v2.Compose:
+    """The evaluation pipeline a checkpoint's metadata describes (``mean``, ``std``, ``crop_pct``)."""
+    return build_eval_transform(img_size, meta["mean"], meta["std"], meta.get("crop_pct", 1.0))
 
-    def __init__(self, dataset: Dataset, transform: v2.Transform) -> None:
+
+class TransformedDataset(Dataset):
+    """Apply ``transform`` to the images of ``dataset`` (and ``target_map`` to its labels)."""
+
+    def __init__(self, dataset: Dataset, transform: v2.Transform, target_map: Sequence[int] | None = None) -> None:
         self.dataset = dataset
         self.transform = transform
+        self.target_map = target_map
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         image, target = self.dataset[index]
-        return self.transform(image), target
+        return self.transform(image), (target if self.target_map is None else self.target_map[target])
 
 
 def dataset_mean_std(dataset: Dataset, img_size: int, max_images: int = 1000) -> tuple[list[float], list[float]]:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import confusion_matrix
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -66,3 +69,73 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, num_cla
         targets=y_true,
         predictions=y_pred,
     )
+
+
+def match_classes(model_classes: list[str], data_classes: list[str]) -> list[int]:
+    """For each data class, the index of the model class of the same name.
+
+    The data may hold a subset of the model's classes, in any order; a name the model does
+    not know is an error that lists every such name.
+    """
+    unknown = [c for c in data_classes if c not in model_classes]
+    if unknown:
+        raise ValueError(f"the data has classes the checkpoint does not know: {', '.join(unknown)} "
+                         f"(checkpoint classes: {', '.join(model_classes)})")
+    return [model_classes.index(c) for c in data_classes]
+
+
+def per_class_report(result: EvalResult, classes: list[str]) -> dict[str, dict[str, float | int]]:
+    """Precision, recall, F1 and support of every class present in the data (scikit-learn)."""
+    present = sorted(set(result.targets.tolist()))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        result.targets, result.predictions, labels=present, zero_division=0)
+    return {classes[c]: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+            for c, p, r, f, s in zip(present, precision, recall, f1, support)}
+
+
+def evaluate_checkpoint(source: str | Path, data: str, *, split: str | None = None, out: str | Path | None = None,
+                        batch_size: int = 64, workers: int = 0, device: torch.device | None = None,
+                        log=print, **data_options: Any) -> dict[str, Any]:
+    """``vitrain eval``: evaluate a checkpoint (or run folder) on one split of any ``--data`` source.
+
+    Writes ``report.json``, ``confusion_matrix.png`` (counts) and
+    ``confusion_matrix_normalized.png`` (row rates) into ``out`` and returns the report.
+    """
+    from ..checkpoint import load_model, resolve_checkpoint_path
+    from ..data.sources import load_split
+    from ..data.transforms import TransformedDataset, eval_transform_for
+    from ..report import plot_confusion_matrix, write_report
+
+    started = time.perf_counter()
+    device = device or torch.device("cpu")
+    checkpoint = resolve_checkpoint_path(source)
+    model = load_model(checkpoint).to(device)
+    classes = list(model.meta["classes"])
+    dataset, data_classes, which = load_split(data, split, channels=model.config.in_chans, **data_options)
+    target_map = match_classes(classes, data_classes)
+    loader = DataLoader(TransformedDataset(dataset, eval_transform_for(model.meta, model.config.img_size), target_map),
+                        batch_size=batch_size, num_workers=workers)
+    result = evaluate(model, loader, device, len(classes))
+    matrix = result.confusion(len(classes))
+    out = Path(out) if out else checkpoint.parent / "eval" / f"{Path(data).stem or 'data'}-{which.replace(' ', '-')}"
+    out.mkdir(parents=True, exist_ok=True)
+    title = f"{Path(data).name} ({which}): accuracy {result.accuracy:.3f}"
+    plot_confusion_matrix(matrix, classes, out / "confusion_matrix.png", title)
+    plot_confusion_matrix(matrix, classes, out / "confusion_matrix_normalized.png", title + ", row-normalized",
+                          normalized=True)
+    report = {
+        "checkpoint": str(checkpoint), "data": data, "split": which, "images": int(len(result.targets)),
+        "classes": classes, "accuracy": result.accuracy, "top5": result.top5, "loss": result.loss,
+        "per_class": per_class_report(result, classes), "confusion_matrix": matrix.tolist(),
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    write_report(out / "report.json", report)
+    log(f"{checkpoint} on {data} ({which}, {report['images']} images)")
+    log(f"  accuracy {result.accuracy:.4f}" + (f"  top-5 {result.top5:.4f}" if result.top5 is not None else "")
+        + f"  loss {result.loss:.4f}")
+    width = max(len("class"), *(len(c) for c in report["per_class"])) + 2
+    log(f"  {'class':<{width}}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}")
+    for name, row in report["per_class"].items():
+        log(f"  {name:<{width}}{row['precision']:>10.4f}{row['recall']:>10.4f}{row['f1']:>10.4f}{row['support']:>10}")
+    log(f"report: {out / 'report.json'}")
+    return report

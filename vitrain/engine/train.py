@@ -25,13 +25,13 @@ from ..data.sources import ArrayImageDataset, DataSplits, load_data
 from ..data.transforms import TransformedDataset, build_eval_transform, build_train_transform, normalization
 from ..models.registry import resolve_config
 from ..models.vit import VisionTransformer
-from ..report import plot_confusion_matrix, plot_curves, write_metrics_csv, write_report
+from ..report import plot_confusion_matrix, plot_curves, plot_samples, write_metrics_csv, write_report
 from .evaluate import evaluate
 from .optim import build_optimizer, build_scheduler
 
 STATE_FILE = "state.safetensors"
 RUN_FILES = ("config.yaml", "metrics.csv", "best.safetensors", "last.safetensors", STATE_FILE, "report.json",
-             "accuracy.png", "loss.png", "confusion_matrix.png")
+             "accuracy.png", "loss.png", "confusion_matrix.png", "samples.png")
 MODEL_FIELDS = ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_dim", "dropout", "drop_path", "pool")
 
 
@@ -306,11 +306,24 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
     return report
 
 
+def write_samples(splits: DataSplits, targets, predictions, classes: list[str], path: Path,
+                  per_class: int = 6) -> None:
+    """``samples.png``: up to ``per_class`` validation images of each class with the best model's labels."""
+    chosen: list[int] = []
+    for c in range(len(classes)):
+        chosen += [i for i, t in enumerate(targets) if t == c][:per_class]
+    images = [splits.val[i][0].numpy() for i in chosen]
+    plot_samples(images, [int(targets[i]) for i in chosen], [int(predictions[i]) for i in chosen], classes, path,
+                 per_class)
+
+
 def final_report(cfg: TrainConfig, splits: DataSplits, loaders: dict[str, DataLoader], device: torch.device,
                  out: Path, history: list[dict[str, Any]], best: dict[str, Any], train_seconds: float,
                  amp_dtype: torch.dtype | None, log=print) -> dict[str, Any]:
     """Evaluate the best checkpoint on the test split (or validation, if there is none); plot and report."""
     model = model_from_checkpoint(out / "best.safetensors").to(device)
+    val = evaluate(model, loaders["val"], device, len(cfg.classes), amp_dtype)
+    write_samples(splits, val.targets, val.predictions, cfg.classes, out / "samples.png")
     split = "test" if "test" in loaders else "val"
     if split == "val":
         log("note: no test split, so the final evaluation uses the validation split")

@@ -100,6 +100,15 @@ class Attention(nn.Module):
         self.attn_dropout = dropout
         self.proj_drop = nn.Dropout(dropout)
 
+    def attention_weights(self, x: torch.Tensor) -> torch.Tensor:
+        """The softmax attention matrix (B, heads, N, N) that ``forward`` applies (without dropout).
+
+        Computed explicitly for explanations; training and inference use the fused SDPA kernel.
+        """
+        B, N, C = x.shape
+        q, k, _ = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
+        return (q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5).softmax(dim=-1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, C = x.shape
         # (B, N, 3*C) -> (3, B, heads, N, head_dim): the q|k|v layout of timm and nn.MultiheadAttention
@@ -197,8 +206,8 @@ class VisionTransformer(nn.Module):
         nn.init.zeros_(self.head.bias)
         self.config = ViTConfig(**{**self.config.to_dict(), "num_classes": num_classes})
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Images (B, C, H, W) -> normalized tokens (B, prefix + patches, embed_dim)."""
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, C, H, W) -> input tokens (B, prefix + patches, embed_dim), position-embedded."""
         cfg = self.config
         if x.ndim != 4 or x.shape[1:] != (cfg.in_chans, cfg.img_size, cfg.img_size):
             raise ValueError(
@@ -208,9 +217,20 @@ class VisionTransformer(nn.Module):
         x = self.patch_embed(x)
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
-        x = self.pos_drop(x + self.pos_embed)
-        x = self.blocks(x)
-        return self.norm(x)
+        return self.pos_drop(x + self.pos_embed)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, C, H, W) -> normalized tokens (B, prefix + patches, embed_dim)."""
+        return self.norm(self.blocks(self.embed(x)))
+
+    def forward_with_attention(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Logits plus every block's attention matrix, each (B, heads, tokens, tokens)."""
+        tokens = self.embed(x)
+        maps = []
+        for block in self.blocks:
+            maps.append(block.attn.attention_weights(block.norm1(tokens)))
+            tokens = block(tokens)
+        return self.forward_head(self.norm(tokens)), maps
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Tokens -> logits (or the pooled embedding when ``pre_logits``)."""

@@ -1,0 +1,196 @@
+"""``vitrain predict``: classify image files with a checkpoint, optionally drawing the answers on them."""
+
+from __future__ import annotations
+
+import csv
+import glob
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from ..checkpoint import load_model, resolve_checkpoint_path
+from ..data.images import ImageReadError, convert_channels, is_image_file, read_image
+from ..data.transforms import eval_transform_for
+from .attention import attention_rollout_maps
+
+RIGHT, WRONG, NEUTRAL = (30, 160, 60), (210, 40, 40), (40, 40, 40)
+
+
+@dataclass
+class Prediction:
+    """One image's top-k answer, and its true class when its folder names one."""
+
+    path: Path
+    top: list[tuple[str, float]]
+    true_label: str | None = None
+    attention: np.ndarray | None = None
+
+    @property
+    def label(self) -> str:
+        return self.top[0][0]
+
+    @property
+    def probability(self) -> float:
+        return self.top[0][1]
+
+    @property
+    def correct(self) -> bool | None:
+        return None if self.true_label is None else self.label == self.true_label
+
+
+@dataclass
+class PredictResult:
+    predictions: list[Prediction] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (input, reason)
+
+    def accuracy(self) -> float | None:
+        judged = [p.correct for p in self.predictions if p.correct is not None]
+        return sum(judged) / len(judged) if judged else None
+
+
+def collect_inputs(inputs: Sequence[str]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Image files from files, folders (recursively) and glob patterns; plus inputs that matched nothing."""
+    found: list[Path] = []
+    missing: list[tuple[str, str]] = []
+    for item in inputs:
+        path = Path(item).expanduser()
+        if path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.is_file() and is_image_file(p))
+            if not files:
+                missing.append((item, "folder holds no image files"))
+            found.extend(files)
+        elif path.is_file():
+            found.append(path)
+        elif glob.has_magic(item):
+            files = sorted(Path(p) for p in glob.glob(os.path.expanduser(item), recursive=True) if Path(p).is_file())
+            if not files:
+                missing.append((item, "pattern matched no files"))
+            found.extend(files)
+        else:
+            missing.append((item, "no such file or folder"))
+    return list(dict.fromkeys(found)), missing
+
+
+def predict_files(source: str | Path, inputs: Sequence[str], *, top_k: int = 5, batch_size: int = 32,
+                  attention: bool = False, device: torch.device | None = None) -> PredictResult:
+    """Classify every image in ``inputs`` with the checkpoint (or run folder) ``source``.
+
+    Unreadable files are recorded in ``result.failed`` and skipped.
+    """
+    device = device or torch.device("cpu")
+    model = load_model(resolve_checkpoint_path(source)).to(device)
+    classes = list(model.meta["classes"])
+    transform = eval_transform_for(model.meta, model.config.img_size)
+    k = max(1, min(top_k, len(classes)))
+    paths, failed = collect_inputs(inputs)
+    result = PredictResult(failed=failed)
+    for start in range(0, len(paths), batch_size):
+        batch, kept = [], []
+        for path in paths[start:start + batch_size]:
+            try:
+                batch.append(transform(read_image(path, model.config.in_chans)))
+                kept.append(path)
+            except ImageReadError as err:
+                result.failed.append((str(path), str(err)))
+        if not batch:
+            continue
+        images = torch.stack(batch).to(device)
+        with torch.inference_mode():
+            if attention:
+                logits, maps = attention_rollout_maps(model, images)
+            else:
+                logits, maps = model(images), None
+        probs = logits.float().softmax(dim=1)
+        values, indices = probs.topk(k, dim=1)
+        for i, path in enumerate(kept):
+            top = [(classes[j], float(v)) for v, j in zip(values[i].tolist(), indices[i].tolist())]
+            true = path.parent.name if path.parent.name in classes else None
+            result.predictions.append(Prediction(path, top, true, None if maps is None else maps[i].cpu().numpy()))
+    return result
+
+
+def write_predictions_csv(path: Path, result: PredictResult, top_k: int) -> None:
+    """``path,label,probability``, the top-k labels and probabilities, then the true label where known."""
+    k = max((len(p.top) for p in result.predictions), default=min(top_k, 1))
+    header = ["path", "label", "probability"]
+    for i in range(1, k + 1):
+        header += [f"top{i}_label", f"top{i}_probability"]
+    header += ["true_label", "correct"]
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        for p in result.predictions:
+            row: list[Any] = [str(p.path), p.label, f"{p.probability:.6f}"]
+            for label, prob in p.top:
+                row += [label, f"{prob:.6f}"]
+            row += ["", ""] * (k - len(p.top))
+            row += [p.true_label or "", "" if p.correct is None else str(p.correct).lower()]
+            writer.writerow(row)
+
+
+def _display_copy(path: Path, min_side: int = 224) -> Image.Image:
+    """The image as RGB, enlarged (nearest neighbour, pixels stay visible) when it is small."""
+    with Image.open(path) as img:
+        img.load()
+        rgb = convert_channels(img, 3)
+    scale = max(1, -(-min_side // min(rgb.size)))
+    return rgb.resize((rgb.width * scale, rgb.height * scale), Image.NEAREST) if scale > 1 else rgb
+
+
+def annotate(prediction: Prediction, out_path: Path) -> None:
+    """Save a copy of the image with the predicted label and probability (and the true label) drawn on it."""
+    img = _display_copy(prediction.path)
+    draw = ImageDraw.Draw(img)
+    font_size = max(12, img.height // 14)
+    font = ImageFont.load_default(size=font_size)
+    lines = [f"{prediction.label} {prediction.probability:.0%}"]
+    color = NEUTRAL
+    if prediction.true_label is not None:
+        color = RIGHT if prediction.correct else WRONG
+        lines.append(("right" if prediction.correct else "wrong") + f" (true: {prediction.true_label})")
+    if prediction.true_label is not None:
+        draw.rectangle((0, 0, img.width - 1, img.height - 1), outline=color, width=max(2, min(img.size) // 40))
+    pad = max(2, font_size // 4)
+    text = "\n".join(lines)
+    box = draw.multiline_textbbox((pad, pad), text, font=font)
+    draw.rectangle((0, 0, box[2] + pad, box[3] + pad), fill=color)
+    draw.multiline_text((pad, pad), text, fill=(255, 255, 255), font=font)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(out_path)
+
+
+def save_attention(prediction: Prediction, png_path: Path, crop_pct: float = 1.0) -> None:
+    """The rollout map as a PNG overlay on the region the model saw, and the raw map as ``.npy`` beside it.
+
+    The model sees the central square of the image (``crop_pct`` of the shorter side), so the
+    map is drawn there and the rest of the image is dimmed.
+    """
+    import matplotlib
+
+    raw = prediction.attention
+    png_path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(png_path.with_suffix(".npy"), raw)
+    img = np.asarray(_display_copy(prediction.path), dtype=np.float32) / 255
+    height, width = img.shape[:2]
+    side = int(round(min(height, width) * crop_pct))
+    top, left = (height - side) // 2, (width - side) // 2
+    heat = (raw - raw.min()) / max(float(raw.max() - raw.min()), 1e-12)
+    heat = np.asarray(Image.fromarray((heat * 255).astype(np.uint8)).resize((side, side), Image.BILINEAR)) / 255.0
+    blend = img * 0.35  # outside the model's view
+    seen = img[top:top + side, left:left + side]
+    blend[top:top + side, left:left + side] = 0.55 * seen + 0.45 * matplotlib.colormaps["inferno"](heat)[..., :3]
+    Image.fromarray((blend * 255).clip(0, 255).astype(np.uint8)).save(png_path)
+
+
+def output_names(paths: Sequence[Path]) -> dict[Path, Path]:
+    """Each input's path relative to the inputs' common folder, so outputs never collide."""
+    if not paths:
+        return {}
+    parents = [str(p.resolve().parent) for p in paths]
+    root = Path(os.path.commonpath(parents))
+    return {p: p.resolve().relative_to(root) for p in paths}
