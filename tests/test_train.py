@@ -18,7 +18,7 @@ from vitrain.cli import main
 from vitrain.engine import train as train_module
 
 RUN_FILES = ["config.yaml", "metrics.csv", "best.safetensors", "last.safetensors", "state.safetensors",
-             "report.json", "accuracy.png", "loss.png", "confusion_matrix.png"]
+             "report.json", "accuracy.png", "loss.png", "confusion_matrix.png", "samples.png"]
 
 
 def _metrics(run: Path) -> list[dict[str, str]]:

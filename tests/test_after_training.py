@@ -1,0 +1,189 @@
+"""``vitrain eval``, ``predict`` and ``export`` on a tiny trained run, from the checkpoint alone."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import vitrain
+from vitrain.cli import main
+from vitrain.data.images import read_image
+from vitrain.data.transforms import eval_transform_for
+
+from .conftest import TINY_MODEL, write_class_folders
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, Path]:
+    """(run folder, data folder): a tiny model trained a few epochs on 3 classes."""
+    root = tmp_path_factory.mktemp("after")
+    data = write_class_folders(root / "pets", per_class=10)
+    args = ["train", "--data", str(data), "--out", str(root / "run"), "--epochs", "4", "--batch-size", "8",
+            "--lr", "3e-3", "--no-progress", "--workers", "0"]
+    for key, value in TINY_MODEL.items():
+        args += [f"--{key.replace('_', '-')}", str(value)]
+    assert main(args) == 0
+    return root / "run", data
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_samples_png_is_in_the_run_folder(trained):
+    run, _ = trained
+    with Image.open(run / "samples.png") as img:
+        assert img.width > 100 and img.height > 100
+
+
+def test_eval_on_a_flat_folder_uses_every_image(trained, tmp_path):
+    run, data = trained
+    assert main(["eval", str(run), "--data", str(data), "--out", str(tmp_path / "ev")]) == 0
+    report = json.loads((tmp_path / "ev" / "report.json").read_text())
+    assert report["split"] == "all images" and report["images"] == 30
+    assert set(report["per_class"]) == {"cat", "dog", "fox"}
+    assert all(set(v) == {"precision", "recall", "f1", "support"} for v in report["per_class"].values())
+    matrix = np.array(report["confusion_matrix"])
+    assert matrix.sum() == 30 and report["accuracy"] == pytest.approx(np.trace(matrix) / 30)
+    assert report["top5"] is None and report["loss"] > 0
+    for name in ("confusion_matrix.png", "confusion_matrix_normalized.png"):
+        assert (tmp_path / "ev" / name).is_file()
+
+
+def test_eval_split_matches_the_training_report(trained, tmp_path):
+    run, data = trained
+    assert main(["eval", str(run), "--data", str(data), "--split", "test", "--out", str(tmp_path / "ev")]) == 0
+    report = json.loads((tmp_path / "ev" / "report.json").read_text())
+    training = json.loads((run / "report.json").read_text())
+    assert report["images"] == training["test"]["images"] == 3
+    assert report["accuracy"] == training["test"]["accuracy"]
+    assert report["confusion_matrix"] == training["test"]["confusion_matrix"]
+
+
+def test_eval_matches_classes_by_name_for_a_reordered_subset(trained, tmp_path):
+    run, data = trained
+    subset = tmp_path / "subset"
+    for name, new in (("fox", "fox"), ("cat", "cat")):  # copied in an order that sorts differently
+        shutil.copytree(data / name, subset / new)
+    assert main(["eval", str(run), "--data", str(subset), "--out", str(tmp_path / "ev")]) == 0
+    report = json.loads((tmp_path / "ev" / "report.json").read_text())
+    assert report["images"] == 20 and set(report["per_class"]) == {"cat", "fox"}
+    matrix = np.array(report["confusion_matrix"])
+    assert matrix[1].sum() == 0  # no dog images: the dog row is empty, columns still cover all classes
+    model = vitrain.load_model(run)
+    tf = eval_transform_for(model.meta, 16)
+    fox = torch.stack([tf(read_image(p, 3)) for p in sorted((subset / "fox").iterdir())])
+    with torch.inference_mode():
+        predicted_fox = (model(fox).argmax(1) == 2).sum().item()
+    assert matrix[2, 2] == predicted_fox
+
+
+def test_eval_refuses_unknown_classes_listing_them(trained, tmp_path, capsys):
+    run, data = trained
+    other = write_class_folders(tmp_path / "zoo", per_class=2, classes={"cat": (1, 2, 3), "emu": (9, 9, 9),
+                                                                          "yak": (5, 5, 5)})
+    assert main(["eval", str(run), "--data", str(other), "--out", str(tmp_path / "ev")]) == 2
+    err = capsys.readouterr().err
+    assert "classes the checkpoint does not know: emu, yak" in err and "checkpoint classes: cat, dog, fox" in err
+
+
+def test_predict_files_folders_and_globs_with_annotations(trained, tmp_path, capsys):
+    run, data = trained
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    shutil.copy(data / "dog" / "000.png", loose / "unknown-animal.png")
+    broken = loose / "broken.jpg"
+    broken.write_bytes(b"not an image")
+    out = tmp_path / "pred"
+    code = main(["predict", str(run), str(data / "cat"), str(data / "fox" / "00*.png"), str(loose / "unknown-animal.png"),
+                 str(broken), str(tmp_path / "missing.png"), "--out", str(out), "--top-k", "2", "--annotate"])
+    assert code == 1  # some inputs failed
+    captured = capsys.readouterr()
+    assert "broken.jpg" in captured.err and "missing.png: no such file" in captured.err
+    assert "accuracy" in captured.out
+    rows = _read_csv(out / "predictions.csv")
+    assert len(rows) == 10 + 10 + 1
+    assert list(rows[0])[:7] == ["path", "label", "probability", "top1_label", "top1_probability", "top2_label",
+                                 "top2_probability"]
+    assert all(r["label"] == r["top1_label"] and float(r["top1_probability"]) >= float(r["top2_probability"])
+               for r in rows)
+    cats = [r for r in rows if "/cat/" in r["path"]]
+    assert all(r["true_label"] == "cat" and r["correct"] == str(r["label"] == "cat").lower() for r in cats)
+    loose_row = next(r for r in rows if "unknown-animal" in r["path"])
+    assert loose_row["true_label"] == "" and loose_row["correct"] == ""
+    annotated = sorted(p.relative_to(out / "annotated") for p in (out / "annotated").rglob("*.png"))
+    # outputs mirror the inputs' paths below their common folder, so same-named files never collide
+    assert len(annotated) == 21 and any(p.as_posix().endswith("pets/cat/000.png") for p in annotated)
+
+
+def test_predicted_probability_is_the_models_softmax(trained, tmp_path):
+    run, data = trained
+    image = data / "dog" / "003.png"
+    assert main(["predict", str(run), str(image), "--out", str(tmp_path / "p")]) == 0
+    row = _read_csv(tmp_path / "p" / "predictions.csv")[0]
+    model = vitrain.load_model(run)
+    with torch.inference_mode():
+        probs = model(eval_transform_for(model.meta, 16)(read_image(image, 3))[None]).softmax(1)[0]
+    best = int(probs.argmax())
+    assert row["label"] == model.meta["classes"][best]
+    assert float(row["probability"]) == pytest.approx(float(probs[best]), abs=1e-6)
+
+
+def test_annotated_copy_marks_right_and_wrong(trained, tmp_path):
+    run, data = trained
+    assert main(["predict", str(run), str(data), "--out", str(tmp_path / "p"), "--annotate"]) == 0
+    rows = _read_csv(tmp_path / "p" / "predictions.csv")
+    for row in rows[:6]:
+        rel = Path(row["path"]).relative_to(data).with_suffix(".png")
+        with Image.open(tmp_path / "p" / "annotated" / rel) as img:
+            corner = img.convert("RGB").getpixel((img.width - 1, img.height - 1))  # the border
+        assert corner == ((30, 160, 60) if row["correct"] == "true" else (210, 40, 40))
+        assert min(img.size) >= 224  # small images are enlarged so the text is readable
+
+
+def test_attention_maps_are_saved_as_overlay_and_array(trained, tmp_path):
+    run, data = trained
+    assert main(["predict", str(run), str(data / "cat" / "001.png"), "--out", str(tmp_path / "p"), "--attention"]) == 0
+    raw = np.load(tmp_path / "p" / "attention" / "001.npy")
+    assert raw.shape == (4, 4) and np.all(raw >= 0)  # 16 px / 4 px patches
+    with Image.open(tmp_path / "p" / "attention" / "001.png") as img:
+        assert img.mode == "RGB"
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_export_has_dynamic_batch_metadata_and_parity(trained, tmp_path, fmt, capsys):
+    run, _ = trained
+    out = tmp_path / f"model.{fmt}"
+    assert main(["export", str(run), "--format", fmt, "--out", str(out)]) == 0
+    assert "max abs diff" in capsys.readouterr().out
+    model = vitrain.load_model(run)
+    batch = torch.randn(5, 3, 16, 16)
+    with torch.inference_mode():
+        expected = model(batch).numpy()
+    if fmt == "onnx":
+        onnx = pytest.importorskip("onnx")
+        ort = pytest.importorskip("onnxruntime")
+        meta = json.loads({p.key: p.value for p in onnx.load(str(out)).metadata_props}["vitrain"])
+        got = ort.InferenceSession(str(out)).run(None, {"images": batch.numpy()})[0]
+    else:
+        extra = {"vitrain.json": ""}
+        loaded = torch.jit.load(str(out), _extra_files=extra)
+        meta = json.loads(extra["vitrain.json"])
+        got = loaded(batch).detach().numpy()
+    assert np.abs(got - expected).max() < 1e-4
+    assert meta["classes"] == ["cat", "dog", "fox"] and meta["mean"] == model.meta["mean"]
+    assert "center-crop 16x16" in meta["steps"]
+
+
+def test_tools_report_missing_checkpoints_clearly(tmp_path, capsys):
+    assert main(["eval", str(tmp_path / "nothing"), "--data", "digits"]) == 2
+    assert "no such checkpoint file or run folder" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "nothing"), "--format", "onnx"]) == 2
