@@ -74,3 +74,17 @@ def test_constant_schedule_and_warmup_on_step():
     assert set(_lrs(TrainConfig(lr=0.3, epochs=3, schedule="constant", warmup_epochs=0), 5)) == {0.3}
     lrs = _lrs(TrainConfig(lr=1.0, epochs=12, schedule="step", step_size=10, warmup_epochs=1), 2)
     assert lrs[0] == pytest.approx(1e-3) and lrs[2] == pytest.approx(1.0)
+
+
+def test_a_planned_length_keeps_the_schedules_shape():
+    cfg = TrainConfig(lr=1.0, epochs=50, schedule="step", step_size=10, gamma=0.1, warmup_epochs=5)
+    model = torch.nn.Linear(2, 2)
+    opt = build_optimizer(model, cfg, torch.device("cpu"))
+    sched = build_scheduler(opt, cfg, steps_per_epoch=10, total_steps=100)  # a fifth of the configured 500
+    lrs = []
+    for _ in range(100):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(1e-3) and lrs[10] == pytest.approx(1.0)  # warmup: 5 of 50 epochs -> 10 steps
+    assert lrs[29] == pytest.approx(1.0) and lrs[30] == pytest.approx(0.1)  # step: 10 of 50 epochs -> 20 steps

@@ -55,3 +55,12 @@ def test_training_on_the_real_mri_archive(cache, tmp_path, monkeypatch, tiny_arg
     assert report["classes"] == ["glioma", "meningioma", "pituitary"]
     assert report["test"]["images"] == sum(map(sum, report["test"]["confusion_matrix"]))
     assert report["test"]["accuracy"] > 1 / 3  # one epoch already beats chance on 3 classes
+
+
+def test_brain_tumor_leakage_between_training_and_testing(cache):
+    from vitrain.data.leakage import find_leaks
+
+    splits = load_data(str(SHARED_DATASETS / "brain-tumor-mri.tar"), cache_dir=cache)
+    leak = find_leaks(splits.train, splits.test, "test")
+    # the archive's README: about 190 groups of byte-identical images across Training/Testing
+    assert leak.total == 1311 and 150 <= len(leak.leaked) <= 260

@@ -243,3 +243,63 @@ def test_sigterm_saves_and_says_how_to_resume(tmp_path):
     assert proc.returncode == 130
     assert f"Continue with: vitrain train --resume {run}" in err
     assert (run / "state.safetensors").is_file() and vitrain.load_model(run / "last.safetensors")
+
+
+def test_mixup_cutmix_and_ema_train_and_resume_exactly(flat_folder, tmp_path, tiny_args, monkeypatch):
+    # 24 training images in batches of 7: the last batch has 3, and MixUp/CutMix must cope
+    common = ["--data", str(flat_folder), *tiny_args, "--epochs", "3", "--batch-size", "7", "--mixup", "0.8",
+              "--cutmix", "1.0", "--ema", "0.9"]
+    assert main(["train", "--out", str(tmp_path / "full"), *common]) == 0
+    real_evaluate = train_module.evaluate
+    calls = {"n": 0}
+
+    def interrupt_in_epoch_three(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "evaluate", interrupt_in_epoch_three)
+    assert main(["train", "--out", str(tmp_path / "cut"), *common]) == 130
+    monkeypatch.setattr(train_module, "evaluate", real_evaluate)
+    assert main(["train", "--resume", str(tmp_path / "cut"), "--no-progress"]) == 0
+    full = load_file(str(tmp_path / "full" / "last.safetensors"))
+    resumed = load_file(str(tmp_path / "cut" / "last.safetensors"))
+    assert all(torch.equal(full[k], resumed[k]) for k in full)
+    # checkpoints hold the EMA weights, which differ from the raw weights in the state
+    from vitrain.checkpoint import load_state
+
+    state = load_state(tmp_path / "full" / "state.safetensors")
+    assert torch.equal(state["ema"]["module.head.weight"], full["head.weight"])
+    assert not torch.equal(state["model"]["head.weight"], full["head.weight"])
+
+
+def test_time_budget_plans_the_steps_and_reports_them(flat_folder, tmp_path, tiny_args):
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(flat_folder), "--out", str(run), *tiny_args, "--epochs", "1000",
+                 "--time-budget", "0.25"]) == 0
+    report = json.loads((run / "report.json").read_text())
+    budget = report["time_budget"]
+    assert budget["minutes"] == 0.25 and budget["planned_steps"] > 3
+    assert budget["done_steps"] == budget["planned_steps"] or budget["stopped_by"] == "deadline"
+    assert report["epochs"] == len(_metrics(run)) < 1000  # the plan, not --epochs, set the length
+    assert float(_metrics(run)[-1]["lr"]) == pytest.approx(0.0, abs=1e-9)  # the schedule ran to its end
+    assert report["test"]["images"] == 3
+
+
+def test_leaked_evaluation_images_are_counted_and_removed_with_dedupe(tmp_path, tiny_args, capsys):
+    from .conftest import write_class_folders
+
+    data = tmp_path / "leaky"
+    write_class_folders(data / "train", per_class=6)
+    write_class_folders(data / "test", per_class=3, start=50)
+    for name in ("cat", "dog"):  # two test images are byte copies of training images
+        (data / "test" / name / "copy.png").write_bytes((data / "train" / name / "000.png").read_bytes())
+    args = ["train", "--data", str(data), *tiny_args, "--epochs", "1"]
+    assert main([*args, "--out", str(tmp_path / "kept")]) == 0
+    assert "2 of 11 test images are identical to training images; kept" in capsys.readouterr().out
+    kept = json.loads((tmp_path / "kept" / "report.json").read_text())
+    assert kept["leakage"]["test"] == {"images": 11, "identical_to_train": 2} and kept["test"]["images"] == 11
+    assert main([*args, "--out", str(tmp_path / "deduped"), "--dedupe"]) == 0
+    deduped = json.loads((tmp_path / "deduped" / "report.json").read_text())
+    assert deduped["leakage"]["test"]["removed"] == 2 and deduped["test"]["images"] == 9

@@ -53,6 +53,8 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--crop-ratio", default=S, help="MIN,MAX aspect ratio of random resized crops (0.75,1.333)")
     g.add_argument("--crop-pct", type=float, default=S, help="evaluation center-crop fraction (1.0)")
     g.add_argument("--random-erasing", type=float, default=S, help="random erasing probability (0)")
+    g.add_argument("--mixup", type=float, default=S, help="MixUp alpha on training batches (0: off)")
+    g.add_argument("--cutmix", type=float, default=S, help="CutMix alpha (0: off); with --mixup each batch uses one")
     g.add_argument("--normalize", choices=["dataset", "imagenet", "none"], default=S,
                    help="per-dataset statistics (default), ImageNet's, or none")
     g.add_argument("--mean", default=S, help="comma-separated per-channel mean (with --std)")
@@ -76,6 +78,11 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--milestones", default=S, help="multistep decay points as fractions of training (0.6,0.85)")
     g.add_argument("--label-smoothing", type=float, default=S, help="(0.1)")
     g.add_argument("--clip-grad", type=float, default=S, help="clip the gradient norm at this value (0: off)")
+    g.add_argument("--ema", type=float, default=S,
+                   help="keep an exponential moving average of the weights with this decay, e.g. 0.999; "
+                   "it is what is validated and checkpointed (0: off)")
+    g.add_argument("--time-budget", type=float, default=S, metavar="MINUTES",
+                   help="fit the run into this wall-clock time: measure speed, plan the steps, scale the schedule")
 
     g = p.add_argument_group("running")
     g.add_argument("--config", help="YAML file with any of these options (flags given here win)")
@@ -83,6 +90,8 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--resume", metavar="DIR", help="continue the run in DIR after its last completed epoch")
     g.add_argument("--overwrite", action="store_true", default=S, help="replace a run already in --out")
     g.add_argument("--seed", type=int, default=S, help="(0)")
+    g.add_argument("--dedupe", action="store_true", default=S,
+                   help="drop validation/test images identical to a training image (they are always counted)")
     g.add_argument("--device", default=S, help="auto (default), cpu, cuda or cuda:N")
     g.add_argument("--workers", type=int, default=S, help="data-loading processes (auto)")
     g.add_argument("--best-metric", choices=["accuracy", "loss"], default=S,

@@ -49,6 +49,8 @@ class TrainConfig:
     crop_ratio: list[float] = field(default_factory=lambda: [0.75, 4 / 3])
     crop_pct: float = 1.0
     random_erasing: float = 0.0
+    mixup: float = 0.0  # MixUp alpha (0: off)
+    cutmix: float = 0.0  # CutMix alpha (0: off); with both, each batch uses one of them
     normalize: str = "dataset"
     mean: Optional[list[float]] = None
     std: Optional[list[float]] = None
@@ -70,8 +72,11 @@ class TrainConfig:
     milestones: list[float] = field(default_factory=lambda: [0.6, 0.85])
     label_smoothing: float = 0.1
     clip_grad: float = 0.0
+    ema: float = 0.0  # decay of an exponential moving average of the weights (0: off), e.g. 0.999
+    time_budget: Optional[float] = None  # minutes of wall clock; the schedule is planned to fit
     # running
     seed: int = 0
+    dedupe: bool = False  # drop evaluation images identical to a training image
     device: str = "auto"
     workers: Optional[int] = None
     best_metric: str = "accuracy"
@@ -104,6 +109,9 @@ class TrainConfig:
             (self.best_metric in ("accuracy", "loss"), "--best-metric", "must be accuracy or loss"),
             (self.hflip is None or 0 <= self.hflip <= 1, "--hflip", "must be a probability in [0, 1]"),
             (0 <= self.random_erasing <= 1, "--random-erasing", "must be a probability in [0, 1]"),
+            (self.mixup >= 0 and self.cutmix >= 0, "--mixup/--cutmix", "alphas must be >= 0 (0 turns them off)"),
+            (0 <= self.ema < 1, "--ema", "decay must be in [0, 1) (0 turns it off)"),
+            (self.time_budget is None or self.time_budget > 0, "--time-budget", "must be a positive number of minutes"),
             (0 < self.crop_pct <= 1, "--crop-pct", "must be in (0, 1]"),
             (len(self.crop_scale) == 2 and 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1,
              "--crop-scale", "needs MIN,MAX with 0 < MIN <= MAX <= 1"),

@@ -29,24 +29,29 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) ->
                              fused=device.type == "cuda")
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig,
-                    steps_per_epoch: int) -> lr_scheduler.LRScheduler:
-    """A schedule stepped once per optimizer step, over ``cfg.epochs * steps_per_epoch`` steps.
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int,
+                    total_steps: int | None = None) -> lr_scheduler.LRScheduler:
+    """A schedule stepped once per optimizer step, over ``total_steps`` (default ``cfg.epochs * steps_per_epoch``).
 
     * ``cosine``: cosine decay from ``lr`` to ``min_lr``;
     * ``step``: multiply by ``gamma`` every ``step_size`` epochs;
     * ``multistep``: multiply by ``gamma`` at each fraction of training in ``milestones``;
     * ``constant``.
 
-    ``warmup_epochs`` > 0 prepends a linear warmup from ``lr / 1000`` for any of them.
+    ``warmup_epochs`` > 0 prepends a linear warmup from ``lr / 1000`` for any of them. When
+    ``total_steps`` differs from the configured length (a time budget planned it), the
+    epoch-denominated settings (warmup, step size) shrink or grow in proportion, so the
+    schedule keeps its shape.
     """
-    total = cfg.epochs * steps_per_epoch
-    warmup = min(int(round(cfg.warmup_epochs * steps_per_epoch)), total - 1)
+    configured = cfg.epochs * steps_per_epoch
+    total = total_steps or configured
+    per_epoch = steps_per_epoch * total / configured  # steps that one configured epoch maps to
+    warmup = min(int(round(cfg.warmup_epochs * per_epoch)), total - 1)
     rest = total - warmup
     if cfg.schedule == "cosine":
         main = lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(rest, 1), eta_min=cfg.min_lr)
     elif cfg.schedule == "step":
-        main = lr_scheduler.StepLR(optimizer, step_size=max(1, int(round(cfg.step_size * steps_per_epoch))),
+        main = lr_scheduler.StepLR(optimizer, step_size=max(1, int(round(cfg.step_size * per_epoch))),
                                    gamma=cfg.gamma)
     elif cfg.schedule == "multistep":
         # milestones are fractions of the whole run, counted after the warmup like every schedule

@@ -10,17 +10,21 @@ import dataclasses
 import math
 import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
+from torchvision.transforms import v2
 from tqdm import tqdm
 
 from ..checkpoint import CheckpointError, load_state, load_weights, model_from_checkpoint, save_model, save_state
 from ..config import ConfigError, TrainConfig
+from ..data.leakage import content_hashes, find_leaks, without
 from ..data.sources import ArrayImageDataset, DataSplits, load_data
 from ..data.transforms import TransformedDataset, build_eval_transform, build_train_transform, normalization
 from ..models.registry import resolve_config
@@ -172,6 +176,104 @@ def _param_norm(model: torch.nn.Module) -> float:
 
 # ------------------------------------------------------------------------------ the loop
 
+def check_leaks(splits: DataSplits, dedupe: bool, log=print) -> dict[str, Any]:
+    """Warn about evaluation images identical to training images; with ``dedupe``, drop them."""
+    train_hashes = set(content_hashes(splits.train))
+    found: dict[str, Any] = {"dedupe": dedupe}
+    for name in ("val", "test"):
+        dataset = getattr(splits, name)
+        if dataset is None:
+            continue
+        leak = find_leaks(splits.train, dataset, name, train_hashes)
+        found[name] = leak.to_dict()
+        if leak.leaked:
+            action = "removed from it (--dedupe)" if dedupe else "kept (use --dedupe to remove them)"
+            log(f"warning: {len(leak.leaked)} of {leak.total} {name} images are identical to training images; "
+                f"{action}")
+            if dedupe:
+                setattr(splits, name, without(dataset, leak.leaked))
+                found[name]["removed"] = len(leak.leaked)
+    return found
+
+
+def plan_budget(cfg: TrainConfig, model: torch.nn.Module, loaders: dict[str, DataLoader], device: torch.device,
+                amp_dtype: torch.dtype | None, seconds_left: float, log=print) -> dict[str, Any]:
+    """Measure training and validation speed on a throwaway copy, then plan the steps that fit.
+
+    Each epoch costs its steps plus one validation pass; the final evaluation (validation
+    and test with the best model) is reserved too.
+    """
+    import copy
+
+    begin = time.perf_counter()
+    probe = copy.deepcopy(model).train()
+    optimizer = build_optimizer(probe, cfg, device)
+    measure_for = min(30.0, 0.05 * seconds_left)
+    steps, timed, t0 = 0, 0.0, None
+    for images, labels in _forever(loaders["train"]):
+        images, labels = images.to(device), labels.to(device)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            loss = F.cross_entropy(probe(images), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        float(loss)  # wait for the device
+        steps += 1
+        if steps == 2:  # the first steps pay one-time costs
+            t0 = time.perf_counter()
+        elif steps > 2:
+            timed = time.perf_counter() - t0
+            if timed >= measure_for or steps >= 200:
+                break
+    step_seconds = timed / (steps - 2)
+    t0 = time.perf_counter()
+    evaluate(probe, _first_batches(loaders["val"], 3), device, len(cfg.classes), amp_dtype)
+    val_seconds = (time.perf_counter() - t0) / min(3, len(loaders["val"])) * len(loaders["val"])
+    with tempfile.TemporaryDirectory() as tmp:  # every epoch also writes last (and best) weights and the state
+        t0 = time.perf_counter()
+        save_model(Path(tmp) / "m.safetensors", probe)
+        save_state(Path(tmp) / "s.safetensors", {"model": probe.state_dict(), "optimizer": optimizer.state_dict()})
+        epoch_overhead = val_seconds + 2 * (time.perf_counter() - t0)
+    final_seconds = val_seconds + (val_seconds * len(loaders["test"]) / len(loaders["val"]) if "test" in loaders else 0)
+    # keep 3% of the budget as a margin, and 2 s for the final plots
+    available = seconds_left - (time.perf_counter() - begin) - final_seconds - 0.03 * cfg.time_budget * 60 - 2.0
+    steps_per_epoch = len(loaders["train"])
+    # steps * step_seconds + epochs * epoch_overhead = available, with epochs = steps / steps_per_epoch
+    planned = max(1, int(available / (step_seconds + epoch_overhead / steps_per_epoch)))
+    if math.ceil(planned / steps_per_epoch) * steps_per_epoch != planned:  # a partial last epoch costs a full overhead
+        planned = max(1, min(planned, int((available - math.ceil(planned / steps_per_epoch) * epoch_overhead)
+                                          / step_seconds)))
+    log(f"time budget {cfg.time_budget:g} min: {1 / step_seconds:.1f} steps/s, {epoch_overhead:.2f}s per epoch "
+        "for validation and checkpoints "
+        f"-> planning {planned} steps ({planned / steps_per_epoch:.2f} epochs)")
+    return {"minutes": cfg.time_budget, "planned_steps": planned, "seconds_per_step": round(step_seconds, 5),
+            "seconds_per_epoch_overhead": round(epoch_overhead, 3), "reserved_final_seconds": round(final_seconds, 2)}
+
+
+def _forever(loader: DataLoader):
+    while True:
+        yield from loader
+
+
+def _first_batches(loader: DataLoader, n: int):
+    for i, batch in enumerate(loader):
+        if i == n:
+            return
+        yield batch
+
+
+def build_batch_mix(cfg: TrainConfig, num_classes: int) -> v2.Transform | None:
+    """MixUp and/or CutMix (torchvision v2) on whole batches; soft targets come out."""
+    mixes = []
+    if cfg.mixup > 0:
+        mixes.append(v2.MixUp(alpha=cfg.mixup, num_classes=num_classes))
+    if cfg.cutmix > 0:
+        mixes.append(v2.CutMix(alpha=cfg.cutmix, num_classes=num_classes))
+    if not mixes:
+        return None
+    return mixes[0] if len(mixes) == 1 else v2.RandomChoice(mixes)
+
+
 def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
     """Train a ViT as ``cfg`` says and return the report (also written to ``report.json``).
 
@@ -185,32 +287,49 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
     splits = load_data(cfg.data, data_root=cfg.data_root, download=cfg.download, channels=cfg.channels,
                        classes=cfg.classes, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
                        split_seed=cfg.split_seed)
+    leakage = check_leaks(splits, cfg.dedupe, log)
     cfg = resolve_config_for_data(cfg, splits)
     cfg = dataclasses.replace(cfg, out=str(out))
     if not resume:
         start_run_dir(out)
-        cfg.save(out / "config.yaml", {"data_summary": {"splits": splits.sizes(), "notes": splits.notes}})
+        cfg.save(out / "config.yaml", {"data_summary": {"splits": splits.sizes(), "notes": splits.notes,
+                                                        "leakage": leakage}})
 
     model = build_model(cfg).to(device)
     loaders = build_loaders(cfg, splits, device)
     steps_per_epoch = len(loaders["train"])
-    optimizer = build_optimizer(model, cfg, device)
-    scheduler = build_scheduler(optimizer, cfg, steps_per_epoch)
     amp_dtype = _amp_dtype(device)
     num_classes = len(cfg.classes)
+    state = load_state(out / STATE_FILE) if resume else None
+    budget = None
+    if state is not None:
+        budget = state.get("budget")
+    elif cfg.time_budget:
+        budget = plan_budget(cfg, model, loaders, device, amp_dtype,
+                             cfg.time_budget * 60 - (time.perf_counter() - started), log)
+    total_steps = budget["planned_steps"] if budget else cfg.epochs * steps_per_epoch
+    # a budgeted run stops at its plan or, should the machine slow down, at the deadline
+    deadline = started + cfg.time_budget * 60 - budget["reserved_final_seconds"] if budget and not resume else math.inf
+    n_epochs = math.ceil(total_steps / steps_per_epoch)
+    optimizer = build_optimizer(model, cfg, device)
+    scheduler = build_scheduler(optimizer, cfg, steps_per_epoch, total_steps)
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True) if cfg.ema else None
+    eval_model = ema.module if ema is not None else model  # what is validated and checkpointed
+    batch_mix = build_batch_mix(cfg, num_classes)
     higher_is_better = cfg.best_metric == "accuracy"
     history: list[dict[str, Any]] = []
     best = {"epoch": 0, "value": -math.inf if higher_is_better else math.inf, "val_accuracy": 0.0, "val_loss": math.inf}
-    start_epoch, train_seconds = 1, 0.0
-    if resume:
-        state = load_state(out / STATE_FILE)
+    start_epoch, train_seconds, global_step = 1, 0.0, 0
+    if state is not None:
+        if state["classes"] != cfg.classes:
+            raise CheckpointError(f"--resume {out}: the data's classes changed since the run started")
         load_weights(model, state["model"], str(out / STATE_FILE))
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
         history, best, train_seconds = state["history"], state["best"], state["train_seconds"]
-        start_epoch = state["epoch"] + 1
-        if state["classes"] != cfg.classes:
-            raise CheckpointError(f"--resume {out}: the data's classes changed since the run started")
+        start_epoch, global_step = state["epoch"] + 1, state["step"]
 
     n_params = sum(p.numel() for p in model.parameters())
     log(f"data: {cfg.data}  {len(cfg.classes)} classes, {splits.channels} channel(s), "
@@ -219,8 +338,9 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
         log(f"  note: {note}")
     log(f"model: {cfg.model}  {n_params / 1e6:.2f}M parameters, {cfg.img_size}px input, patch {cfg.patch_size}, "
         f"dim {cfg.embed_dim}, depth {cfg.depth}, heads {cfg.num_heads}")
-    log(f"training: {cfg.epochs} epochs x {steps_per_epoch} steps, batch {cfg.batch_size}, {cfg.optimizer} "
-        f"lr {cfg.lr:g}, {cfg.schedule} schedule, on {device}" + (" (bf16 autocast)" if amp_dtype else ""))
+    log(f"training: {total_steps} steps ({n_epochs} epochs x {steps_per_epoch}), batch {cfg.batch_size}, "
+        f"{cfg.optimizer} lr {cfg.lr:g}, {cfg.schedule} schedule, on {device}"
+        + (" (bf16 autocast)" if amp_dtype else "") + (f", EMA {cfg.ema:g}" if ema is not None else ""))
     if resume:
         log(f"resuming {out} after epoch {start_epoch - 1}")
     log(f"writing to {out}")
@@ -229,8 +349,9 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
 
     writer = SummaryWriter(str(out / "tensorboard"), purge_step=start_epoch if resume else None)
     train_loader = loaders["train"]
+    stopped_by = "plan"
     try:
-        for epoch in range(start_epoch, cfg.epochs + 1):
+        for epoch in range(start_epoch, n_epochs + 1):
             epoch_start = time.perf_counter()
             torch.manual_seed(_epoch_seed(cfg.seed, epoch))
             train_loader.generator.manual_seed(_epoch_seed(cfg.seed, epoch))
@@ -238,33 +359,46 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
             loss_sum = torch.zeros((), device=device)
             correct = torch.zeros((), dtype=torch.long, device=device)
             grad_norm_sum = torch.zeros((), device=device)
-            seen = 0
-            bar = tqdm(train_loader, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=not cfg.progress,
-                       dynamic_ncols=True)
-            for step, (images, labels) in enumerate(bar, 1):
+            seen = steps = 0
+            bar = tqdm(train_loader, desc=f"epoch {epoch}/{n_epochs}", leave=False, disable=not cfg.progress,
+                       dynamic_ncols=True, total=min(steps_per_epoch, total_steps - global_step))
+            for images, labels in bar:
                 images = images.to(device, non_blocking=True)
                 labels = labels.to(device, non_blocking=True)
+                targets = labels
+                if batch_mix is not None:
+                    images, targets = batch_mix(images, labels)
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                     logits = model(images)
-                    loss = F.cross_entropy(logits, labels, label_smoothing=cfg.label_smoothing)
+                    loss = F.cross_entropy(logits, targets, label_smoothing=cfg.label_smoothing)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.clip_grad > 0:
                     grad_norm_sum += torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
                 optimizer.step()
                 scheduler.step()
+                if ema is not None:
+                    ema.update_parameters(model)
                 # accumulate on the device: no host synchronization inside the step
                 loss_sum += loss.detach().float() * labels.shape[0]
                 correct += (logits.detach().argmax(1) == labels).sum()
                 seen += labels.shape[0]
-                if cfg.progress and (step % 10 == 0 or step == steps_per_epoch):
+                steps += 1
+                global_step += 1
+                if cfg.progress and steps % 10 == 0:
                     bar.set_postfix(loss=f"{float(loss_sum) / seen:.4f}")
+                if global_step >= total_steps:
+                    break
+                if time.perf_counter() > deadline:
+                    stopped_by = "deadline"
+                    break
+            bar.close()
             train_time = time.perf_counter() - epoch_start
             train_loss = float(loss_sum) / seen
             if not math.isfinite(train_loss):
                 raise TrainingError(f"the training loss became {train_loss} in epoch {epoch}; the last good "
                                     f"checkpoint is {out / 'last.safetensors'} (lower --lr or set --clip-grad)")
-            val = evaluate(model, loaders["val"], device, num_classes, amp_dtype)
+            val = evaluate(eval_model, loaders["val"], device, num_classes, amp_dtype)
             epoch_seconds = time.perf_counter() - epoch_start
             train_seconds += epoch_seconds
             row = {"epoch": epoch, "train_loss": train_loss, "train_accuracy": float(correct) / seen,
@@ -275,35 +409,47 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
             improved = value > best["value"] if higher_is_better else value < best["value"]
             if improved:
                 best = {"epoch": epoch, "value": value, "val_accuracy": val.accuracy, "val_loss": val.loss}
-                save_model(out / "best.safetensors", model, epoch=epoch)
-            save_model(out / "last.safetensors", model, epoch=epoch)
+                save_model(out / "best.safetensors", eval_model, epoch=epoch)
+            save_model(out / "last.safetensors", eval_model, epoch=epoch)
             # the state file is the commit point of an epoch: resume starts after the last one written
             save_state(out / STATE_FILE, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                          "scheduler": scheduler.state_dict(), "epoch": epoch, "best": best,
-                                          "history": history, "train_seconds": train_seconds,
-                                          "classes": list(cfg.classes)})
+                                          "scheduler": scheduler.state_dict(), "epoch": epoch, "step": global_step,
+                                          "best": best, "history": history, "train_seconds": train_seconds,
+                                          "classes": list(cfg.classes), "budget": budget,
+                                          **({"ema": ema.state_dict()} if ema is not None else {})})
             write_metrics_csv(out / "metrics.csv", history)
-            for key in ("train_loss", "val_loss"):
-                writer.add_scalar(f"loss/{key[:-5]}", row[key], epoch)
-            for key in ("train_accuracy", "val_accuracy"):
-                writer.add_scalar(f"accuracy/{key[:-9]}", row[key], epoch)
-            writer.add_scalar("lr", row["lr"], epoch)
-            writer.add_scalar("images_per_second", row["images_per_second"], epoch)
-            writer.add_scalar("param_norm", _param_norm(model), epoch)
-            if cfg.clip_grad > 0:
-                writer.add_scalar("grad_norm", float(grad_norm_sum) / steps_per_epoch, epoch)
-            log(f"epoch {epoch:>3}/{cfg.epochs}  train loss {train_loss:.4f} acc {row['train_accuracy']:.4f}  "
+            _log_epoch_scalars(writer, row, epoch, eval_model, grad_norm_sum / steps if cfg.clip_grad > 0 else None)
+            log(f"epoch {epoch:>3}/{n_epochs}  train loss {train_loss:.4f} acc {row['train_accuracy']:.4f}  "
                 f"val loss {val.loss:.4f} acc {val.accuracy:.4f}  lr {row['lr']:.2e}  "
                 f"{row['images_per_second']:.0f} img/s  {epoch_seconds:.1f}s" + ("  *" if improved else ""))
+            if stopped_by == "deadline":
+                log(f"time budget reached after {global_step} of {total_steps} planned steps")
+                break
     finally:
         writer.close()
 
     report = final_report(cfg, splits, loaders, device, out, history, best, train_seconds, amp_dtype, log)
+    report["leakage"] = leakage
+    if budget:
+        report["time_budget"] = {**budget, "done_steps": global_step, "stopped_by": stopped_by}
     report["total_seconds"] = round(time.perf_counter() - started, 2)
     write_report(out / "report.json", report)
     log(f"done in {report['total_seconds']:.1f}s: test accuracy {report['test']['accuracy']:.4f} "
         f"(best epoch {best['epoch']}, val accuracy {best['val_accuracy']:.4f}); report in {out / 'report.json'}")
     return report
+
+
+def _log_epoch_scalars(writer, row: dict[str, Any], epoch: int, model: torch.nn.Module,
+                       grad_norm: torch.Tensor | None) -> None:
+    for key in ("train_loss", "val_loss"):
+        writer.add_scalar(f"loss/{key[:-5]}", row[key], epoch)
+    for key in ("train_accuracy", "val_accuracy"):
+        writer.add_scalar(f"accuracy/{key[:-9]}", row[key], epoch)
+    writer.add_scalar("lr", row["lr"], epoch)
+    writer.add_scalar("images_per_second", row["images_per_second"], epoch)
+    writer.add_scalar("param_norm", _param_norm(model), epoch)
+    if grad_norm is not None:
+        writer.add_scalar("grad_norm", float(grad_norm), epoch)
 
 
 def write_samples(splits: DataSplits, targets, predictions, classes: list[str], path: Path,
