@@ -73,3 +73,14 @@ def test_named_normalizations():
     assert normalization("imagenet", data, 4, 3)[0] == [0.485, 0.456, 0.406]
     assert len(normalization("imagenet", data, 4, 1)[0]) == 1
     assert normalization("none", data, 4, 1) == ([0.0], [1.0])
+
+
+def test_crop_choice_overrides_the_size_rule():
+    resized = build_train_transform(32, "flip-crop", [0.5] * 3, [0.2] * 3, native_size=32, crop="resized",
+                                    crop_scale=(0.8, 1.0), crop_ratio=(0.9, 1.1))
+    rrc = [t for t in resized.transforms if isinstance(t, v2.RandomResizedCrop)]
+    assert rrc and rrc[0].scale == (0.8, 1.0) and rrc[0].ratio == (0.9, 1.1)
+    padded = build_train_transform(224, "flip-crop", [0.5] * 3, [0.2] * 3, native_size=500, crop="pad")
+    assert any(isinstance(t, v2.RandomCrop) for t in padded.transforms)
+    with pytest.raises(ValueError, match="--crop must be"):
+        build_train_transform(32, "flip-crop", [0.5], [0.5], native_size=32, crop="zoom")

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Sequence
 
 from . import __version__
-from .config import ConfigError, TrainConfig, config_from_dict, load_config_file
+from .config import ConfigError, TrainConfig, config_from_dict, layered_config, load_config_file
 
 # options that may differ when a run is resumed: they change where and how fast it runs, not what it computes
 RESUME_OVERRIDABLE = {"device", "workers", "progress", "data_root", "download"}
@@ -18,6 +18,7 @@ RESUME_OVERRIDABLE = {"device", "workers", "progress", "data_root", "download"}
 def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     S = argparse.SUPPRESS  # only options given on the command line reach the config
 
+    p.add_argument("--recipe", default=S, help="start from a named recipe (see `vitrain recipes`); flags still win")
     g = p.add_argument_group("data")
     g.add_argument("--data", default=S, help="digits (default), cifar10, cifar100, mnist, fashion-mnist, "
                    "a folder of class folders, or a .zip/.tar of one")
@@ -49,6 +50,8 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--augment", choices=["auto", "none", "flip-crop", "autoaugment", "randaugment", "trivialaugment"],
                    default=S, help="training augmentation (auto: none for images of at most 16 px, else flip-crop)")
     g.add_argument("--hflip", type=float, default=S, help="horizontal flip probability (0.5; 0 for digits)")
+    g.add_argument("--crop", choices=["auto", "resized", "pad"], default=S,
+                   help="the crop of flip-crop: random resized, or pad-and-crop (auto: pad for images of at most 64 px)")
     g.add_argument("--crop-scale", default=S, help="MIN,MAX area of random resized crops (0.08,1)")
     g.add_argument("--crop-ratio", default=S, help="MIN,MAX aspect ratio of random resized crops (0.75,1.333)")
     g.add_argument("--crop-pct", type=float, default=S, help="evaluation center-crop fraction (1.0)")
@@ -109,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Train a Vision Transformer and write a run folder.")
     _add_train_arguments(train)
     sub.add_parser("models", help="list the named model sizes")
+    sub.add_parser("recipes", help="list the training recipes, what each reaches, and the command")
 
     ev = sub.add_parser("eval", help="evaluate a checkpoint or run folder on any --data source",
                         description="Top-1/top-5, loss, per-class precision/recall/F1, confusion matrices.")
@@ -166,7 +170,7 @@ def train_config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, bool]
     from .engine.train import default_run_dir
 
     file_values = load_config_file(args.config) if args.config else {}
-    cfg = config_from_dict({**file_values, **given})
+    cfg = layered_config(file_values, given)
     if cfg.out is None:
         cfg.out = default_run_dir(cfg.data)
     return cfg, False
@@ -263,6 +267,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "models":
         print(_models_table())
+        return 0
+    if args.command == "recipes":
+        from .recipes import recipes
+
+        for recipe in recipes().values():
+            print(f"{recipe.name}\n  {recipe.summary}\n  reference: {recipe.reference}\n  run: {recipe.command}\n")
         return 0
 
     from .checkpoint import CheckpointError

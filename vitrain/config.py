@@ -22,6 +22,7 @@ class ConfigError(ValueError):
 class TrainConfig:
     """Every setting of ``vitrain train``. Field names are the CLI flags with '-' for '_'."""
 
+    recipe: Optional[str] = None  # the recipe these settings started from (see vitrain.recipes)
     # data
     data: str = "digits"
     data_root: Optional[str] = None
@@ -45,6 +46,7 @@ class TrainConfig:
     # preprocessing and augmentation
     augment: str = "auto"  # none for images of at most 16 px, else flip-crop
     hflip: Optional[float] = None  # None: 0.5, or 0 for data where flips change labels
+    crop: str = "auto"  # pad-and-crop for images of at most 64 px, else random resized crop
     crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
     crop_ratio: list[float] = field(default_factory=lambda: [0.75, 4 / 3])
     crop_pct: float = 1.0
@@ -113,6 +115,7 @@ class TrainConfig:
             (0 <= self.ema < 1, "--ema", "decay must be in [0, 1) (0 turns it off)"),
             (self.time_budget is None or self.time_budget > 0, "--time-budget", "must be a positive number of minutes"),
             (0 < self.crop_pct <= 1, "--crop-pct", "must be in (0, 1]"),
+            (self.crop in ("auto", "resized", "pad"), "--crop", "must be auto, resized or pad"),
             (len(self.crop_scale) == 2 and 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1,
              "--crop-scale", "needs MIN,MAX with 0 < MIN <= MAX <= 1"),
             (len(self.crop_ratio) == 2 and 0 < self.crop_ratio[0] <= self.crop_ratio[1], "--crop-ratio",
@@ -188,6 +191,22 @@ def config_from_dict(values: dict[str, Any], base: TrainConfig | None = None) ->
     for key, value in values.items():
         merged[key] = _coerce(key, hints[key], value)
     return TrainConfig(**merged)
+
+
+def layered_config(*layers: dict[str, Any]) -> TrainConfig:
+    """Defaults < the named recipe's settings < each layer in turn (a config file, then flags).
+
+    The recipe is whichever ``recipe`` the layers name last.
+    """
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        merged.update(layer)
+    base = None
+    if merged.get("recipe"):
+        from .recipes import get_recipe
+
+        base = config_from_dict(get_recipe(str(merged["recipe"])).config)
+    return config_from_dict(merged, base)
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:

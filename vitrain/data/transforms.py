@@ -13,6 +13,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 AUGMENTATIONS = ("none", "flip-crop", "autoaugment", "randaugment", "trivialaugment")
+CROPS = ("auto", "resized", "pad")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 SMALL_IMAGE = 64  # at or below this native size, pad-and-crop replaces random resized crop
@@ -39,6 +40,7 @@ def build_train_transform(
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3),
     crop_pct: float = 1.0,
     random_erasing: float = 0.0,
+    crop: str = "auto",
 ) -> v2.Compose:
     """The training pipeline.
 
@@ -47,17 +49,21 @@ def build_train_transform(
             random resized crop, or pad-and-crop for images of at most 64 px),
             ``autoaugment`` (the CIFAR-10 policy), ``randaugment`` or ``trivialaugment``
             (each on top of flip-crop).
-        native_size: the data's typical image side; decides pad-and-crop vs resized crop.
+        native_size: the data's typical image side; with ``crop="auto"`` it decides
+            pad-and-crop (at most 64 px) vs random resized crop.
+        crop: ``auto``, ``resized`` (random resized crop) or ``pad`` (pad by 1/8, random crop).
         hflip: probability of a horizontal flip (0 for data where a flip changes the label).
         random_erasing: probability of random erasing, applied after normalization.
     """
     if augment not in AUGMENTATIONS:
         raise ValueError(f"--augment must be one of {', '.join(AUGMENTATIONS)}, got {augment!r}")
+    if crop not in CROPS:
+        raise ValueError(f"--crop must be one of {', '.join(CROPS)}, got {crop!r}")
     steps: list[v2.Transform] = []
     if augment == "none":
         steps += _resize_and_center(img_size, crop_pct)
     else:
-        if native_size <= SMALL_IMAGE:
+        if crop == "pad" or (crop == "auto" and native_size <= SMALL_IMAGE):
             steps += [v2.Resize(img_size, antialias=True), v2.CenterCrop(img_size),
                       v2.RandomCrop(img_size, padding=max(1, img_size // 8))]
         else:

@@ -107,7 +107,7 @@ def build_loaders(cfg: TrainConfig, splits: DataSplits, device: torch.device) ->
     train_tf = build_train_transform(
         cfg.img_size, cfg.augment, cfg.mean, cfg.std, native_size=splits.native_size, hflip=cfg.hflip,
         crop_scale=tuple(cfg.crop_scale), crop_ratio=tuple(cfg.crop_ratio), crop_pct=cfg.crop_pct,
-        random_erasing=cfg.random_erasing)
+        random_erasing=cfg.random_erasing, crop=cfg.crop)
     eval_tf = build_eval_transform(cfg.img_size, cfg.mean, cfg.std, cfg.crop_pct)
     in_memory = isinstance(splits.train, ArrayImageDataset)
     workers = cfg.workers if cfg.workers is not None else (0 if in_memory else max(1, min(8, (os.cpu_count() or 2) - 1)))
@@ -238,6 +238,9 @@ def plan_budget(cfg: TrainConfig, model: torch.nn.Module, loaders: dict[str, Dat
     # keep 3% of the budget as a margin, and 2 s for the final plots
     available = seconds_left - (time.perf_counter() - begin) - final_seconds - 0.03 * cfg.time_budget * 60 - 2.0
     steps_per_epoch = len(loaders["train"])
+    if available <= step_seconds + epoch_overhead:
+        log(f"warning: --time-budget {cfg.time_budget:g} min leaves no time to train after setup and the final "
+            f"evaluation ({seconds_left - available:.0f}s); running one step")
     # steps * step_seconds + epochs * epoch_overhead = available, with epochs = steps / steps_per_epoch
     planned = max(1, int(available / (step_seconds + epoch_overhead / steps_per_epoch)))
     if math.ceil(planned / steps_per_epoch) * steps_per_epoch != planned:  # a partial last epoch costs a full overhead

@@ -1,0 +1,101 @@
+"""Accuracy at equal wall-clock budgets on the real datasets in ../shared/datasets.
+
+Each run is a separate ``vitrain train --recipe R --time-budget M`` process, one after the
+other (never two at once: they would share the CPU), and each reports test accuracy on the
+dataset's test split. The table is printed and written as Markdown and JSON.
+
+    python benchmarks/accuracy.py --budget 15                       # every comparison
+    python benchmarks/accuracy.py --budget 15 --only cifar10        # one dataset
+    python benchmarks/accuracy.py --budget 15 --only cifar10 --recipes cifar10-vit-tutorial
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATASETS = ROOT.parent / "shared" / "datasets"
+
+# dataset -> (archive, extra flags for every recipe, recipes compared). "Scaled to what fits":
+# ViT-B/16 at 224 px does a handful of steps in 15 CPU minutes, so the folder sets run at 64 px.
+COMPARISONS = {
+    "cifar10": ("cifar10.tar", [], ["cifar10-vit-tutorial", "cifar10-best"]),
+    "brain-tumor-mri": ("brain-tumor-mri.tar", ["--img-size", "64", "--dedupe"], ["folder-vit-b16", "folder-best"]),
+    "flowers17": ("flowers17.tar", ["--img-size", "64"], ["folder-vit-b16", "folder-best"]),
+}
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def run_one(dataset: str, recipe: str, budget: float, out: Path) -> dict:
+    archive, extra, _ = COMPARISONS[dataset]
+    run = out / f"{dataset}-{recipe}"
+    command = [sys.executable, "-m", "vitrain", "train", "--recipe", recipe, "--data", str(DATASETS / archive),
+               "--time-budget", str(budget), "--out", str(run), "--overwrite", "--no-progress", *extra]
+    print("$", " ".join(command[2:]), flush=True)
+    started = time.perf_counter()
+    subprocess.run(command, check=True)
+    report = json.loads((run / "report.json").read_text())
+    return {
+        "dataset": dataset, "recipe": recipe, "budget_minutes": budget, "extra_flags": " ".join(extra),
+        "test_accuracy": report["test"]["accuracy"], "test_images": report["test"]["images"],
+        "val_accuracy": report["val"]["accuracy"], "epochs": report["epochs"],
+        "planned_steps": report["time_budget"]["planned_steps"], "done_steps": report["time_budget"]["done_steps"],
+        "parameters": report["model"]["parameters"], "wall_seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def markdown(rows: list[dict], budget: float, argv: list[str]) -> str:
+    lines = [f"Command: `python benchmarks/accuracy.py {' '.join(argv)}`  ",
+             f"Machine: {cpu_name()}, {__import__('os').cpu_count()} CPU cores, no GPU; "
+             f"date {time.strftime('%Y-%m-%d')}; budget {budget:g} min per run.", "",
+             "| dataset | recipe | extra flags | test accuracy | test images | epochs | steps done / planned | params | wall s |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['dataset']} | {r['recipe']} | {r['extra_flags'] or '-'} | {r['test_accuracy']:.4f} | "
+                     f"{r['test_images']} | {r['epochs']} | {r['done_steps']} / {r['planned_steps']} | "
+                     f"{r['parameters'] / 1e6:.2f}M | {r['wall_seconds']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--budget", type=float, default=15.0, help="minutes per run (15)")
+    parser.add_argument("--only", choices=list(COMPARISONS), action="append", help="datasets to run (all)")
+    parser.add_argument("--recipes", help="comma-separated subset of each comparison's recipes")
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "benchmarks" / "accuracy")
+    args = parser.parse_args(argv)
+    if not DATASETS.is_dir():
+        print(f"benchmarks/accuracy.py needs the archives in {DATASETS}", file=sys.stderr)
+        return 2
+    wanted = set(args.recipes.split(",")) if args.recipes else None
+    rows = []
+    for dataset in args.only or list(COMPARISONS):
+        for recipe in COMPARISONS[dataset][2]:
+            if wanted is None or recipe in wanted:
+                rows.append(run_one(dataset, recipe, args.budget, args.out))
+    table = markdown(rows, args.budget, argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "accuracy.md").write_text(table)
+    (args.out / "accuracy.json").write_text(json.dumps(rows, indent=2))
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
