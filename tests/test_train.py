@@ -86,11 +86,9 @@ def test_same_seed_same_numbers(flat_folder, tmp_path, tiny_args):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_resume_ends_identical_to_an_uninterrupted_run(flat_folder, tmp_path, tiny_args, monkeypatch):
-    common = ["--data", str(flat_folder), *tiny_args, "--epochs", "3", "--augment", "trivialaugment",
-              "--dropout", "0.1", "--drop-path", "0.1", "--warmup-epochs", "1"]
+def _interrupt_then_resume(common: list[str], tmp_path: Path, monkeypatch) -> None:
+    """Train ``full`` uninterrupted; train ``cut`` with Ctrl-C during epoch 3's validation, then resume it."""
     assert main(["train", "--out", str(tmp_path / "full"), *common]) == 0
-
     real_evaluate = train_module.evaluate
     calls = {"n": 0}
 
@@ -104,12 +102,16 @@ def test_resume_ends_identical_to_an_uninterrupted_run(flat_folder, tmp_path, ti
     assert main(["train", "--out", str(tmp_path / "cut"), *common]) == 130
     assert len(_metrics(tmp_path / "cut")) == 2
     monkeypatch.setattr(train_module, "evaluate", real_evaluate)
-
     assert main(["train", "--resume", str(tmp_path / "cut"), "--no-progress"]) == 0
     full = load_file(str(tmp_path / "full" / "last.safetensors"))
     resumed = load_file(str(tmp_path / "cut" / "last.safetensors"))
     assert all(torch.equal(full[k], resumed[k]) for k in full)
     assert _without_timing(_metrics(tmp_path / "full")) == _without_timing(_metrics(tmp_path / "cut"))
+
+
+def test_resume_ends_identical_to_an_uninterrupted_run(flat_folder, tmp_path, tiny_args, monkeypatch):
+    _interrupt_then_resume(["--data", str(flat_folder), *tiny_args, "--epochs", "3", "--augment", "trivialaugment",
+                            "--dropout", "0.1", "--drop-path", "0.1", "--warmup-epochs", "1"], tmp_path, monkeypatch)
     full_report = json.loads((tmp_path / "full" / "report.json").read_text())
     cut_report = json.loads((tmp_path / "cut" / "report.json").read_text())
     assert full_report["test"] == cut_report["test"]
@@ -247,31 +249,15 @@ def test_sigterm_saves_and_says_how_to_resume(tmp_path):
 
 def test_mixup_cutmix_and_ema_train_and_resume_exactly(flat_folder, tmp_path, tiny_args, monkeypatch):
     # 24 training images in batches of 7: the last batch has 3, and MixUp/CutMix must cope
-    common = ["--data", str(flat_folder), *tiny_args, "--epochs", "3", "--batch-size", "7", "--mixup", "0.8",
-              "--cutmix", "1.0", "--ema", "0.9"]
-    assert main(["train", "--out", str(tmp_path / "full"), *common]) == 0
-    real_evaluate = train_module.evaluate
-    calls = {"n": 0}
-
-    def interrupt_in_epoch_three(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real_evaluate(*args, **kwargs)
-
-    monkeypatch.setattr(train_module, "evaluate", interrupt_in_epoch_three)
-    assert main(["train", "--out", str(tmp_path / "cut"), *common]) == 130
-    monkeypatch.setattr(train_module, "evaluate", real_evaluate)
-    assert main(["train", "--resume", str(tmp_path / "cut"), "--no-progress"]) == 0
-    full = load_file(str(tmp_path / "full" / "last.safetensors"))
-    resumed = load_file(str(tmp_path / "cut" / "last.safetensors"))
-    assert all(torch.equal(full[k], resumed[k]) for k in full)
+    _interrupt_then_resume(["--data", str(flat_folder), *tiny_args, "--epochs", "3", "--batch-size", "7",
+                            "--mixup", "0.8", "--cutmix", "1.0", "--ema", "0.9"], tmp_path, monkeypatch)
     # checkpoints hold the EMA weights, which differ from the raw weights in the state
     from vitrain.checkpoint import load_state
 
+    last = load_file(str(tmp_path / "full" / "last.safetensors"))
     state = load_state(tmp_path / "full" / "state.safetensors")
-    assert torch.equal(state["ema"]["module.head.weight"], full["head.weight"])
-    assert not torch.equal(state["model"]["head.weight"], full["head.weight"])
+    assert torch.equal(state["ema"]["module.head.weight"], last["head.weight"])
+    assert not torch.equal(state["model"]["head.weight"], last["head.weight"])
 
 
 def test_time_budget_plans_the_steps_and_reports_them(flat_folder, tmp_path, tiny_args):

@@ -155,7 +155,7 @@ def _add_running_arguments(p: argparse.ArgumentParser, data: bool) -> None:
 
 
 def train_config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
-    """Merge defaults < --config file (or the resumed run's config) < flags; returns (config, resume)."""
+    """Merge defaults < recipe < --config file < flags (or the resumed run's saved config); returns (config, resume)."""
     given = {k: v for k, v in vars(args).items() if k not in ("command", "config", "resume")}
     if args.resume:
         saved = Path(args.resume) / "config.yaml"
