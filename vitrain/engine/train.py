@@ -217,7 +217,7 @@ def plan_budget(cfg: TrainConfig, model: torch.nn.Module, loaders: dict[str, Dat
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        float(loss)  # wait for the device
+        float(loss.detach())  # wait for the device
         steps += 1
         if steps == 2:  # the first steps pay one-time costs
             t0 = time.perf_counter()
