@@ -218,14 +218,13 @@ def _run_tool(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace, device) -> int:
-    from .checkpoint import load_model
     from .engine.predict import annotate, output_names, predict_files, save_attention, write_predictions_csv
 
     if args.top_k < 1:
         raise ConfigError(f"--top-k must be at least 1 (got {args.top_k})")
     result = predict_files(args.checkpoint, args.inputs, top_k=args.top_k, batch_size=args.batch_size,
                            attention=args.attention, device=device)
-    crop_pct = load_model(args.checkpoint).meta.get("crop_pct", 1.0) if args.attention else 1.0
+    crop_pct = result.meta.get("crop_pct", 1.0)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_predictions_csv(out / "predictions.csv", result, args.top_k)

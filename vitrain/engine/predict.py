@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from ..checkpoint import load_model, resolve_checkpoint_path
+from ..checkpoint import load_model
 from ..data.images import ImageReadError, convert_channels, is_image_file, read_image
 from ..data.transforms import eval_transform_for
 from .attention import attention_rollout_maps
@@ -47,6 +47,7 @@ class Prediction:
 class PredictResult:
     predictions: list[Prediction] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)  # (input, reason)
+    meta: dict[str, Any] = field(default_factory=dict)  # the checkpoint's classes and preprocessing
 
     def accuracy(self) -> float | None:
         judged = [p.correct for p in self.predictions if p.correct is not None]
@@ -83,12 +84,12 @@ def predict_files(source: str | Path, inputs: Sequence[str], *, top_k: int = 5, 
     Unreadable files are recorded in ``result.failed`` and skipped.
     """
     device = device or torch.device("cpu")
-    model = load_model(resolve_checkpoint_path(source)).to(device)
+    model = load_model(source).to(device)
     classes = list(model.meta["classes"])
     transform = eval_transform_for(model.meta, model.config.img_size)
     k = max(1, min(top_k, len(classes)))
     paths, failed = collect_inputs(inputs)
-    result = PredictResult(failed=failed)
+    result = PredictResult(failed=failed, meta=dict(model.meta))
     for start in range(0, len(paths), batch_size):
         batch, kept = [], []
         for path in paths[start:start + batch_size]:
