@@ -72,8 +72,7 @@ def read_image(path: str | Path, channels: int, max_side: int | None = None) -> 
             img.load()
             img = convert_channels(img, channels)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        reason = "empty file" if path.exists() and path.stat().st_size == 0 else str(err)
-        raise ImageReadError(f"cannot read image {path}: {reason}") from None
+        raise _read_error(path, err) from None
     arr = np.array(img, dtype=np.uint8)  # a writable copy
     if arr.ndim == 2:
         arr = arr[None]
@@ -88,5 +87,10 @@ def image_mode(path: Path) -> str:
         with Image.open(path) as img:
             return img.mode
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        reason = "empty file" if path.stat().st_size == 0 else str(err)
-        raise ImageReadError(f"cannot read image {path}: {reason}") from None
+        raise _read_error(path, err) from None
+
+
+def _read_error(path: Path, err: Exception) -> ImageReadError:
+    """The error for an unreadable image: it names the file, and says so when the file is empty."""
+    reason = "empty file" if path.exists() and path.stat().st_size == 0 else str(err)
+    return ImageReadError(f"cannot read image {path}: {reason}")

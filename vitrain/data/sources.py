@@ -276,6 +276,24 @@ def _typical_size(paths: Sequence[Path], sample: int = 32) -> int:
     return int(np.median(sides))
 
 
+def _flat_dataset(root: Path, channels: int | None, classes: Sequence[str] | None,
+                  min_classes: int) -> tuple[FileImageDataset, list[str], int]:
+    """Every image below ``root``'s class folders as one dataset; also the classes and ignored-file count.
+
+    Every header is read, so a bad file fails here by name; the channel count is inferred
+    unless ``channels`` is given.
+    """
+    found, ignored = _scan_classes(root)
+    chosen = _select_classes(sorted(found), classes, str(root))
+    if min_classes > 1:
+        _check_class_count(chosen, str(root))
+    _check_nonempty(found, chosen, root)
+    items = [(p, i) for i, c in enumerate(chosen) for p in found[c]]
+    paths = [p for p, _ in items]
+    inferred = _check_and_infer_channels(paths)
+    return FileImageDataset(paths, [t for _, t in items], channels or inferred), chosen, ignored
+
+
 def folder_splits(folder: Path, channels: int | None, classes: Sequence[str] | None,
                   val_fraction: float, test_fraction: float, split_seed: int) -> DataSplits:
     """A folder of class folders, flat or with split folders."""
@@ -321,15 +339,8 @@ def folder_splits(folder: Path, channels: int | None, classes: Sequence[str] | N
         if test is None:
             notes.append("no test split folder: the final evaluation uses the validation split")
     else:
-        found, ignored = _scan_classes(root)
-        chosen = _select_classes(sorted(found), classes, str(root))
-        _check_class_count(chosen, str(root))
-        _check_nonempty(found, chosen, root)
-        items = [(p, i) for i, c in enumerate(chosen) for p in found[c]]
-        all_paths = [p for p, _ in items]
-        inferred = _check_and_infer_channels(all_paths)
-        ch = channels or inferred
-        full = FileImageDataset(all_paths, [t for _, t in items], ch)
+        full, chosen, ignored = _flat_dataset(root, channels, classes, min_classes=2)
+        all_paths, ch = full.paths, full.channels
         if val_fraction + test_fraction >= 1:
             raise DataError(f"--val-fraction {val_fraction} + --test-fraction {test_fraction} leave no training images")
         test_idx, val_idx, train_idx = stratified_split(full.targets, [test_fraction, val_fraction], split_seed)
@@ -406,13 +417,9 @@ def load_split(data: str, split: str | None = None, *, channels: int | None = No
     if split is None and folder.is_dir():
         root = find_dataset_root(folder)
         if not any(d.name.lower() in SPLIT_NAMES for d in _subdirs(root)):
-            found, _ = _scan_classes(root)
-            names = sorted(found)
-            _check_nonempty(found, names, root)
-            items = [(p, i) for i, c in enumerate(names) for p in found[c]]
-            paths = [p for p, _ in items]
-            inferred = _check_and_infer_channels(paths)
-            return FileImageDataset(paths, [t for _, t in items], channels or inferred), names, "all images"
+            # evaluating a folder of a single class is legitimate: no minimum class count
+            dataset, names, _ = _flat_dataset(root, channels, None, min_classes=1)
+            return dataset, names, "all images"
     splits = load_data(data, data_root=data_root, download=download, channels=channels, val_fraction=val_fraction,
                        test_fraction=test_fraction, split_seed=split_seed, cache_dir=cache_dir)
     chosen = split or ("test" if splits.test is not None else "val")
