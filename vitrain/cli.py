@@ -97,6 +97,9 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="drop validation/test images identical to a training image (they are always counted)")
     g.add_argument("--device", default=S, help="auto (default), cpu, cuda or cuda:N")
     g.add_argument("--workers", type=int, default=S, help="data-loading processes (auto)")
+    g.add_argument("--in-memory", choices=["auto", "on", "off"], default=S,
+                   help="decode every image once and augment whole batches in memory (auto: when the "
+                   "decoded images fit in 2 GiB)")
     g.add_argument("--best-metric", choices=["accuracy", "loss"], default=S,
                    help="which validation metric picks best.safetensors (accuracy)")
     g.add_argument("--no-progress", dest="progress", action="store_false", default=S,

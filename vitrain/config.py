@@ -81,6 +81,7 @@ class TrainConfig:
     dedupe: bool = False  # drop evaluation images identical to a training image
     device: str = "auto"
     workers: Optional[int] = None
+    in_memory: str = "auto"  # decode every image once and augment batches in memory: auto, on, off
     best_metric: str = "accuracy"
     out: Optional[str] = None
     overwrite: bool = False
@@ -108,6 +109,7 @@ class TrainConfig:
             (self.workers is None or self.workers >= 0, "--workers", "must be >= 0"),
             (self.workers is None or self.workers <= 4 * (os.cpu_count() or 1), "--workers",
              f"is more than 4x this machine's {os.cpu_count()} CPUs"),
+            (self.in_memory in ("auto", "on", "off"), "--in-memory", "must be auto, on or off"),
             (self.best_metric in ("accuracy", "loss"), "--best-metric", "must be accuracy or loss"),
             (self.hflip is None or 0 <= self.hflip <= 1, "--hflip", "must be a probability in [0, 1]"),
             (0 <= self.random_erasing <= 1, "--random-erasing", "must be a probability in [0, 1]"),

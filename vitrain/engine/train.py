@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from ..checkpoint import CheckpointError, load_state, load_weights, model_from_checkpoint, save_model, save_state
 from ..config import ConfigError, TrainConfig
+from ..data import memory
 from ..data.leakage import content_hashes, find_leaks, without
 from ..data.sources import ArrayImageDataset, DataSplits, load_data
 from ..data.transforms import TransformedDataset, build_eval_transform, build_train_transform, normalization
@@ -102,8 +103,25 @@ def build_model(cfg: TrainConfig) -> VisionTransformer:
     return model
 
 
-def build_loaders(cfg: TrainConfig, splits: DataSplits, device: torch.device) -> dict[str, DataLoader]:
-    """Train/val(/test) loaders. The train loader's generator is re-seeded every epoch."""
+def use_memory(cfg: TrainConfig, splits: DataSplits) -> bool:
+    """Whether ``--in-memory`` (auto: when the decoded images fit in :data:`memory.MAX_BYTES`) applies."""
+    if cfg.in_memory != "auto":
+        return cfg.in_memory == "on"
+    side = memory.train_side(cfg.img_size, splits.native_size, cfg.augment, cfg.crop)
+    total = memory.estimated_bytes(len(splits.train), cfg.channels, side) + sum(
+        memory.estimated_bytes(len(d), cfg.channels, cfg.img_size) for d in (splits.val, splits.test) if d is not None)
+    return total <= memory.MAX_BYTES
+
+
+def build_loaders(cfg: TrainConfig, splits: DataSplits, device: torch.device,
+                  log=print) -> dict[str, DataLoader | memory.MemoryLoader]:
+    """Train/val(/test) loaders. The train loader's generator is re-seeded every epoch.
+
+    With ``--in-memory`` every split is decoded once and batches are augmented as tensors
+    (:mod:`vitrain.data.memory`); otherwise DataLoader workers decode and augment per image.
+    """
+    if use_memory(cfg, splits):
+        return _memory_loaders(cfg, splits, device, log)
     train_tf = build_train_transform(
         cfg.img_size, cfg.augment, cfg.mean, cfg.std, native_size=splits.native_size, hflip=cfg.hflip,
         crop_scale=tuple(cfg.crop_scale), crop_ratio=tuple(cfg.crop_ratio), crop_pct=cfg.crop_pct,
@@ -123,6 +141,34 @@ def build_loaders(cfg: TrainConfig, splits: DataSplits, device: torch.device) ->
     }
     if splits.test is not None:
         loaders["test"] = DataLoader(TransformedDataset(splits.test, eval_tf), batch_size=cfg.batch_size, **common)
+    return loaders
+
+
+def _memory_loaders(cfg: TrainConfig, splits: DataSplits, device: torch.device,
+                    log=print) -> dict[str, memory.MemoryLoader]:
+    t0 = time.perf_counter()
+    resized = memory.uses_resized_crop(splits.native_size, cfg.crop)
+    side = memory.train_side(cfg.img_size, splits.native_size, cfg.augment, cfg.crop)
+    # pad-and-crop and no augmentation start from the evaluation geometry, as the file pipeline does
+    train_pct = 1.0 if cfg.augment != "none" else cfg.crop_pct
+    threads = max(1, min(8, os.cpu_count() or 1))
+    augment = memory.BatchAugment(cfg.img_size, cfg.augment, cfg.mean, cfg.std, resized_crop=resized,
+                                  hflip=cfg.hflip, crop_scale=tuple(cfg.crop_scale), crop_ratio=tuple(cfg.crop_ratio),
+                                  random_erasing=cfg.random_erasing)
+    # on a GPU the images live there; a fixed batch shape there suits torch.compile and CUDA graphs
+    images, targets = memory.decode_all(splits.train, side, train_pct, threads)
+    loaders = {"train": memory.MemoryLoader(images, targets, cfg.batch_size, shuffle=True, mean=cfg.mean,
+                                            std=cfg.std, augment=augment, device=device,
+                                            drop_last=device.type == "cuda")}
+    for name in ("val", "test"):
+        dataset = getattr(splits, name)
+        if dataset is not None:
+            images, targets = memory.decode_all(dataset, cfg.img_size, cfg.crop_pct, threads)
+            loaders[name] = memory.MemoryLoader(images, targets, cfg.batch_size, shuffle=False, mean=cfg.mean,
+                                                std=cfg.std, device=device)
+    total = sum(loader.images.numel() for loader in loaders.values())
+    log(f"in memory: {total / 2**20:.0f} MiB of decoded images (training images at {side}px) "
+        f"in {time.perf_counter() - t0:.1f}s")
     return loaders
 
 
@@ -299,7 +345,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
                                                         "leakage": leakage}})
 
     model = build_model(cfg).to(device)
-    loaders = build_loaders(cfg, splits, device)
+    loaders = build_loaders(cfg, splits, device, log)
     steps_per_epoch = len(loaders["train"])
     amp_dtype = _amp_dtype(device)
     num_classes = len(cfg.classes)

@@ -1,0 +1,244 @@
+"""The in-memory data pipeline: decode every image once, augment whole batches as tensors.
+
+For small images (CIFAR, MNIST-like sets, digits) and for folders whose images are much
+bigger than the model's input, decoding each image on every epoch costs more than the
+model's step. Here each split is decoded once into one (N, C, S, S) uint8 tensor, and
+:class:`MemoryLoader` cuts batches out of it and augments them as batches:
+
+* pad-and-crop and horizontal flips are vectorized (one gather per batch);
+* random resized crops are one :func:`torchvision.ops.roi_align` call per batch (bilinear,
+  averaging several samples per output pixel, so downscaling is antialiased);
+* AutoAugment, RandAugment and TrivialAugment are torchvision v2 transforms applied to
+  groups of :data:`POLICY_GROUP` images of the shuffled batch: each group shares one random
+  operation and magnitude, so every image still gets the policy's distribution, while the
+  per-call overhead (about 0.4 ms per call on CPU) is paid once per group;
+* conversion to float, normalization and random erasing (one vectorized mask) run on the
+  whole batch.
+
+Evaluation splits are stored already resized and center-cropped to the model's input, so
+they give the same pixels as the file pipeline's evaluation transform.
+"""
+
+from __future__ import annotations
+
+import math
+from concurrent.futures import ThreadPoolExecutor
+from typing import Iterator, Sequence
+
+import torch
+from torch.utils.data import Dataset
+from torchvision.ops import roi_align
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
+
+from .transforms import SMALL_IMAGE
+
+MAX_BYTES = 2 * 1024**3  # --in-memory auto holds at most this much decoded image data
+POLICY_GROUP = 8  # images that share one AutoAugment/RandAugment/TrivialAugment operation
+RESIZED_CROP_SIDE = 2  # random resized crops are cut from images stored at this many times the input side
+
+
+def train_side(img_size: int, native_size: int, augment: str, crop: str) -> int:
+    """The side at which training images are stored: the input size, unless random resized crops need more."""
+    if augment != "none" and uses_resized_crop(native_size, crop):
+        return max(img_size, min(native_size, RESIZED_CROP_SIDE * img_size))
+    return img_size
+
+
+def uses_resized_crop(native_size: int, crop: str) -> bool:
+    """Whether the training pipeline takes random resized crops (vs pad-and-crop)."""
+    return crop == "resized" or (crop == "auto" and native_size > SMALL_IMAGE)
+
+
+def estimated_bytes(n_images: int, channels: int, side: int) -> int:
+    """Bytes that ``n_images`` decoded (channels, side, side) uint8 images take."""
+    return n_images * channels * side * side
+
+
+def _square(image: torch.Tensor, side: int, crop_pct: float = 1.0) -> torch.Tensor:
+    """Shorter side to ``side / crop_pct`` (antialiased), then the central ``side`` square."""
+    resize_to = int(round(side / crop_pct))
+    if min(image.shape[-2:]) != resize_to:
+        image = TF.resize(image, resize_to, antialias=True)
+    return TF.center_crop(image, [side, side])
+
+
+def decode_all(dataset: Dataset, side: int, crop_pct: float = 1.0, threads: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every image of ``dataset`` as one (N, C, side, side) uint8 tensor, plus the labels.
+
+    Each image's shorter side is resized to ``side / crop_pct`` and its central square kept.
+    Files decode on ``threads`` threads (PIL releases the GIL while decoding).
+    """
+    if hasattr(dataset, "max_side"):
+        dataset.max_side = int(side / crop_pct) + 1  # big JPEGs decode at reduced size
+    n = len(dataset)
+    first, _ = dataset[0]
+    images = torch.empty((n, first.shape[0], side, side), dtype=torch.uint8)
+    targets = torch.empty(n, dtype=torch.long)
+
+    def load(index: int) -> None:
+        image, target = dataset[index]
+        images[index] = _square(image, side, crop_pct)
+        targets[index] = target
+
+    if threads > 1 and n > 256:
+        with ThreadPoolExecutor(threads) as pool:
+            for _ in pool.map(load, range(n), chunksize=256):
+                pass
+    else:
+        for index in range(n):
+            load(index)
+    return images, targets
+
+
+class BatchAugment:
+    """Training augmentation on a batch of uint8 images; returns normalized float images.
+
+    The same choices as :func:`vitrain.data.transforms.build_train_transform` (crop mode,
+    flip probability, policy, random erasing), drawn independently for every image.
+    """
+
+    def __init__(self, img_size: int, augment: str, mean: Sequence[float], std: Sequence[float], *,
+                 resized_crop: bool, hflip: float = 0.5, crop_scale: tuple[float, float] = (0.08, 1.0),
+                 crop_ratio: tuple[float, float] = (3 / 4, 4 / 3), random_erasing: float = 0.0) -> None:
+        self.img_size = img_size
+        self.augment = augment
+        self.mean, self.std = list(mean), list(std)
+        self.resized_crop = resized_crop and augment != "none"
+        self.hflip = hflip if augment != "none" else 0.0
+        self.crop_scale, self.crop_ratio = crop_scale, crop_ratio
+        self.policy = {"autoaugment": lambda: v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10),
+                       "randaugment": v2.RandAugment,
+                       "trivialaugment": v2.TrivialAugmentWide}.get(augment, lambda: None)()
+        self.erasing = random_erasing
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """``images``: (B, C, S, S) uint8 on any device; randomness comes from ``generator`` (CPU)."""
+        if self.augment != "none":
+            images = self._resized_crop(images, generator) if self.resized_crop else self._pad_crop(images, generator)
+            if self.hflip > 0:
+                flip = (torch.rand(images.shape[0], generator=generator) < self.hflip).to(images.device)
+                images = torch.where(flip[:, None, None, None], images.flip(-1), images)
+            if self.policy is not None:
+                images = torch.cat([self.policy(images[i:i + POLICY_GROUP])
+                                    for i in range(0, images.shape[0], POLICY_GROUP)])
+        elif images.shape[-1] != self.img_size:
+            images = TF.resize(images, self.img_size, antialias=True)
+        out = to_float(images, self.mean, self.std)
+        if self.erasing > 0:
+            out = self._erase(out, generator)
+        return out
+
+    def _erase(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Random erasing as v2.RandomErasing(value=0): with probability p, zero a random box
+        of 2-33% of the area and aspect ratio 0.3-3.3 (no box when 10 draws do not fit)."""
+        b, _, h, w = images.shape
+        boxes, found = random_crop_boxes(b, h, w, (0.02, 0.33), (0.3, 3.3), generator, fallback=False)
+        chosen = found & (torch.rand(b, generator=generator) < self.erasing)
+        boxes = boxes.to(images.device)
+        rows = torch.arange(h, device=images.device)[None, :]
+        cols = torch.arange(w, device=images.device)[None, :]
+        in_rows = (rows >= boxes[:, 1:2]) & (rows < boxes[:, 3:4])  # (B, H)
+        in_cols = (cols >= boxes[:, 0:1]) & (cols < boxes[:, 2:3])  # (B, W)
+        mask = in_rows[:, :, None] & in_cols[:, None, :] & chosen.to(images.device)[:, None, None]
+        return images.masked_fill(mask[:, None], 0.0)
+
+    def _pad_crop(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Zero-pad by 1/8 of the side and cut a random window per image (as v2.RandomCrop(padding=...))."""
+        b, _, h, w = images.shape
+        pad = max(1, self.img_size // 8)
+        padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))
+        offsets = torch.randint(0, 2 * pad + 1, (2, b), generator=generator).to(images.device)
+        rows = (offsets[0][:, None] + torch.arange(h, device=images.device))[:, :, None]  # (B, H, 1)
+        cols = (offsets[1][:, None] + torch.arange(w, device=images.device))[:, None, :]  # (B, 1, W)
+        batch = torch.arange(b, device=images.device)[:, None, None]
+        return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2).contiguous()
+
+    def _resized_crop(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Random resized crops (area fraction in ``crop_scale``, aspect ratio in ``crop_ratio``) for the batch."""
+        boxes, _ = random_crop_boxes(images.shape[0], images.shape[-2], images.shape[-1], self.crop_scale,
+                                  self.crop_ratio, generator)
+        rois = torch.cat([torch.arange(images.shape[0], dtype=torch.float32)[:, None], boxes], 1)
+        crops = roi_align(images.float(), rois.to(images.device), self.img_size, spatial_scale=1.0,
+                          sampling_ratio=-1, aligned=True)
+        return crops.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def random_crop_boxes(n: int, height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float],
+                      generator: torch.Generator, tries: int = 10,
+                      fallback: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n, 4) boxes ``x1, y1, x2, y2`` drawn like torchvision's RandomResizedCrop, and which were found.
+
+    Up to ``tries`` (area, log-ratio) draws per image; the first that fits is used. With
+    ``fallback``, an image with none that fits gets the central crop with the ratio clamped
+    to ``ratio`` (as RandomResizedCrop); without, it is marked not found (as RandomErasing).
+    """
+    area = height * width
+    target = area * torch.empty(n, tries).uniform_(scale[0], scale[1], generator=generator)
+    log_ratio = torch.empty(n, tries).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=generator)
+    aspect = torch.exp(log_ratio)
+    w = torch.sqrt(target * aspect).round()
+    h = torch.sqrt(target / aspect).round()
+    fits = (w > 0) & (h > 0) & (w <= width) & (h <= height)
+    first = torch.where(fits.any(1), fits.float().argmax(1), torch.full((n,), -1))
+    pick = first.clamp_min(0)[:, None]
+    w, h = w.gather(1, pick)[:, 0], h.gather(1, pick)[:, 0]
+    # the fallback: the whole image, cropped to the nearest allowed ratio
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        fw, fh = width, round(width / ratio[0])
+    elif in_ratio > ratio[1]:
+        fw, fh = round(height * ratio[1]), height
+    else:
+        fw, fh = width, height
+    none = (first < 0) & fallback
+    w = torch.where(none, torch.full_like(w, fw), w)
+    h = torch.where(none, torch.full_like(h, fh), h)
+    u = torch.rand(2, n, generator=generator)
+    x1 = torch.where(none, torch.full_like(w, (width - fw) // 2), torch.floor(u[0] * (width - w + 1)))
+    y1 = torch.where(none, torch.full_like(h, (height - fh) // 2), torch.floor(u[1] * (height - h + 1)))
+    return torch.stack([x1, y1, x1 + w, y1 + h], 1), first >= 0
+
+
+def to_float(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """uint8 -> float in [0, 1] -> normalized, exactly as the file pipeline's last two transforms."""
+    return TF.normalize(TF.to_dtype(images, torch.float32, scale=True), list(mean), list(std))
+
+
+class MemoryLoader:
+    """Batches out of a uint8 image tensor, shuffled by :attr:`generator` and augmented as batches.
+
+    Quacks like the :class:`~torch.utils.data.DataLoader` the training loop uses: ``len``,
+    iteration over ``(images, labels)``, and a ``generator`` re-seeded every epoch. With
+    ``device`` set to a GPU the images live there and every batch is cut out there.
+    """
+
+    def __init__(self, images: torch.Tensor, targets: torch.Tensor, batch_size: int, *, shuffle: bool,
+                 mean: Sequence[float], std: Sequence[float], augment: BatchAugment | None = None,
+                 device: torch.device | None = None, drop_last: bool = False) -> None:
+        device = device or torch.device("cpu")
+        self.images = images.to(device)
+        self.targets = targets.to(device)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.mean, self.std = list(mean), list(std)
+        self.augment = augment
+        self.drop_last = drop_last and len(targets) >= batch_size
+        self.generator = torch.Generator()
+
+    def __len__(self) -> int:
+        n = len(self.targets)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self.targets)
+        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        order = order.to(self.images.device)
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            index = order[start:start + self.batch_size]
+            images = self.images[index]
+            if self.augment is not None:
+                images = self.augment(images, self.generator)
+            else:
+                images = to_float(images, self.mean, self.std)
+            yield images, self.targets[index]
