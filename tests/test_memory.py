@@ -83,7 +83,7 @@ def test_policies_and_erasing_keep_shapes_and_erase_about_p_of_the_images():
 def test_memory_eval_images_equal_the_file_pipeline(flat_folder):
     splits = load_data(str(flat_folder), val_fraction=0.2, test_fraction=0.2)
     assert isinstance(splits.train, FileImageDataset)
-    images, targets = memory.decode_all(splits.val, 12, crop_pct=0.9, threads=1)
+    images, targets = memory.decode_all(splits.val, 12, crop_pct=0.9)
     loader = memory.MemoryLoader(images, targets, 4, shuffle=False, mean=MEAN, std=STD)
     tf = build_eval_transform(12, MEAN, STD, crop_pct=0.9)
     expected = torch.stack([tf(splits.val[i][0]) for i in range(len(splits.val))])

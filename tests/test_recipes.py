@@ -43,7 +43,7 @@ def test_config_file_and_flags_override_the_recipe_in_that_order():
 
 def test_unknown_recipe_lists_the_known_ones(capsys):
     assert main(["train", "--recipe", "magic"]) == 2
-    assert "choose one of cifar10-vit-tutorial" in capsys.readouterr().err
+    assert "unknown recipe; choose one of cifar10-best, cifar10-vit-tutorial" in capsys.readouterr().err
 
 
 def test_training_with_a_recipe_records_it(flat_folder, tmp_path):

@@ -46,6 +46,18 @@ def test_any_size_patch_channels_and_pooling(in_chans, pool):
     assert model.pos_embed.shape == (1, 25 + (pool == "cls"), 32)
 
 
+@pytest.mark.parametrize("patch_size", [2, 4, 8])
+def test_conv_stem_gives_the_same_token_grid_as_the_patch_embedding(patch_size):
+    kw = dict(img_size=32, patch_size=patch_size, num_classes=5, embed_dim=64, depth=1, num_heads=2, mlp_dim=64)
+    conv, patch = create_model("vit", stem="conv", **kw), create_model("vit", **kw)
+    x = torch.randn(2, 3, 32, 32)
+    assert conv.patch_embed(x).shape == patch.patch_embed(x).shape == (2, (32 // patch_size) ** 2, 64)
+    strides = [m.stride for m in conv.patch_embed.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert strides == [(2, 2)] * (patch_size.bit_length() - 1) + [(1, 1)]  # then the 1x1 projection
+    assert conv(x).shape == (2, 5)
+    assert ViTConfig(**conv.config.to_dict()).stem == "conv"
+
+
 def test_wrong_input_shape_is_a_clear_error():
     model = create_model("vit-digits", num_classes=10)
     with pytest.raises(ValueError, match=r"expected input of shape \(B, 1, 8, 8\)"):
@@ -60,6 +72,8 @@ def test_wrong_input_shape_is_a_clear_error():
         ({"in_chans": 2}, "in_chans must be 1 or 3"),
         ({"pool": "max"}, "pool must be"),
         ({"drop_path": 1.5}, "drop_path"),
+        ({"stem": "resnet"}, "stem must be"),
+        ({"stem": "conv", "img_size": 24, "patch_size": 3}, "power-of-2 patch_size"),
     ],
 )
 def test_invalid_architectures_are_refused(overrides, message):

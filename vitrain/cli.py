@@ -45,6 +45,9 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dropout", type=float, default=S)
     g.add_argument("--drop-path", type=float, default=S, help="stochastic depth rate of the last block")
     g.add_argument("--pool", choices=["cls", "avg"], default=S, help="class token or global average pooling")
+    g.add_argument("--stem", choices=["patch", "conv"], default=S,
+                   help="patch: one patchifying convolution (standard ViT); conv: stride-2 3x3 convolutions "
+                   "(better on small data and short budgets)")
 
     g = p.add_argument_group("augmentation and preprocessing")
     g.add_argument("--augment", choices=["auto", "none", "flip-crop", "autoaugment", "randaugment", "trivialaugment"],

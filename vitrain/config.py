@@ -43,6 +43,7 @@ class TrainConfig:
     dropout: Optional[float] = None
     drop_path: Optional[float] = None
     pool: Optional[str] = None
+    stem: Optional[str] = None
     # preprocessing and augmentation
     augment: str = "auto"  # none for images of at most 16 px, else flip-crop
     hflip: Optional[float] = None  # None: 0.5, or 0 for data where flips change labels

@@ -22,11 +22,10 @@ they give the same pixels as the file pipeline's evaluation transform.
 from __future__ import annotations
 
 import math
-from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator, Sequence
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 from torchvision.ops import roi_align
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
@@ -63,11 +62,26 @@ def _square(image: torch.Tensor, side: int, crop_pct: float = 1.0) -> torch.Tens
     return TF.center_crop(image, [side, side])
 
 
-def decode_all(dataset: Dataset, side: int, crop_pct: float = 1.0, threads: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+class _Squared(Dataset):
+    """``dataset``'s images brought to (C, side, side) by :func:`_square`."""
+
+    def __init__(self, dataset: Dataset, side: int, crop_pct: float) -> None:
+        self.dataset, self.side, self.crop_pct = dataset, side, crop_pct
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image, target = self.dataset[index]
+        return _square(image, self.side, self.crop_pct), target
+
+
+def decode_all(dataset: Dataset, side: int, crop_pct: float = 1.0, workers: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Every image of ``dataset`` as one (N, C, side, side) uint8 tensor, plus the labels.
 
     Each image's shorter side is resized to ``side / crop_pct`` and its central square kept.
-    Files decode on ``threads`` threads (PIL releases the GIL while decoding).
+    Files decode in ``workers`` DataLoader processes (decoding is mostly Python work in PIL,
+    so threads would contend for the GIL); small sets decode in this process.
     """
     if hasattr(dataset, "max_side"):
         dataset.max_side = int(side / crop_pct) + 1  # big JPEGs decode at reduced size
@@ -75,19 +89,12 @@ def decode_all(dataset: Dataset, side: int, crop_pct: float = 1.0, threads: int 
     first, _ = dataset[0]
     images = torch.empty((n, first.shape[0], side, side), dtype=torch.uint8)
     targets = torch.empty(n, dtype=torch.long)
-
-    def load(index: int) -> None:
-        image, target = dataset[index]
-        images[index] = _square(image, side, crop_pct)
-        targets[index] = target
-
-    if threads > 1 and n > 256:
-        with ThreadPoolExecutor(threads) as pool:
-            for _ in pool.map(load, range(n), chunksize=256):
-                pass
-    else:
-        for index in range(n):
-            load(index)
+    loader = DataLoader(_Squared(dataset, side, crop_pct), batch_size=256, num_workers=workers if n > 2048 else 0)
+    start = 0
+    for batch, labels in loader:
+        images[start:start + len(labels)] = batch
+        targets[start:start + len(labels)] = labels
+        start += len(labels)
     return images, targets
 
 

@@ -37,7 +37,8 @@ from .optim import build_optimizer, build_scheduler
 STATE_FILE = "state.safetensors"
 RUN_FILES = ("config.yaml", "metrics.csv", "best.safetensors", "last.safetensors", STATE_FILE, "report.json",
              "accuracy.png", "loss.png", "confusion_matrix.png", "samples.png")
-MODEL_FIELDS = ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_dim", "dropout", "drop_path", "pool")
+MODEL_FIELDS = ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_dim", "dropout", "drop_path", "pool",
+                "stem")
 
 
 class TrainingError(RuntimeError):
@@ -151,19 +152,19 @@ def _memory_loaders(cfg: TrainConfig, splits: DataSplits, device: torch.device,
     side = memory.train_side(cfg.img_size, splits.native_size, cfg.augment, cfg.crop)
     # pad-and-crop and no augmentation start from the evaluation geometry, as the file pipeline does
     train_pct = 1.0 if cfg.augment != "none" else cfg.crop_pct
-    threads = max(1, min(8, os.cpu_count() or 1))
+    workers = cfg.workers if cfg.workers is not None else max(1, min(8, os.cpu_count() or 1))
     augment = memory.BatchAugment(cfg.img_size, cfg.augment, cfg.mean, cfg.std, resized_crop=resized,
                                   hflip=cfg.hflip, crop_scale=tuple(cfg.crop_scale), crop_ratio=tuple(cfg.crop_ratio),
                                   random_erasing=cfg.random_erasing)
     # on a GPU the images live there; a fixed batch shape there suits torch.compile and CUDA graphs
-    images, targets = memory.decode_all(splits.train, side, train_pct, threads)
+    images, targets = memory.decode_all(splits.train, side, train_pct, workers)
     loaders = {"train": memory.MemoryLoader(images, targets, cfg.batch_size, shuffle=True, mean=cfg.mean,
                                             std=cfg.std, augment=augment, device=device,
                                             drop_last=device.type == "cuda")}
     for name in ("val", "test"):
         dataset = getattr(splits, name)
         if dataset is not None:
-            images, targets = memory.decode_all(dataset, cfg.img_size, cfg.crop_pct, threads)
+            images, targets = memory.decode_all(dataset, cfg.img_size, cfg.crop_pct, workers)
             loaders[name] = memory.MemoryLoader(images, targets, cfg.batch_size, shuffle=False, mean=cfg.mean,
                                                 std=cfg.std, device=device)
     total = sum(loader.images.numel() for loader in loaders.values())

@@ -97,7 +97,7 @@ def create_model(name: str = "vit-ti16", **overrides: Any) -> VisionTransformer:
         name: a preset from :data:`PRESETS` (``vitrain models`` lists them), a timm or
             torchvision alias such as ``"vit_b_16"``, or ``"vit"`` for explicit dims only.
         **overrides: any of ``img_size, patch_size, in_chans, num_classes, embed_dim,
-            depth, num_heads, mlp_dim, dropout, drop_path, pool``.
+            depth, num_heads, mlp_dim, dropout, drop_path, pool, stem``.
 
     Example:
         >>> model = create_model("vit-cifar", num_classes=10)

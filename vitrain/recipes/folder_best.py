@@ -1,0 +1,25 @@
+"""vitrain's own recipe for a folder of images (a few thousand, any size) on a short budget.
+
+The CIFAR-10 findings carried to folders (BENCHMARKS.md): a small ViT with a
+convolutional stem, at 64 px input with a patch-8 grid (64 tokens), so a CPU sees many
+epochs in minutes. Random resized crops (35-100% of the image) and flips, since a folder
+of a few thousand images is a small-data problem; stochastic depth 0.1 for the same reason.
+"""
+
+from . import Recipe
+
+RECIPE = Recipe(
+    name="folder-best",
+    summary="64 px, conv stem + patch-8 grid, 6 layers x 128 dim, random resized crops + flips, AdamW 1e-3, cosine",
+    reference="fitted to a 15-minute budget on a 2-core CPU; see BENCHMARKS.md for brain-tumor-mri and flowers17",
+    command="vitrain train --recipe folder-best --data brain-tumor-mri.tar --time-budget 15",
+    config=dict(
+        val_fraction=0.15,
+        model="vit", img_size=64, patch_size=8, embed_dim=128, mlp_dim=256, num_heads=4, depth=6, stem="conv",
+        dropout=0.0, drop_path=0.1, pool="cls",
+        augment="flip-crop", crop="resized", crop_scale=[0.35, 1.0], hflip=0.5, normalize="dataset",
+        optimizer="adamw", lr=1e-3, weight_decay=0.05, schedule="cosine", warmup_epochs=2,
+        label_smoothing=0.1, clip_grad=0.0,
+        batch_size=64, epochs=40,
+    ),
+)
