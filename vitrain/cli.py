@@ -119,6 +119,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_arguments(train)
     sub.add_parser("models", help="list the named model sizes")
     sub.add_parser("recipes", help="list the training recipes, what each reaches, and the command")
+    bench = sub.add_parser("bench", help="training/inference throughput vs timm and torchvision (needs timm)",
+                           description="Time vitrain's, timm's and torchvision's ViT with the same weights, "
+                           "interleaved, and print medians, ratios and MFU.")
+    bench.add_argument("--configs", default="all",
+                       help="comma-separated subset of cifar10-tutorial, vit-ti16, vit-b16 (all)")
+    bench.add_argument("--repeats", type=int, default=5, help="interleaved repetitions; the median is kept (5)")
+    bench.add_argument("--steps", type=int, default=3, help="steps timed per repetition (3)")
+    bench.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    bench.add_argument("--json", action="store_true", help="print the results as JSON")
 
     ev = sub.add_parser("eval", help="evaluate a checkpoint or run folder on any --data source",
                         description="Top-1/top-5, loss, per-class precision/recall/F1, confusion matrices.")
@@ -259,6 +268,30 @@ def _predict(args: argparse.Namespace, device) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    import json
+
+    from .engine.bench import CONFIGS, run_benchmark
+    from .engine.train import resolve_device
+
+    names = [c.name for c in CONFIGS]
+    wanted = names if args.configs == "all" else args.configs.split(",")
+    unknown = [n for n in wanted if n not in names]
+    if unknown:
+        raise ConfigError(f"--configs: unknown {', '.join(unknown)}; choose from {', '.join(names)}")
+    if args.repeats < 1 or args.steps < 1:
+        raise ConfigError("--repeats and --steps must be at least 1")
+    try:
+        import timm  # noqa: F401
+    except ImportError:
+        raise ConfigError("vitrain bench compares against timm: pip install timm") from None
+    result = run_benchmark(tuple(c for c in CONFIGS if c.name in wanted), args.repeats, args.steps,
+                           resolve_device(args.device), log=(lambda *a: None) if args.json else print)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    return 0
+
+
 def _raise_keyboard_interrupt(signum, frame):  # noqa: ARG001 - signal handler signature
     raise KeyboardInterrupt
 
@@ -279,6 +312,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         for recipe in recipes().values():
             print(f"{recipe.name}\n  {recipe.summary}\n  reference: {recipe.reference}\n  run: {recipe.command}\n")
         return 0
+
+    if args.command == "bench":
+        try:
+            return _bench(args)
+        except ConfigError as err:
+            print(f"vitrain: error: {err}", file=sys.stderr)
+            return 2
 
     from .checkpoint import CheckpointError
     from .data.archive import ArchiveError

@@ -358,8 +358,10 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
         budget = plan_budget(cfg, model, loaders, device, amp_dtype,
                              cfg.time_budget * 60 - (time.perf_counter() - started), log)
     total_steps = budget["planned_steps"] if budget else cfg.epochs * steps_per_epoch
-    # a budgeted run stops at its plan or, should the machine slow down, at the deadline
-    deadline = started + cfg.time_budget * 60 - budget["reserved_final_seconds"] if budget and not resume else math.inf
+    # a budgeted run stops at its plan or, should the machine slow down, at the deadline, which leaves
+    # time for the interrupted epoch's validation and checkpoints and the final evaluation
+    deadline = (started + cfg.time_budget * 60 - budget["reserved_final_seconds"]
+                - budget["seconds_per_epoch_overhead"]) if budget and not resume else math.inf
     n_epochs = math.ceil(total_steps / steps_per_epoch)
     optimizer = build_optimizer(model, cfg, device)
     scheduler = build_scheduler(optimizer, cfg, steps_per_epoch, total_steps)

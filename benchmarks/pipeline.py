@@ -1,0 +1,123 @@
+"""Augmented images per second: vitrain's in-memory batched pipeline vs torchvision's DataLoader + PIL.
+
+Both produce normalized float batches of CIFAR-10 training images with the same
+augmentation (pad-and-crop + flip, optionally AutoAugment or RandAugment). The baseline is
+what tutorials write: ``torchvision.datasets.ImageFolder`` with a v2 pipeline on PIL
+images, a DataLoader with one worker per core. vitrain decodes once (timed separately),
+then augments whole batches in this process. The model's training throughput (the
+``cifar10-best`` architecture) is measured too, since the goal is a pipeline that is never
+the bottleneck (at least 10x the model).
+
+    python benchmarks/pipeline.py                 # needs ../shared/datasets/cifar10.tar
+    python benchmarks/pipeline.py --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch.utils.data import DataLoader
+from torchvision.transforms import v2
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from vitrain.data import memory  # noqa: E402
+from vitrain.data.archive import extract_archive  # noqa: E402
+from vitrain.data.sources import load_data  # noqa: E402
+from vitrain.models import create_model  # noqa: E402
+from vitrain.recipes import get_recipe  # noqa: E402
+
+ARCHIVE = ROOT.parent / "shared" / "datasets" / "cifar10.tar"
+MEAN, STD = [0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]
+POLICIES = {"flip-crop": None, "autoaugment": lambda: v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10),
+            "randaugment": v2.RandAugment}
+
+
+def torchvision_loader(root: Path, augment: str, batch_size: int, workers: int) -> DataLoader:
+    steps = [v2.RandomCrop(32, padding=4), v2.RandomHorizontalFlip()]
+    if POLICIES[augment] is not None:
+        steps.append(POLICIES[augment]())
+    steps += [v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)]
+    dataset = torchvision.datasets.ImageFolder(str(root), transform=v2.Compose(steps))
+    return DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers, persistent_workers=True)
+
+
+def images_per_second(loader, batches: int) -> float:
+    it = iter(loader)
+    next(it)  # workers started, first batch ready
+    start = time.perf_counter()
+    n = 0
+    for _ in range(batches):
+        n += len(next(it)[1])
+    return n / (time.perf_counter() - start)
+
+
+def model_images_per_second(batch_size: int, steps: int = 30) -> float:
+    """Training steps per second of the cifar10-best architecture, times the batch size."""
+    cfg = get_recipe("cifar10-best").config
+    arch = {k: cfg[k] for k in ("img_size", "patch_size", "embed_dim", "mlp_dim", "num_heads", "depth", "stem")}
+    torch.manual_seed(0)
+    model = create_model("vit", num_classes=10, **arch)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x, y = torch.randn(batch_size, 3, 32, 32), torch.randint(0, 10, (batch_size,))
+    for i in range(steps + 3):
+        if i == 3:
+            start = time.perf_counter()
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return batch_size * steps / (time.perf_counter() - start)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--batches", type=int, default=40, help="batches timed per pipeline (40)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    args = parser.parse_args(argv)
+    if not ARCHIVE.is_file():
+        print(f"benchmarks/pipeline.py needs {ARCHIVE}", file=sys.stderr)
+        return 2
+    workers = os.cpu_count() or 1
+    root = extract_archive(ARCHIVE) / "cifar10" / "train"
+    splits = load_data(str(root.parent), val_fraction=0.0)
+    start = time.perf_counter()
+    images, targets = memory.decode_all(splits.train, 32, workers=workers)
+    decode_seconds = time.perf_counter() - start
+    rows = []
+    for augment in POLICIES:
+        aug = memory.BatchAugment(32, augment, MEAN, STD, resized_crop=False)
+        ours = memory.MemoryLoader(images, targets, args.batch_size, shuffle=True, mean=MEAN, std=STD, augment=aug)
+        theirs = torchvision_loader(root, augment, args.batch_size, workers)
+        rows.append({"augment": augment, "vitrain_images_per_s": images_per_second(ours, args.batches),
+                     "torchvision_images_per_s": images_per_second(theirs, args.batches)})
+    model = model_images_per_second(64)
+    result = {"machine": f"{os.cpu_count()} CPU cores, torch {torch.__version__}", "images": len(targets),
+              "decode_seconds": round(decode_seconds, 2), "model_train_images_per_s": round(model, 1),
+              "batch_size": args.batch_size, "rows": rows}
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"decode once: {len(targets)} images in {decode_seconds:.1f}s; cifar10-best model trains at "
+          f"{model:.0f} images/s (batch 64)\n")
+    print("| augmentation | vitrain in-memory img/s | torchvision DataLoader + PIL img/s | ratio | vitrain / model |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['augment']} | {r['vitrain_images_per_s']:.0f} | {r['torchvision_images_per_s']:.0f} | "
+              f"{r['vitrain_images_per_s'] / r['torchvision_images_per_s']:.1f}x | "
+              f"{r['vitrain_images_per_s'] / model:.1f}x |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

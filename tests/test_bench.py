@@ -1,0 +1,51 @@
+"""vitrain bench: the same weights in all three implementations, and a well-formed result."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from vitrain.cli import main
+from vitrain.engine import bench
+
+TINY = bench.BenchConfig("tiny", img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2, mlp_dim=64,
+                         batch_size=4)
+
+
+def test_timm_and_torchvision_get_vitrains_weights_and_agree():
+    models = bench.build_models(TINY, torch.device("cpu"))
+    assert set(models) == {"vitrain", "timm", "torchvision"}
+    diffs = bench.max_logit_difference(models, TINY, torch.device("cpu"))
+    assert diffs["timm"] < 1e-5 and diffs["torchvision"] < 1e-5
+
+
+def test_forward_flops_counts_the_matmuls_of_a_known_case():
+    # 16 patches + class token = 17 tokens, dim 32, MLP 64, 2 blocks, 10 classes
+    patch = 2 * 16 * 3 * 16 * 32  # 16 patches of 4x4x3 projected to 32 dims
+    block = 2 * 17 * (4 * 32 * 32 + 2 * 32 * 64) + 4 * 17 * 17 * 32
+    assert bench.forward_flops(TINY) == patch + 2 * block + 2 * 32 * 10
+
+
+def test_run_benchmark_reports_ratios_and_mfu_for_train_and_inference():
+    result = bench.run_benchmark((TINY,), repeats=2, steps=1, log=lambda *a: None)
+    assert [r["mode"] for r in result["results"]] == ["train", "inference"]
+    for row in result["results"]:
+        ips = row["images_per_second"]
+        assert set(ips) == {"vitrain", "timm", "torchvision"} and all(v > 0 for v in ips.values())
+        assert row["vitrain_vs_timm"] == pytest.approx(ips["vitrain"] / ips["timm"], rel=0.01)
+        assert 0 < row["mfu"]["vitrain"] < 1
+    assert result["matmul_peak_gflops"] > 0
+
+
+def test_bench_command_refuses_unknown_configs(capsys):
+    assert main(["bench", "--configs", "vit-huge"]) == 2
+    assert "--configs: unknown vit-huge" in capsys.readouterr().err
+
+
+def test_bench_command_prints_json(capsys, monkeypatch):
+    monkeypatch.setattr(bench, "CONFIGS", (TINY,))
+    assert main(["bench", "--configs", "tiny", "--repeats", "1", "--steps", "1", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["results"][0]["config"] == "tiny"

@@ -1,0 +1,176 @@
+"""``vitrain bench``: training and inference throughput of vitrain's ViT vs timm's and torchvision's.
+
+The three implementations get the same architecture and the same weights (vitrain's
+parameter names are timm's; torchvision's are mapped by :mod:`vitrain.models.convert`), so
+their logits are checked equal before anything is timed. Timing is interleaved: each
+repetition times every implementation once, in turn, and the median over repetitions is
+reported, so a machine that speeds up or slows down during the run affects all of them
+alike. Model FLOP utilization (MFU) is the model's matmul FLOPs per second over the
+float32 matmul rate measured on the same machine.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..models.convert import from_torchvision
+from ..models.vit import ViTConfig, VisionTransformer
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """One architecture to time and the batch size to time it at."""
+
+    name: str
+    img_size: int
+    patch_size: int
+    embed_dim: int
+    depth: int
+    num_heads: int
+    mlp_dim: int
+    batch_size: int
+
+
+CONFIGS = (
+    BenchConfig("cifar10-tutorial", 32, 4, 256, 6, 8, 512, 128),
+    BenchConfig("vit-ti16", 224, 16, 192, 12, 3, 768, 32),
+    BenchConfig("vit-b16", 224, 16, 768, 12, 12, 3072, 8),
+)
+NUM_CLASSES = 10
+
+
+def build_models(cfg: BenchConfig, device: torch.device) -> dict[str, nn.Module]:
+    """vitrain's, timm's and torchvision's ViT for ``cfg``, all holding the same weights."""
+    import timm.models.vision_transformer as timm_vit
+    import torchvision.models.vision_transformer as tv_vit
+
+    torch.manual_seed(0)
+    ours = VisionTransformer(ViTConfig(img_size=cfg.img_size, patch_size=cfg.patch_size, embed_dim=cfg.embed_dim,
+                                       depth=cfg.depth, num_heads=cfg.num_heads, mlp_dim=cfg.mlp_dim,
+                                       num_classes=NUM_CLASSES))
+    timm_model = timm_vit.VisionTransformer(
+        img_size=cfg.img_size, patch_size=cfg.patch_size, embed_dim=cfg.embed_dim, depth=cfg.depth,
+        num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_dim / cfg.embed_dim, num_classes=NUM_CLASSES,
+        global_pool="token", qkv_bias=True)
+    timm_model.load_state_dict(ours.state_dict())
+    tv_model = tv_vit.VisionTransformer(image_size=cfg.img_size, patch_size=cfg.patch_size, num_layers=cfg.depth,
+                                        num_heads=cfg.num_heads, hidden_dim=cfg.embed_dim, mlp_dim=cfg.mlp_dim,
+                                        num_classes=NUM_CLASSES)
+    # torchvision's names map onto vitrain's; load ours into it through the inverse of that map
+    mapping = {tv_key: our_key for tv_key, our_key in zip(tv_model.state_dict(),
+                                                          from_torchvision(tv_model.state_dict()))}
+    ours_state = ours.state_dict()
+    tv_model.load_state_dict({tv_key: ours_state[our_key] for tv_key, our_key in mapping.items()})
+    return {name: m.to(device) for name, m in (("vitrain", ours), ("timm", timm_model), ("torchvision", tv_model))}
+
+
+def max_logit_difference(models: dict[str, nn.Module], cfg: BenchConfig, device: torch.device) -> dict[str, float]:
+    """Max abs difference of each reference's logits from vitrain's, on one random batch."""
+    x = torch.randn(2, 3, cfg.img_size, cfg.img_size, device=device)
+    with torch.inference_mode():
+        outputs = {name: m.eval()(x).float() for name, m in models.items()}
+    return {name: float((out - outputs["vitrain"]).abs().max()) for name, out in outputs.items() if name != "vitrain"}
+
+
+def forward_flops(cfg: BenchConfig) -> float:
+    """Matmul FLOPs of one image's forward pass (patch projection, qkv/proj, attention, MLP, head)."""
+    tokens = (cfg.img_size // cfg.patch_size) ** 2 + 1
+    d = cfg.embed_dim
+    patch = 2 * (tokens - 1) * 3 * cfg.patch_size**2 * d
+    per_block = 2 * tokens * (4 * d * d + 2 * d * cfg.mlp_dim) + 4 * tokens * tokens * d
+    return patch + cfg.depth * per_block + 2 * d * NUM_CLASSES
+
+
+def matmul_peak(device: torch.device, n: int = 2048, seconds: float = 1.0) -> float:
+    """float32 matmul FLOP/s of an n x n x n product, measured here."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    a @ b
+    _sync(device)
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        count += 1
+    _sync(device)
+    return 2 * n**3 * count / (time.perf_counter() - start)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _train_step_fn(model: nn.Module, cfg: BenchConfig, device: torch.device) -> Callable[[], None]:
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x = torch.randn(cfg.batch_size, 3, cfg.img_size, cfg.img_size, device=device)
+    y = torch.randint(0, NUM_CLASSES, (cfg.batch_size,), device=device)
+
+    def step() -> None:
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def _infer_fn(model: nn.Module, cfg: BenchConfig, device: torch.device) -> Callable[[], None]:
+    x = torch.randn(cfg.batch_size, 3, cfg.img_size, cfg.img_size, device=device)
+
+    def step() -> None:
+        with torch.inference_mode():
+            model.eval()(x)
+
+    return step
+
+
+def _time(fn: Callable[[], None], steps: int, device: torch.device) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    _sync(device)
+    return (time.perf_counter() - start) / steps
+
+
+def run_benchmark(configs: tuple[BenchConfig, ...] = CONFIGS, repeats: int = 5, steps: int = 3,
+                  device: torch.device | None = None, log=print) -> dict[str, Any]:
+    """Time every config's train step and inference for each implementation; return medians and ratios."""
+    device = device or torch.device("cpu")
+    peak = matmul_peak(device)
+    log(f"float32 matmul peak here: {peak / 1e9:.0f} GFLOP/s")
+    results = []
+    for cfg in configs:
+        models = build_models(cfg, device)
+        diffs = max_logit_difference(models, cfg, device)
+        for mode, make in (("train", _train_step_fn), ("inference", _infer_fn)):
+            fns = {name: make(m, cfg, device) for name, m in models.items()}
+            for fn in fns.values():  # warm-up: one-time allocations, kernel selection
+                fn()
+            seconds: dict[str, list[float]] = {name: [] for name in fns}
+            for _ in range(repeats):
+                for name, fn in fns.items():
+                    seconds[name].append(_time(fn, steps, device))
+            ips = {name: cfg.batch_size / statistics.median(s) for name, s in seconds.items()}
+            flops = forward_flops(cfg) * (3 if mode == "train" else 1)
+            row = {"config": cfg.name, "mode": mode, "batch_size": cfg.batch_size,
+                   "images_per_second": {k: round(v, 2) for k, v in ips.items()},
+                   "vitrain_vs_timm": round(ips["vitrain"] / ips["timm"], 3),
+                   "vitrain_vs_torchvision": round(ips["vitrain"] / ips["torchvision"], 3),
+                   "mfu": {k: round(v * flops / peak, 3) for k, v in ips.items()},
+                   "max_logit_diff": diffs}
+            results.append(row)
+            log(f"{cfg.name:17s} {mode:9s} batch {cfg.batch_size:3d}  " + "  ".join(
+                f"{k} {v:8.1f} img/s" for k, v in ips.items())
+                + f"  vitrain/timm {row['vitrain_vs_timm']:.2f}x  vitrain/torchvision "
+                f"{row['vitrain_vs_torchvision']:.2f}x  MFU vitrain {row['mfu']['vitrain']:.1%}")
+    return {"device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "matmul_peak_gflops": round(peak / 1e9, 1), "repeats": repeats, "steps_per_repeat": steps,
+            "results": results}
