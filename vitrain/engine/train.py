@@ -168,7 +168,7 @@ def _memory_loaders(cfg: TrainConfig, splits: DataSplits, device: torch.device,
             loaders[name] = memory.MemoryLoader(images, targets, cfg.batch_size, shuffle=False, mean=cfg.mean,
                                                 std=cfg.std, device=device)
     total = sum(loader.images.numel() for loader in loaders.values())
-    log(f"in memory: {total / 2**20:.0f} MiB of decoded images (training images at {side}px) "
+    log(f"in memory: {total / 2**20:.1f} MiB of decoded images (training images at {side}px) "
         f"in {time.perf_counter() - t0:.1f}s")
     return loaders
 
