@@ -109,9 +109,11 @@ def _interrupt_then_resume(common: list[str], tmp_path: Path, monkeypatch) -> No
     assert _without_timing(_metrics(tmp_path / "full")) == _without_timing(_metrics(tmp_path / "cut"))
 
 
-def test_resume_ends_identical_to_an_uninterrupted_run(flat_folder, tmp_path, tiny_args, monkeypatch):
+@pytest.mark.parametrize("in_memory", ["on", "off"])  # batched in-memory augmentation, and the per-image DataLoader
+def test_resume_ends_identical_to_an_uninterrupted_run(flat_folder, tmp_path, tiny_args, monkeypatch, in_memory):
     _interrupt_then_resume(["--data", str(flat_folder), *tiny_args, "--epochs", "3", "--augment", "trivialaugment",
-                            "--dropout", "0.1", "--drop-path", "0.1", "--warmup-epochs", "1"], tmp_path, monkeypatch)
+                            "--dropout", "0.1", "--drop-path", "0.1", "--warmup-epochs", "1", "--in-memory", in_memory],
+                           tmp_path, monkeypatch)
     full_report = json.loads((tmp_path / "full" / "report.json").read_text())
     cut_report = json.loads((tmp_path / "cut" / "report.json").read_text())
     assert full_report["test"] == cut_report["test"]

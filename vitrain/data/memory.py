@@ -86,8 +86,8 @@ def decode_all(dataset: Dataset, side: int, crop_pct: float = 1.0, workers: int 
     if hasattr(dataset, "max_side"):
         dataset.max_side = int(side / crop_pct) + 1  # big JPEGs decode at reduced size
     n = len(dataset)
-    first, _ = dataset[0]
-    images = torch.empty((n, first.shape[0], side, side), dtype=torch.uint8)
+    channels = dataset[0][0].shape[0] if n else getattr(dataset, "channels", 3)
+    images = torch.empty((n, channels, side, side), dtype=torch.uint8)
     targets = torch.empty(n, dtype=torch.long)
     loader = DataLoader(_Squared(dataset, side, crop_pct), batch_size=256, num_workers=workers if n > 2048 else 0)
     start = 0
