@@ -210,7 +210,9 @@ def _models_table() -> str:
 
 
 def _run_tool(args: argparse.Namespace) -> int:
-    """eval, predict and export: everything after training, from a checkpoint alone."""
+    """eval, predict, export (everything after training, from a checkpoint alone) and bench."""
+    if args.command == "bench":
+        return _bench(args)
     if args.command == "export":
         from .engine.export import export_model
 
@@ -312,13 +314,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         for recipe in recipes().values():
             print(f"{recipe.name}\n  {recipe.summary}\n  reference: {recipe.reference}\n  run: {recipe.command}\n")
         return 0
-
-    if args.command == "bench":
-        try:
-            return _bench(args)
-        except ConfigError as err:
-            print(f"vitrain: error: {err}", file=sys.stderr)
-            return 2
 
     from .checkpoint import CheckpointError
     from .data.archive import ArchiveError

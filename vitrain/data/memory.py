@@ -30,7 +30,7 @@ from torchvision.ops import roi_align
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from .transforms import SMALL_IMAGE
+from .transforms import policy_transform, resize_and_center, uses_resized_crop
 
 MAX_BYTES = 2 * 1024**3  # --in-memory auto holds at most this much decoded image data
 POLICY_GROUP = 8  # images that share one AutoAugment/RandAugment/TrivialAugment operation
@@ -44,36 +44,25 @@ def train_side(img_size: int, native_size: int, augment: str, crop: str) -> int:
     return img_size
 
 
-def uses_resized_crop(native_size: int, crop: str) -> bool:
-    """Whether the training pipeline takes random resized crops (vs pad-and-crop)."""
-    return crop == "resized" or (crop == "auto" and native_size > SMALL_IMAGE)
-
-
 def estimated_bytes(n_images: int, channels: int, side: int) -> int:
     """Bytes that ``n_images`` decoded (channels, side, side) uint8 images take."""
     return n_images * channels * side * side
 
 
-def _square(image: torch.Tensor, side: int, crop_pct: float = 1.0) -> torch.Tensor:
-    """Shorter side to ``side / crop_pct`` (antialiased), then the central ``side`` square."""
-    resize_to = int(round(side / crop_pct))
-    if min(image.shape[-2:]) != resize_to:
-        image = TF.resize(image, resize_to, antialias=True)
-    return TF.center_crop(image, [side, side])
-
-
 class _Squared(Dataset):
-    """``dataset``'s images brought to (C, side, side) by :func:`_square`."""
+    """``dataset``'s images with the shorter side resized to ``side / crop_pct`` and the central
+    ``side`` square kept: the evaluation transform's geometry, from the same transforms."""
 
     def __init__(self, dataset: Dataset, side: int, crop_pct: float) -> None:
-        self.dataset, self.side, self.crop_pct = dataset, side, crop_pct
+        self.dataset = dataset
+        self.square = v2.Compose(resize_and_center(side, crop_pct))
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         image, target = self.dataset[index]
-        return _square(image, self.side, self.crop_pct), target
+        return self.square(image), target
 
 
 def decode_all(dataset: Dataset, side: int, crop_pct: float = 1.0, workers: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -101,6 +90,9 @@ def decode_all(dataset: Dataset, side: int, crop_pct: float = 1.0, workers: int 
 class BatchAugment:
     """Training augmentation on a batch of uint8 images; returns normalized float images.
 
+    Images come at the input size, except for random resized crops, which cut them from
+    bigger stored images (:func:`train_side`).
+
     The same choices as :func:`vitrain.data.transforms.build_train_transform` (crop mode,
     flip probability, policy, random erasing), drawn independently for every image.
     """
@@ -111,12 +103,10 @@ class BatchAugment:
         self.img_size = img_size
         self.augment = augment
         self.mean, self.std = list(mean), list(std)
-        self.resized_crop = resized_crop and augment != "none"
-        self.hflip = hflip if augment != "none" else 0.0
+        self.resized_crop = resized_crop
+        self.hflip = hflip
         self.crop_scale, self.crop_ratio = crop_scale, crop_ratio
-        self.policy = {"autoaugment": lambda: v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10),
-                       "randaugment": v2.RandAugment,
-                       "trivialaugment": v2.TrivialAugmentWide}.get(augment, lambda: None)()
+        self.policy = policy_transform(augment)
         self.erasing = random_erasing
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -129,8 +119,6 @@ class BatchAugment:
             if self.policy is not None:
                 images = torch.cat([self.policy(images[i:i + POLICY_GROUP])
                                     for i in range(0, images.shape[0], POLICY_GROUP)])
-        elif images.shape[-1] != self.img_size:
-            images = TF.resize(images, self.img_size, antialias=True)
         out = to_float(images, self.mean, self.std)
         if self.erasing > 0:
             out = self._erase(out, generator)

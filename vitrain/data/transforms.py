@@ -19,9 +19,25 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 SMALL_IMAGE = 64  # at or below this native size, pad-and-crop replaces random resized crop
 
 
-def _resize_and_center(img_size: int, crop_pct: float) -> list[v2.Transform]:
+def resize_and_center(img_size: int, crop_pct: float) -> list[v2.Transform]:
     """Resize the shorter side to ``img_size / crop_pct`` and take the central square."""
     return [v2.Resize(int(round(img_size / crop_pct)), antialias=True), v2.CenterCrop(img_size)]
+
+
+def uses_resized_crop(native_size: int, crop: str) -> bool:
+    """Whether flip-crop takes random resized crops (vs pad-and-crop) for data of this native size."""
+    return crop == "resized" or (crop == "auto" and native_size > SMALL_IMAGE)
+
+
+def policy_transform(augment: str) -> v2.Transform | None:
+    """The automatic-augmentation policy ``augment`` names, or None for ``none``/``flip-crop``."""
+    if augment == "autoaugment":
+        return v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10)
+    if augment == "randaugment":
+        return v2.RandAugment()
+    if augment == "trivialaugment":
+        return v2.TrivialAugmentWide()
+    return None
 
 
 def _to_float_normalized(mean: Sequence[float], std: Sequence[float]) -> list[v2.Transform]:
@@ -61,21 +77,18 @@ def build_train_transform(
         raise ValueError(f"--crop must be one of {', '.join(CROPS)}, got {crop!r}")
     steps: list[v2.Transform] = []
     if augment == "none":
-        steps += _resize_and_center(img_size, crop_pct)
+        steps += resize_and_center(img_size, crop_pct)
     else:
-        if crop == "pad" or (crop == "auto" and native_size <= SMALL_IMAGE):
+        if uses_resized_crop(native_size, crop):
+            steps.append(v2.RandomResizedCrop(img_size, scale=crop_scale, ratio=crop_ratio, antialias=True))
+        else:
             steps += [v2.Resize(img_size, antialias=True), v2.CenterCrop(img_size),
                       v2.RandomCrop(img_size, padding=max(1, img_size // 8))]
-        else:
-            steps.append(v2.RandomResizedCrop(img_size, scale=crop_scale, ratio=crop_ratio, antialias=True))
         if hflip > 0:
             steps.append(v2.RandomHorizontalFlip(hflip))
-        if augment == "autoaugment":
-            steps.append(v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10))
-        elif augment == "randaugment":
-            steps.append(v2.RandAugment())
-        elif augment == "trivialaugment":
-            steps.append(v2.TrivialAugmentWide())
+        policy = policy_transform(augment)
+        if policy is not None:
+            steps.append(policy)
     steps += _to_float_normalized(mean, std)
     if random_erasing > 0:
         steps.append(v2.RandomErasing(p=random_erasing, value=0))
@@ -85,7 +98,7 @@ def build_train_transform(
 def build_eval_transform(img_size: int, mean: Sequence[float], std: Sequence[float],
                          crop_pct: float = 1.0) -> v2.Compose:
     """Resize (shorter side to ``img_size / crop_pct``), center crop, normalize."""
-    return v2.Compose(_resize_and_center(img_size, crop_pct) + _to_float_normalized(mean, std))
+    return v2.Compose(resize_and_center(img_size, crop_pct) + _to_float_normalized(mean, std))
 
 
 def eval_transform_for(meta: dict, img_size: int) -> v2.Compose:
@@ -114,7 +127,7 @@ def dataset_mean_std(dataset: Dataset, img_size: int, max_images: int = 1000) ->
 
     Uses up to ``max_images`` evenly spaced images, so large folders stay quick.
     """
-    resize = v2.Compose(_resize_and_center(img_size, 1.0) + [v2.ToDtype(torch.float32, scale=True)])
+    resize = v2.Compose(resize_and_center(img_size, 1.0) + [v2.ToDtype(torch.float32, scale=True)])
     n = len(dataset)
     step = max(1, n // max_images)
     total = total_sq = None

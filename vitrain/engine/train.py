@@ -27,7 +27,8 @@ from ..config import ConfigError, TrainConfig
 from ..data import memory
 from ..data.leakage import content_hashes, find_leaks, without
 from ..data.sources import ArrayImageDataset, DataSplits, load_data
-from ..data.transforms import TransformedDataset, build_eval_transform, build_train_transform, normalization
+from ..data.transforms import (TransformedDataset, build_eval_transform, build_train_transform, normalization,
+                               uses_resized_crop)
 from ..models.registry import resolve_config
 from ..models.vit import VisionTransformer
 from ..report import plot_confusion_matrix, plot_curves, plot_samples, write_metrics_csv, write_report
@@ -148,7 +149,7 @@ def build_loaders(cfg: TrainConfig, splits: DataSplits, device: torch.device,
 def _memory_loaders(cfg: TrainConfig, splits: DataSplits, device: torch.device,
                     log=print) -> dict[str, memory.MemoryLoader]:
     t0 = time.perf_counter()
-    resized = memory.uses_resized_crop(splits.native_size, cfg.crop)
+    resized = uses_resized_crop(splits.native_size, cfg.crop)
     side = memory.train_side(cfg.img_size, splits.native_size, cfg.augment, cfg.crop)
     # pad-and-crop and no augmentation start from the evaluation geometry, as the file pipeline does
     train_pct = 1.0 if cfg.augment != "none" else cfg.crop_pct
