@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from vitrain.config import TrainConfig
-from vitrain.engine.optim import build_optimizer, build_scheduler, param_groups
+from vitrain.engine.optim import build_optimizer, build_scheduler, param_groups, replan
 from vitrain.models import create_model
 
 
@@ -88,3 +88,34 @@ def test_a_planned_length_keeps_the_schedules_shape():
         sched.step()
     assert lrs[0] == pytest.approx(1e-3) and lrs[10] == pytest.approx(1.0)  # warmup: 5 of 50 epochs -> 10 steps
     assert lrs[29] == pytest.approx(1.0) and lrs[30] == pytest.approx(0.1)  # step: 10 of 50 epochs -> 20 steps
+
+
+def test_replanning_rescales_the_rest_of_the_schedule_and_survives_a_state_dict():
+    cfg = TrainConfig(lr=1.0, epochs=10, schedule="cosine", warmup_epochs=0)
+    opt = build_optimizer(torch.nn.Linear(2, 2), cfg, torch.device("cpu"))
+    sched = build_scheduler(opt, cfg, steps_per_epoch=10)  # 100 steps
+    for _ in range(25):
+        opt.step()
+        sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.25)))
+    replan(sched, 50)  # the run turned out to have room for half the steps
+    opt.step()
+    sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.5 * (1 + math.cos(math.pi * 26 / 50)))
+    # a resumed run rebuilds the scheduler for the configured length, then loads the re-planned one
+    fresh_opt = build_optimizer(torch.nn.Linear(2, 2), cfg, torch.device("cpu"))
+    fresh = build_scheduler(fresh_opt, cfg, steps_per_epoch=10)
+    fresh.load_state_dict(sched.state_dict())
+    assert fresh.lr_lambdas[0].total == 50 and fresh.last_epoch == 26
+    for _ in range(24):
+        opt.step()
+        sched.step()
+        fresh_opt.step()
+        fresh.step()
+        assert fresh_opt.param_groups[0]["lr"] == opt.param_groups[0]["lr"]
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_min_lr_is_the_floor_of_the_cosine():
+    lrs = _lrs(TrainConfig(lr=2.0, min_lr=0.2, epochs=4, schedule="cosine", warmup_epochs=0), 25)
+    assert lrs[0] == 2.0 and lrs[50] == pytest.approx(1.1) and min(lrs) > 0.2

@@ -275,6 +275,30 @@ def test_time_budget_plans_the_steps_and_reports_them(flat_folder, tmp_path, tin
     assert report["test"]["images"] == 3
 
 
+def test_a_wrong_first_plan_is_corrected_from_the_measured_epochs(flat_folder, tmp_path, tiny_args, monkeypatch):
+    # the probe plans 20x too many steps (as if the machine were 20x faster than it is); re-planning
+    # after each epoch must bring the run back inside the budget with the schedule run to its end
+    from vitrain.engine import train as engine
+
+    real = engine.plan_budget
+
+    def overoptimistic(*args, **kwargs):
+        budget = real(*args, **kwargs)
+        return {**budget, "planned_steps": budget["planned_steps"] * 20}
+
+    monkeypatch.setattr(engine, "plan_budget", overoptimistic)
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(flat_folder), "--out", str(run), *tiny_args, "--epochs", "1000",
+                 "--time-budget", "0.25"]) == 0
+    report = json.loads((run / "report.json").read_text())
+    budget = report["time_budget"]
+    assert budget["replans"] and budget["replans"][0]["from"] == budget["first_plan"]
+    assert budget["planned_steps"] < budget["first_plan"] / 5
+    assert report["total_seconds"] < 0.25 * 60 * 1.1
+    if budget["stopped_by"] == "plan":  # not cut by the deadline: the cosine reached its end
+        assert float(_metrics(run)[-1]["lr"]) == pytest.approx(0.0, abs=1e-9)
+
+
 def test_leaked_evaluation_images_are_counted_and_removed_with_dedupe(tmp_path, tiny_args, capsys):
     from .conftest import write_class_folders
 
@@ -291,3 +315,17 @@ def test_leaked_evaluation_images_are_counted_and_removed_with_dedupe(tmp_path, 
     assert main([*args, "--out", str(tmp_path / "deduped"), "--dedupe"]) == 0
     deduped = json.loads((tmp_path / "deduped" / "report.json").read_text())
     assert deduped["leakage"]["test"]["removed"] == 2 and deduped["test"]["images"] == 9
+
+
+def test_steps_that_fit_pays_a_full_overhead_for_a_partial_epoch():
+    from vitrain.engine.train import recent_step_seconds, steps_that_fit
+
+    # 10 s: 10 steps/epoch at 0.1 s plus 1 s overhead per epoch -> 5 epochs of 2 s each
+    assert steps_that_fit(10.0, 0.1, 1.0, 10) == 50
+    # 10.5 s: 52 steps would need a 6th epoch and its overhead; 5 whole epochs fit
+    assert steps_that_fit(10.5, 0.1, 1.0, 10) == 50
+    assert steps_that_fit(0.5, 0.1, 1.0, 10) == 0
+    # long epochs are measured alone; short ones are pooled until 20 s
+    assert recent_step_seconds([(100, 10.0), (100, 30.0)]) == pytest.approx(0.3)
+    assert recent_step_seconds([(100, 30.0), (10, 5.0), (10, 5.0), (10, 15.0)]) == pytest.approx(20 / 20)
+    assert recent_step_seconds([(100, 30.0), (10, 5.0), (10, 5.0), (10, 5.0)]) == pytest.approx(45 / 130)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass, field
+
 import torch
 from torch import nn
 from torch.optim import lr_scheduler
@@ -29,8 +32,50 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) ->
                              fused=device.type == "cuda")
 
 
+@dataclass
+class Schedule:
+    """The learning-rate factor at an optimizer step, in closed form (the ``lr_lambda`` of a ``LambdaLR``).
+
+    Epoch-denominated settings (warmup, step size) are converted to steps in proportion to
+    ``total / configured``, so a run planned shorter or longer than ``--epochs`` keeps the
+    schedule's shape. ``total`` may change while training (a time budget re-plans it); the
+    scheduler's state dict carries these fields, so a resumed run continues the same curve.
+    """
+
+    kind: str
+    total: int
+    configured: int  # --epochs x steps per epoch
+    steps_per_epoch: int
+    warmup_epochs: float = 0.0
+    step_size: float = 10.0
+    gamma: float = 0.1
+    milestones: list = field(default_factory=list)
+    min_ratio: float = 0.0  # min_lr / lr
+
+    def warmup_steps(self) -> int:
+        per_epoch = self.steps_per_epoch * self.total / self.configured  # steps one configured epoch maps to
+        return max(0, min(int(round(self.warmup_epochs * per_epoch)), self.total - 1))
+
+    def __call__(self, step: int) -> float:
+        warmup = self.warmup_steps()
+        if step < warmup:  # linear from 1/1000 of the rate to all of it
+            return 1e-3 + (1 - 1e-3) * step / warmup
+        done, rest = step - warmup, max(self.total - warmup, 1)
+        if self.kind == "cosine":
+            progress = min(done, rest) / rest
+            return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        if self.kind == "step":
+            per_epoch = self.steps_per_epoch * self.total / self.configured
+            return self.gamma ** (done // max(1, int(round(self.step_size * per_epoch))))
+        if self.kind == "multistep":
+            # milestones are fractions of the whole run, counted after the warmup like every schedule
+            passed = sum(done >= max(1, int(round(m * self.total)) - warmup) for m in self.milestones)
+            return self.gamma ** passed
+        return 1.0
+
+
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int,
-                    total_steps: int | None = None) -> lr_scheduler.LRScheduler:
+                    total_steps: int | None = None) -> lr_scheduler.LambdaLR:
     """A schedule stepped once per optimizer step, over ``total_steps`` (default ``cfg.epochs * steps_per_epoch``).
 
     * ``cosine``: cosine decay from ``lr`` to ``min_lr``;
@@ -38,28 +83,16 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_pe
     * ``multistep``: multiply by ``gamma`` at each fraction of training in ``milestones``;
     * ``constant``.
 
-    ``warmup_epochs`` > 0 prepends a linear warmup from ``lr / 1000`` for any of them. When
-    ``total_steps`` differs from the configured length (a time budget planned it), the
-    epoch-denominated settings (warmup, step size) shrink or grow in proportion, so the
-    schedule keeps its shape.
+    ``warmup_epochs`` > 0 prepends a linear warmup from ``lr / 1000`` for any of them. The
+    length can be changed later with :func:`replan`.
     """
     configured = cfg.epochs * steps_per_epoch
-    total = total_steps or configured
-    per_epoch = steps_per_epoch * total / configured  # steps that one configured epoch maps to
-    warmup = min(int(round(cfg.warmup_epochs * per_epoch)), total - 1)
-    rest = total - warmup
-    if cfg.schedule == "cosine":
-        main = lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(rest, 1), eta_min=cfg.min_lr)
-    elif cfg.schedule == "step":
-        main = lr_scheduler.StepLR(optimizer, step_size=max(1, int(round(cfg.step_size * per_epoch))),
-                                   gamma=cfg.gamma)
-    elif cfg.schedule == "multistep":
-        # milestones are fractions of the whole run, counted after the warmup like every schedule
-        milestones = sorted({max(1, int(round(m * total)) - warmup) for m in cfg.milestones})
-        main = lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=cfg.gamma)
-    else:
-        main = lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
-    if warmup <= 0:
-        return main
-    warm = lr_scheduler.LinearLR(optimizer, start_factor=1e-3, end_factor=1.0, total_iters=warmup)
-    return lr_scheduler.SequentialLR(optimizer, [warm, main], milestones=[warmup])
+    schedule = Schedule(cfg.schedule, total_steps or configured, configured, steps_per_epoch, cfg.warmup_epochs,
+                        cfg.step_size, cfg.gamma, list(cfg.milestones), cfg.min_lr / cfg.lr)
+    return lr_scheduler.LambdaLR(optimizer, schedule)
+
+
+def replan(scheduler: lr_scheduler.LambdaLR, total_steps: int) -> None:
+    """Give a running schedule a new length; the next step follows the re-scaled curve."""
+    for schedule in scheduler.lr_lambdas:
+        schedule.total = total_steps

@@ -33,7 +33,7 @@ from ..models.registry import resolve_config
 from ..models.vit import VisionTransformer
 from ..report import plot_confusion_matrix, plot_curves, plot_samples, write_metrics_csv, write_report
 from .evaluate import evaluate
-from .optim import build_optimizer, build_scheduler
+from .optim import build_optimizer, build_scheduler, replan
 
 STATE_FILE = "state.safetensors"
 RUN_FILES = ("config.yaml", "metrics.csv", "best.safetensors", "last.safetensors", STATE_FILE, "report.json",
@@ -283,22 +283,61 @@ def plan_budget(cfg: TrainConfig, model: torch.nn.Module, loaders: dict[str, Dat
         save_state(Path(tmp) / "s.safetensors", {"model": probe.state_dict(), "optimizer": optimizer.state_dict()})
         epoch_overhead = val_seconds + 2 * (time.perf_counter() - t0)
     final_seconds = val_seconds + (val_seconds * len(loaders["test"]) / len(loaders["val"]) if "test" in loaders else 0)
-    # keep 3% of the budget as a margin, and 2 s for the final plots
-    available = seconds_left - (time.perf_counter() - begin) - final_seconds - 0.03 * cfg.time_budget * 60 - 2.0
-    steps_per_epoch = len(loaders["train"])
+    margin = 0.03 * cfg.time_budget * 60 + 2.0  # 3% of the budget, and 2 s for the final plots
+    available = seconds_left - (time.perf_counter() - begin) - final_seconds - margin
     if available <= step_seconds + epoch_overhead:
         log(f"warning: --time-budget {cfg.time_budget:g} min leaves no time to train after setup and the final "
             f"evaluation ({seconds_left - available:.0f}s); running one step")
-    # steps * step_seconds + epochs * epoch_overhead = available, with epochs = steps / steps_per_epoch
-    planned = max(1, int(available / (step_seconds + epoch_overhead / steps_per_epoch)))
-    if math.ceil(planned / steps_per_epoch) * steps_per_epoch != planned:  # a partial last epoch costs a full overhead
-        planned = max(1, min(planned, int((available - math.ceil(planned / steps_per_epoch) * epoch_overhead)
-                                          / step_seconds)))
+    steps_per_epoch = len(loaders["train"])
+    planned = max(1, steps_that_fit(available, step_seconds, epoch_overhead, steps_per_epoch))
     log(f"time budget {cfg.time_budget:g} min: {1 / step_seconds:.1f} steps/s, {epoch_overhead:.2f}s per epoch "
         "for validation and checkpoints "
         f"-> planning {planned} steps ({planned / steps_per_epoch:.2f} epochs)")
     return {"minutes": cfg.time_budget, "planned_steps": planned, "seconds_per_step": round(step_seconds, 5),
-            "seconds_per_epoch_overhead": round(epoch_overhead, 3), "reserved_final_seconds": round(final_seconds, 2)}
+            "seconds_per_epoch_overhead": round(epoch_overhead, 3), "reserved_final_seconds": round(final_seconds, 2),
+            "margin_seconds": round(margin, 2), "replans": []}
+
+
+def steps_that_fit(available: float, step_seconds: float, epoch_overhead: float, steps_per_epoch: int) -> int:
+    """How many steps fit in ``available`` seconds when every started epoch also pays ``epoch_overhead``."""
+    # steps * step_seconds + epochs * epoch_overhead = available, with epochs = steps / steps_per_epoch
+    steps = max(0, int(available / (step_seconds + epoch_overhead / steps_per_epoch)))
+    if steps % steps_per_epoch:  # a partial last epoch costs a full overhead: trim it, or stop at whole epochs
+        partial = int((available - math.ceil(steps / steps_per_epoch) * epoch_overhead) / step_seconds)
+        steps = max(0, steps // steps_per_epoch * steps_per_epoch, min(steps, partial))
+    return steps
+
+
+def recent_step_seconds(epochs: list[tuple[int, float]], window: float = 20.0) -> float:
+    """Seconds per step over the latest epochs that add up to at least ``window`` seconds.
+
+    Long epochs are measured alone, so a lasting change of speed shows at once; short ones
+    are pooled, so one noisy epoch does not swing the plan.
+    """
+    steps = seconds = 0.0
+    for n, t in reversed(epochs):
+        steps, seconds = steps + n, seconds + t
+        if seconds >= window:
+            break
+    return seconds / steps
+
+
+def replan_budget(budget: dict[str, Any], done: int, seconds_left: float, step_seconds: float,
+                  epoch_overhead: float, steps_per_epoch: int, epoch: int) -> int | None:
+    """After an epoch of a budgeted run, re-plan its length from the speed measured in that epoch.
+
+    The probe before training sees a few steps; the real epochs see the machine as it is
+    (slower when something else runs, faster once caches are warm). Returns the new total
+    number of steps, or None when the plan is within 2% of the current one.
+    """
+    planned = budget["planned_steps"]
+    total = done + steps_that_fit(seconds_left, step_seconds, epoch_overhead, steps_per_epoch)
+    if abs(total - planned) <= 0.02 * planned:
+        return None
+    budget["replans"].append({"after_epoch": epoch, "from": planned, "to": total,
+                              "seconds_per_step": round(step_seconds, 5)})
+    budget["planned_steps"] = total
+    return total
 
 
 def _forever(loader: DataLoader):
@@ -361,8 +400,12 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
     total_steps = budget["planned_steps"] if budget else cfg.epochs * steps_per_epoch
     # a budgeted run stops at its plan or, should the machine slow down, at the deadline, which leaves
     # time for the interrupted epoch's validation and checkpoints and the final evaluation
+    train_end = (started + cfg.time_budget * 60 - budget["reserved_final_seconds"] - budget.get("margin_seconds", 0.0)
+                 if budget and not resume else math.inf)  # when the planned steps should be done
     deadline = (started + cfg.time_budget * 60 - budget["reserved_final_seconds"]
                 - budget["seconds_per_epoch_overhead"]) if budget and not resume else math.inf
+    if budget:
+        budget.setdefault("first_plan", budget["planned_steps"])
     n_epochs = math.ceil(total_steps / steps_per_epoch)
     optimizer = build_optimizer(model, cfg, device)
     scheduler = build_scheduler(optimizer, cfg, steps_per_epoch, total_steps)
@@ -372,7 +415,8 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
     higher_is_better = cfg.best_metric == "accuracy"
     history: list[dict[str, Any]] = []
     best = {"epoch": 0, "value": -math.inf if higher_is_better else math.inf, "val_accuracy": 0.0, "val_loss": math.inf}
-    start_epoch, train_seconds, global_step = 1, 0.0, 0
+    start_epoch, train_seconds, global_step, save_seconds = 1, 0.0, 0, 0.0
+    speed: list[tuple[int, float]] = []  # (steps, seconds) of each epoch, for re-planning a budget
     if state is not None:
         if state["classes"] != cfg.classes:
             raise CheckpointError(f"--resume {out}: the data's classes changed since the run started")
@@ -404,7 +448,9 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
     train_loader = loaders["train"]
     stopped_by = "plan"
     try:
-        for epoch in range(start_epoch, n_epochs + 1):
+        epoch = start_epoch - 1
+        while epoch < n_epochs:
+            epoch += 1
             epoch_start = time.perf_counter()
             torch.manual_seed(_epoch_seed(cfg.seed, epoch))
             train_loader.generator.manual_seed(_epoch_seed(cfg.seed, epoch))
@@ -458,6 +504,19 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
                    "val_loss": val.loss, "val_accuracy": val.accuracy, "lr": optimizer.param_groups[0]["lr"],
                    "epoch_seconds": epoch_seconds, "images_per_second": seen / train_time}
             history.append(row)
+            if stopped_by != "deadline" and global_step < total_steps and math.isfinite(train_end):
+                # validation just ran; the checkpoints cost what they cost last epoch
+                overhead = time.perf_counter() - epoch_start - train_time + save_seconds
+                speed.append((steps, train_time))
+                step_seconds = recent_step_seconds(speed)
+                new_total = replan_budget(budget, global_step, train_end - time.perf_counter() - save_seconds,
+                                          step_seconds, overhead, steps_per_epoch, epoch)
+                if new_total is not None:
+                    log(f"time budget: re-planned to {new_total} steps (was {total_steps}) from the "
+                        f"{1 / step_seconds:.1f} steps/s measured up to epoch {epoch}")
+                    total_steps, n_epochs = new_total, max(epoch, math.ceil(new_total / steps_per_epoch))
+                    replan(scheduler, total_steps)
+            save_start = time.perf_counter()
             value = val.accuracy if higher_is_better else val.loss
             improved = value > best["value"] if higher_is_better else value < best["value"]
             if improved:
@@ -470,6 +529,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
                                           "best": best, "history": history, "train_seconds": train_seconds,
                                           "classes": list(cfg.classes), "budget": budget,
                                           **({"ema": ema.state_dict()} if ema is not None else {})})
+            save_seconds = time.perf_counter() - save_start
             write_metrics_csv(out / "metrics.csv", history)
             _log_epoch_scalars(writer, row, epoch, eval_model, grad_norm_sum / steps if cfg.clip_grad > 0 else None)
             log(f"epoch {epoch:>3}/{n_epochs}  train loss {train_loss:.4f} acc {row['train_accuracy']:.4f}  "
