@@ -59,6 +59,19 @@ def run_one(dataset: str, recipe: str, budget: float, out: Path) -> dict:
     }
 
 
+def machine_line() -> str:
+    """The machine and date line every benchmark table starts with."""
+    return f"Machine: {cpu_name()}, {__import__('os').cpu_count()} CPU cores, no GPU; date {time.strftime('%Y-%m-%d')}"
+
+
+def save_results(out: Path, name: str, table: str, rows) -> None:
+    """Write ``NAME.md`` and ``NAME.json`` into ``out`` and print the table."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.md").write_text(table)
+    (out / f"{name}.json").write_text(json.dumps(rows, indent=2))
+    print(table)
+
+
 def markdown(rows: list[dict], budget: float, argv: list[str]) -> str:
     lines = [f"Command: `python benchmarks/accuracy.py {' '.join(argv)}`  ",
              f"Machine: {cpu_name()}, {__import__('os').cpu_count()} CPU cores, no GPU; "
@@ -89,11 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         for recipe in COMPARISONS[dataset][2]:
             if wanted is None or recipe in wanted:
                 rows.append(run_one(dataset, recipe, args.budget, args.out))
-    table = markdown(rows, args.budget, argv)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "accuracy.md").write_text(table)
-    (args.out / "accuracy.json").write_text(json.dumps(rows, indent=2))
-    print(table)
+    save_results(args.out, "accuracy", markdown(rows, args.budget, argv), rows)
     return 0
 
 

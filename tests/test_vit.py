@@ -107,7 +107,7 @@ def test_dropout_and_drop_path_only_act_in_training():
 
 def test_no_weight_decay_and_reset_classifier():
     model = create_model("vit-mini4", num_classes=4)
-    assert model.no_weight_decay() == {"pos_embed", "cls_token"}
+    assert model.no_weight_decay() == {"pos_embed", "cls_token", "dist_token"}
     model.reset_classifier(9)
     assert model(torch.randn(1, 3, 32, 32)).shape == (1, 9)
     assert model.config.num_classes == 9

@@ -49,6 +49,30 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="patch: one patchifying convolution (standard ViT); conv: stride-2 3x3 convolutions "
                    "(better on small data and short budgets)")
 
+    g = p.add_argument_group("fine-tuning")
+    g.add_argument("--pretrained", default=S, metavar="SOURCE",
+                   help="start from pretrained ViT/DeiT weights: timm:NAME, torchvision:NAME, hf:ORG/NAME, a "
+                   ".safetensors/.pth/.bin file (timm, torchvision, Hugging Face or vitrain layout) or a run folder")
+    g.add_argument("--freeze", default=S, help="none (default), backbone (train the head only), or N (train the "
+                   "last N blocks and the head)")
+    g.add_argument("--head", default=S, help="linear (default) or mlp:HIDDEN[:DROPOUT], e.g. mlp:512:0.3")
+    g.add_argument("--layer-decay", type=float, default=S,
+                   help="layer-wise learning-rate decay, e.g. 0.75: each block down from the head gets x0.75 (1: off)")
+    g.add_argument("--head-lr", type=float, default=S, help="learning rate of the head (default --lr)")
+    g.add_argument("--init", dest="pretrained", default=S, metavar="DIR",
+                   help="start from a `vitrain pretrain` folder (or any run): the same as --pretrained DIR")
+
+    g = p.add_argument_group("small-data pretraining (see `vitrain pretrain`)")
+    g.add_argument("--pretrain", choices=["instance-discrimination"], default=S,
+                   help="first pretrain on the training images without labels, then fine-tune (two stages, one run)")
+    g.add_argument("--pretrain-share", type=float, default=S,
+                   help="the first stage's share of --time-budget, or of --epochs (0.5)")
+    g.add_argument("--views", type=int, default=S, help="augmented views of each image per pretraining step (2)")
+    g.add_argument("--infonce", type=float, default=S,
+                   help="weight of an InfoNCE term between two views, with in-batch negatives (0: off)")
+    g.add_argument("--temperature", type=float, default=S, help="of the cosine instance classifier and InfoNCE (0.2)")
+    g.add_argument("--pretrain-crop-scale", default=S, help="MIN,MAX area of the pretraining crops (0.08,1)")
+
     g = p.add_argument_group("augmentation and preprocessing")
     g.add_argument("--augment", choices=["auto", "none", "flip-crop", "autoaugment", "randaugment", "trivialaugment"],
                    default=S, help="training augmentation (auto: none for images of at most 16 px, else flip-crop)")
@@ -57,19 +81,21 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="the crop of flip-crop: random resized, or pad-and-crop (auto: pad for images of at most 64 px)")
     g.add_argument("--crop-scale", default=S, help="MIN,MAX area of random resized crops (0.08,1)")
     g.add_argument("--crop-ratio", default=S, help="MIN,MAX aspect ratio of random resized crops (0.75,1.333)")
-    g.add_argument("--crop-pct", type=float, default=S, help="evaluation center-crop fraction (1.0)")
+    g.add_argument("--crop-pct", type=float, default=S,
+                   help="evaluation center-crop fraction (1.0; with --pretrained, the weights' own)")
     g.add_argument("--random-erasing", type=float, default=S, help="random erasing probability (0)")
     g.add_argument("--mixup", type=float, default=S, help="MixUp alpha on training batches (0: off)")
     g.add_argument("--cutmix", type=float, default=S, help="CutMix alpha (0: off); with --mixup each batch uses one")
-    g.add_argument("--normalize", choices=["dataset", "imagenet", "none"], default=S,
-                   help="per-dataset statistics (default), ImageNet's, or none")
+    g.add_argument("--normalize", choices=["auto", "dataset", "imagenet", "none"], default=S,
+                   help="auto (default): the pretrained weights' statistics with --pretrained, else the dataset's; "
+                   "or dataset, imagenet, none")
     g.add_argument("--mean", default=S, help="comma-separated per-channel mean (with --std)")
     g.add_argument("--std", default=S, help="comma-separated per-channel std (with --mean)")
 
     g = p.add_argument_group("optimization")
     g.add_argument("--epochs", type=int, default=S, help="(80)")
     g.add_argument("--batch-size", type=int, default=S, help="(32)")
-    g.add_argument("--optimizer", choices=["adamw", "sgd"], default=S, help="(adamw)")
+    g.add_argument("--optimizer", choices=["adamw", "adam", "sgd"], default=S, help="(adamw)")
     g.add_argument("--lr", type=float, default=S, help="peak learning rate (1e-3)")
     g.add_argument("--weight-decay", type=float, default=S, help="applied to weights with ndim >= 2 only (0.05)")
     g.add_argument("--betas", default=S, help="AdamW betas (0.9,0.999)")
@@ -117,6 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a ViT (default data: digits)",
                            description="Train a Vision Transformer and write a run folder.")
     _add_train_arguments(train)
+    pre = sub.add_parser("pretrain", help="pretrain a ViT on images without their labels (small data)",
+                         description="Instance-discrimination pretraining: every training image is its own class. "
+                         "Writes backbone.safetensors for `vitrain train --init DIR`.")
+    _add_train_arguments(pre)
+    pre.add_argument("--method", dest="pretrain", choices=["instance-discrimination"], default="instance-discrimination",
+                     help="the pretraining method (instance-discrimination)")
     sub.add_parser("models", help="list the named model sizes")
     sub.add_parser("recipes", help="list the training recipes, what each reaches, and the command")
     bench = sub.add_parser("bench", help="training/inference throughput vs timm and torchvision (needs timm)",
@@ -321,13 +353,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .data.sources import DataError
     from .engine.export import ExportError
 
-    if args.command != "train":
+    if args.command not in ("train", "pretrain"):
         try:
             return _run_tool(args)
         except (ConfigError, DataError, ArchiveError, ImageReadError, CheckpointError, ExportError, ValueError) as err:
             print(f"vitrain: error: {err}", file=sys.stderr)
             return 2
 
+    from .engine.pretrain import pretrain, pretrain_then_train
     from .engine.train import TrainingError, train
 
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)  # stop like Ctrl-C: the last epoch is saved
@@ -335,7 +368,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg, resume = train_config_from_args(args)
         out = cfg.out
-        train(cfg, resume=resume)
+        if args.command == "pretrain":
+            if resume:
+                raise ConfigError("--resume: pretraining runs cannot be resumed; start again with --overwrite")
+            pretrain(cfg)
+        elif cfg.pretrain:
+            pretrain_then_train(cfg, resume=resume)
+        else:
+            train(cfg, resume=resume)
     except (ConfigError, DataError, ArchiveError, ImageReadError, CheckpointError) as err:
         print(f"vitrain: error: {err}", file=sys.stderr)
         return 2
@@ -347,6 +387,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"\nvitrain: interrupted; every completed epoch is saved. Continue with: vitrain train{where}",
               file=sys.stderr)
         return 130
+    finally:
+        from .engine.distributed import shutdown
+
+        shutdown()
     return 0
 
 

@@ -44,17 +44,32 @@ class TrainConfig:
     drop_path: Optional[float] = None
     pool: Optional[str] = None
     stem: Optional[str] = None
+    # fine-tuning (see vitrain.models.pretrained); distilled/norm_eps come from the pretrained weights
+    pretrained: Optional[str] = None  # timm:NAME, torchvision:NAME, hf:ORG/NAME, a weights file or a run folder
+    freeze: str = "none"  # none, backbone (train the head only) or N (train the last N blocks and the head)
+    head: str = "linear"  # linear, or mlp:HIDDEN[:DROPOUT]
+    layer_decay: float = 1.0  # learning rate x layer_decay^(distance from the head), per block
+    head_lr: Optional[float] = None  # the head's learning rate (default: --lr)
+    distilled: Optional[bool] = None
+    norm_eps: Optional[float] = None
+    # small-data pretraining (vitrain pretrain; with `train`, a first stage before fine-tuning)
+    pretrain: Optional[str] = None  # instance-discrimination: pretrain on the training images, then fine-tune
+    pretrain_share: float = 0.5  # that stage's share of --time-budget (or of --epochs without a budget)
+    views: int = 2  # augmented views of each image per step
+    infonce: float = 0.0  # weight of an InfoNCE term between two views (0: off; an ablation)
+    temperature: float = 0.2  # of the cosine instance classifier and of InfoNCE
+    pretrain_crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
     # preprocessing and augmentation
     augment: str = "auto"  # none for images of at most 16 px, else flip-crop
     hflip: Optional[float] = None  # None: 0.5, or 0 for data where flips change labels
     crop: str = "auto"  # pad-and-crop for images of at most 64 px, else random resized crop
     crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
     crop_ratio: list[float] = field(default_factory=lambda: [0.75, 4 / 3])
-    crop_pct: float = 1.0
+    crop_pct: Optional[float] = None  # None: the pretrained weights' crop, else 1.0
     random_erasing: float = 0.0
     mixup: float = 0.0  # MixUp alpha (0: off)
     cutmix: float = 0.0  # CutMix alpha (0: off); with both, each batch uses one of them
-    normalize: str = "dataset"
+    normalize: str = "auto"  # auto: the pretrained weights' statistics with --pretrained, else the dataset's
     mean: Optional[list[float]] = None
     std: Optional[list[float]] = None
     # optimization
@@ -95,7 +110,7 @@ class TrainConfig:
             (self.batch_size >= 1, "--batch-size", "must be at least 1"),
             (self.lr > 0, "--lr", "must be positive"),
             (self.weight_decay >= 0, "--weight-decay", "must be >= 0"),
-            (self.optimizer in ("adamw", "sgd"), "--optimizer", "must be adamw or sgd"),
+            (self.optimizer in ("adamw", "adam", "sgd"), "--optimizer", "must be adamw, adam or sgd"),
             (self.schedule in SCHEDULES, "--schedule", f"must be one of {', '.join(SCHEDULES)}"),
             (self.warmup_epochs >= 0, "--warmup-epochs", "must be >= 0"),
             (self.min_lr >= 0, "--min-lr", "must be >= 0"),
@@ -117,13 +132,27 @@ class TrainConfig:
             (self.mixup >= 0 and self.cutmix >= 0, "--mixup/--cutmix", "alphas must be >= 0 (0 turns them off)"),
             (0 <= self.ema < 1, "--ema", "decay must be in [0, 1) (0 turns it off)"),
             (self.time_budget is None or self.time_budget > 0, "--time-budget", "must be a positive number of minutes"),
-            (0 < self.crop_pct <= 1, "--crop-pct", "must be in (0, 1]"),
+            (self.crop_pct is None or 0 < self.crop_pct <= 1, "--crop-pct", "must be in (0, 1]"),
             (self.crop in ("auto", "resized", "pad"), "--crop", "must be auto, resized or pad"),
             (len(self.crop_scale) == 2 and 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1,
              "--crop-scale", "needs MIN,MAX with 0 < MIN <= MAX <= 1"),
             (len(self.crop_ratio) == 2 and 0 < self.crop_ratio[0] <= self.crop_ratio[1], "--crop-ratio",
              "needs MIN,MAX with 0 < MIN <= MAX"),
-            (self.normalize in ("dataset", "imagenet", "none"), "--normalize", "must be dataset, imagenet or none"),
+            (self.normalize in ("auto", "dataset", "imagenet", "none"), "--normalize",
+             "must be auto, dataset, imagenet or none"),
+            (self.freeze in ("none", "backbone") or (self.freeze.isdigit()), "--freeze",
+             "must be none, backbone or a number of blocks to train"),
+            (_valid_head(self.head), "--head", "must be linear or mlp:HIDDEN[:DROPOUT], e.g. mlp:512:0.3"),
+            (0 < self.layer_decay <= 1, "--layer-decay", "must be in (0, 1] (1 turns it off)"),
+            (self.head_lr is None or self.head_lr > 0, "--head-lr", "must be positive"),
+            (self.pretrain in (None, "instance-discrimination"), "--pretrain/--method", "must be instance-discrimination"),
+            (0 < self.pretrain_share < 1, "--pretrain-share", "must be in (0, 1)"),
+            (self.views >= 1 and (self.views >= 2 or self.infonce == 0), "--views",
+             "must be at least 1 (2 with --infonce)"),
+            (self.infonce >= 0, "--infonce", "must be >= 0"),
+            (self.temperature > 0, "--temperature", "must be positive"),
+            (len(self.pretrain_crop_scale) == 2 and 0 < self.pretrain_crop_scale[0] <= self.pretrain_crop_scale[1] <= 1,
+             "--pretrain-crop-scale", "needs MIN,MAX with 0 < MIN <= MAX <= 1"),
             ((self.mean is None) == (self.std is None), "--mean/--std", "must be given together"),
             (self.std is None or all(s > 0 for s in self.std), "--std", "values must be positive"),
             (self.model == "auto" or self.model in ALIASES or self.model in model_names(), "--model",
@@ -146,6 +175,28 @@ class TrainConfig:
 
 
 SCHEDULES = ("cosine", "step", "multistep", "constant")
+
+
+def parse_head(spec: str) -> tuple[int, float]:
+    """``linear`` -> (0, 0.0); ``mlp:512:0.3`` -> (512, 0.3): the hidden units and dropout of the head."""
+    if spec == "linear":
+        return 0, 0.0
+    kind, _, rest = spec.partition(":")
+    hidden, _, dropout = rest.partition(":")
+    if kind != "mlp" or not hidden.isdigit() or int(hidden) < 1:
+        raise ValueError(spec)
+    value = float(dropout) if dropout else 0.0
+    if not 0 <= value < 1:
+        raise ValueError(spec)
+    return int(hidden), value
+
+
+def _valid_head(spec: str) -> bool:
+    try:
+        parse_head(spec)
+    except ValueError:
+        return False
+    return True
 
 
 def _attr(option: str) -> str:

@@ -39,12 +39,14 @@ def read_metrics_csv(path: Path) -> list[dict[str, float]]:
         return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
 
 
-def plot_curves(history: Sequence[dict[str, Any]], out_dir: Path) -> None:
-    """``accuracy.png`` and ``loss.png``: train and validation per epoch."""
+def plot_curves(history: Sequence[dict[str, Any]], out_dir: Path, splits: Sequence[str] = ("train", "val")) -> None:
+    """``accuracy.png`` and ``loss.png``: train and validation (or only ``splits``) per epoch."""
     epochs = [row["epoch"] for row in history]
     for metric, filename, ylabel in (("accuracy", "accuracy.png", "accuracy"), ("loss", "loss.png", "loss")):
         fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
         for split, style in (("train", "-o"), ("val", "-s")):
+            if split not in splits:
+                continue
             ax.plot(epochs, [row[f"{split}_{metric}"] for row in history], style, markersize=3,
                     label=f"{'training' if split == 'train' else 'validation'}")
         ax.set_xlabel("epoch")

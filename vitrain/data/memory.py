@@ -206,11 +206,18 @@ class MemoryLoader:
     Quacks like the :class:`~torch.utils.data.DataLoader` the training loop uses: ``len``,
     iteration over ``(images, labels)``, and a ``generator`` re-seeded every epoch. With
     ``device`` set to a GPU the images live there and every batch is cut out there.
+
+    Under ``torchrun`` (``place`` with several ranks), a shuffled loader gives this rank its
+    slice of every global batch of ``batch_size x world`` images (incomplete global batches
+    dropped; augmentation drawn from a per-rank generator), and an unshuffled one the
+    disjoint shard ``rank::world``.
     """
 
     def __init__(self, images: torch.Tensor, targets: torch.Tensor, batch_size: int, *, shuffle: bool,
                  mean: Sequence[float], std: Sequence[float], augment: BatchAugment | None = None,
-                 device: torch.device | None = None, drop_last: bool = False) -> None:
+                 device: torch.device | None = None, drop_last: bool = False, place=None) -> None:
+        from ..engine.distributed import Dist
+
         device = device or torch.device("cpu")
         self.images = images.to(device)
         self.targets = targets.to(device)
@@ -218,22 +225,44 @@ class MemoryLoader:
         self.shuffle = shuffle
         self.mean, self.std = list(mean), list(std)
         self.augment = augment
+        self.place = place or Dist()
         self.drop_last = drop_last and len(targets) >= batch_size
         self.generator = torch.Generator()
 
     def __len__(self) -> int:
         n = len(self.targets)
+        if self.place.active:
+            if self.shuffle:
+                return n // (self.batch_size * self.place.world)
+            return math.ceil(len(range(self.place.rank, n, self.place.world)) / self.batch_size)
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Generator]]:
+        """Index tensors of this process's batches, with the generator that augments them."""
         n = len(self.targets)
-        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
-        order = order.to(self.images.device)
-        for start in range(0, len(self) * self.batch_size, self.batch_size):
-            index = order[start:start + self.batch_size]
+        if not self.place.active:
+            order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+            for start in range(0, len(self) * self.batch_size, self.batch_size):
+                yield order[start:start + self.batch_size], self.generator
+        elif self.shuffle:
+            order = torch.randperm(n, generator=self.generator)  # the same on every rank
+            mine = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,), generator=self.generator))
+                                                 + self.place.rank)
+            size = self.batch_size * self.place.world
+            for step in range(len(self)):
+                start = step * size + self.place.rank * self.batch_size
+                yield order[start:start + self.batch_size], mine
+        else:
+            order = torch.arange(self.place.rank, n, self.place.world)
+            for start in range(0, len(order), self.batch_size):
+                yield order[start:start + self.batch_size], self.generator
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for index, generator in self._batches():
+            index = index.to(self.images.device)
             images = self.images[index]
             if self.augment is not None:
-                images = self.augment(images, self.generator)
+                images = self.augment(images, generator)
             else:
                 images = to_float(images, self.mean, self.std)
             yield images, self.targets[index]

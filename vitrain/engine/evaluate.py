@@ -14,6 +14,8 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 from torch import nn
 from torch.utils.data import DataLoader
 
+from .distributed import Dist, all_sum, gather_in_order
+
 
 @dataclass
 class EvalResult:
@@ -38,8 +40,14 @@ class EvalResult:
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, num_classes: int,
-             amp_dtype: torch.dtype | None = None) -> EvalResult:
-    """Run ``model`` over ``loader`` once; losses are plain cross entropy (no smoothing)."""
+             amp_dtype: torch.dtype | None = None, place: Dist | None = None) -> EvalResult:
+    """Run ``model`` over ``loader`` once; losses are plain cross entropy (no smoothing).
+
+    With ``place`` of several ranks, ``loader`` holds this rank's shard ``rank::world``; sums
+    are reduced and per-sample results gathered back in dataset order, so every rank gets
+    the metrics of the whole split, each image counted once.
+    """
+    place = place or Dist()
     was_training = model.training
     model.eval()
     total_loss = torch.zeros((), dtype=torch.float64, device=device)
@@ -57,10 +65,15 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, num_cla
         preds.append(logits.argmax(dim=1))
         targets.append(labels)
     model.train(was_training)
-    if not targets:
+    y_pred = torch.cat(preds).cpu().numpy() if preds else np.zeros(0, dtype=np.int64)
+    y_true = torch.cat(targets).cpu().numpy() if targets else np.zeros(0, dtype=np.int64)
+    if place.active:
+        all_sum(total_loss, place)
+        all_sum(top5_hits, place)
+        y_pred = np.array(gather_in_order(y_pred.tolist(), place), dtype=np.int64)
+        y_true = np.array(gather_in_order(y_true.tolist(), place), dtype=np.int64)
+    if not len(y_true):
         raise ValueError("cannot evaluate an empty split")
-    y_pred = torch.cat(preds).cpu().numpy()
-    y_true = torch.cat(targets).cpu().numpy()
     n = len(y_true)
     return EvalResult(
         loss=float(total_loss) / n,

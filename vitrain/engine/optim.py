@@ -12,24 +12,50 @@ from torch.optim import lr_scheduler
 from ..config import TrainConfig
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Decay only matrices and kernels (ndim >= 2), never biases, norms or position embeddings."""
+def layer_id(name: str, depth: int) -> int:
+    """0 for the embeddings, i + 1 for block i, depth + 1 for the final norm and the head(s)."""
+    if name.startswith(("patch_embed.", "cls_token", "dist_token", "pos_embed")):
+        return 0
+    if name.startswith("blocks."):
+        return int(name.split(".")[1]) + 1
+    return depth + 1
+
+
+def param_groups(model: nn.Module, weight_decay: float, lr: float | None = None, layer_decay: float = 1.0,
+                 head_lr: float | None = None) -> list[dict]:
+    """Parameter groups: weight decay only on matrices and kernels (ndim >= 2), never biases,
+    norms or position embeddings; frozen parameters left out.
+
+    With ``layer_decay`` < 1 each block gets ``lr * layer_decay ** (depth + 1 - layer)`` (BEiT's
+    layer-wise decay: early layers move least); ``head_lr`` sets the head's own rate.
+    Groups with weight decay come first.
+    """
     skip = set(getattr(model, "no_weight_decay", lambda: set())())
-    decay, no_decay = [], []
+    depth = len(getattr(model, "blocks", []))
+    per_group_lr = lr is not None and (layer_decay < 1 or head_lr is not None)
+    groups: dict[tuple, dict] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        (decay if param.ndim >= 2 and name not in skip else no_decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        decay = param.ndim >= 2 and name not in skip
+        head = head_lr is not None and name.startswith(("head.", "head_dist."))
+        layer = layer_id(name, depth) if layer_decay < 1 else depth + 1
+        group = groups.setdefault((decay, head, layer), {"params": [], "weight_decay": weight_decay if decay else 0.0})
+        if per_group_lr:
+            group["lr"] = head_lr if head else lr * layer_decay ** (depth + 1 - layer)
+        group["params"].append(param)
+    if not groups:
+        raise ValueError("no trainable parameters (everything is frozen)")
+    return [groups[k] for k in sorted(groups, key=lambda k: (not k[0], k[1], k[2]))]
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW (fused on CUDA) or SGD with momentum."""
-    groups = param_groups(model, cfg.weight_decay)
+    """AdamW (fused on CUDA), Adam or SGD with momentum, over :func:`param_groups`."""
+    groups = param_groups(model, cfg.weight_decay, cfg.lr, cfg.layer_decay, cfg.head_lr)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
-                             fused=device.type == "cuda")
+    kind = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
+    return kind(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=device.type == "cuda")
 
 
 @dataclass

@@ -29,17 +29,24 @@ from ..data.leakage import content_hashes, find_leaks, without
 from ..data.sources import ArrayImageDataset, DataSplits, load_data
 from ..data.transforms import (TransformedDataset, build_eval_transform, build_train_transform, normalization,
                                uses_resized_crop)
+from ..config import parse_head
+from ..models.pretrained import Pretrained, PretrainedError, load_pretrained
 from ..models.registry import resolve_config
-from ..models.vit import VisionTransformer
+from ..models.vit import ViTConfig, VisionTransformer
 from ..report import plot_confusion_matrix, plot_curves, plot_samples, write_metrics_csv, write_report
+from . import distributed
+from .distributed import Dist
 from .evaluate import evaluate
+from .finetune import apply_freeze, train_mode
 from .optim import build_optimizer, build_scheduler, replan
 
 STATE_FILE = "state.safetensors"
 RUN_FILES = ("config.yaml", "metrics.csv", "best.safetensors", "last.safetensors", STATE_FILE, "report.json",
              "accuracy.png", "loss.png", "confusion_matrix.png", "samples.png")
 MODEL_FIELDS = ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_dim", "dropout", "drop_path", "pool",
-                "stem")
+                "stem", "distilled", "norm_eps")
+# what pretrained weights fix; --pretrained with a different value is an error (size and patch may change)
+PRETRAINED_FIXED = ("embed_dim", "depth", "mlp_dim", "pool", "stem")
 
 
 class TrainingError(RuntimeError):
@@ -66,26 +73,47 @@ def default_model(native_size: int) -> str:
     return "vit-ti16"
 
 
-def resolve_config_for_data(cfg: TrainConfig, splits: DataSplits) -> TrainConfig:
-    """Fill every 'auto'/None field from the data, so config.yaml records what really ran."""
-    model = default_model(splits.native_size) if cfg.model == "auto" else cfg.model
+def resolve_config_for_data(cfg: TrainConfig, splits: DataSplits, pretrained: Pretrained | None = None) -> TrainConfig:
+    """Fill every 'auto'/None field from the data (and the pretrained weights), so config.yaml records what ran."""
     overrides = {k: getattr(cfg, k) for k in MODEL_FIELDS}
+    if pretrained is not None:
+        if cfg.model not in ("auto", "vit"):
+            raise ConfigError(f"--model {cfg.model} with --pretrained {cfg.pretrained}: the pretrained weights "
+                              "define the model; leave --model out")
+        for name in PRETRAINED_FIXED:
+            if overrides[name] is not None and overrides[name] != pretrained.arch[name]:
+                raise ConfigError(f"--{name.replace('_', '-')} {overrides[name]}: the weights of --pretrained "
+                                  f"{cfg.pretrained} have {name} {pretrained.arch[name]}")
+        base = {k: pretrained.arch[k] for k in MODEL_FIELDS if k in pretrained.arch}
+        overrides = {**base, **{k: v for k, v in overrides.items() if v is not None}}
+        overrides.setdefault("dropout", 0.0)
+        overrides.setdefault("drop_path", 0.0)
+    model = "vit" if pretrained is not None else default_model(splits.native_size) if cfg.model == "auto" else cfg.model
+    head_hidden, head_dropout = parse_head(cfg.head)
     try:
-        arch = resolve_config(model, **overrides, in_chans=splits.channels, num_classes=len(splits.classes))
+        arch = resolve_config(model, **overrides, in_chans=splits.channels, num_classes=len(splits.classes),
+                              head_hidden=head_hidden, head_dropout=head_dropout)
     except (ValueError, TypeError) as err:
         raise ConfigError(f"--model {model} with the given model options: {err}") from None
     augment = cfg.augment
     if augment == "auto":
         # on tiny images a one-pixel shift is a large distortion; crops start to help at ~32 px
         augment = "none" if arch.img_size <= 16 else "flip-crop"
+    crop_pct = cfg.crop_pct if cfg.crop_pct is not None else pretrained.crop_pct if pretrained is not None else 1.0
     resolved = dataclasses.replace(
-        cfg, model=model, augment=augment, classes=list(splits.classes), channels=splits.channels,
+        cfg, model=model, augment=augment, classes=list(splits.classes), channels=splits.channels, crop_pct=crop_pct,
         hflip=(0.5 if splits.hflip_ok else 0.0) if cfg.hflip is None else cfg.hflip,
         **{k: getattr(arch, k) for k in MODEL_FIELDS},
     )
     if resolved.mean is None:
-        mean, std = normalization(cfg.normalize, splits.train, arch.img_size, splits.channels)
-        resolved = dataclasses.replace(resolved, mean=mean, std=std)
+        if pretrained is not None and cfg.normalize == "auto":
+            mean, std = pretrained.mean, pretrained.std
+            if splits.channels == 1 and len(mean) == 3:  # gray images meet RGB kernels summed (see convert.adapt)
+                mean, std = [sum(mean) / 3], [sum(std) / 3]
+        else:
+            kind = "dataset" if cfg.normalize == "auto" else cfg.normalize
+            mean, std = normalization(kind, splits.train, arch.img_size, splits.channels)
+        resolved = dataclasses.replace(resolved, mean=list(mean), std=list(std))
     for name in ("mean", "std"):
         if len(getattr(resolved, name)) != splits.channels:
             raise ConfigError(f"--{name} needs {splits.channels} value(s) for {splits.channels}-channel images, "
@@ -93,15 +121,32 @@ def resolve_config_for_data(cfg: TrainConfig, splits: DataSplits) -> TrainConfig
     return resolved
 
 
-def build_model(cfg: TrainConfig) -> VisionTransformer:
-    """The model a resolved config describes, initialized from ``cfg.seed``."""
+def model_arch(cfg: TrainConfig) -> ViTConfig:
+    """The architecture a resolved config describes."""
+    head_hidden, head_dropout = parse_head(cfg.head)
+    return resolve_config(cfg.model, **{k: getattr(cfg, k) for k in MODEL_FIELDS}, in_chans=cfg.channels,
+                          num_classes=len(cfg.classes), head_hidden=head_hidden, head_dropout=head_dropout)
+
+
+def build_model(cfg: TrainConfig, pretrained: Pretrained | None = None) -> VisionTransformer:
+    """The model a resolved config describes, initialized from ``cfg.seed`` (the head, when ``pretrained``
+    supplies the rest), with ``--freeze`` applied."""
     torch.manual_seed(cfg.seed)
-    arch = resolve_config(cfg.model, **{k: getattr(cfg, k) for k in MODEL_FIELDS},
-                          in_chans=cfg.channels, num_classes=len(cfg.classes))
-    model = VisionTransformer(arch)
+    arch = model_arch(cfg)
+    if pretrained is not None:
+        try:
+            model = pretrained.model(**{k: v for k, v in arch.to_dict().items()})
+        except PretrainedError as err:
+            raise ConfigError(str(err)) from None
+    else:
+        model = VisionTransformer(arch)
+    try:
+        apply_freeze(model, cfg.freeze)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     model.meta = {"classes": list(cfg.classes), "mean": list(cfg.mean), "std": list(cfg.std),
                   "crop_pct": cfg.crop_pct, "interpolation": "bilinear", "model_name": cfg.model,
-                  "data": cfg.data}
+                  "data": cfg.data, **({"pretrained": cfg.pretrained} if cfg.pretrained else {})}
     return model
 
 
@@ -116,14 +161,17 @@ def use_memory(cfg: TrainConfig, splits: DataSplits) -> bool:
 
 
 def build_loaders(cfg: TrainConfig, splits: DataSplits, device: torch.device,
-                  log=print) -> dict[str, DataLoader | memory.MemoryLoader]:
+                  log=print, place: Dist | None = None) -> dict[str, DataLoader | memory.MemoryLoader]:
     """Train/val(/test) loaders. The train loader's generator is re-seeded every epoch.
 
     With ``--in-memory`` every split is decoded once and batches are augmented as tensors
     (:mod:`vitrain.data.memory`); otherwise DataLoader workers decode and augment per image.
+    Under torchrun (``place``), each rank gets its slice of every global training batch
+    and a disjoint shard of each evaluation split.
     """
+    place = place or Dist()
     if use_memory(cfg, splits):
-        return _memory_loaders(cfg, splits, device, log)
+        return _memory_loaders(cfg, splits, device, log, place)
     train_tf = build_train_transform(
         cfg.img_size, cfg.augment, cfg.mean, cfg.std, native_size=splits.native_size, hflip=cfg.hflip,
         crop_scale=tuple(cfg.crop_scale), crop_ratio=tuple(cfg.crop_ratio), crop_pct=cfg.crop_pct,
@@ -135,19 +183,28 @@ def build_loaders(cfg: TrainConfig, splits: DataSplits, device: torch.device,
         if dataset is not None and hasattr(dataset, "max_side"):
             # big JPEGs decode at reduced size, never below what the crop needs
             dataset.max_side = int(cfg.img_size / min(cfg.crop_pct, cfg.crop_scale[0] ** 0.5)) + 1
+    # no persistent workers: each epoch's workers are seeded afresh from the re-seeded generator,
+    # which is what makes a resumed run repeat the augmentations of an uninterrupted one
     common = dict(num_workers=workers, pin_memory=device.type == "cuda")
-    loaders = {
-        "train": DataLoader(TransformedDataset(splits.train, train_tf), batch_size=cfg.batch_size, shuffle=True,
-                            generator=torch.Generator(), **common),
-        "val": DataLoader(TransformedDataset(splits.val, eval_tf), batch_size=cfg.batch_size, **common),
-    }
-    if splits.test is not None:
-        loaders["test"] = DataLoader(TransformedDataset(splits.test, eval_tf), batch_size=cfg.batch_size, **common)
+    generator = torch.Generator()
+    train_set = TransformedDataset(splits.train, train_tf)
+    if place.active:
+        sampler = distributed.GlobalBatchSampler(len(train_set), cfg.batch_size, place, generator)
+        loaders = {"train": DataLoader(train_set, batch_sampler=sampler, generator=generator, **common)}
+    else:
+        loaders = {"train": DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, generator=generator,
+                                       **common)}
+    for name in ("val", "test"):
+        dataset = getattr(splits, name)
+        if dataset is not None:
+            dataset = TransformedDataset(dataset, eval_tf)
+            shard = distributed.ShardSampler(dataset, place) if place.active else None
+            loaders[name] = DataLoader(dataset, batch_size=cfg.batch_size, sampler=shard, **common)
     return loaders
 
 
 def _memory_loaders(cfg: TrainConfig, splits: DataSplits, device: torch.device,
-                    log=print) -> dict[str, memory.MemoryLoader]:
+                    log=print, place: Dist | None = None) -> dict[str, memory.MemoryLoader]:
     t0 = time.perf_counter()
     resized = uses_resized_crop(splits.native_size, cfg.crop)
     side = memory.train_side(cfg.img_size, splits.native_size, cfg.augment, cfg.crop)
@@ -161,13 +218,13 @@ def _memory_loaders(cfg: TrainConfig, splits: DataSplits, device: torch.device,
     images, targets = memory.decode_all(splits.train, side, train_pct, workers)
     loaders = {"train": memory.MemoryLoader(images, targets, cfg.batch_size, shuffle=True, mean=cfg.mean,
                                             std=cfg.std, augment=augment, device=device,
-                                            drop_last=device.type == "cuda")}
+                                            drop_last=device.type == "cuda", place=place)}
     for name in ("val", "test"):
         dataset = getattr(splits, name)
         if dataset is not None:
             images, targets = memory.decode_all(dataset, cfg.img_size, cfg.crop_pct, workers)
             loaders[name] = memory.MemoryLoader(images, targets, cfg.batch_size, shuffle=False, mean=cfg.mean,
-                                                std=cfg.std, device=device)
+                                                std=cfg.std, device=device, place=place)
     total = sum(loader.images.numel() for loader in loaders.values())
     log(f"in memory: {total / 2**20:.1f} MiB of decoded images (training images at {side}px) "
         f"in {time.perf_counter() - t0:.1f}s")
@@ -204,6 +261,10 @@ def start_run_dir(out: Path) -> None:
         (out / name).unlink(missing_ok=True)
     shutil.rmtree(out / "tensorboard", ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
+
+
+def _quiet(*args: Any, **kwargs: Any) -> None:
+    """The log of ranks other than 0."""
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -254,7 +315,7 @@ def plan_budget(cfg: TrainConfig, model: torch.nn.Module, loaders: dict[str, Dat
     import copy
 
     begin = time.perf_counter()
-    probe = copy.deepcopy(model).train()
+    probe = train_mode(copy.deepcopy(model))
     optimizer = build_optimizer(probe, cfg, device)
     measure_for = min(30.0, 0.05 * seconds_left)
     steps, timed, t0 = 0, 0.0, None
@@ -332,6 +393,9 @@ def replan_budget(budget: dict[str, Any], done: int, seconds_left: float, step_s
     """
     planned = budget["planned_steps"]
     total = done + steps_that_fit(seconds_left, step_seconds, epoch_overhead, steps_per_epoch)
+    # a shrinking plan keeps one more epoch when it had one, so the schedule still reaches its end
+    # (compressed into that epoch) instead of stopping mid-way; the margin and the deadline cover it
+    total = max(total, min(planned, done + steps_per_epoch))
     if abs(total - planned) <= 0.02 * planned:
         return None
     budget["replans"].append({"after_epoch": epoch, "from": planned, "to": total,
@@ -373,20 +437,33 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
     started = time.perf_counter()
     cfg.validate()
     device = resolve_device(cfg.device)
+    place = distributed.setup(device)  # one process unless started by torchrun
+    device = distributed.device_for(place, device)
+    if not place.main:
+        log = _quiet  # rank 0 speaks and writes for all
     out = check_run_dir(cfg, resume)
     splits = load_data(cfg.data, data_root=cfg.data_root, download=cfg.download, channels=cfg.channels,
                        classes=cfg.classes, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
                        split_seed=cfg.split_seed)
     leakage = check_leaks(splits, cfg.dedupe, log)
-    cfg = resolve_config_for_data(cfg, splits)
+    pretrained = None
+    if cfg.pretrained and not resume:  # a resumed run's weights are in its state
+        try:
+            pretrained = load_pretrained(cfg.pretrained, cfg.num_heads)
+        except PretrainedError as err:
+            raise ConfigError(str(err)) from None
+        for note in pretrained.notes:
+            log(f"note: {note}")
+    cfg = resolve_config_for_data(cfg, splits, pretrained)
     cfg = dataclasses.replace(cfg, out=str(out))
-    if not resume:
+    if not resume and place.main:
         start_run_dir(out)
         cfg.save(out / "config.yaml", {"data_summary": {"splits": splits.sizes(), "notes": splits.notes,
                                                         "leakage": leakage}})
+    distributed.barrier(place)
 
-    model = build_model(cfg).to(device)
-    loaders = build_loaders(cfg, splits, device, log)
+    model = build_model(cfg, pretrained).to(device)
+    loaders = build_loaders(cfg, splits, device, log, place)
     steps_per_epoch = len(loaders["train"])
     amp_dtype = _amp_dtype(device)
     num_classes = len(cfg.classes)
@@ -397,6 +474,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
     elif cfg.time_budget:
         budget = plan_budget(cfg, model, loaders, device, amp_dtype,
                              cfg.time_budget * 60 - (time.perf_counter() - started), log)
+        budget = distributed.broadcast(budget, place)  # every rank follows rank 0's plan
     total_steps = budget["planned_steps"] if budget else cfg.epochs * steps_per_epoch
     # a budgeted run stops at its plan or, should the machine slow down, at the deadline, which leaves
     # time for the interrupted epoch's validation and checkpoints and the final evaluation
@@ -427,15 +505,31 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
             ema.load_state_dict(state["ema"])
         history, best, train_seconds = state["history"], state["best"], state["train_seconds"]
         start_epoch, global_step = state["epoch"] + 1, state["step"]
+        saved_steps = state.get("steps_per_epoch", steps_per_epoch)
+        if saved_steps != steps_per_epoch:  # resumed with another number of processes: same epochs, new steps
+            global_step = state["epoch"] * steps_per_epoch
+            total_steps = round(total_steps * steps_per_epoch / saved_steps) if budget else total_steps
+            n_epochs = math.ceil(total_steps / steps_per_epoch)
+            scheduler.last_epoch = global_step
+            replan(scheduler, total_steps)
+            for schedule in scheduler.lr_lambdas:
+                schedule.steps_per_epoch, schedule.configured = steps_per_epoch, cfg.epochs * steps_per_epoch
+            log(f"resuming with {steps_per_epoch} steps per epoch instead of {saved_steps} "
+                f"({place.world} process(es)): the schedule continues from epoch {state['epoch']}")
 
     n_params = sum(p.numel() for p in model.parameters())
     log(f"data: {cfg.data}  {len(cfg.classes)} classes, {splits.channels} channel(s), "
         + ", ".join(f"{k} {v}" for k, v in splits.sizes().items()))
     for note in splits.notes:
         log(f"  note: {note}")
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log(f"model: {cfg.model}  {n_params / 1e6:.2f}M parameters, {cfg.img_size}px input, patch {cfg.patch_size}, "
-        f"dim {cfg.embed_dim}, depth {cfg.depth}, heads {cfg.num_heads}")
-    log(f"training: {total_steps} steps ({n_epochs} epochs x {steps_per_epoch}), batch {cfg.batch_size}, "
+        f"dim {cfg.embed_dim}, depth {cfg.depth}, heads {cfg.num_heads}"
+        + (f"; from {cfg.pretrained}" if cfg.pretrained else "")
+        + (f"; {n_train:,} trainable (--freeze {cfg.freeze})" if n_train < n_params else ""))
+    batch_text = (f"batch {cfg.batch_size} per process x {place.world} = {cfg.batch_size * place.world}"
+                  if place.active else f"batch {cfg.batch_size}")
+    log(f"training: {total_steps} steps ({n_epochs} epochs x {steps_per_epoch}), {batch_text}, "
         f"{cfg.optimizer} lr {cfg.lr:g}, {cfg.schedule} schedule, on {device}"
         + (" (bf16 autocast)" if amp_dtype else "") + (f", EMA {cfg.ema:g}" if ema is not None else ""))
     if resume:
@@ -444,17 +538,21 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
 
     from torch.utils.tensorboard import SummaryWriter  # imported late: it is slow to import
 
-    writer = SummaryWriter(str(out / "tensorboard"), purge_step=start_epoch if resume else None)
+    writer = SummaryWriter(str(out / "tensorboard"), purge_step=start_epoch if resume else None) \
+        if place.main else None
     train_loader = loaders["train"]
+    # DistributedDataParallel averages gradients over the ranks during backward
+    step_model = torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None) if place.active else model
     stopped_by = "plan"
     try:
         epoch = start_epoch - 1
         while epoch < n_epochs:
             epoch += 1
             epoch_start = time.perf_counter()
-            torch.manual_seed(_epoch_seed(cfg.seed, epoch))
-            train_loader.generator.manual_seed(_epoch_seed(cfg.seed, epoch))
-            model.train()
+            torch.manual_seed(_epoch_seed(cfg.seed, epoch) + place.rank)  # dropout, MixUp: per rank
+            train_loader.generator.manual_seed(_epoch_seed(cfg.seed, epoch))  # the data order: shared
+            train_mode(model)
             loss_sum = torch.zeros((), device=device)
             correct = torch.zeros((), dtype=torch.long, device=device)
             grad_norm_sum = torch.zeros((), device=device)
@@ -468,7 +566,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
                 if batch_mix is not None:
                     images, targets = batch_mix(images, labels)
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    logits = model(images)
+                    logits = step_model(images)
                     loss = F.cross_entropy(logits, targets, label_smoothing=cfg.label_smoothing)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -488,16 +586,20 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
                     bar.set_postfix(loss=f"{float(loss_sum) / seen:.4f}")
                 if global_step >= total_steps:
                     break
-                if time.perf_counter() > deadline:
+                if math.isfinite(deadline) and distributed.any_rank(time.perf_counter() > deadline, place, device):
                     stopped_by = "deadline"
                     break
             bar.close()
             train_time = time.perf_counter() - epoch_start
+            if place.active:  # the whole global batch's loss, accuracy and count
+                counts = distributed.all_sum(torch.stack([loss_sum.double(), correct.double(),
+                                                          torch.tensor(float(seen), device=device).double()]), place)
+                loss_sum, correct, seen = counts[0], counts[1], int(counts[2])
             train_loss = float(loss_sum) / seen
             if not math.isfinite(train_loss):
                 raise TrainingError(f"the training loss became {train_loss} in epoch {epoch}; the last good "
                                     f"checkpoint is {out / 'last.safetensors'} (lower --lr or set --clip-grad)")
-            val = evaluate(eval_model, loaders["val"], device, num_classes, amp_dtype)
+            val = evaluate(eval_model, loaders["val"], device, num_classes, amp_dtype, place)
             epoch_seconds = time.perf_counter() - epoch_start
             train_seconds += epoch_seconds
             row = {"epoch": epoch, "train_loss": train_loss, "train_accuracy": float(correct) / seen,
@@ -511,6 +613,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
                 step_seconds = recent_step_seconds(speed)
                 new_total = replan_budget(budget, global_step, train_end - time.perf_counter() - save_seconds,
                                           step_seconds, overhead, steps_per_epoch, epoch)
+                budget, new_total = distributed.broadcast((budget, new_total), place)  # rank 0's clock decides
                 if new_total is not None:
                     log(f"time budget: re-planned to {new_total} steps (was {total_steps}) from the "
                         f"{1 / step_seconds:.1f} steps/s measured up to epoch {epoch}")
@@ -521,17 +624,20 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
             improved = value > best["value"] if higher_is_better else value < best["value"]
             if improved:
                 best = {"epoch": epoch, "value": value, "val_accuracy": val.accuracy, "val_loss": val.loss}
-                save_model(out / "best.safetensors", eval_model, epoch=epoch)
-            save_model(out / "last.safetensors", eval_model, epoch=epoch)
-            # the state file is the commit point of an epoch: resume starts after the last one written
-            save_state(out / STATE_FILE, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                          "scheduler": scheduler.state_dict(), "epoch": epoch, "step": global_step,
-                                          "best": best, "history": history, "train_seconds": train_seconds,
-                                          "classes": list(cfg.classes), "budget": budget,
-                                          **({"ema": ema.state_dict()} if ema is not None else {})})
+            if place.main:
+                if improved:
+                    save_model(out / "best.safetensors", eval_model, epoch=epoch)
+                save_model(out / "last.safetensors", eval_model, epoch=epoch)
+                # the state file is the commit point of an epoch: resume starts after the last one written
+                save_state(out / STATE_FILE, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                              "scheduler": scheduler.state_dict(), "epoch": epoch, "step": global_step,
+                                              "steps_per_epoch": steps_per_epoch, "best": best, "history": history,
+                                              "train_seconds": train_seconds, "classes": list(cfg.classes),
+                                              "budget": budget, **({"ema": ema.state_dict()} if ema is not None else {})})
+                write_metrics_csv(out / "metrics.csv", history)
+                _log_epoch_scalars(writer, row, epoch, eval_model,
+                                   grad_norm_sum / steps if cfg.clip_grad > 0 else None)
             save_seconds = time.perf_counter() - save_start
-            write_metrics_csv(out / "metrics.csv", history)
-            _log_epoch_scalars(writer, row, epoch, eval_model, grad_norm_sum / steps if cfg.clip_grad > 0 else None)
             log(f"epoch {epoch:>3}/{n_epochs}  train loss {train_loss:.4f} acc {row['train_accuracy']:.4f}  "
                 f"val loss {val.loss:.4f} acc {val.accuracy:.4f}  lr {row['lr']:.2e}  "
                 f"{row['images_per_second']:.0f} img/s  {epoch_seconds:.1f}s" + ("  *" if improved else ""))
@@ -539,9 +645,13 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
                 log(f"time budget reached after {global_step} of {total_steps} planned steps")
                 break
     finally:
-        writer.close()
+        if writer is not None:
+            writer.close()
 
-    report = final_report(cfg, splits, loaders, device, out, history, best, train_seconds, amp_dtype, log)
+    distributed.barrier(place)  # best.safetensors is written
+    report = final_report(cfg, splits, loaders, device, out, history, best, train_seconds, amp_dtype, log, place)
+    if not place.main:
+        return report
     report["leakage"] = leakage
     if budget:
         report["time_budget"] = {**budget, "done_steps": global_step, "stopped_by": stopped_by}
@@ -578,19 +688,25 @@ def write_samples(splits: DataSplits, targets, predictions, classes: list[str], 
 
 def final_report(cfg: TrainConfig, splits: DataSplits, loaders: dict[str, DataLoader], device: torch.device,
                  out: Path, history: list[dict[str, Any]], best: dict[str, Any], train_seconds: float,
-                 amp_dtype: torch.dtype | None, log=print) -> dict[str, Any]:
-    """Evaluate the best checkpoint on the test split (or validation, if there is none); plot and report."""
+                 amp_dtype: torch.dtype | None, log=print, place: Dist | None = None) -> dict[str, Any]:
+    """Evaluate the best checkpoint on the test split (or validation, if there is none); plot and report.
+
+    Under torchrun every rank evaluates its shard (the run folder must be on a filesystem all
+    ranks see, as for resuming); only rank 0 plots.
+    """
+    place = place or Dist()
     model = model_from_checkpoint(out / "best.safetensors").to(device)
-    val = evaluate(model, loaders["val"], device, len(cfg.classes), amp_dtype)
-    write_samples(splits, val.targets, val.predictions, cfg.classes, out / "samples.png")
+    val = evaluate(model, loaders["val"], device, len(cfg.classes), amp_dtype, place)
     split = "test" if "test" in loaders else "val"
     if split == "val":
         log("note: no test split, so the final evaluation uses the validation split")
-    result = evaluate(model, loaders[split], device, len(cfg.classes), amp_dtype)
+    result = evaluate(model, loaders[split], device, len(cfg.classes), amp_dtype, place)
     matrix = result.confusion(len(cfg.classes))
-    plot_curves(history, out)
-    plot_confusion_matrix(matrix, cfg.classes, out / "confusion_matrix.png",
-                          f"{split} split, best epoch {best['epoch']}: accuracy {result.accuracy:.3f}")
+    if place.main:
+        write_samples(splits, val.targets, val.predictions, cfg.classes, out / "samples.png")
+        plot_curves(history, out)
+        plot_confusion_matrix(matrix, cfg.classes, out / "confusion_matrix.png",
+                              f"{split} split, best epoch {best['epoch']}: accuracy {result.accuracy:.3f}")
     return {
         "data": cfg.data,
         "classes": list(cfg.classes),
@@ -607,6 +723,8 @@ def final_report(cfg: TrainConfig, splits: DataSplits, loaders: dict[str, DataLo
         "splits": splits.sizes(),
         "notes": splits.notes,
         "device": str(device),
+        "processes": place.world,
+        "global_batch_size": cfg.batch_size * place.world,
         "seed": cfg.seed,
         "train_seconds": round(train_seconds, 2),
     }

@@ -41,6 +41,10 @@ class ViTConfig:
     drop_path: float = 0.0
     pool: Pool = "cls"
     stem: Stem = "patch"  # "conv": stride-2 3x3 convolutions instead of one patchifying convolution
+    distilled: bool = False  # DeiT's distillation token and second head (logits: the mean of both heads)
+    head_hidden: int = 0  # > 0: the head is Linear - ReLU - Dropout - Linear with this many hidden units
+    head_dropout: float = 0.0  # dropout inside that MLP head
+    norm_eps: float = 1e-6  # LayerNorm epsilon (timm/torchvision: 1e-6; Hugging Face: 1e-12)
 
     def __post_init__(self) -> None:
         problems = []
@@ -68,6 +72,10 @@ class ViTConfig:
             problems.append(f"a conv stem needs a power-of-2 patch_size (>= 2), got {self.patch_size}")
         if self.pool not in ("cls", "avg"):
             problems.append(f"pool must be 'cls' or 'avg', got {self.pool!r}")
+        elif self.distilled and self.pool != "cls":
+            problems.append("a distillation token needs pool='cls'")
+        if self.head_hidden < 0 or not 0.0 <= self.head_dropout < 1.0:
+            problems.append("head_hidden must be >= 0 and head_dropout in [0, 1)")
         if problems:
             raise ValueError("invalid ViT configuration: " + "; ".join(problems))
 
@@ -174,11 +182,12 @@ class Mlp(nn.Module):
 class Block(nn.Module):
     """A pre-LayerNorm transformer encoder block with stochastic depth on both branches."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_dim: int, dropout: float, drop_path: float) -> None:
+    def __init__(self, dim: int, num_heads: int, mlp_dim: int, dropout: float, drop_path: float,
+                 norm_eps: float = 1e-6) -> None:
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         self.attn = Attention(dim, num_heads, dropout)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = Mlp(dim, mlp_dim, dropout)
         # "row" mode drops the whole residual branch per sample, as in the DeiT paper
         self.drop_path = StochasticDepth(drop_path, mode="row") if drop_path > 0 else nn.Identity()
@@ -186,6 +195,14 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.drop_path(self.attn(self.norm1(x)))
         return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+def build_head(dim: int, num_classes: int, hidden: int = 0, dropout: float = 0.0) -> nn.Module:
+    """A linear classifier, or (``hidden`` > 0) Linear - ReLU - Dropout - Linear."""
+    if hidden <= 0:
+        return nn.Linear(dim, num_classes)
+    return nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
+                         nn.Linear(hidden, num_classes))
 
 
 class VisionTransformer(nn.Module):
@@ -201,28 +218,32 @@ class VisionTransformer(nn.Module):
         super().__init__()
         self.config = config
         dim = config.embed_dim
-        self.num_prefix_tokens = 1 if config.pool == "cls" else 0
+        self.num_prefix_tokens = (1 + config.distilled) if config.pool == "cls" else 0
         stem = ConvStem if config.stem == "conv" else PatchEmbed
         self.patch_embed = stem(config.img_size, config.patch_size, config.in_chans, dim)
         num_tokens = self.patch_embed.num_patches + self.num_prefix_tokens
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if config.pool == "cls" else None
+        self.dist_token = nn.Parameter(torch.zeros(1, 1, dim)) if config.distilled else None
         self.pos_embed = nn.Parameter(torch.zeros(1, num_tokens, dim))
         self.pos_drop = nn.Dropout(config.dropout)
         # stochastic depth grows linearly with depth (Huang et al., 2016; DeiT)
         rates = [config.drop_path * i / max(config.depth - 1, 1) for i in range(config.depth)]
         self.blocks = nn.Sequential(
-            *(Block(dim, config.num_heads, config.mlp_dim, config.dropout, r) for r in rates)
+            *(Block(dim, config.num_heads, config.mlp_dim, config.dropout, r, config.norm_eps) for r in rates)
         )
-        self.norm = nn.LayerNorm(dim, eps=1e-6)
-        self.head = nn.Linear(dim, config.num_classes)
+        self.norm = nn.LayerNorm(dim, eps=config.norm_eps)
+        self.head = build_head(dim, config.num_classes, config.head_hidden, config.head_dropout)
+        self.head_dist = build_head(dim, config.num_classes, config.head_hidden, config.head_dropout) \
+            if config.distilled else None
         self.meta: dict = {}  # classes and preprocessing, filled in by checkpoints
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """Initialize as in the ViT/DeiT papers: truncated normal (std 0.02), zero biases."""
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        if self.cls_token is not None:
-            nn.init.trunc_normal_(self.cls_token, std=0.02)
+        for token in (self.cls_token, self.dist_token):
+            if token is not None:
+                nn.init.trunc_normal_(token, std=0.02)
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Conv2d)):
                 nn.init.trunc_normal_(module.weight, std=0.02)
@@ -234,14 +255,26 @@ class VisionTransformer(nn.Module):
 
     def no_weight_decay(self) -> set[str]:
         """Parameter names that should not be weight-decayed (besides biases and norms)."""
-        return {"pos_embed", "cls_token"}
+        return {"pos_embed", "cls_token", "dist_token"}
 
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the head with a freshly initialized one for ``num_classes`` classes."""
-        self.head = nn.Linear(self.config.embed_dim, num_classes).to(self.pos_embed.device)
-        nn.init.trunc_normal_(self.head.weight, std=0.02)
-        nn.init.zeros_(self.head.bias)
-        self.config = ViTConfig(**{**self.config.to_dict(), "num_classes": num_classes})
+    def reset_classifier(self, num_classes: int, hidden: int | None = None, dropout: float | None = None) -> None:
+        """Replace the head(s) with freshly initialized ones for ``num_classes`` classes.
+
+        ``hidden``/``dropout`` choose an MLP head (see :func:`build_head`); None keeps the current kind.
+        """
+        cfg = self.config
+        hidden = cfg.head_hidden if hidden is None else hidden
+        dropout = cfg.head_dropout if dropout is None else dropout
+        self.config = ViTConfig(**{**cfg.to_dict(), "num_classes": num_classes, "head_hidden": hidden,
+                                   "head_dropout": dropout})
+        heads = ["head"] + (["head_dist"] if cfg.distilled else [])
+        for name in heads:
+            head = build_head(cfg.embed_dim, num_classes, hidden, dropout).to(self.pos_embed.device)
+            for module in head.modules():
+                if isinstance(module, nn.Linear):
+                    nn.init.trunc_normal_(module.weight, std=0.02)
+                    nn.init.zeros_(module.bias)
+            setattr(self, name, head)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) -> input tokens (B, prefix + patches, embed_dim), position-embedded."""
@@ -252,8 +285,9 @@ class VisionTransformer(nn.Module):
                 f"got {tuple(x.shape)}"
             )
         x = self.patch_embed(x)
-        if self.cls_token is not None:
-            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        prefix = [t.expand(x.shape[0], -1, -1) for t in (self.cls_token, self.dist_token) if t is not None]
+        if prefix:
+            x = torch.cat([*prefix, x], dim=1)
         return self.pos_drop(x + self.pos_embed)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -270,7 +304,15 @@ class VisionTransformer(nn.Module):
         return self.forward_head(self.norm(tokens)), maps
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Tokens -> logits (or the pooled embedding when ``pre_logits``)."""
+        """Tokens -> logits (or the pooled embedding when ``pre_logits``).
+
+        A distilled (DeiT) model averages its class-token and distillation-token heads, as
+        DeiT does at inference.
+        """
+        if self.dist_token is not None:
+            if pre_logits:
+                return (x[:, 0] + x[:, 1]) / 2
+            return (self.head(x[:, 0]) + self.head_dist(x[:, 1])) / 2
         x = x[:, 0] if self.cls_token is not None else x.mean(dim=1)
         return x if pre_logits else self.head(x)
 

@@ -1,0 +1,106 @@
+"""Small data: from scratch vs instance-discrimination pretraining + fine-tuning, at equal CPU time.
+
+Two datasets, each trained twice per seed with the same total wall-clock budget:
+
+* ``scratch``: ``--recipe folder-best`` (the same model and fine-tuning settings);
+* ``pretrain + fine-tune``: ``--recipe small-data`` (half the budget pretraining on the
+  training images without labels, half fine-tuning).
+
+flowers17 runs at 64 px (1,360 images; a seeded stratified split). ``cifar10-2040`` is a
+stratified 2,040-image subset of CIFAR-10's training set (204 per class, seed 0) at 32 px,
+evaluated on the full 10,000-image test set; the subset is built once, as symbolic links
+into an extracted copy of ``../shared/datasets/cifar10.tar`` under ``runs/cache`` (ignored
+by git).
+
+    python benchmarks/small_data.py --minutes 30
+    python benchmarks/small_data.py --minutes 10 --only flowers17 --seeds 0,1,2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from accuracy import DATASETS, ROOT, machine_line, save_results  # noqa: E402
+
+CACHE = ROOT / "runs" / "cache"
+SUBSET_PER_CLASS = 204
+
+
+def cifar10_subset() -> Path:
+    """runs/cache/cifar10-2040/{train,test}/<class>/: 204 training images per class, the whole test set."""
+    target = CACHE / "cifar10-2040"
+    if (target / "test").is_dir():
+        return target
+    extracted = CACHE / "cifar10-extracted"
+    if not (extracted / "cifar10").is_dir():
+        extracted.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(DATASETS / "cifar10.tar") as tar:
+            tar.extractall(extracted, filter="data")
+    rng = random.Random(0)
+    for folder in sorted((extracted / "cifar10" / "train").iterdir()):
+        files = sorted(folder.iterdir())
+        (target / "train" / folder.name).mkdir(parents=True, exist_ok=True)
+        for f in rng.sample(files, SUBSET_PER_CLASS):
+            (target / "train" / folder.name / f.name).symlink_to(f.resolve())
+    (target / "test").symlink_to((extracted / "cifar10" / "test").resolve(), target_is_directory=True)
+    return target
+
+
+def run(data: Path, recipe: str, minutes: float, seed: int, extra: list[str], out: Path) -> dict:
+    command = [sys.executable, "-m", "vitrain", "train", "--recipe", recipe, "--data", str(data),
+               "--time-budget", str(minutes), "--seed", str(seed), "--out", str(out), "--overwrite",
+               "--no-progress", *extra]
+    print("$", " ".join(command[2:]), flush=True)
+    subprocess.run(command, check=True)
+    report = json.loads((out / "report.json").read_text())
+    return {"test_accuracy": report["test"]["accuracy"], "test_images": report["test"]["images"],
+            "total_seconds": report["total_seconds"], "train_images": report["splits"]["train"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--minutes", type=float, default=30.0, help="total minutes per run (30)")
+    parser.add_argument("--seeds", default="0", help="comma-separated seeds (0)")
+    parser.add_argument("--only", choices=["flowers17", "cifar10-2040"], action="append")
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "benchmarks" / "small_data")
+    args = parser.parse_args(argv)
+    if not DATASETS.is_dir():
+        print(f"benchmarks/small_data.py needs the archives in {DATASETS}", file=sys.stderr)
+        return 2
+    datasets = {"flowers17": (lambda: DATASETS / "flowers17.tar", ["--img-size", "64"]),
+                "cifar10-2040": (cifar10_subset, ["--img-size", "32"])}
+    rows = []
+    for name in args.only or list(datasets):
+        source, extra = datasets[name]
+        data = source()
+        for seed in [int(s) for s in args.seeds.split(",")]:
+            for label, recipe in (("scratch", "folder-best"), ("pretrain + fine-tune", "small-data")):
+                result = run(data, recipe, args.minutes, seed, extra, args.out / f"{name}-{recipe}-seed{seed}")
+                rows.append({"dataset": name, "method": label, "recipe": recipe, "seed": seed, **result})
+    lines = [f"Command: `python benchmarks/small_data.py {' '.join(argv)}`  ",
+             f"{machine_line()}; {args.minutes:g} min per run in all", "",
+             "| dataset | method | seed | test accuracy | train images | test images | seconds |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['dataset']} | {r['method']} | {r['seed']} | {r['test_accuracy']:.4f} | {r['train_images']} | "
+                     f"{r['test_images']} | {r['total_seconds']} |")
+    for name in dict.fromkeys(r["dataset"] for r in rows):
+        means = {m: statistics.mean(r["test_accuracy"] for r in rows if r["dataset"] == name and r["method"] == m)
+                 for m in ("scratch", "pretrain + fine-tune")}
+        lines.append(f"\n{name}: mean test accuracy, scratch {means['scratch']:.4f}, pretrain + fine-tune "
+                     f"{means['pretrain + fine-tune']:.4f} ({100 * (means['pretrain + fine-tune'] - means['scratch']):+.1f} points)")
+    save_results(args.out, "small_data", "\n".join(lines) + "\n", rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""torchrun with gloo on CPU: two processes train like one process with the same global batch,
+evaluation counts every image once, and a run resumes with a different number of processes."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from vitrain.cli import main
+from vitrain.engine import train as train_module
+
+COMMON = ["--model", "vit", "--img-size", "16", "--patch-size", "4", "--embed-dim", "32", "--depth", "2",
+          "--num-heads", "2", "--mlp-dim", "64", "--augment", "none", "--dropout", "0", "--workers", "0",
+          "--device", "cpu", "--no-progress", "--warmup-epochs", "0"]
+
+
+def _torchrun(args: list[str], tmp_path: Path, processes: int = 2) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
+               "-m", "vitrain", *args]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+def _metrics(run: Path) -> list[dict]:
+    with open(run / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_two_processes_match_one_process_with_the_same_global_batch(flat_folder, tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+    data = ["--data", str(flat_folder), *COMMON, "--epochs", "2"]
+    assert main(["train", *data, "--batch-size", "8", "--out", str(tmp_path / "one")]) == 0
+    done = _torchrun(["train", *data, "--batch-size", "4", "--out", str(tmp_path / "two")], tmp_path)
+    assert "batch 4 per process x 2 = 8" in done.stdout
+    one = load_file(str(tmp_path / "one" / "last.safetensors"))
+    two = load_file(str(tmp_path / "two" / "last.safetensors"))
+    assert max(float((one[k] - two[k]).abs().max()) for k in one) < 1e-5
+    r1 = json.loads((tmp_path / "one" / "report.json").read_text())
+    r2 = json.loads((tmp_path / "two" / "report.json").read_text())
+    # every evaluation image counted exactly once (3 test images over 2 ranks: shards of 2 and 1)
+    assert r2["test"]["images"] == r1["test"]["images"] == 3 and r2["processes"] == 2
+    assert r2["test"]["confusion_matrix"] == r1["test"]["confusion_matrix"]
+    for a, b in zip(_metrics(tmp_path / "one"), _metrics(tmp_path / "two")):
+        assert float(a["train_loss"]) == pytest.approx(float(b["train_loss"]), abs=1e-5)
+        assert a["val_accuracy"] == b["val_accuracy"]
+
+
+def test_a_run_resumes_with_another_number_of_processes(flat_folder, tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    run = tmp_path / "run"
+    real = train_module.evaluate
+    calls = {"n": 0}
+
+    def stop_in_epoch_three(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "evaluate", stop_in_epoch_three)
+    args = ["train", "--data", str(flat_folder), *COMMON, "--epochs", "3", "--batch-size", "4", "--out", str(run)]
+    assert main(args) == 130 and len(_metrics(run)) == 2  # one process: 6 steps per epoch
+    monkeypatch.setattr(train_module, "evaluate", real)
+    done = _torchrun(["train", "--resume", str(run), "--no-progress"], tmp_path)
+    assert "instead of 6 (2 process(es))" in done.stdout
+    rows = _metrics(run)
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert float(rows[-1]["lr"]) == pytest.approx(0.0, abs=1e-9)  # the schedule still ends at its end
+    assert json.loads((run / "report.json").read_text())["test"]["images"] == 3

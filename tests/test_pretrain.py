@@ -1,0 +1,126 @@
+"""Instance-discrimination pretraining: the loss, InfoNCE and mixing against hand computations;
+the strong augmentation; pretrain -> train round trips through the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from vitrain.cli import main
+from vitrain.data.strong import StrongAugment, color_jitter, random_blur, random_grayscale
+from vitrain.engine.pretrain import InstanceHead, info_nce, instance_loss, mix_instances, mixed_targets
+
+
+def test_instance_loss_is_the_cross_entropy_of_the_right_instance():
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    targets = torch.tensor([0, 1])
+    by_hand = (-math.log(math.exp(2) / (math.exp(2) + 2)) - math.log(math.e / (math.e + 2))) / 2
+    assert instance_loss(logits, targets).item() == pytest.approx(by_hand, rel=1e-6)
+    # the blog's version -- softmax, then the sum of the logs of all probabilities -- is a different number
+    wrong = -torch.log_softmax(logits, 1).sum(1).mean()
+    assert abs(wrong.item() - by_hand) > 1
+
+
+def test_mixed_instance_targets_sum_to_one_and_match_the_two_term_loss():
+    logits = torch.randn(6, 10, generator=torch.Generator().manual_seed(0))
+    a, b = torch.tensor([0, 1, 2, 3, 4, 5]), torch.tensor([5, 4, 3, 2, 1, 0])
+    targets = mixed_targets(a, b, 0.3, 10)
+    assert torch.allclose(targets.sum(1), torch.ones(6))
+    assert targets[0, 0] == pytest.approx(0.3) and targets[0, 5] == pytest.approx(0.7)
+    dense = F.cross_entropy(logits, targets)  # soft-target cross entropy over the N instances
+    assert instance_loss(logits, a, b, 0.3).item() == pytest.approx(dense.item(), rel=1e-6)
+
+
+def test_info_nce_matches_the_formula_with_in_batch_negatives():
+    g = torch.Generator().manual_seed(1)
+    z1 = F.normalize(torch.randn(5, 8, generator=g), dim=1)
+    z2 = F.normalize(torch.randn(5, 8, generator=g), dim=1)
+    t = 0.5
+    terms = []
+    for x, y in ((z1, z2), (z2, z1)):
+        for i in range(5):
+            sims = [math.exp(float(x[i] @ y[j]) / t) for j in range(5)]
+            terms.append(-math.log(sims[i] / sum(sims)))
+    assert info_nce(z1, z2, t).item() == pytest.approx(sum(terms) / len(terms), rel=1e-5)
+
+
+def test_mixing_keeps_the_views_of_an_image_views_of_the_same_mixture():
+    g = torch.Generator().manual_seed(2)
+    views = torch.rand(2, 6, 3, 8, 8, generator=g)
+    mixed, perm, lam = mix_instances(views, mixup=1.0, cutmix=0.0, generator=g)
+    assert 0 <= lam <= 1 and sorted(perm.tolist()) == list(range(6))
+    assert torch.allclose(mixed, lam * views + (1 - lam) * views[:, perm])
+    mixed, perm, lam = mix_instances(views, mixup=0.0, cutmix=1.0, generator=g)
+    own = (mixed == views).all(dim=2).float().mean(dim=(-1, -2))  # the share of pixels each image kept
+    moved = perm != torch.arange(6)
+    assert torch.allclose(own[:, moved], torch.full_like(own[:, moved], lam))
+    unmixed, none, one = mix_instances(views, 0.0, 0.0, g)
+    assert unmixed is views and none is None and one == 1.0
+
+
+def test_instance_head_is_a_cosine_classifier():
+    head = InstanceHead(16, n_instances=50, temperature=0.1)
+    z = head.embed(torch.randn(4, 16))
+    assert torch.allclose(z.norm(dim=1), torch.ones(4))
+    logits = head(z)
+    assert logits.shape == (4, 50) and logits.abs().max() <= 1 / 0.1 + 1e-4
+
+
+def test_strong_augmentation_is_per_image_and_reproducible():
+    images = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    augment = StrongAugment(16, [0.5] * 3, [0.25] * 3)
+    one = augment(images, torch.Generator().manual_seed(7))
+    two = augment(images, torch.Generator().manual_seed(7))
+    assert one.shape == (16, 3, 16, 16) and torch.equal(one, two)
+    x = images.float() / 255
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(color_jitter(x, g, p=0.0), x)
+    assert not torch.equal(color_jitter(x, g, p=1.0), x)
+    assert torch.allclose(random_blur(x, g, p=0.0), x)
+    flat = torch.full((4, 3, 16, 16), 0.4)
+    assert torch.allclose(random_blur(flat, g, p=1.0, sigma=(1.0, 2.0)), flat, atol=1e-6)  # kernels sum to 1
+    gray = random_grayscale(x[:4], g, p=1.0)
+    assert torch.equal(gray[:, 0], gray[:, 1]) and torch.equal(gray[:, 1], gray[:, 2])
+
+
+def test_pretrain_then_fine_tune_from_the_backbone(flat_folder, tmp_path, tiny_args):
+    pre = tmp_path / "pre"
+    args = ["--data", str(flat_folder), *tiny_args, "--epochs", "2", "--mixup", "0.8", "--cutmix", "1.0",
+            "--infonce", "0.5"]
+    assert main(["pretrain", *args, "--out", str(pre)]) == 0
+    report = json.loads((pre / "report.json").read_text())
+    assert report["method"] == "instance-discrimination" and report["images"] == 24  # the training split only
+    assert report["epochs"] == 2 and (pre / "loss.png").is_file()
+    backbone = load_file(str(pre / "backbone.safetensors"))
+    # the same seed on CPU gives the same backbone
+    assert main(["pretrain", *args, "--out", str(tmp_path / "again")]) == 0
+    again = load_file(str(tmp_path / "again" / "backbone.safetensors"))
+    assert all(torch.equal(backbone[k], again[k]) for k in backbone)
+    # fine-tuning starts from it: with the backbone frozen, the blocks stay exactly the pretrained ones
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(flat_folder), *tiny_args, "--init", str(pre), "--freeze", "backbone",
+                 "--out", str(run)]) == 0
+    tuned = load_file(str(run / "best.safetensors"))
+    assert torch.equal(tuned["blocks.1.mlp.fc2.weight"], backbone["blocks.1.mlp.fc2.weight"])
+    assert not torch.equal(tuned["head.weight"], backbone["head.weight"])
+
+
+def test_one_command_chains_pretraining_and_fine_tuning(flat_folder, tmp_path, tiny_args):
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(flat_folder), *tiny_args, "--epochs", "4", "--pretrain",
+                 "instance-discrimination", "--out", str(run)]) == 0
+    assert (run / "pretrain" / "backbone.safetensors").is_file()
+    report = json.loads((run / "report.json").read_text())
+    assert report["pretraining"]["epochs"] == 2 and report["epochs"] == 2  # --pretrain-share 0.5 of 4 epochs
+    assert f"pretrained: {run / 'pretrain'}" in (run / "config.yaml").read_text()
+
+
+def test_pretraining_options_are_checked(flat_folder, tmp_path, tiny_args, capsys):
+    assert main(["pretrain", "--data", str(flat_folder), *tiny_args, "--views", "1", "--infonce", "1",
+                 "--out", str(tmp_path / "x")]) == 2
+    assert "--views must be at least 1 (2 with --infonce)" in capsys.readouterr().err

@@ -1,0 +1,159 @@
+"""Running on several processes with PyTorch's own distributed stack (``torchrun``).
+
+``torchrun --nproc-per-node=N -m vitrain train ...`` starts N processes with ``RANK``,
+``LOCAL_RANK`` and ``WORLD_SIZE`` set; :func:`setup` joins them into one process group
+(NCCL on GPUs, gloo on CPUs). Everything else is a thin layer over ``torch.distributed``:
+
+* each rank trains on its own slice of every global batch (see
+  :class:`vitrain.data.memory.MemoryLoader` and :func:`shard_sampler`);
+* evaluation splits are cut into disjoint, unpadded shards (``rank::world``), and the
+  per-sample results are gathered back in dataset order, so counts are exact;
+* only rank 0 writes files or logs.
+
+A single process (no ``WORLD_SIZE``, or 1) runs exactly as without this module.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import Dataset, Sampler
+
+
+@dataclass(frozen=True)
+class Dist:
+    """Where this process sits: its rank, the number of processes and its rank on its node."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        """Whether this process writes files and logs."""
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+
+def from_environment() -> Dist:
+    """The process's place as ``torchrun`` (or any launcher setting ``WORLD_SIZE``/``RANK``) describes it."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    return Dist(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def setup(device: torch.device) -> Dist:
+    """Join the process group (once) and return this process's :class:`Dist`.
+
+    The backend is NCCL when training on CUDA, else gloo. On CUDA each process takes the
+    GPU of its local rank.
+    """
+    place = from_environment()
+    if not place.active:
+        return place
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(place.local_rank)
+        dist.init_process_group(backend)
+    return place
+
+
+def device_for(place: Dist, device: torch.device) -> torch.device:
+    """On CUDA, the GPU of this process's local rank; otherwise ``device``."""
+    if place.active and device.type == "cuda":
+        return torch.device("cuda", place.local_rank)
+    return device
+
+
+def shutdown() -> None:
+    """Leave the process group, if one was joined."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_sum(tensor: torch.Tensor, place: Dist) -> torch.Tensor:
+    """The sum of ``tensor`` over all ranks (the tensor itself when alone)."""
+    if place.active:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def any_rank(flag: bool, place: Dist, device: torch.device) -> bool:
+    """True on every rank when ``flag`` is true on at least one (for decisions all ranks must share)."""
+    if not place.active:
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def broadcast(obj: Any, place: Dist) -> Any:
+    """Rank 0's ``obj`` on every rank."""
+    if not place.active:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather_in_order(values: list, place: Dist) -> list:
+    """Per-sample ``values`` of the shard ``rank::world`` from every rank, interleaved back into dataset order."""
+    if not place.active:
+        return values
+    shards: list[list] = [None] * place.world  # type: ignore[list-item]
+    dist.all_gather_object(shards, values)
+    merged: list = [None] * sum(len(s) for s in shards)
+    for rank, shard in enumerate(shards):
+        merged[rank::place.world] = shard
+    return merged
+
+
+def barrier(place: Dist) -> None:
+    if place.active:
+        dist.barrier()
+
+
+class ShardSampler(Sampler[int]):
+    """The indices ``rank, rank + world, ...`` of a dataset: disjoint, unpadded evaluation shards."""
+
+    def __init__(self, dataset: Dataset, place: Dist) -> None:
+        self.n, self.place = len(dataset), place
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.place.rank, self.n, self.place.world))
+
+    def __len__(self) -> int:
+        return len(range(self.place.rank, self.n, self.place.world))
+
+
+class GlobalBatchSampler(Sampler[list[int]]):
+    """Training batches for one rank: each global batch of ``batch_size x world`` shuffled indices is
+    cut into ``world`` consecutive slices and this rank takes its own.
+
+    The permutation comes from ``generator`` (re-seeded from the run's seed every epoch, the
+    same on every rank), so the union of the ranks' batches at a step is exactly the batch
+    one process would draw with ``batch_size x world``. Incomplete global batches are
+    dropped, so every rank makes the same number of steps.
+    """
+
+    def __init__(self, n: int, batch_size: int, place: Dist, generator: torch.Generator) -> None:
+        self.n, self.batch_size, self.place, self.generator = n, batch_size, place, generator
+
+    def __len__(self) -> int:
+        return self.n // (self.batch_size * self.place.world)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = torch.randperm(self.n, generator=self.generator).tolist()
+        size = self.batch_size * self.place.world
+        for step in range(len(self)):
+            start = step * size + self.place.rank * self.batch_size
+            yield order[start:start + self.batch_size]

@@ -1,0 +1,310 @@
+"""``vitrain pretrain --method instance-discrimination``: pretraining a ViT on the training images alone.
+
+Parametric instance discrimination, as used by Cao, Yu and Wu, "Training Vision
+Transformers with Only 2040 Images" (ECCV 2022): every training image is its own class,
+and an N-way classifier over image indices is trained with cross entropy on strongly
+augmented views. Labels are never read. Here:
+
+* the classifier is cosine (L2-normalized 128-d projections against L2-normalized class
+  weights, divided by a temperature), as in parametric instance classification (Cao et
+  al. 2020); N x 128 weights, so 50,000 images take 25 MB;
+* each step sees ``--views`` augmented views of each image of the batch
+  (:mod:`vitrain.data.strong`), all labelled with the image's index;
+* MixUp/CutMix (``--mixup``/``--cutmix`` alphas) mix pairs of instances with one
+  permutation and one ratio for all views; the target is ``lam`` of one instance and
+  ``1 - lam`` of the other, and the loss is the cross entropy against that mixed target:
+  ``-(lam * log p[a] + (1 - lam) * log p[b])`` -- not a sum of logs over all classes;
+* ``--infonce W`` adds W x InfoNCE between the first two views: cosine similarities over
+  the temperature, each view's positive is the other view of its image and the other
+  images of the batch are the negatives (an ablation; off by default).
+
+The backbone is saved as ``backbone.safetensors`` (a vitrain checkpoint whose head is not
+trained); ``vitrain train --init DIR`` (or ``--pretrained DIR``) fine-tunes it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from ..checkpoint import save_model
+from ..config import ConfigError, TrainConfig
+from ..data import memory
+from ..data.sources import load_data
+from ..data.strong import StrongAugment
+from ..report import plot_curves, write_metrics_csv, write_report
+from .optim import build_optimizer, build_scheduler, replan
+
+BACKBONE_FILE = "backbone.safetensors"
+PRETRAIN_FILES = ("config.yaml", "metrics.csv", BACKBONE_FILE, "report.json", "loss.png", "accuracy.png")
+
+
+# ------------------------------------------------------------------------------ the method
+
+class InstanceHead(nn.Module):
+    """Projection MLP and a cosine classifier over ``n_instances`` images."""
+
+    def __init__(self, dim: int, n_instances: int, proj_dim: int = 128, temperature: float = 0.2) -> None:
+        super().__init__()
+        self.proj = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, proj_dim))
+        self.weight = nn.Parameter(torch.randn(n_instances, proj_dim) / math.sqrt(proj_dim))
+        self.temperature = temperature
+
+    def embed(self, features: torch.Tensor) -> torch.Tensor:
+        """Backbone features (B, dim) -> unit-length projections (B, proj_dim)."""
+        return F.normalize(self.proj(features), dim=-1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """Unit projections -> instance logits (B, n_instances): cosine similarity / temperature."""
+        return z @ F.normalize(self.weight, dim=-1).T / self.temperature
+
+
+def mixed_targets(a: torch.Tensor, b: torch.Tensor, lam: float, n: int) -> torch.Tensor:
+    """Dense targets ``lam * onehot(a) + (1 - lam) * onehot(b)`` (each row sums to 1)."""
+    return lam * F.one_hot(a, n).float() + (1 - lam) * F.one_hot(b, n).float()
+
+
+def instance_loss(logits: torch.Tensor, a: torch.Tensor, b: torch.Tensor | None = None,
+                  lam: float = 1.0) -> torch.Tensor:
+    """Cross entropy against instance targets, mixed when ``b`` is given.
+
+    Equals the cross entropy against :func:`mixed_targets` without building the (B, N) matrix:
+    ``mean(-(lam * log_softmax[a] + (1 - lam) * log_softmax[b]))``.
+    """
+    loss = F.cross_entropy(logits, a)
+    if b is None or lam >= 1.0:
+        return loss
+    return lam * loss + (1 - lam) * F.cross_entropy(logits, b)
+
+
+def info_nce(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Symmetric InfoNCE between two views: (B, D) unit vectors; row i of each is the same image.
+
+    ``-log(exp(s_ii / t) / sum_j exp(s_ij / t))`` averaged over both directions, with
+    ``s = z1 @ z2.T``: the other images of the batch are the negatives.
+    """
+    sim = z1 @ z2.T / temperature
+    target = torch.arange(z1.shape[0], device=z1.device)
+    return (F.cross_entropy(sim, target) + F.cross_entropy(sim.T, target)) / 2
+
+
+def mix_instances(views: torch.Tensor, mixup: float, cutmix: float,
+                  generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None, float]:
+    """MixUp or CutMix between the images of a batch of views (V, B, C, H, W).
+
+    One permutation and one ratio for all views, so the views of an image stay views of
+    the same mixture. Returns (mixed views, permutation or None, lam), where lam is the
+    share of each image's own instance (for CutMix, the share of pixels it keeps).
+    """
+    if mixup <= 0 and cutmix <= 0:
+        return views, None, 1.0
+    rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
+    use_cutmix = cutmix > 0 and (mixup <= 0 or rng.random() < 0.5)
+    alpha = cutmix if use_cutmix else mixup
+    lam = float(rng.beta(alpha, alpha))
+    perm = torch.randperm(views.shape[1], generator=generator).to(views.device)
+    other = views[:, perm]
+    if not use_cutmix:
+        return lam * views + (1 - lam) * other, perm, lam
+    h, w = views.shape[-2:]
+    cut_h, cut_w = int(h * math.sqrt(1 - lam)), int(w * math.sqrt(1 - lam))
+    cy, cx = int(rng.integers(h)), int(rng.integers(w))
+    y1, y2 = max(cy - cut_h // 2, 0), min(cy + cut_h // 2, h)
+    x1, x2 = max(cx - cut_w // 2, 0), min(cx + cut_w // 2, w)
+    mixed = views.clone()
+    mixed[..., y1:y2, x1:x2] = other[..., y1:y2, x1:x2]
+    return mixed, perm, 1 - (y2 - y1) * (x2 - x1) / (h * w)
+
+
+class _Pretrainer(nn.Module):
+    """The backbone and the instance head as one module, for the optimizer."""
+
+    def __init__(self, backbone: nn.Module, head: InstanceHead) -> None:
+        super().__init__()
+        self.backbone, self.instance = backbone, head
+
+    def no_weight_decay(self) -> set[str]:
+        return {f"backbone.{n}" for n in self.backbone.no_weight_decay()}
+
+
+# ------------------------------------------------------------------------------ the loop
+
+def _check_out(cfg: TrainConfig) -> Path:
+    out = Path(cfg.out or Path("runs") / f"{Path(cfg.data).stem or 'data'}-pretrain-{time.strftime('%Y%m%d-%H%M%S')}")
+    existing = [n for n in PRETRAIN_FILES if (out / n).exists()]
+    if existing and not cfg.overwrite:
+        raise ConfigError(f"--out {out} already holds a pretraining run ({', '.join(existing[:3])}); "
+                          "replace it with --overwrite")
+    return out
+
+
+def pretrain(cfg: TrainConfig, log=print) -> dict[str, Any]:
+    """Instance-discrimination pretraining as ``cfg`` says; writes the run folder, returns the report.
+
+    Uses ``cfg.epochs`` (or, with ``cfg.time_budget``, as many steps as fit, re-planned
+    after every epoch), the model options, optimizer and schedule of ``cfg``, and
+    ``views``, ``infonce``, ``temperature``, ``pretrain_crop_scale``, ``mixup``, ``cutmix``.
+    """
+    from .train import build_model, check_leaks, recent_step_seconds, replan_budget, resolve_config_for_data, \
+        resolve_device
+
+    from .distributed import from_environment
+
+    if from_environment().active:
+        raise ConfigError("vitrain pretrain runs in one process; start it without torchrun")
+    started = time.perf_counter()
+    cfg = dataclasses.replace(cfg, pretrain="instance-discrimination", pretrained=None, freeze="none")
+    cfg.validate()
+    device = resolve_device(cfg.device)
+    out = _check_out(cfg)
+    splits = load_data(cfg.data, data_root=cfg.data_root, download=cfg.download, channels=cfg.channels,
+                       classes=cfg.classes, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
+                       split_seed=cfg.split_seed)
+    check_leaks(splits, False, log)  # the same split as training; evaluation images are never used here
+    cfg = dataclasses.replace(resolve_config_for_data(cfg, splits), out=str(out))
+    out.mkdir(parents=True, exist_ok=True)
+    for name in PRETRAIN_FILES:
+        (out / name).unlink(missing_ok=True)
+    cfg.save(out / "config.yaml", {"data_summary": {"splits": splits.sizes(), "notes": splits.notes}})
+
+    model = build_model(cfg).to(device)
+    side = memory.train_side(cfg.img_size, splits.native_size, "flip-crop", "resized")
+    workers = cfg.workers if cfg.workers is not None else max(1, min(8, __import__("os").cpu_count() or 1))
+    images, _ = memory.decode_all(splits.train, side, 1.0, workers)  # the labels are ignored
+    images = images.to(device)
+    n = len(images)
+    head = InstanceHead(cfg.embed_dim, n, temperature=cfg.temperature).to(device)
+    net = _Pretrainer(model, head)
+    augment = StrongAugment(cfg.img_size, cfg.mean, cfg.std, crop_scale=tuple(cfg.pretrain_crop_scale),
+                            hflip=cfg.hflip)
+    batch = min(cfg.batch_size, n)
+    steps_per_epoch = n // batch  # drop the ragged last batch: every step has the same shape
+    optimizer = build_optimizer(net, cfg, device)
+    total_steps = cfg.epochs * steps_per_epoch
+    budget: dict[str, Any] | None = None
+    end = math.inf
+    if cfg.time_budget:
+        end = started + cfg.time_budget * 60 - 2.0  # 2 s for the plots and the report
+        budget = {"minutes": cfg.time_budget, "planned_steps": total_steps, "replans": []}
+    scheduler = build_scheduler(optimizer, cfg, steps_per_epoch, total_steps)
+    log(f"pretraining: instance discrimination over {n} images, {cfg.views} views each, batch {batch}, "
+        f"{cfg.model} {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters at {cfg.img_size}px, "
+        f"temperature {cfg.temperature:g}" + (f", InfoNCE x{cfg.infonce:g}" if cfg.infonce else "")
+        + (f", MixUp {cfg.mixup:g}" if cfg.mixup else "") + (f", CutMix {cfg.cutmix:g}" if cfg.cutmix else "")
+        + f", on {device}")
+    log(f"writing to {out}")
+
+    history: list[dict[str, Any]] = []
+    speed: list[tuple[int, float]] = []
+    global_step, epoch, save_seconds = 0, 0, 0.0
+    generator = torch.Generator()
+    while global_step < total_steps:
+        epoch += 1
+        epoch_start = time.perf_counter()
+        torch.manual_seed(cfg.seed * 1_000_003 + epoch)
+        generator.manual_seed(cfg.seed * 1_000_003 + epoch)
+        net.train()
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), dtype=torch.long, device=device)
+        seen = steps = 0
+        order = torch.randperm(n, generator=generator).to(device)
+        bar = tqdm(range(min(steps_per_epoch, total_steps - global_step)), desc=f"pretrain epoch {epoch}",
+                   leave=False, disable=not cfg.progress, dynamic_ncols=True)
+        for i in bar:
+            index = order[i * batch:(i + 1) * batch]
+            views = torch.stack([augment(images[index], generator) for _ in range(cfg.views)])
+            views, perm, lam = mix_instances(views, cfg.mixup, cfg.cutmix, generator)
+            z = head.embed(model.forward_head(model.forward_features(views.flatten(0, 1)), pre_logits=True))
+            logits = head(z)
+            a = index.repeat(cfg.views)
+            loss = instance_loss(logits, a, index[perm].repeat(cfg.views) if perm is not None else None, lam)
+            if cfg.infonce > 0:
+                z_views = z.view(cfg.views, len(index), -1)
+                loss = loss + cfg.infonce * info_nce(z_views[0], z_views[1], cfg.temperature)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            loss_sum += loss.detach() * len(a)
+            correct += (logits.detach().argmax(1) == a).sum()
+            seen += len(a)
+            steps += 1
+            global_step += 1
+            if time.perf_counter() > end:
+                total_steps = global_step
+                break
+        bar.close()
+        train_time = time.perf_counter() - epoch_start
+        row = {"epoch": epoch, "train_loss": float(loss_sum) / seen, "train_accuracy": float(correct) / seen,
+               "lr": optimizer.param_groups[0]["lr"], "epoch_seconds": train_time, "images_per_second": seen / train_time}
+        if not math.isfinite(row["train_loss"]):
+            raise RuntimeError(f"the pretraining loss became {row['train_loss']} in epoch {epoch} (lower --lr)")
+        if budget is not None and global_step < total_steps:  # re-plan from the speed measured so far
+            speed.append((steps, train_time))
+            new = replan_budget(budget, global_step, end - time.perf_counter() - save_seconds,
+                                recent_step_seconds(speed), save_seconds, steps_per_epoch, epoch)
+            if new is not None:
+                total_steps = max(new, global_step)
+                replan(scheduler, total_steps)
+        save_start = time.perf_counter()
+        history.append(row)
+        save_model(out / BACKBONE_FILE, model, epoch=epoch, backbone_only=True,
+                   pretraining={"method": "instance-discrimination", "images": n, "epoch": epoch})
+        write_metrics_csv(out / "metrics.csv", history)
+        save_seconds = time.perf_counter() - save_start
+        log(f"pretrain epoch {epoch:>3}  loss {row['train_loss']:.4f}  instance acc {row['train_accuracy']:.4f}  "
+            f"lr {row['lr']:.2e}  {row['images_per_second']:.0f} views/s  {train_time:.1f}s")
+    plot_curves(history, out, splits=("train",))
+    report = {"method": "instance-discrimination", "data": cfg.data, "images": n, "views": cfg.views,
+              "epochs": epoch, "steps": global_step, "batch_size": batch, "final_loss": history[-1]["train_loss"],
+              "instance_accuracy": history[-1]["train_accuracy"], "infonce": cfg.infonce,
+              "mixup": cfg.mixup, "cutmix": cfg.cutmix, "temperature": cfg.temperature,
+              "model": model.config.to_dict(), "device": str(device), "seed": cfg.seed,
+              "total_seconds": round(time.perf_counter() - started, 2)}
+    if budget is not None:
+        report["time_budget"] = {**budget, "done_steps": global_step}
+    write_report(out / "report.json", report)
+    log(f"pretraining done in {report['total_seconds']:.1f}s: {global_step} steps, final loss "
+        f"{report['final_loss']:.4f}; backbone in {out / BACKBONE_FILE}")
+    return report
+
+
+def pretrain_then_train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
+    """``vitrain train`` with ``--pretrain instance-discrimination``: pretrain on the training images
+    into ``OUT/pretrain``, then fine-tune from that backbone into ``OUT``.
+
+    With ``--time-budget`` the first stage gets ``pretrain_share`` of it and the second what is
+    left; otherwise the first stage runs ``pretrain_share`` x ``--epochs`` epochs and the second
+    the rest. A resumed run resumes the fine-tuning stage.
+    """
+    from .train import check_run_dir, default_run_dir, train
+
+    if resume:
+        return train(cfg, resume=True, log=log)
+    if cfg.pretrained:
+        raise ConfigError(f"--pretrain with --pretrained {cfg.pretrained}: the first stage starts from scratch")
+    out = Path(cfg.out or default_run_dir(cfg.data))
+    cfg = dataclasses.replace(cfg, out=str(out))
+    check_run_dir(cfg, resume=False)
+    started = time.perf_counter()
+    first_epochs = max(1, round(cfg.epochs * cfg.pretrain_share))
+    stage = dataclasses.replace(cfg, out=str(out / "pretrain"), overwrite=True, epochs=first_epochs,
+                                time_budget=cfg.time_budget * cfg.pretrain_share if cfg.time_budget else None)
+    pretrain(stage, log)
+    spent = (time.perf_counter() - started) / 60
+    second = dataclasses.replace(cfg, pretrained=str(out / "pretrain"), epochs=max(1, cfg.epochs - first_epochs),
+                                 time_budget=cfg.time_budget - spent if cfg.time_budget else None)
+    report = train(second, log=log)
+    report["pretraining"] = json.loads((out / "pretrain" / "report.json").read_text())
+    write_report(out / "report.json", report)
+    return report
