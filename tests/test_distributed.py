@@ -36,10 +36,19 @@ def _metrics(run: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def test_two_processes_match_one_process_with_the_same_global_batch(flat_folder, tmp_path, monkeypatch):
+@pytest.mark.parametrize("in_memory", ["on", "off"])  # sliced MemoryLoader batches; the DataLoader's batch sampler
+def test_two_processes_match_one_process_with_the_same_global_batch(flat_folder, tmp_path, monkeypatch, in_memory):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    torch.set_num_threads(1)
-    data = ["--data", str(flat_folder), *COMMON, "--epochs", "2"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the torchrun processes, so that both sum in the same order
+    try:
+        _compare_with_one_process(flat_folder, tmp_path, in_memory)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _compare_with_one_process(flat_folder: Path, tmp_path: Path, in_memory: str) -> None:
+    data = ["--data", str(flat_folder), *COMMON, "--epochs", "2", "--in-memory", in_memory]
     assert main(["train", *data, "--batch-size", "8", "--out", str(tmp_path / "one")]) == 0
     done = _torchrun(["train", *data, "--batch-size", "4", "--out", str(tmp_path / "two")], tmp_path)
     assert "batch 4 per process x 2 = 8" in done.stdout
