@@ -63,24 +63,26 @@ class Schedule:
     """The learning-rate factor at an optimizer step, in closed form (the ``lr_lambda`` of a ``LambdaLR``).
 
     Epoch-denominated settings (warmup, step size) are converted to steps in proportion to
-    ``total / configured``, so a run planned shorter or longer than ``--epochs`` keeps the
+    ``total / epochs``, so a run planned shorter or longer than ``--epochs`` keeps the
     schedule's shape. ``total`` may change while training (a time budget re-plans it); the
     scheduler's state dict carries these fields, so a resumed run continues the same curve.
     """
 
     kind: str
     total: int
-    configured: int  # --epochs x steps per epoch
-    steps_per_epoch: int
+    epochs: float  # --epochs: the configured length that epoch-denominated settings refer to
     warmup_epochs: float = 0.0
     step_size: float = 10.0
     gamma: float = 0.1
     milestones: list = field(default_factory=list)
     min_ratio: float = 0.0  # min_lr / lr
 
+    def epoch_steps(self) -> float:
+        """Steps that one configured epoch maps to in a run of ``total`` steps."""
+        return self.total / self.epochs
+
     def warmup_steps(self) -> int:
-        per_epoch = self.steps_per_epoch * self.total / self.configured  # steps one configured epoch maps to
-        return max(0, min(int(round(self.warmup_epochs * per_epoch)), self.total - 1))
+        return max(0, min(int(round(self.warmup_epochs * self.epoch_steps())), self.total - 1))
 
     def __call__(self, step: int) -> float:
         warmup = self.warmup_steps()
@@ -91,8 +93,7 @@ class Schedule:
             progress = min(done, rest) / rest
             return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
         if self.kind == "step":
-            per_epoch = self.steps_per_epoch * self.total / self.configured
-            return self.gamma ** (done // max(1, int(round(self.step_size * per_epoch))))
+            return self.gamma ** (done // max(1, int(round(self.step_size * self.epoch_steps()))))
         if self.kind == "multistep":
             # milestones are fractions of the whole run, counted after the warmup like every schedule
             passed = sum(done >= max(1, int(round(m * self.total)) - warmup) for m in self.milestones)
@@ -112,8 +113,7 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_pe
     ``warmup_epochs`` > 0 prepends a linear warmup from ``lr / 1000`` for any of them. The
     length can be changed later with :func:`replan`.
     """
-    configured = cfg.epochs * steps_per_epoch
-    schedule = Schedule(cfg.schedule, total_steps or configured, configured, steps_per_epoch, cfg.warmup_epochs,
+    schedule = Schedule(cfg.schedule, total_steps or cfg.epochs * steps_per_epoch, cfg.epochs, cfg.warmup_epochs,
                         cfg.step_size, cfg.gamma, list(cfg.milestones), cfg.min_lr / cfg.lr)
     return lr_scheduler.LambdaLR(optimizer, schedule)
 

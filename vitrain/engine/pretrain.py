@@ -140,7 +140,9 @@ class _Pretrainer(nn.Module):
 # ------------------------------------------------------------------------------ the loop
 
 def _check_out(cfg: TrainConfig) -> Path:
-    out = Path(cfg.out or Path("runs") / f"{Path(cfg.data).stem or 'data'}-pretrain-{time.strftime('%Y%m%d-%H%M%S')}")
+    from .train import default_run_dir
+
+    out = Path(cfg.out or default_run_dir(cfg.data))
     existing = [n for n in PRETRAIN_FILES if (out / n).exists()]
     if existing and not cfg.overwrite:
         raise ConfigError(f"--out {out} already holds a pretraining run ({', '.join(existing[:3])}); "
@@ -155,8 +157,8 @@ def pretrain(cfg: TrainConfig, log=print) -> dict[str, Any]:
     after every epoch), the model options, optimizer and schedule of ``cfg``, and
     ``views``, ``infonce``, ``temperature``, ``pretrain_crop_scale``, ``mixup``, ``cutmix``.
     """
-    from .train import build_model, check_leaks, recent_step_seconds, replan_budget, resolve_config_for_data, \
-        resolve_device
+    from .train import build_model, check_leaks, decode_workers, recent_step_seconds, replan_budget, \
+        resolve_config_for_data, resolve_device
 
     from .distributed import from_environment
 
@@ -179,8 +181,7 @@ def pretrain(cfg: TrainConfig, log=print) -> dict[str, Any]:
 
     model = build_model(cfg).to(device)
     side = memory.train_side(cfg.img_size, splits.native_size, "flip-crop", "resized")
-    workers = cfg.workers if cfg.workers is not None else max(1, min(8, __import__("os").cpu_count() or 1))
-    images, _ = memory.decode_all(splits.train, side, 1.0, workers)  # the labels are ignored
+    images, _ = memory.decode_all(splits.train, side, 1.0, decode_workers(cfg))  # the labels are ignored
     images = images.to(device)
     n = len(images)
     head = InstanceHead(cfg.embed_dim, n, temperature=cfg.temperature).to(device)

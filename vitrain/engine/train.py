@@ -23,13 +23,12 @@ from torchvision.transforms import v2
 from tqdm import tqdm
 
 from ..checkpoint import CheckpointError, load_state, load_weights, model_from_checkpoint, save_model, save_state
-from ..config import ConfigError, TrainConfig
+from ..config import ConfigError, TrainConfig, parse_head
 from ..data import memory
 from ..data.leakage import content_hashes, find_leaks, without
 from ..data.sources import ArrayImageDataset, DataSplits, load_data
 from ..data.transforms import (TransformedDataset, build_eval_transform, build_train_transform, normalization,
                                uses_resized_crop)
-from ..config import parse_head
 from ..models.pretrained import Pretrained, PretrainedError, load_pretrained
 from ..models.registry import resolve_config
 from ..models.vit import ViTConfig, VisionTransformer
@@ -135,7 +134,7 @@ def build_model(cfg: TrainConfig, pretrained: Pretrained | None = None) -> Visio
     arch = model_arch(cfg)
     if pretrained is not None:
         try:
-            model = pretrained.model(**{k: v for k, v in arch.to_dict().items()})
+            model = pretrained.model(**arch.to_dict())
         except PretrainedError as err:
             raise ConfigError(str(err)) from None
     else:
@@ -203,6 +202,11 @@ def build_loaders(cfg: TrainConfig, splits: DataSplits, device: torch.device,
     return loaders
 
 
+def decode_workers(cfg: TrainConfig) -> int:
+    """Processes that decode images into memory: ``--workers``, else one per core (at most 8)."""
+    return cfg.workers if cfg.workers is not None else max(1, min(8, os.cpu_count() or 1))
+
+
 def _memory_loaders(cfg: TrainConfig, splits: DataSplits, device: torch.device,
                     log=print, place: Dist | None = None) -> dict[str, memory.MemoryLoader]:
     t0 = time.perf_counter()
@@ -210,7 +214,7 @@ def _memory_loaders(cfg: TrainConfig, splits: DataSplits, device: torch.device,
     side = memory.train_side(cfg.img_size, splits.native_size, cfg.augment, cfg.crop)
     # pad-and-crop and no augmentation start from the evaluation geometry, as the file pipeline does
     train_pct = 1.0 if cfg.augment != "none" else cfg.crop_pct
-    workers = cfg.workers if cfg.workers is not None else max(1, min(8, os.cpu_count() or 1))
+    workers = decode_workers(cfg)
     augment = memory.BatchAugment(cfg.img_size, cfg.augment, cfg.mean, cfg.std, resized_crop=resized,
                                   hflip=cfg.hflip, crop_scale=tuple(cfg.crop_scale), crop_ratio=tuple(cfg.crop_ratio),
                                   random_erasing=cfg.random_erasing)
@@ -478,10 +482,9 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
     total_steps = budget["planned_steps"] if budget else cfg.epochs * steps_per_epoch
     # a budgeted run stops at its plan or, should the machine slow down, at the deadline, which leaves
     # time for the interrupted epoch's validation and checkpoints and the final evaluation
-    train_end = (started + cfg.time_budget * 60 - budget["reserved_final_seconds"] - budget.get("margin_seconds", 0.0)
-                 if budget and not resume else math.inf)  # when the planned steps should be done
-    deadline = (started + cfg.time_budget * 60 - budget["reserved_final_seconds"]
-                - budget["seconds_per_epoch_overhead"]) if budget and not resume else math.inf
+    budget_end = started + cfg.time_budget * 60 - budget["reserved_final_seconds"] if budget and not resume else math.inf
+    train_end = budget_end - (budget.get("margin_seconds", 0.0) if budget else 0.0)  # when the plan should be done
+    deadline = budget_end - (budget["seconds_per_epoch_overhead"] if budget else 0.0)
     if budget:
         budget.setdefault("first_plan", budget["planned_steps"])
     n_epochs = math.ceil(total_steps / steps_per_epoch)
@@ -512,8 +515,6 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
             n_epochs = math.ceil(total_steps / steps_per_epoch)
             scheduler.last_epoch = global_step
             replan(scheduler, total_steps)
-            for schedule in scheduler.lr_lambdas:
-                schedule.steps_per_epoch, schedule.configured = steps_per_epoch, cfg.epochs * steps_per_epoch
             log(f"resuming with {steps_per_epoch} steps per epoch instead of {saved_steps} "
                 f"({place.world} process(es)): the schedule continues from epoch {state['epoch']}")
 

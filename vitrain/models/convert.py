@@ -87,6 +87,14 @@ def detect_format(state_dict: StateDict) -> str:
     return "unknown"
 
 
+def _rename(name: str, table: dict[str, str]) -> str | None:
+    """``name`` with the first matching prefix (a whole dotted part) of ``table`` replaced, or None."""
+    for old, new in table.items():
+        if name == old or name.startswith(old + "."):
+            return new + name[len(old):]
+    return None
+
+
 def from_torchvision(state_dict: StateDict) -> StateDict:
     """Map a torchvision ``VisionTransformer`` state dict onto vitrain's names."""
     out: StateDict = {}
@@ -95,23 +103,19 @@ def from_torchvision(state_dict: StateDict) -> StateDict:
         match = block.match(key)
         if match:
             index, rest = match.groups()
-            for old, new in _TORCHVISION_BLOCK.items():
-                if rest == old or rest.startswith(old + "."):
-                    out[f"blocks.{index}.{new}{rest[len(old):]}"] = value
-                    break
-            else:
+            renamed = _rename(rest, _TORCHVISION_BLOCK)
+            if renamed is None:
                 raise KeyError(f"unexpected torchvision ViT key {key!r}")
+            out[f"blocks.{index}.{renamed}"] = value
             continue
-        for old, new in _TORCHVISION_TOP.items():
-            if key == old or key.startswith(old + "."):
-                out[new + key[len(old):]] = value
-                break
-        else:
+        renamed = _rename(key, _TORCHVISION_TOP)
+        if renamed is None:
             if key.startswith("heads.pre_logits"):
                 raise KeyError(
                     "torchvision ViTs with a representation layer (heads.pre_logits) are not supported"
                 )
             raise KeyError(f"unexpected torchvision ViT key {key!r}")
+        out[renamed] = value
     return out
 
 
@@ -150,12 +154,10 @@ def from_huggingface(state_dict: StateDict) -> StateDict:
             else:
                 raise KeyError(f"unexpected Hugging Face ViT key {key!r}")
             continue
-        for old, new in _HF_TOP.items():
-            if name == old or name.startswith(old + "."):
-                out[new + name[len(old):]] = value
-                break
-        else:
+        renamed = _rename(name, _HF_TOP)
+        if renamed is None:
             raise KeyError(f"unexpected Hugging Face ViT key {key!r}")
+        out[renamed] = value
     for index, kinds in qkv.items():
         for kind, parts in kinds.items():
             if set(parts) != {"q", "k", "v"}:

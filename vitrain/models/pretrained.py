@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from ..checkpoint import CheckpointError, load_weights
 from .convert import StateDict, adapt, infer_arch, to_vitrain
 from .vit import ViTConfig, VisionTransformer
 
@@ -66,21 +67,17 @@ class Pretrained:
             weights = adapt(self.state_dict, self.arch, config.to_dict())
         except ValueError as err:
             raise PretrainedError(f"--pretrained {self.source}: {err}") from None
-        keep_head = self.head_trained and all(target[k] == self.arch[k] for k in ("num_classes", "head_hidden", "head_dropout")
-                        if k in self.arch)
+        heads = ("head.", "head_dist.")
+        keep_head = self.head_trained and all(target[k] == self.arch[k]
+                                              for k in ("num_classes", "head_hidden", "head_dropout") if k in self.arch)
         model = VisionTransformer(config)
-        if keep_head:
-            weights.update({k: v for k, v in self.state_dict.items() if k.startswith(("head.", "head_dist."))})
-        own = model.state_dict()
-        missing = sorted(k for k in set(own) - set(weights) if not k.startswith(("head.", "head_dist.")))
-        unexpected = sorted(set(weights) - set(own))
-        wrong = sorted(k for k in set(own) & set(weights) if own[k].shape != weights[k].shape)
-        if missing or unexpected or wrong:
-            raise PretrainedError(
-                f"--pretrained {self.source}: the weights do not fit the model"
-                + (f"; missing {missing[:4]}" if missing else "") + (f"; unexpected {unexpected[:4]}" if unexpected else "")
-                + (f"; wrong shapes {wrong[:4]}" if wrong else ""))
-        model.load_state_dict(weights, strict=False)  # the new head keeps its fresh initialization
+        # adapt() drops the old head(s): the pretrained ones go back in when they fit, else the fresh ones stay
+        source_heads = self.state_dict if keep_head else model.state_dict()
+        weights.update({k: v for k, v in source_heads.items() if k.startswith(heads)})
+        try:
+            load_weights(model, weights, f"--pretrained {self.source}")
+        except CheckpointError as err:
+            raise PretrainedError(str(err)) from None
         return model
 
 
@@ -247,7 +244,7 @@ def _from_file(source: str, path: Path, beside: Path | None = None, num_heads: i
         with safe_open(str(path), framework="pt") as f:
             is_vitrain = "vitrain" in (f.metadata() or {})
         if is_vitrain:
-            from ..checkpoint import CheckpointError, read_model_checkpoint
+            from ..checkpoint import read_model_checkpoint
 
             try:
                 state, meta = read_model_checkpoint(path)
