@@ -87,3 +87,21 @@ def test_corrupt_archive_is_a_clear_error(tmp_path):
     bad.write_bytes(b"PK\x03\x04 definitely not a zip")
     with pytest.raises(ArchiveError, match="broken.zip"):
         extract_archive(bad, tmp_path / "cache")
+
+
+def test_an_interrupted_extraction_never_looks_complete(tmp_path, monkeypatch):
+    write_class_folders(tmp_path / "src" / "pets", per_class=2)
+    archive = shutil.make_archive(str(tmp_path / "pets"), "zip", root_dir=tmp_path / "src")
+    real = zipfile.ZipFile.extractall
+
+    def interrupted(self, path=None, members=None, pwd=None):
+        self.extract(self.infolist()[0], path)  # part of the archive is out, then Ctrl-C
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(zipfile.ZipFile, "extractall", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        extract_archive(archive, tmp_path / "cache")
+    assert list((tmp_path / "cache" / "archives").iterdir()) == []  # no folder, complete or partial
+    monkeypatch.setattr(zipfile.ZipFile, "extractall", real)
+    folder = extract_archive(archive, tmp_path / "cache")
+    assert len(list(folder.rglob("*.png"))) == 6

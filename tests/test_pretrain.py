@@ -124,3 +124,12 @@ def test_pretraining_options_are_checked(flat_folder, tmp_path, tiny_args, capsy
     assert main(["pretrain", "--data", str(flat_folder), *tiny_args, "--views", "1", "--infonce", "1",
                  "--out", str(tmp_path / "x")]) == 2
     assert "--views must be at least 1 (2 with --infonce)" in capsys.readouterr().err
+
+
+def test_pretrain_none_drops_the_first_stage_of_a_recipe(flat_folder, tmp_path, tiny_args):
+    run = tmp_path / "run"
+    assert main(["train", "--recipe", "small-data", "--data", str(flat_folder), *tiny_args, "--epochs", "2",
+                 "--pretrain", "none", "--out", str(run)]) == 0
+    assert not (run / "pretrain").exists()
+    report = json.loads((run / "report.json").read_text())
+    assert "pretraining" not in report and report["epochs"] == 2

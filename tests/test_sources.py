@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -183,3 +184,50 @@ def test_folder_images_of_odd_sizes_load(tmp_path):
             Image.new("RGB", size, (i * 40, 0, 0)).save(tmp_path / name / f"{i}.bmp")
     splits = load_data(str(tmp_path), val_fraction=0.34, test_fraction=0)
     assert 17 <= splits.native_size <= 20
+
+
+def _add_bad_files(folder):
+    """A truncated JPEG, a zero-byte file and a text file named .png, in two classes."""
+    from PIL import Image
+
+    cut = folder / "cat" / "truncated.jpg"  # its header is whole: only decoding finds the cut
+    noise = np.random.default_rng(0).integers(0, 255, (128, 128, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(cut, quality=95)
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+    (folder / "dog" / "empty.png").write_bytes(b"")
+    (folder / "dog" / "notes.png").write_text("not an image")
+    return cut
+
+
+def test_skip_bad_images_leaves_unreadable_files_out_and_lists_them(flat_folder):
+    _add_bad_files(flat_folder)
+    with pytest.raises(ImageReadError, match=r"(empty\.png: empty file|notes\.png: cannot identify).*"
+                                             r"\(--skip-bad-images leaves unreadable images out\)"):
+        load_data(str(flat_folder))
+    splits = load_data(str(flat_folder), skip_bad_images=True)
+    assert sum(splits.sizes().values()) == 30
+    assert sorted(Path(p).name for p in splits.skipped) == ["empty.png", "notes.png", "truncated.jpg"]
+    assert "truncated" in splits.skipped[str(flat_folder / "cat" / "truncated.jpg")].lower()
+    assert any("skipped 3 unreadable image(s)" in n for n in splits.notes)
+
+
+def test_a_class_left_empty_by_skipping_is_named(tmp_path):
+    from .conftest import write_class_folders
+
+    root = write_class_folders(tmp_path / "d", per_class=3)
+    for f in (root / "cat").iterdir():
+        f.write_bytes(b"")
+    with pytest.raises(DataError, match=r"class folder\(s\) cat contain no images"):
+        load_data(str(root), skip_bad_images=True)
+
+
+def test_decompression_bomb_is_refused_by_name(flat_folder, monkeypatch):
+    from PIL import Image
+
+    from vitrain.data.images import read_image
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # the fixture's 20 x 20 images are 4x that
+    with pytest.raises(ImageReadError, match=r"cannot read image .*000\.png: .*decompression bomb"):
+        load_data(str(flat_folder))
+    with pytest.raises(ImageReadError, match="decompression bomb"):
+        read_image(flat_folder / "cat" / "000.png", 3)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -179,6 +180,15 @@ def test_bad_options_exit_2_with_a_message_naming_them(tmp_path, flags, message,
     assert not (tmp_path / "run").exists()  # nothing is created for a run that never started
 
 
+@pytest.mark.parametrize("flags, message", [(["--channels", "2"], "--channels: invalid choice: 2"),
+                                            (["--epochs", "many"], "--epochs: invalid int value")])
+def test_malformed_option_values_are_named_by_the_parser(tmp_path, flags, message, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--out", str(tmp_path / "run"), *flags])
+    assert info.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
 def test_bad_config_file_is_named(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("epochs: [1, 2\n")
@@ -227,9 +237,39 @@ def test_nonfinite_loss_stops_naming_the_epoch_and_keeps_the_last_good_checkpoin
     monkeypatch.setattr(train_module.F, "cross_entropy", nan_in_epoch_two)
     run = tmp_path / "run"
     assert main(["train", "--data", str(flat_folder), "--out", str(run), *tiny_args, "--epochs", "3"]) == 1
-    assert "the training loss became nan in epoch 2" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "a non-finite loss or gradient at epoch 2, step 1 of the epoch (global step 4): the loss was nan" in err
+    assert "--skip-nonfinite" in err
     assert vitrain.load_model(run / "last.safetensors").meta["epoch"] == 1
     assert len(_metrics(run)) == 1
+
+
+@pytest.mark.parametrize("allowed", [1, 2])
+def test_skip_nonfinite_skips_up_to_n_bad_batches_then_stops(flat_folder, tmp_path, tiny_args, monkeypatch,
+                                                             capsys, allowed):
+    real = train_module.F.cross_entropy
+    calls = {"n": 0}
+
+    def inf_twice(*args, **kwargs):  # steps 4 and 5 (epoch 2, steps 1 and 2) give an infinite loss
+        calls["n"] += torch.is_grad_enabled()  # training steps only, not evaluation
+        loss = real(*args, **kwargs)
+        return loss * float("inf") if calls["n"] in (4, 5) else loss
+
+    monkeypatch.setattr(train_module.F, "cross_entropy", inf_twice)
+    run = tmp_path / "run"
+    code = main(["train", "--data", str(flat_folder), "--out", str(run), *tiny_args, "--epochs", "3",
+                 "--skip-nonfinite", str(allowed)])
+    captured = capsys.readouterr()
+    assert "skipped a batch at epoch 2, step 1 of the epoch (global step 4): the loss was inf (1 of " \
+           f"--skip-nonfinite {allowed})" in captured.out
+    if allowed == 1:
+        assert code == 1 and "at epoch 2, step 2 of the epoch (global step 5)" in captured.err
+        return
+    assert code == 0
+    report = json.loads((run / "report.json").read_text())
+    assert [b["step"] for b in report["skipped_batches"]] == [4, 5]
+    assert all(math.isfinite(float(r["train_loss"])) for r in _metrics(run))
+    assert vitrain.load_model(run / "last.safetensors").meta["epoch"] == 3
 
 
 def test_sigterm_saves_and_says_how_to_resume(tmp_path):
@@ -330,3 +370,19 @@ def test_steps_that_fit_pays_a_full_overhead_for_a_partial_epoch():
     assert recent_step_seconds([(100, 10.0), (100, 30.0)]) == pytest.approx(0.3)
     assert recent_step_seconds([(100, 30.0), (10, 5.0), (10, 5.0), (10, 15.0)]) == pytest.approx(20 / 20)
     assert recent_step_seconds([(100, 30.0), (10, 5.0), (10, 5.0), (10, 5.0)]) == pytest.approx(45 / 130)
+
+
+def test_skip_bad_images_trains_on_the_rest_and_counts_them_in_the_report(flat_folder, tmp_path, tiny_args, capsys):
+    from .test_sources import _add_bad_files
+
+    _add_bad_files(flat_folder)
+    args = ["train", "--data", str(flat_folder), *tiny_args, "--epochs", "1"]
+    assert main([*args, "--out", str(tmp_path / "strict")]) == 2
+    assert "--skip-bad-images" in capsys.readouterr().err
+    assert not (tmp_path / "strict" / "state.safetensors").exists()
+    assert main([*args, "--out", str(tmp_path / "run"), "--skip-bad-images"]) == 0
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["skipped_images"]["count"] == 3
+    assert sorted(Path(f).name for f in report["skipped_images"]["files"]) == ["empty.png", "notes.png",
+                                                                                "truncated.jpg"]
+    assert sum(report["splits"].values()) == 30

@@ -40,8 +40,10 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as err:
+        Path(tmp).unlink(missing_ok=True)  # the old file at ``path`` is untouched
+        if isinstance(err, OSError) and err.filename is None:  # say which file could not be written
+            raise OSError(err.errno, err.strerror or str(err), str(path)) from err
         raise
     try:  # make the rename itself durable
         dir_fd = os.open(path.parent, os.O_RDONLY)
@@ -51,6 +53,15 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             os.close(dir_fd)
     except OSError:  # pragma: no cover - some filesystems cannot sync folders
         pass
+
+
+def remove_stale_temp_files(folder: Path) -> list[Path]:
+    """Delete the temporary files that :func:`atomic_write_bytes` leaves when a process is killed
+    mid-write (``.NAME.XXXX.tmp``); the files they were to replace are intact. Returns what was removed."""
+    stale = sorted(Path(folder).glob(".*.tmp")) if Path(folder).is_dir() else []
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 def _save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:

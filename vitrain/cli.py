@@ -12,7 +12,7 @@ from . import __version__
 from .config import ConfigError, TrainConfig, config_from_dict, layered_config, load_config_file
 
 # options that may differ when a run is resumed: they change where and how fast it runs, not what it computes
-RESUME_OVERRIDABLE = {"device", "workers", "progress", "data_root", "download"}
+RESUME_OVERRIDABLE = {"device", "workers", "progress", "data_root", "download", "compile"}
 
 
 def _add_train_arguments(p: argparse.ArgumentParser) -> None:
@@ -33,6 +33,9 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--channels", type=int, choices=[1, 3], default=S,
                    help="convert images to 1 or 3 channels (default: 1 if every image is grayscale)")
 
+    g.add_argument("--skip-bad-images", action="store_true", default=S,
+                   help="decode every image before training and leave out the unreadable ones (counted in "
+                   "report.json) instead of stopping at the first")
     g = p.add_argument_group("model")
     g.add_argument("--model", default=S, help="auto (default: picked from the image size), a preset "
                    "(see `vitrain models`), or vit (explicit dims only)")
@@ -63,8 +66,9 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="start from a `vitrain pretrain` folder (or any run): the same as --pretrained DIR")
 
     g = p.add_argument_group("small-data pretraining (see `vitrain pretrain`)")
-    g.add_argument("--pretrain", choices=["instance-discrimination"], default=S,
-                   help="first pretrain on the training images without labels, then fine-tune (two stages, one run)")
+    g.add_argument("--pretrain", choices=["instance-discrimination", "none"], default=S,
+                   help="first pretrain on the training images without labels, then fine-tune (two stages, one "
+                   "run); none: skip that stage, e.g. to compare with --recipe small-data")
     g.add_argument("--pretrain-share", type=float, default=S,
                    help="the first stage's share of --time-budget, or of --epochs (0.5)")
     g.add_argument("--views", type=int, default=S, help="augmented views of each image per pretraining step (2)")
@@ -72,6 +76,12 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="weight of an InfoNCE term between two views, with in-batch negatives (0: off)")
     g.add_argument("--temperature", type=float, default=S, help="of the cosine instance classifier and InfoNCE (0.2)")
     g.add_argument("--pretrain-crop-scale", default=S, help="MIN,MAX area of the pretraining crops (0.08,1)")
+    g.add_argument("--pretrain-mixup", type=float, default=S,
+                   help="MixUp alpha between instances in the first stage of --pretrain (0: off; `vitrain "
+                   "pretrain` uses --mixup)")
+    g.add_argument("--pretrain-cutmix", type=float, default=S,
+                   help="CutMix alpha between instances in the first stage of --pretrain (0: off; `vitrain "
+                   "pretrain` uses --cutmix)")
 
     g = p.add_argument_group("augmentation and preprocessing")
     g.add_argument("--augment", choices=["auto", "none", "flip-crop", "autoaugment", "randaugment", "trivialaugment"],
@@ -110,6 +120,8 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--milestones", default=S, help="multistep decay points as fractions of training (0.6,0.85)")
     g.add_argument("--label-smoothing", type=float, default=S, help="(0.1)")
     g.add_argument("--clip-grad", type=float, default=S, help="clip the gradient norm at this value (0: off)")
+    g.add_argument("--skip-nonfinite", type=int, default=S, metavar="N",
+                   help="skip up to N batches whose loss or gradient is NaN/Inf, then stop (0: stop at the first)")
     g.add_argument("--ema", type=float, default=S,
                    help="keep an exponential moving average of the weights with this decay, e.g. 0.999; "
                    "it is what is validated and checkpointed (0: off)")
@@ -126,6 +138,9 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="drop validation/test images identical to a training image (they are always counted)")
     g.add_argument("--device", default=S, help="auto (default), cpu, cuda or cuda:N")
     g.add_argument("--workers", type=int, default=S, help="data-loading processes (auto)")
+    g.add_argument("--compile", choices=["auto", "on", "off"], default=S,
+                   help="torch.compile the model for training (auto: on for CUDA, off on CPU, where it did not "
+                   "pay in BENCHMARKS.md); the first steps are slower while it compiles")
     g.add_argument("--in-memory", choices=["auto", "on", "off"], default=S,
                    help="decode every image once and augment whole batches in memory (auto: when the "
                    "decoded images fit in 2 GiB)")
@@ -160,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--steps", type=int, default=3, help="steps timed per repetition (3)")
     bench.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     bench.add_argument("--json", action="store_true", help="print the results as JSON")
+    bench.add_argument("--compile", action="store_true",
+                       help="also time torch.compile(vitrain's model) (compilation itself is not timed)")
 
     ev = sub.add_parser("eval", help="evaluate a checkpoint or run folder on any --data source",
                         description="Top-1/top-5, loss, per-class precision/recall/F1, confusion matrices.")
@@ -218,6 +235,8 @@ def train_config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, bool]
 
     file_values = load_config_file(args.config) if args.config else {}
     cfg = layered_config(file_values, given)
+    if cfg.pretrain == "none":
+        cfg.pretrain = None
     if cfg.out is None:
         cfg.out = default_run_dir(cfg.data)
     return cfg, False
@@ -320,7 +339,8 @@ def _bench(args: argparse.Namespace) -> int:
     except ImportError:
         raise ConfigError("vitrain bench compares against timm: pip install timm") from None
     result = run_benchmark(tuple(c for c in CONFIGS if c.name in wanted), args.repeats, args.steps,
-                           resolve_device(args.device), log=(lambda *a: None) if args.json else print)
+                           resolve_device(args.device), log=(lambda *a: None) if args.json else print,
+                           compiled=args.compile)
     if args.json:
         print(json.dumps(result, indent=2))
     return 0
@@ -381,6 +401,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except TrainingError as err:
         print(f"vitrain: training stopped: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:  # disk full, permissions: the files of the last completed epoch are intact
+        where = f"; continue with: vitrain train --resume {out}" if out else ""
+        print(f"vitrain: error: {err}. Files already written are intact{where}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         where = f" --resume {out}" if out else " --resume RUN_FOLDER"

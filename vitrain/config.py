@@ -59,6 +59,10 @@ class TrainConfig:
     infonce: float = 0.0  # weight of an InfoNCE term between two views (0: off; an ablation)
     temperature: float = 0.2  # of the cosine instance classifier and of InfoNCE
     pretrain_crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
+    # MixUp/CutMix alphas between instances in the first stage of `train --pretrain` (0: off); the
+    # `vitrain pretrain` command itself uses --mixup/--cutmix
+    pretrain_mixup: float = 0.0
+    pretrain_cutmix: float = 0.0
     # preprocessing and augmentation
     augment: str = "auto"  # none for images of at most 16 px, else flip-crop
     hflip: Optional[float] = None  # None: 0.5, or 0 for data where flips change labels
@@ -90,14 +94,17 @@ class TrainConfig:
     milestones: list[float] = field(default_factory=lambda: [0.6, 0.85])
     label_smoothing: float = 0.1
     clip_grad: float = 0.0
+    skip_nonfinite: int = 0  # batches with a NaN/Inf loss or gradient that may be skipped before stopping
     ema: float = 0.0  # decay of an exponential moving average of the weights (0: off), e.g. 0.999
     time_budget: Optional[float] = None  # minutes of wall clock; the schedule is planned to fit
     # running
     seed: int = 0
     dedupe: bool = False  # drop evaluation images identical to a training image
+    skip_bad_images: bool = False  # leave unreadable image files out instead of failing
     device: str = "auto"
     workers: Optional[int] = None
     in_memory: str = "auto"  # decode every image once and augment batches in memory: auto, on, off
+    compile: str = "auto"  # torch.compile the training step: auto (on for CUDA), on, off
     best_metric: str = "accuracy"
     out: Optional[str] = None
     overwrite: bool = False
@@ -119,6 +126,7 @@ class TrainConfig:
             (all(0 < m < 1 for m in self.milestones), "--milestones", "fractions must be in (0, 1)"),
             (0 <= self.label_smoothing < 1, "--label-smoothing", "must be in [0, 1)"),
             (self.clip_grad >= 0, "--clip-grad", "must be >= 0 (0 turns clipping off)"),
+            (self.skip_nonfinite >= 0, "--skip-nonfinite", "must be >= 0"),
             (len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "--betas", "needs two values in [0, 1)"),
             (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "--device",
              "must be auto, cpu, cuda or cuda:N"),
@@ -126,10 +134,13 @@ class TrainConfig:
             (self.workers is None or self.workers <= 4 * (os.cpu_count() or 1), "--workers",
              f"is more than 4x this machine's {os.cpu_count()} CPUs"),
             (self.in_memory in ("auto", "on", "off"), "--in-memory", "must be auto, on or off"),
+            (self.compile in ("auto", "on", "off"), "--compile", "must be auto, on or off"),
             (self.best_metric in ("accuracy", "loss"), "--best-metric", "must be accuracy or loss"),
             (self.hflip is None or 0 <= self.hflip <= 1, "--hflip", "must be a probability in [0, 1]"),
             (0 <= self.random_erasing <= 1, "--random-erasing", "must be a probability in [0, 1]"),
             (self.mixup >= 0 and self.cutmix >= 0, "--mixup/--cutmix", "alphas must be >= 0 (0 turns them off)"),
+            (self.pretrain_mixup >= 0 and self.pretrain_cutmix >= 0, "--pretrain-mixup/--pretrain-cutmix",
+             "alphas must be >= 0 (0 turns them off)"),
             (0 <= self.ema < 1, "--ema", "decay must be in [0, 1) (0 turns it off)"),
             (self.time_budget is None or self.time_budget > 0, "--time-budget", "must be a positive number of minutes"),
             (self.crop_pct is None or 0 < self.crop_pct <= 1, "--crop-pct", "must be in (0, 1]"),

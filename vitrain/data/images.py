@@ -86,7 +86,7 @@ def image_mode(path: Path) -> str:
     try:
         with Image.open(path) as img:
             return img.mode
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise _read_error(path, err) from None
 
 

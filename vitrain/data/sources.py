@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .archive import default_cache_dir, extract_archive, is_archive
-from .images import image_mode, is_image_file, read_image
+from .images import ImageReadError, image_mode, is_image_file, read_image
 
 BUILTIN = ("digits", "cifar10", "cifar100", "mnist", "fashion-mnist")
 SPLIT_NAMES = {
@@ -104,6 +104,7 @@ class DataSplits:
     native_size: int  # typical shorter image side, used to pick a default model
     hflip_ok: bool = True  # whether a horizontal flip keeps the label (not for digits)
     notes: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)  # unreadable files left out: path -> reason
 
     def sizes(self) -> dict[str, int]:
         return {k: len(v) for k, v in (("train", self.train), ("val", self.val), ("test", self.test)) if v is not None}
@@ -259,10 +260,38 @@ def _check_nonempty(found: dict[str, list[Path]], classes: list[str], folder: Pa
                         "(remove them, or pick classes with --classes)")
 
 
-def _check_and_infer_channels(paths: Sequence[Path]) -> int:
-    """Read every file's header (so a bad file fails now, by name); 1 if all are single-channel, else 3."""
-    modes = {image_mode(p) for p in paths}
-    return 1 if modes <= _GRAY_MODES else 3
+def _check_files(paths: Sequence[Path], skip_bad: bool = False) -> tuple[int, dict[Path, str]]:
+    """Check every image file before training; returns the inferred channel count and the skipped files.
+
+    Without ``skip_bad`` each header is read, so an empty or non-image file fails now, by
+    name. With it, each file is also decoded in full (at reduced size where the format
+    allows), which finds truncated files too, and unreadable files are returned with their
+    reason instead of raised. The channel count is 1 if every readable file is
+    single-channel, else 3.
+    """
+    modes: set[str] = set()
+    bad: dict[Path, str] = {}
+    for p in paths:
+        try:
+            modes.add(image_mode(p))
+            if skip_bad:
+                read_image(p, 1, max_side=32)
+        except ImageReadError as err:
+            if not skip_bad:
+                raise ImageReadError(f"{err} (--skip-bad-images leaves unreadable images out)") from None
+            bad[p] = str(err)
+    return (1 if modes <= _GRAY_MODES else 3), bad
+
+
+def _drop_bad(found: dict[str, list[Path]], bad: dict[Path, str]) -> dict[str, list[Path]]:
+    return {c: [p for p in files if p not in bad] for c, files in found.items()} if bad else found
+
+
+def _skip_note(bad: dict[Path, str]) -> list[str]:
+    if not bad:
+        return []
+    first = next(iter(bad.values()))
+    return [f"skipped {len(bad)} unreadable image(s) (--skip-bad-images), e.g. {first}"]
 
 
 def _typical_size(paths: Sequence[Path], sample: int = 32) -> int:
@@ -277,10 +306,11 @@ def _typical_size(paths: Sequence[Path], sample: int = 32) -> int:
 
 
 def _flat_dataset(root: Path, channels: int | None, classes: Sequence[str] | None,
-                  min_classes: int) -> tuple[FileImageDataset, list[str], int]:
-    """Every image below ``root``'s class folders as one dataset; also the classes and ignored-file count.
+                  min_classes: int, skip_bad: bool = False) -> tuple[FileImageDataset, list[str], int, dict[Path, str]]:
+    """Every image below ``root``'s class folders as one dataset; also the classes, the ignored-file
+    count and the unreadable files skipped (see :func:`_check_files`).
 
-    Every header is read, so a bad file fails here by name; the channel count is inferred
+    Every file is checked, so a bad file fails here by name; the channel count is inferred
     unless ``channels`` is given.
     """
     found, ignored = _scan_classes(root)
@@ -288,15 +318,17 @@ def _flat_dataset(root: Path, channels: int | None, classes: Sequence[str] | Non
     if min_classes > 1:
         _check_class_count(chosen, str(root))
     _check_nonempty(found, chosen, root)
+    inferred, bad = _check_files([p for c in chosen for p in found[c]], skip_bad)
+    found = _drop_bad(found, bad)
+    _check_nonempty(found, chosen, root)
     items = [(p, i) for i, c in enumerate(chosen) for p in found[c]]
-    paths = [p for p, _ in items]
-    inferred = _check_and_infer_channels(paths)
-    return FileImageDataset(paths, [t for _, t in items], channels or inferred), chosen, ignored
+    return FileImageDataset([p for p, _ in items], [t for _, t in items], channels or inferred), chosen, ignored, bad
 
 
 def folder_splits(folder: Path, channels: int | None, classes: Sequence[str] | None,
-                  val_fraction: float, test_fraction: float, split_seed: int) -> DataSplits:
-    """A folder of class folders, flat or with split folders."""
+                  val_fraction: float, test_fraction: float, split_seed: int,
+                  skip_bad_images: bool = False) -> DataSplits:
+    """A folder of class folders, flat or with split folders; ``skip_bad_images`` leaves unreadable files out."""
     root = find_dataset_root(folder)
     subdirs = _subdirs(root)
     split_dirs = {SPLIT_NAMES[d.name.lower()]: d for d in subdirs if d.name.lower() in SPLIT_NAMES}
@@ -320,9 +352,13 @@ def folder_splits(folder: Path, channels: int | None, classes: Sequence[str] | N
         for split, (found, _) in scans.items():
             _check_nonempty(found, chosen, split_dirs[split])
         ignored = sum(n for _, n in scans.values())
+        inferred, bad = _check_files([p for found, _ in scans.values() for c in chosen for p in found[c]],
+                                     skip_bad_images)
+        scans = {split: (_drop_bad(found, bad), n) for split, (found, n) in scans.items()}
+        for split, (found, _) in scans.items():
+            _check_nonempty(found, chosen, split_dirs[split])
         paths = {split: [(p, i) for i, c in enumerate(chosen) for p in scans[split][0][c]] for split in scans}
         all_paths = [p for items in paths.values() for p, _ in items]
-        inferred = _check_and_infer_channels(all_paths)
         ch = channels or inferred
 
         def make(items: list[tuple[Path, int]]) -> FileImageDataset:
@@ -339,7 +375,7 @@ def folder_splits(folder: Path, channels: int | None, classes: Sequence[str] | N
         if test is None:
             notes.append("no test split folder: the final evaluation uses the validation split")
     else:
-        full, chosen, ignored = _flat_dataset(root, channels, classes, min_classes=2)
+        full, chosen, ignored, bad = _flat_dataset(root, channels, classes, min_classes=2, skip_bad=skip_bad_images)
         all_paths, ch = full.paths, full.channels
         if val_fraction + test_fraction >= 1:
             raise DataError(f"--val-fraction {val_fraction} + --test-fraction {test_fraction} leave no training images")
@@ -351,9 +387,11 @@ def folder_splits(folder: Path, channels: int | None, classes: Sequence[str] | N
                      f"{val_fraction:.0%}/{test_fraction:.0%} (train/val/test, seed {split_seed})")
     if ignored:
         notes.append(f"ignored {ignored} non-image file(s)")
+    notes += _skip_note(bad)
     if len(val) == 0:
         raise DataError(f"{root}: the validation split is empty; add images or raise --val-fraction")
-    return DataSplits(str(folder), chosen, ch, train, val, test, native_size=_typical_size(all_paths), notes=notes)
+    return DataSplits(str(folder), chosen, ch, train, val, test, native_size=_typical_size(all_paths), notes=notes,
+                      skipped={str(p): reason for p, reason in bad.items()})
 
 
 # ---------------------------------------------------------------------------- entry point
@@ -361,7 +399,7 @@ def folder_splits(folder: Path, channels: int | None, classes: Sequence[str] | N
 def load_data(data: str, *, data_root: str | Path | None = None, download: bool = True,
               channels: int | None = None, classes: Sequence[str] | None = None,
               val_fraction: float = 0.1, test_fraction: float = 0.1, split_seed: int = 0,
-              cache_dir: Path | None = None) -> DataSplits:
+              cache_dir: Path | None = None, skip_bad_images: bool = False) -> DataSplits:
     """Resolve a ``--data`` value into :class:`DataSplits`.
 
     Args:
@@ -372,6 +410,8 @@ def load_data(data: str, *, data_root: str | Path | None = None, download: bool 
         classes: train on these classes only, in this order.
         val_fraction, test_fraction: split fractions where the data has no such split.
         split_seed: seed of those splits (independent of the training seed).
+        skip_bad_images: for folders and archives, decode every file first and leave the
+            unreadable ones out (listed in ``DataSplits.skipped``) instead of failing.
     """
     for name, value in (("--val-fraction", val_fraction), ("--test-fraction", test_fraction)):
         if not 0 <= value < 1:
@@ -386,10 +426,10 @@ def load_data(data: str, *, data_root: str | Path | None = None, download: bool 
         return torchvision_splits(key, root, download, val_fraction, split_seed, channels, classes)
     path = Path(data).expanduser()
     if path.is_dir():
-        return folder_splits(path, channels, classes, val_fraction, test_fraction, split_seed)
+        return folder_splits(path, channels, classes, val_fraction, test_fraction, split_seed, skip_bad_images)
     if is_archive(path):
         extracted = extract_archive(path, cache_dir)
-        splits = folder_splits(extracted, channels, classes, val_fraction, test_fraction, split_seed)
+        splits = folder_splits(extracted, channels, classes, val_fraction, test_fraction, split_seed, skip_bad_images)
         splits.name = str(path)
         return splits
     if path.exists():
@@ -418,7 +458,7 @@ def load_split(data: str, split: str | None = None, *, channels: int | None = No
         root = find_dataset_root(folder)
         if not any(d.name.lower() in SPLIT_NAMES for d in _subdirs(root)):
             # evaluating a folder of a single class is legitimate: no minimum class count
-            dataset, names, _ = _flat_dataset(root, channels, None, min_classes=1)
+            dataset, names, _, _ = _flat_dataset(root, channels, None, min_classes=1)
             return dataset, names, "all images"
     splits = load_data(data, data_root=data_root, download=download, channels=channels, val_fraction=val_fraction,
                        test_fraction=test_fraction, split_seed=split_seed, cache_dir=cache_dir)

@@ -11,6 +11,7 @@ float32 matmul rate measured on the same machine.
 
 from __future__ import annotations
 
+import copy
 import statistics
 import time
 from dataclasses import dataclass
@@ -141,18 +142,25 @@ def _time(fn: Callable[[], None], steps: int, device: torch.device) -> float:
 
 
 def run_benchmark(configs: tuple[BenchConfig, ...] = CONFIGS, repeats: int = 5, steps: int = 3,
-                  device: torch.device | None = None, log=print) -> dict[str, Any]:
-    """Time every config's train step and inference for each implementation; return medians and ratios."""
+                  device: torch.device | None = None, log=print, compiled: bool = False) -> dict[str, Any]:
+    """Time every config's train step and inference for each implementation; return medians and ratios.
+
+    With ``compiled``, ``torch.compile`` of vitrain's model is timed too (as ``vitrain+compile``;
+    its compilation happens in the warm-up and is not timed).
+    """
     device = device or torch.device("cpu")
     peak = matmul_peak(device)
     log(f"float32 matmul peak here: {peak / 1e9:.0f} GFLOP/s")
     results = []
     for cfg in configs:
         models = build_models(cfg, device)
+        if compiled:
+            models["vitrain+compile"] = torch.compile(copy.deepcopy(models["vitrain"]))
         diffs = max_logit_difference(models, cfg, device)
         for mode, make in (("train", _train_step_fn), ("inference", _infer_fn)):
             fns = {name: make(m, cfg, device) for name, m in models.items()}
-            for fn in fns.values():  # warm-up: one-time allocations, kernel selection
+            for fn in fns.values():  # warm-up: one-time allocations, kernel selection, compilation
+                fn()
                 fn()
             seconds: dict[str, list[float]] = {name: [] for name in fns}
             for _ in range(repeats):
@@ -164,13 +172,15 @@ def run_benchmark(configs: tuple[BenchConfig, ...] = CONFIGS, repeats: int = 5, 
                    "images_per_second": {k: round(v, 2) for k, v in ips.items()},
                    "vitrain_vs_timm": round(ips["vitrain"] / ips["timm"], 3),
                    "vitrain_vs_torchvision": round(ips["vitrain"] / ips["torchvision"], 3),
+                   **({"compiled_vs_timm": round(ips["vitrain+compile"] / ips["timm"], 3)} if compiled else {}),
                    "mfu": {k: round(v * flops / peak, 3) for k, v in ips.items()},
                    "max_logit_diff": diffs}
             results.append(row)
             log(f"{cfg.name:17s} {mode:9s} batch {cfg.batch_size:3d}  " + "  ".join(
                 f"{k} {v:8.1f} img/s" for k, v in ips.items())
                 + f"  vitrain/timm {row['vitrain_vs_timm']:.2f}x  vitrain/torchvision "
-                f"{row['vitrain_vs_torchvision']:.2f}x  MFU vitrain {row['mfu']['vitrain']:.1%}")
+                f"{row['vitrain_vs_torchvision']:.2f}x  MFU vitrain {row['mfu']['vitrain']:.1%}"
+                + (f"  compiled/timm {row['compiled_vs_timm']:.2f}x" if compiled else ""))
     return {"device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__,
             "matmul_peak_gflops": round(peak / 1e9, 1), "repeats": repeats, "steps_per_repeat": steps,
             "results": results}

@@ -171,7 +171,7 @@ def pretrain(cfg: TrainConfig, log=print) -> dict[str, Any]:
     out = _check_out(cfg)
     splits = load_data(cfg.data, data_root=cfg.data_root, download=cfg.download, channels=cfg.channels,
                        classes=cfg.classes, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
-                       split_seed=cfg.split_seed)
+                       split_seed=cfg.split_seed, skip_bad_images=cfg.skip_bad_images)
     check_leaks(splits, False, log)  # the same split as training; evaluation images are never used here
     cfg = dataclasses.replace(resolve_config_for_data(cfg, splits), out=str(out))
     out.mkdir(parents=True, exist_ok=True)
@@ -286,7 +286,8 @@ def pretrain_then_train(cfg: TrainConfig, resume: bool = False, log=print) -> di
 
     With ``--time-budget`` the first stage gets ``pretrain_share`` of it and the second what is
     left; otherwise the first stage runs ``pretrain_share`` x ``--epochs`` epochs and the second
-    the rest. A resumed run resumes the fine-tuning stage.
+    the rest. The first stage mixes instances with ``pretrain_mixup``/``pretrain_cutmix``; the
+    second mixes images with ``mixup``/``cutmix``. A resumed run resumes the fine-tuning stage.
     """
     from .train import check_run_dir, default_run_dir, train
 
@@ -300,7 +301,8 @@ def pretrain_then_train(cfg: TrainConfig, resume: bool = False, log=print) -> di
     started = time.perf_counter()
     first_epochs = max(1, round(cfg.epochs * cfg.pretrain_share))
     stage = dataclasses.replace(cfg, out=str(out / "pretrain"), overwrite=True, epochs=first_epochs,
-                                time_budget=cfg.time_budget * cfg.pretrain_share if cfg.time_budget else None)
+                                time_budget=cfg.time_budget * cfg.pretrain_share if cfg.time_budget else None,
+                                mixup=cfg.pretrain_mixup, cutmix=cfg.pretrain_cutmix)
     pretrain(stage, log)
     spent = (time.perf_counter() - started) / 60
     second = dataclasses.replace(cfg, pretrained=str(out / "pretrain"), epochs=max(1, cfg.epochs - first_epochs),

@@ -22,7 +22,8 @@ from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 from tqdm import tqdm
 
-from ..checkpoint import CheckpointError, load_state, load_weights, model_from_checkpoint, save_model, save_state
+from ..checkpoint import CheckpointError, load_state, load_weights, model_from_checkpoint, remove_stale_temp_files, \
+    save_model, save_state
 from ..config import ConfigError, TrainConfig, parse_head
 from ..data import memory
 from ..data.leakage import content_hashes, find_leaks, without
@@ -277,6 +278,12 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7_919) % (2**63)
 
 
+def use_compile(setting: str, device: torch.device) -> bool:
+    """Whether ``--compile`` compiles the training step: on for CUDA by default (fixed batch shapes
+    there make it pay), off on CPU, where BENCHMARKS.md measured it."""
+    return setting == "on" or (setting == "auto" and device.type == "cuda")
+
+
 def _amp_dtype(device: torch.device) -> torch.dtype | None:
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.bfloat16
@@ -448,7 +455,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
     out = check_run_dir(cfg, resume)
     splits = load_data(cfg.data, data_root=cfg.data_root, download=cfg.download, channels=cfg.channels,
                        classes=cfg.classes, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
-                       split_seed=cfg.split_seed)
+                       split_seed=cfg.split_seed, skip_bad_images=cfg.skip_bad_images)
     leakage = check_leaks(splits, cfg.dedupe, log)
     pretrained = None
     if cfg.pretrained and not resume:  # a resumed run's weights are in its state
@@ -460,6 +467,10 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
             log(f"note: {note}")
     cfg = resolve_config_for_data(cfg, splits, pretrained)
     cfg = dataclasses.replace(cfg, out=str(out))
+    if place.main:
+        stale = remove_stale_temp_files(out)  # a killed run's half-written files; the real ones are intact
+        if stale:
+            log(f"removed {len(stale)} temporary file(s) left by an interrupted write in {out}")
     if not resume and place.main:
         start_run_dir(out)
         cfg.save(out / "config.yaml", {"data_summary": {"splits": splits.sizes(), "notes": splits.notes,
@@ -496,6 +507,10 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
     higher_is_better = cfg.best_metric == "accuracy"
     history: list[dict[str, Any]] = []
     best = {"epoch": 0, "value": -math.inf if higher_is_better else math.inf, "val_accuracy": 0.0, "val_loss": math.inf}
+    skipped_batches: list[dict[str, Any]] = []  # batches with a non-finite loss or gradient (--skip-nonfinite)
+    # on a CPU reading a flag costs nothing, so every step is checked at once; on a GPU the flags
+    # stay on the device until the epoch ends (no per-step synchronization) unless batches may be skipped
+    check_each_step = device.type == "cpu" or cfg.skip_nonfinite > 0
     start_epoch, train_seconds, global_step, save_seconds = 1, 0.0, 0, 0.0
     speed: list[tuple[int, float]] = []  # (steps, seconds) of each epoch, for re-planning a budget
     if state is not None:
@@ -507,6 +522,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
         if ema is not None:
             ema.load_state_dict(state["ema"])
         history, best, train_seconds = state["history"], state["best"], state["train_seconds"]
+        skipped_batches = state.get("skipped_batches", [])
         start_epoch, global_step = state["epoch"] + 1, state["step"]
         saved_steps = state.get("steps_per_epoch", steps_per_epoch)
         if saved_steps != steps_per_epoch:  # resumed with another number of processes: same epochs, new steps
@@ -532,7 +548,8 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
                   if place.active else f"batch {cfg.batch_size}")
     log(f"training: {total_steps} steps ({n_epochs} epochs x {steps_per_epoch}), {batch_text}, "
         f"{cfg.optimizer} lr {cfg.lr:g}, {cfg.schedule} schedule, on {device}"
-        + (" (bf16 autocast)" if amp_dtype else "") + (f", EMA {cfg.ema:g}" if ema is not None else ""))
+        + (" (bf16 autocast)" if amp_dtype else "") + (", torch.compile" if use_compile(cfg.compile, device) else "")
+        + (f", EMA {cfg.ema:g}" if ema is not None else ""))
     if resume:
         log(f"resuming {out} after epoch {start_epoch - 1}")
     log(f"writing to {out}")
@@ -545,6 +562,9 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
     # DistributedDataParallel averages gradients over the ranks during backward
     step_model = torch.nn.parallel.DistributedDataParallel(
         model, device_ids=[device.index] if device.type == "cuda" else None) if place.active else model
+    if use_compile(cfg.compile, device):
+        # only the training forward/backward is compiled; checkpoints hold the plain model's weights
+        step_model = torch.compile(step_model)
     stopped_by = "plan"
     try:
         epoch = start_epoch - 1
@@ -557,7 +577,8 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
             loss_sum = torch.zeros((), device=device)
             correct = torch.zeros((), dtype=torch.long, device=device)
             grad_norm_sum = torch.zeros((), device=device)
-            seen = steps = 0
+            finite_flags = torch.ones(len(train_loader), dtype=torch.bool, device=device)
+            seen = steps = applied = 0
             bar = tqdm(train_loader, desc=f"epoch {epoch}/{n_epochs}", leave=False, disable=not cfg.progress,
                        dynamic_ncols=True, total=min(steps_per_epoch, total_steps - global_step))
             for images, labels in bar:
@@ -571,20 +592,31 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
                     loss = F.cross_entropy(logits, targets, label_smoothing=cfg.label_smoothing)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                if cfg.clip_grad > 0:
-                    grad_norm_sum += torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-                optimizer.step()
-                scheduler.step()
-                if ema is not None:
-                    ema.update_parameters(model)
-                # accumulate on the device: no host synchronization inside the step
-                loss_sum += loss.detach().float() * labels.shape[0]
-                correct += (logits.detach().argmax(1) == labels).sum()
-                seen += labels.shape[0]
+                # the norm of the whole gradient (after DDP's all-reduce: the same on every rank),
+                # clipped when --clip-grad asks; a NaN/Inf anywhere in the loss or gradient shows in it
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(),
+                                                           cfg.clip_grad if cfg.clip_grad > 0 else math.inf)
                 steps += 1
                 global_step += 1
+                if check_each_step and not bool(torch.isfinite(grad_norm)):
+                    _nonfinite(skipped_batches, cfg.skip_nonfinite, epoch, global_step, steps, float(loss.detach()),
+                               out, log)
+                    optimizer.zero_grad(set_to_none=True)  # the batch is skipped: no update
+                    scheduler.step()
+                else:
+                    finite_flags[steps - 1] = torch.isfinite(grad_norm)
+                    optimizer.step()
+                    scheduler.step()
+                    if ema is not None:
+                        ema.update_parameters(model)
+                    # accumulate on the device: no host synchronization inside the step
+                    grad_norm_sum += grad_norm.detach()
+                    applied += 1
+                    loss_sum += loss.detach().float() * labels.shape[0]
+                    correct += (logits.detach().argmax(1) == labels).sum()
+                    seen += labels.shape[0]
                 if cfg.progress and steps % 10 == 0:
-                    bar.set_postfix(loss=f"{float(loss_sum) / seen:.4f}")
+                    bar.set_postfix(loss=f"{float(loss_sum) / max(seen, 1):.4f}")
                 if global_step >= total_steps:
                     break
                 if math.isfinite(deadline) and distributed.any_rank(time.perf_counter() > deadline, place, device):
@@ -596,14 +628,14 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
                 counts = distributed.all_sum(torch.stack([loss_sum.double(), correct.double(),
                                                           torch.tensor(float(seen), device=device).double()]), place)
                 loss_sum, correct, seen = counts[0], counts[1], int(counts[2])
-            train_loss = float(loss_sum) / seen
-            if not math.isfinite(train_loss):
-                raise TrainingError(f"the training loss became {train_loss} in epoch {epoch}; the last good "
-                                    f"checkpoint is {out / 'last.safetensors'} (lower --lr or set --clip-grad)")
+            if not check_each_step and not bool(finite_flags[:steps].all()):
+                first = int((~finite_flags[:steps]).nonzero()[0])
+                _nonfinite(skipped_batches, 0, epoch, global_step - steps + first + 1, first + 1, float("nan"), out, log)
+            train_loss = float(loss_sum) / max(seen, 1)
             val = evaluate(eval_model, loaders["val"], device, num_classes, amp_dtype, place)
             epoch_seconds = time.perf_counter() - epoch_start
             train_seconds += epoch_seconds
-            row = {"epoch": epoch, "train_loss": train_loss, "train_accuracy": float(correct) / seen,
+            row = {"epoch": epoch, "train_loss": train_loss, "train_accuracy": float(correct) / max(seen, 1),
                    "val_loss": val.loss, "val_accuracy": val.accuracy, "lr": optimizer.param_groups[0]["lr"],
                    "epoch_seconds": epoch_seconds, "images_per_second": seen / train_time}
             history.append(row)
@@ -634,10 +666,10 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
                                               "scheduler": scheduler.state_dict(), "epoch": epoch, "step": global_step,
                                               "steps_per_epoch": steps_per_epoch, "best": best, "history": history,
                                               "train_seconds": train_seconds, "classes": list(cfg.classes),
+                                              "skipped_batches": skipped_batches,
                                               "budget": budget, **({"ema": ema.state_dict()} if ema is not None else {})})
                 write_metrics_csv(out / "metrics.csv", history)
-                _log_epoch_scalars(writer, row, epoch, eval_model,
-                                   grad_norm_sum / steps if cfg.clip_grad > 0 else None)
+                _log_epoch_scalars(writer, row, epoch, eval_model, grad_norm_sum / max(applied, 1))
             save_seconds = time.perf_counter() - save_start
             log(f"epoch {epoch:>3}/{n_epochs}  train loss {train_loss:.4f} acc {row['train_accuracy']:.4f}  "
                 f"val loss {val.loss:.4f} acc {val.accuracy:.4f}  lr {row['lr']:.2e}  "
@@ -654,6 +686,10 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
     if not place.main:
         return report
     report["leakage"] = leakage
+    if skipped_batches:
+        report["skipped_batches"] = skipped_batches
+    if splits.skipped:
+        report["skipped_images"] = {"count": len(splits.skipped), "files": splits.skipped}
     if budget:
         report["time_budget"] = {**budget, "done_steps": global_step, "stopped_by": stopped_by}
     report["total_seconds"] = round(time.perf_counter() - started, 2)
@@ -663,8 +699,22 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
     return report
 
 
+def _nonfinite(skipped: list[dict[str, Any]], allowed: int, epoch: int, step: int, epoch_step: int, loss: float,
+               out: Path, log) -> None:
+    """A batch gave a NaN/Inf loss or gradient: record it, and stop once more than ``allowed`` have."""
+    where = f"epoch {epoch}, step {epoch_step} of the epoch (global step {step})"
+    what = f"the loss was {loss:g}" if not math.isfinite(loss) else f"the loss was {loss:.4g} but the gradient was not finite"
+    if len(skipped) >= allowed:
+        raise TrainingError(f"a non-finite loss or gradient at {where}: {what}; the last good checkpoint is "
+                            f"{out / 'last.safetensors'} (lower --lr, set --clip-grad, or skip up to N such "
+                            "batches with --skip-nonfinite N)")
+    skipped.append({"epoch": epoch, "step": step, "loss": loss if math.isfinite(loss) else str(loss)})
+    log(f"skipped a batch at {where}: {what} ({len(skipped)} of --skip-nonfinite {allowed})")
+
+
 def _log_epoch_scalars(writer, row: dict[str, Any], epoch: int, model: torch.nn.Module,
-                       grad_norm: torch.Tensor | None) -> None:
+                       grad_norm: torch.Tensor) -> None:
+    """TensorBoard scalars of an epoch: losses, accuracies, LR, speed, parameter norm, mean gradient norm."""
     for key in ("train_loss", "val_loss"):
         writer.add_scalar(f"loss/{key[:-5]}", row[key], epoch)
     for key in ("train_accuracy", "val_accuracy"):
@@ -672,8 +722,7 @@ def _log_epoch_scalars(writer, row: dict[str, Any], epoch: int, model: torch.nn.
     writer.add_scalar("lr", row["lr"], epoch)
     writer.add_scalar("images_per_second", row["images_per_second"], epoch)
     writer.add_scalar("param_norm", _param_norm(model), epoch)
-    if grad_norm is not None:
-        writer.add_scalar("grad_norm", float(grad_norm), epoch)
+    writer.add_scalar("grad_norm", float(grad_norm), epoch)  # before clipping
 
 
 def write_samples(splits: DataSplits, targets, predictions, classes: list[str], path: Path,
