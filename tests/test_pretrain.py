@@ -117,6 +117,7 @@ def test_one_command_chains_pretraining_and_fine_tuning(flat_folder, tmp_path, t
     assert (run / "pretrain" / "backbone.safetensors").is_file()
     report = json.loads((run / "report.json").read_text())
     assert report["pretraining"]["epochs"] == 2 and report["epochs"] == 2  # --pretrain-share 0.5 of 4 epochs
+    assert report["total_seconds"] > report["fine_tuning_seconds"] + report["pretraining"]["total_seconds"] * 0.99
     assert f"pretrained: {run / 'pretrain'}" in (run / "config.yaml").read_text()
 
 

@@ -309,5 +309,7 @@ def pretrain_then_train(cfg: TrainConfig, resume: bool = False, log=print) -> di
                                  time_budget=cfg.time_budget - spent if cfg.time_budget else None)
     report = train(second, log=log)
     report["pretraining"] = json.loads((out / "pretrain" / "report.json").read_text())
+    report["fine_tuning_seconds"] = report["total_seconds"]
+    report["total_seconds"] = round(time.perf_counter() - started, 2)  # both stages
     write_report(out / "report.json", report)
     return report
