@@ -19,7 +19,7 @@ RECIPE = Recipe(
     name="small-data",
     summary="instance-discrimination pretraining on the training images (half the budget), then fine-tuning; "
             "folder-best's model at 64 px",
-    reference="15 minutes on a 2-core CPU, test accuracy vs the same recipe with --pretrain none: flowers17 "
+    reference="15 minutes on a 2-core CPU, seed 0, test accuracy vs the same recipe with --pretrain none: flowers17 "
               "0.7647 vs 0.7647, CIFAR-10 2,040-image subset 0.4932 vs 0.5004 (`python benchmarks/small_data.py "
               "--minutes 15`, BENCHMARKS.md); no gain over training from scratch at that budget",
     command="vitrain train --recipe small-data --data flowers17.tar --time-budget 30",
