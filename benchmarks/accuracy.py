@@ -41,15 +41,26 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
+def train_report(run: Path, flags: list[str]) -> dict:
+    """Run ``vitrain train FLAGS --out RUN --overwrite --no-progress`` in a fresh process (the
+    command is printed first) and return its report.json."""
+    command = [sys.executable, "-m", "vitrain", "train", *flags, "--out", str(run), "--overwrite", "--no-progress"]
+    print("$", " ".join(command[2:]), flush=True)
+    subprocess.run(command, check=True)
+    return json.loads((run / "report.json").read_text())
+
+
+def markdown_table(header: list[str], rows: list[list]) -> list[str]:
+    """A Markdown table: the header line, the rule, a line per row."""
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
+        "| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+
+
 def run_one(dataset: str, recipe: str, budget: float, out: Path) -> dict:
     archive, extra, _ = COMPARISONS[dataset]
-    run = out / f"{dataset}-{recipe}"
-    command = [sys.executable, "-m", "vitrain", "train", "--recipe", recipe, "--data", str(DATASETS / archive),
-               "--time-budget", str(budget), "--out", str(run), "--overwrite", "--no-progress", *extra]
-    print("$", " ".join(command[2:]), flush=True)
     started = time.perf_counter()
-    subprocess.run(command, check=True)
-    report = json.loads((run / "report.json").read_text())
+    report = train_report(out / f"{dataset}-{recipe}", ["--recipe", recipe, "--data", str(DATASETS / archive),
+                                                         "--time-budget", str(budget), *extra])
     return {
         "dataset": dataset, "recipe": recipe, "budget_minutes": budget, "extra_flags": " ".join(extra),
         "test_accuracy": report["test"]["accuracy"], "test_images": report["test"]["images"],
@@ -74,14 +85,13 @@ def save_results(out: Path, name: str, table: str, rows) -> None:
 
 def markdown(rows: list[dict], budget: float, argv: list[str]) -> str:
     lines = [f"Command: `python benchmarks/accuracy.py {' '.join(argv)}`  ",
-             f"Machine: {cpu_name()}, {__import__('os').cpu_count()} CPU cores, no GPU; "
-             f"date {time.strftime('%Y-%m-%d')}; budget {budget:g} min per run.", "",
-             "| dataset | recipe | extra flags | test accuracy | test images | epochs | steps done / planned | params | wall s |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['dataset']} | {r['recipe']} | {r['extra_flags'] or '-'} | {r['test_accuracy']:.4f} | "
-                     f"{r['test_images']} | {r['epochs']} | {r['done_steps']} / {r['planned_steps']} | "
-                     f"{r['parameters'] / 1e6:.2f}M | {r['wall_seconds']} |")
+             f"{machine_line()}; budget {budget:g} min per run.", ""]
+    lines += markdown_table(
+        ["dataset", "recipe", "extra flags", "test accuracy", "test images", "epochs", "steps done / planned",
+         "params", "wall s"],
+        [[r["dataset"], r["recipe"], r["extra_flags"] or "-", f"{r['test_accuracy']:.4f}", r["test_images"],
+          r["epochs"], f"{r['done_steps']} / {r['planned_steps']}", f"{r['parameters'] / 1e6:.2f}M",
+          r["wall_seconds"]] for r in rows])
     return "\n".join(lines) + "\n"
 
 

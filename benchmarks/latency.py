@@ -41,10 +41,6 @@ from vitrain.data.transforms import eval_transform_for  # noqa: E402
 from vitrain.models.registry import create_model  # noqa: E402
 
 
-def _median_ms(fn, repeats: int) -> float:
-    return 1000 * statistics.median(fn() for _ in range(repeats))
-
-
 def _timed(fn):
     def run() -> float:
         start = time.perf_counter()

@@ -20,16 +20,14 @@ by git).
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import statistics
-import subprocess
 import sys
 import tarfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from accuracy import DATASETS, ROOT, machine_line, save_results  # noqa: E402
+from accuracy import DATASETS, ROOT, machine_line, markdown_table, save_results, train_report  # noqa: E402
 
 CACHE = ROOT / "runs" / "cache"
 SUBSET_PER_CLASS = 204
@@ -57,12 +55,8 @@ def cifar10_subset() -> Path:
 
 def run(data: Path, recipe: str, minutes: float, seed: int, extra: list[str], out: Path) -> dict:
     """One ``vitrain train`` run in a fresh process; its test accuracy and sizes from report.json."""
-    command = [sys.executable, "-m", "vitrain", "train", "--recipe", recipe, "--data", str(data),
-               "--time-budget", str(minutes), "--seed", str(seed), "--out", str(out), "--overwrite",
-               "--no-progress", *extra]
-    print("$", " ".join(command[2:]), flush=True)
-    subprocess.run(command, check=True)
-    report = json.loads((out / "report.json").read_text())
+    report = train_report(out, ["--recipe", recipe, "--data", str(data), "--time-budget", str(minutes),
+                                "--seed", str(seed), *extra])
     result = {"test_accuracy": report["test"]["accuracy"], "test_images": report["test"]["images"],
               "total_seconds": report["total_seconds"], "train_images": report["splits"]["train"],
               "fine_tune_steps": report["time_budget"]["done_steps"]}
@@ -98,14 +92,13 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append({"dataset": name, "method": label, "flags": " ".join(flags), "seed": seed, **result})
     lines = [f"Command: `python benchmarks/small_data.py {' '.join(argv)}`  ",
              f"{machine_line()}; {args.minutes:g} min per run in all", "",
-             "| dataset | method | seed | test accuracy | train images | test images | pretraining steps (final loss, "
-             "instance acc.) | supervised steps | seconds |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        stage = (f"{r['pretrain_steps']} ({r['pretrain_loss']}, {r['instance_accuracy']})" if "pretrain_steps" in r
-                 else "-")
-        lines.append(f"| {r['dataset']} | {r['method']} | {r['seed']} | {r['test_accuracy']:.4f} | {r['train_images']} | "
-                     f"{r['test_images']} | {stage} | {r['fine_tune_steps']} | {r['total_seconds']} |")
+             *markdown_table(
+                 ["dataset", "method", "seed", "test accuracy", "train images", "test images",
+                  "pretraining steps (final loss, instance acc.)", "supervised steps", "seconds"],
+                 [[r["dataset"], r["method"], r["seed"], f"{r['test_accuracy']:.4f}", r["train_images"],
+                   r["test_images"],
+                   f"{r['pretrain_steps']} ({r['pretrain_loss']}, {r['instance_accuracy']})" if "pretrain_steps" in r
+                   else "-", r["fine_tune_steps"], r["total_seconds"]] for r in rows])]
     for name in dict.fromkeys(r["dataset"] for r in rows):
         means = {m: statistics.mean(r["test_accuracy"] for r in rows if r["dataset"] == name and r["method"] == m)
                  for m in ("scratch", "pretrain + fine-tune")}
