@@ -317,7 +317,6 @@ def _flat_dataset(root: Path, channels: int | None, classes: Sequence[str] | Non
     chosen = _select_classes(sorted(found), classes, str(root))
     if min_classes > 1:
         _check_class_count(chosen, str(root))
-    _check_nonempty(found, chosen, root)
     inferred, bad = _check_files([p for c in chosen for p in found[c]], skip_bad)
     found = _drop_bad(found, bad)
     _check_nonempty(found, chosen, root)
@@ -349,8 +348,6 @@ def folder_splits(folder: Path, channels: int | None, classes: Sequence[str] | N
                     + (f"lacks {', '.join(missing)}" if missing else f"has extra {', '.join(extra)}")
                     + f" compared to {split_dirs['train'].name}/ (use --classes to pick common ones)")
         _check_class_count(chosen, str(split_dirs["train"]))
-        for split, (found, _) in scans.items():
-            _check_nonempty(found, chosen, split_dirs[split])
         ignored = sum(n for _, n in scans.values())
         inferred, bad = _check_files([p for found, _ in scans.values() for c in chosen for p in found[c]],
                                      skip_bad_images)

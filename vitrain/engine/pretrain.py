@@ -157,7 +157,7 @@ def pretrain(cfg: TrainConfig, log=print) -> dict[str, Any]:
     after every epoch), the model options, optimizer and schedule of ``cfg``, and
     ``views``, ``infonce``, ``temperature``, ``pretrain_crop_scale``, ``mixup``, ``cutmix``.
     """
-    from .train import build_model, check_leaks, decode_workers, recent_step_seconds, replan_budget, \
+    from .train import TrainingError, build_model, check_leaks, decode_workers, recent_step_seconds, replan_budget, \
         resolve_config_for_data, resolve_device
 
     from .distributed import from_environment
@@ -249,7 +249,7 @@ def pretrain(cfg: TrainConfig, log=print) -> dict[str, Any]:
         row = {"epoch": epoch, "train_loss": float(loss_sum) / seen, "train_accuracy": float(correct) / seen,
                "lr": optimizer.param_groups[0]["lr"], "epoch_seconds": train_time, "images_per_second": seen / train_time}
         if not math.isfinite(row["train_loss"]):
-            raise RuntimeError(f"the pretraining loss became {row['train_loss']} in epoch {epoch} (lower --lr)")
+            raise TrainingError(f"the pretraining loss became {row['train_loss']} in epoch {epoch} (lower --lr)")
         if budget is not None and global_step < total_steps:  # re-plan from the speed measured so far
             speed.append((steps, train_time))
             new = replan_budget(budget, global_step, end - time.perf_counter() - save_seconds,

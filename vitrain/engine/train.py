@@ -604,7 +604,8 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
                     optimizer.zero_grad(set_to_none=True)  # the batch is skipped: no update
                     scheduler.step()
                 else:
-                    finite_flags[steps - 1] = torch.isfinite(grad_norm)
+                    if not check_each_step:  # on a GPU the flag stays there until the epoch ends
+                        finite_flags[steps - 1] = torch.isfinite(grad_norm)
                     optimizer.step()
                     scheduler.step()
                     if ema is not None:
