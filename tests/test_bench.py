@@ -21,6 +21,13 @@ def test_timm_and_torchvision_get_vitrains_weights_and_agree():
     assert diffs["timm"] < 1e-5 and diffs["torchvision"] < 1e-5
 
 
+def test_training_gradients_equal_timms():
+    # vitrain's training path (per-head attention on CPU, class-token rows only in the last
+    # block) must give timm's gradients, not only its inference logits
+    models = bench.build_models(TINY, torch.device("cpu"))
+    assert bench.max_gradient_difference(models, TINY, torch.device("cpu")) < 1e-5
+
+
 def test_forward_flops_counts_the_matmuls_of_a_known_case():
     # 16 patches + class token = 17 tokens, dim 32, MLP 64, 2 blocks, 10 classes
     patch = 2 * 16 * 3 * 16 * 32  # 16 patches of 4x4x3 projected to 32 dims

@@ -105,6 +105,25 @@ def test_dropout_and_drop_path_only_act_in_training():
     assert rates[0] == 0 and rates[-1] == pytest.approx(0.3)  # linear in depth
 
 
+@pytest.mark.parametrize("pool,distilled", [("cls", False), ("cls", True), ("avg", False)])
+def test_the_training_path_gives_the_full_computations_logits_and_gradients(pool, distilled):
+    # forward() computes only the prefix tokens in the last block and, on CPU with autograd,
+    # attention per head; forward_features() runs every row, and under no_grad it uses SDPA
+    torch.manual_seed(0)
+    model = create_model("vit-mini4", num_classes=4, pool=pool, distilled=distilled)
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        reference = model.forward_head(model.forward_features(x))
+    logits = model(x)
+    torch.testing.assert_close(logits, reference, rtol=1e-5, atol=1e-6)
+    logits.square().sum().backward()
+    fast = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad()
+    model.forward_head(model.forward_features(x)).square().sum().backward()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(fast[name], p.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
 def test_no_weight_decay_and_reset_classifier():
     model = create_model("vit-mini4", num_classes=4)
     assert model.no_weight_decay() == {"pos_embed", "cls_token", "dist_token"}

@@ -80,6 +80,22 @@ def max_logit_difference(models: dict[str, nn.Module], cfg: BenchConfig, device:
     return {name: float((out - outputs["vitrain"]).abs().max()) for name, out in outputs.items() if name != "vitrain"}
 
 
+def max_gradient_difference(models: dict[str, nn.Module], cfg: BenchConfig, device: torch.device) -> float:
+    """Max abs difference between vitrain's and timm's loss gradients (same names), one training batch.
+
+    The logits check runs in inference mode; this one covers the training path, where
+    vitrain computes attention and its last block differently (see ``models/vit.py``).
+    """
+    x = torch.randn(4, 3, cfg.img_size, cfg.img_size, device=device)
+    y = torch.arange(4, device=device) % NUM_CLASSES
+    grads = {}
+    for name in ("vitrain", "timm"):
+        model = copy.deepcopy(models[name]).train()
+        F.cross_entropy(model(x), y).backward()
+        grads[name] = {k: p.grad for k, p in model.named_parameters()}
+    return max(float((g - grads["timm"][k]).abs().max()) for k, g in grads["vitrain"].items())
+
+
 def forward_flops(cfg: BenchConfig) -> float:
     """Matmul FLOPs of one image's forward pass (patch projection, qkv/proj, attention, MLP, head)."""
     tokens = (cfg.img_size // cfg.patch_size) ** 2 + 1
@@ -157,6 +173,9 @@ def run_benchmark(configs: tuple[BenchConfig, ...] = CONFIGS, repeats: int = 5, 
         if compiled:
             models["vitrain+compile"] = torch.compile(copy.deepcopy(models["vitrain"]))
         diffs = max_logit_difference(models, cfg, device)
+        grad_diff = max_gradient_difference(models, cfg, device)
+        log(f"{cfg.name}: logits differ from timm's by at most {diffs['timm']:.1e}, from torchvision's by at "
+            f"most {diffs['torchvision']:.1e}; training gradients from timm's by at most {grad_diff:.1e}")
         for mode, make in (("train", _train_step_fn), ("inference", _infer_fn)):
             fns = {name: make(m, cfg, device) for name, m in models.items()}
             for fn in fns.values():  # warm-up: one-time allocations, kernel selection, compilation
@@ -174,7 +193,7 @@ def run_benchmark(configs: tuple[BenchConfig, ...] = CONFIGS, repeats: int = 5, 
                    "vitrain_vs_torchvision": round(ips["vitrain"] / ips["torchvision"], 3),
                    **({"compiled_vs_timm": round(ips["vitrain+compile"] / ips["timm"], 3)} if compiled else {}),
                    "mfu": {k: round(v * flops / peak, 3) for k, v in ips.items()},
-                   "max_logit_diff": diffs}
+                   "max_logit_diff": diffs, "max_grad_diff_vs_timm": grad_diff}
             results.append(row)
             log(f"{cfg.name:17s} {mode:9s} batch {cfg.batch_size:3d}  " + "  ".join(
                 f"{k} {v:8.1f} img/s" for k, v in ips.items())

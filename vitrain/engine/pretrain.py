@@ -225,7 +225,7 @@ def pretrain(cfg: TrainConfig, log=print) -> dict[str, Any]:
             index = order[i * batch:(i + 1) * batch]
             views = torch.stack([augment(images[index], generator) for _ in range(cfg.views)])
             views, perm, lam = mix_instances(views, cfg.mixup, cfg.cutmix, generator)
-            z = head.embed(model.forward_head(model.forward_features(views.flatten(0, 1)), pre_logits=True))
+            z = head.embed(model(views.flatten(0, 1), pre_logits=True))
             logits = head(z)
             a = index.repeat(cfg.views)
             loss = instance_loss(logits, a, index[perm].repeat(cfg.views) if perm is not None else None, lam)

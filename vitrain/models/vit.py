@@ -147,22 +147,53 @@ class Attention(nn.Module):
     def attention_weights(self, x: torch.Tensor) -> torch.Tensor:
         """The softmax attention matrix (B, heads, N, N) that ``forward`` applies (without dropout).
 
-        Computed explicitly for explanations; training and inference use the fused SDPA kernel.
+        Computed explicitly for explanations; ``forward`` never materializes it for all heads at once.
         """
         B, N, C = x.shape
         q, k, _ = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
         return (q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5).softmax(dim=-1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, N, C = x.shape
-        # (B, N, 3*C) -> (3, B, heads, N, head_dim): the q|k|v layout of timm and nn.MultiheadAttention
-        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
-        x = F.scaled_dot_product_attention(
-            q, k, v, dropout_p=self.attn_dropout if self.training else 0.0
-        )
-        x = x.transpose(1, 2).reshape(B, N, C)
+    def forward(self, x: torch.Tensor, rows: int | None = None) -> torch.Tensor:
+        """(B, N, C) -> (B, N, C); with ``rows``, only the first ``rows`` tokens' outputs (B, rows, C).
+
+        ``rows`` is for a last block whose other outputs nobody reads: queries are projected
+        and attended for those tokens only, keys and values for all of them.
+        """
+        C = x.shape[-1]
+        # On CPU, autograd through per-head batched matmuls on strided views of the qkv
+        # projection is faster than PyTorch's fused SDPA kernel, whose backward pass is slow
+        # there and which needs the heads gathered into (B, heads, N, head_dim) copies
+        # (benchmarks/throughput.py; equal to float32 rounding). Inference and GPUs use SDPA.
+        per_head = x.device.type == "cpu" and torch.is_grad_enabled()
+        if rows is None:
+            q, k, v = self._split(self.qkv(x), 3, per_head)
+        else:
+            weight, bias = self.qkv.weight, self.qkv.bias
+            (q,) = self._split(F.linear(x[:, :rows], weight[:C], None if bias is None else bias[:C]), 1, per_head)
+            k, v = self._split(F.linear(x, weight[C:], None if bias is None else bias[C:]), 2, per_head)
+        dropout = self.attn_dropout if self.training else 0.0
+        if per_head:
+            scale = (C // self.num_heads) ** -0.5
+            x = torch.cat([F.dropout(((qh * scale) @ kh.transpose(1, 2)).softmax(dim=-1), dropout, self.training) @ vh
+                           for qh, kh, vh in zip(q, k, v)], dim=-1)
+        else:
+            x = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+            x = x.transpose(1, 2).flatten(2)
         return self.proj_drop(self.proj(x))
+
+    def _split(self, projected: torch.Tensor, groups: int, per_head: bool) -> tuple:
+        """(B, N, groups * C) -> ``groups`` of heads (q|k|v order, then head order).
+
+        Per head: each group is a tuple of (B, N, head_dim) views. Otherwise each group is one
+        (B, heads, N, head_dim) tensor, the layout of timm and ``nn.MultiheadAttention``.
+        """
+        B, N, _ = projected.shape
+        heads = self.num_heads
+        head_dim = projected.shape[-1] // (groups * heads)
+        if per_head:
+            views = projected.view(B, N, groups * heads, head_dim).unbind(2)
+            return tuple(views[i * heads:(i + 1) * heads] for i in range(groups))
+        return projected.view(B, N, groups, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
 
 
 class Mlp(nn.Module):
@@ -192,8 +223,10 @@ class Block(nn.Module):
         # "row" mode drops the whole residual branch per sample, as in the DeiT paper
         self.drop_path = StochasticDepth(drop_path, mode="row") if drop_path > 0 else nn.Identity()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x)))
+    def forward(self, x: torch.Tensor, rows: int | None = None) -> torch.Tensor:
+        """(B, N, C) -> (B, N, C), or only the first ``rows`` tokens (see :meth:`Attention.forward`)."""
+        branch = self.attn(self.norm1(x), rows)
+        x = x + self.drop_path(branch) if rows is None else x[:, :rows] + self.drop_path(branch)
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
@@ -316,5 +349,19 @@ class VisionTransformer(nn.Module):
         x = x[:, 0] if self.cls_token is not None else x.mean(dim=1)
         return x if pre_logits else self.head(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+    def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Images (B, C, H, W) -> logits (B, num_classes), or the pooled embedding with ``pre_logits``.
+
+        The result equals ``forward_head(forward_features(x), pre_logits)``, but a class-token
+        model computes only the prefix tokens in its last block, since nothing else of that
+        block is read (its attention still reads every token). That skips the last block's
+        query, output projection and MLP work for every patch token: about a tenth of a
+        6-block model's matmuls.
+        """
+        if not self.num_prefix_tokens:
+            return self.forward_head(self.forward_features(x), pre_logits)
+        x = self.embed(x)
+        *first, last = self.blocks
+        for block in first:
+            x = block(x)
+        return self.forward_head(self.norm(last(x, rows=self.num_prefix_tokens)), pre_logits)
