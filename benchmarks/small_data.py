@@ -15,6 +15,8 @@ by git).
 
     python benchmarks/small_data.py --minutes 30
     python benchmarks/small_data.py --minutes 10 --only flowers17 --seeds 0,1,2
+    python benchmarks/small_data.py --minutes 15 --only flowers17 --arms pretrain \
+        --pretrain-flags="--pretrain-img-size 64"     # an ablation of the recipe's first stage
 """
 
 from __future__ import annotations
@@ -73,8 +75,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=30.0, help="total minutes per run (30)")
     parser.add_argument("--seeds", default="0", help="comma-separated seeds (0)")
     parser.add_argument("--only", choices=["flowers17", "cifar10-2040"], action="append")
+    parser.add_argument("--arms", default="scratch,pretrain", help="which of scratch,pretrain to run (both)")
+    parser.add_argument("--pretrain-flags", default="",
+                        help="extra vitrain train flags for the pretrain arm (an ablation; named in the table)")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "benchmarks" / "small_data")
     args = parser.parse_args(argv)
+    if not set(args.arms.split(",")) <= {"scratch", "pretrain"}:
+        parser.error(f"--arms: expected scratch and/or pretrain, got {args.arms}")
     if not DATASETS.is_dir():
         print(f"benchmarks/small_data.py needs the archives in {DATASETS}", file=sys.stderr)
         return 2
@@ -85,21 +92,27 @@ def main(argv: list[str] | None = None) -> int:
         source, extra = datasets[name]
         data = source()
         for seed in [int(s) for s in args.seeds.split(",")]:
-            for label, flags in (("scratch", ["--pretrain", "none"]), ("pretrain + fine-tune", [])):
-                tag = "scratch" if flags else "pretrain"
+            arms = {"scratch": ("scratch", ["--pretrain", "none"]),
+                    "pretrain": ("pretrain + fine-tune", args.pretrain_flags.split())}
+            for tag in args.arms.split(","):
+                label, flags = arms[tag]
+                suffix = "".join(flags).replace("-", "") if tag == "pretrain" and flags else ""
                 result = run(data, "small-data", args.minutes, seed, [*extra, *flags],
-                             args.out / f"{name}-{tag}-seed{seed}")
+                             args.out / f"{name}-{tag}{suffix}-seed{seed}")
                 rows.append({"dataset": name, "method": label, "flags": " ".join(flags), "seed": seed, **result})
     lines = [f"Command: `python benchmarks/small_data.py {' '.join(argv)}`  ",
              f"{machine_line()}; {args.minutes:g} min per run in all", "",
              *markdown_table(
                  ["dataset", "method", "seed", "test accuracy", "train images", "test images",
                   "pretraining steps (final loss, instance acc.)", "supervised steps", "seconds"],
-                 [[r["dataset"], r["method"], r["seed"], f"{r['test_accuracy']:.4f}", r["train_images"],
+                 [[r["dataset"], r["method"] + (f" (`{r['flags']}`)" if r["flags"] and "pretrain" in r["method"]
+                                                 else ""), r["seed"], f"{r['test_accuracy']:.4f}", r["train_images"],
                    r["test_images"],
                    f"{r['pretrain_steps']} ({r['pretrain_loss']}, {r['instance_accuracy']})" if "pretrain_steps" in r
                    else "-", r["fine_tune_steps"], r["total_seconds"]] for r in rows])]
     for name in dict.fromkeys(r["dataset"] for r in rows):
+        if len({r["method"] for r in rows if r["dataset"] == name}) < 2:
+            continue
         means = {m: statistics.mean(r["test_accuracy"] for r in rows if r["dataset"] == name and r["method"] == m)
                  for m in ("scratch", "pretrain + fine-tune")}
         lines.append(f"\n{name}: mean test accuracy, scratch {means['scratch']:.4f}, pretrain + fine-tune "

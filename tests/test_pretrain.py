@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from vitrain.cli import main
 from vitrain.data.strong import StrongAugment, color_jitter, random_blur, random_grayscale
 from vitrain.engine.pretrain import InstanceHead, info_nce, instance_loss, mix_instances, mixed_targets
+from vitrain.models.convert import resample_pos_embed
 
 
 def test_instance_loss_is_the_cross_entropy_of_the_right_instance():
@@ -121,10 +122,29 @@ def test_one_command_chains_pretraining_and_fine_tuning(flat_folder, tmp_path, t
     assert f"pretrained: {run / 'pretrain'}" in (run / "config.yaml").read_text()
 
 
+def test_the_first_stage_can_run_at_a_smaller_input_size(flat_folder, tmp_path, tiny_args):
+    # pretrain at 8 px (a 2x2 grid), fine-tune at 16 px (4x4): the position embeddings are resampled
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(flat_folder), *tiny_args, "--epochs", "2", "--pretrain",
+                 "instance-discrimination", "--pretrain-img-size", "8", "--freeze", "backbone",
+                 "--out", str(run)]) == 0
+    report = json.loads((run / "report.json").read_text())
+    assert report["pretraining"]["model"]["img_size"] == 8 and report["model"]["img_size"] == 16
+    backbone = load_file(str(run / "pretrain" / "backbone.safetensors"))
+    tuned = load_file(str(run / "best.safetensors"))
+    assert backbone["pos_embed"].shape == (1, 1 + 2 * 2, 32) and tuned["pos_embed"].shape == (1, 1 + 4 * 4, 32)
+    # frozen, so the fine-tuned position embeddings are exactly the resampled pretrained ones
+    torch.testing.assert_close(tuned["pos_embed"], resample_pos_embed(backbone["pos_embed"], 4, 1))
+    assert torch.equal(tuned["blocks.0.attn.qkv.weight"], backbone["blocks.0.attn.qkv.weight"])
+
+
 def test_pretraining_options_are_checked(flat_folder, tmp_path, tiny_args, capsys):
     assert main(["pretrain", "--data", str(flat_folder), *tiny_args, "--views", "1", "--infonce", "1",
                  "--out", str(tmp_path / "x")]) == 2
     assert "--views must be at least 1 (2 with --infonce)" in capsys.readouterr().err
+    assert main(["train", "--data", str(flat_folder), *tiny_args, "--pretrain", "instance-discrimination",
+                 "--pretrain-img-size", "10", "--out", str(tmp_path / "y")]) == 2
+    assert "--pretrain-img-size must be a positive multiple of --patch-size (4)" in capsys.readouterr().err
 
 
 def test_pretrain_none_drops_the_first_stage_of_a_recipe(flat_folder, tmp_path, tiny_args):

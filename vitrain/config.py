@@ -63,6 +63,9 @@ class TrainConfig:
     # `vitrain pretrain` command itself uses --mixup/--cutmix
     pretrain_mixup: float = 0.0
     pretrain_cutmix: float = 0.0
+    # the first stage's input size in `train --pretrain` (None: --img-size); smaller is cheaper per
+    # step, and the second stage resamples the position embeddings to --img-size
+    pretrain_img_size: Optional[int] = None
     # preprocessing and augmentation
     augment: str = "auto"  # none for images of at most 16 px, else flip-crop
     hflip: Optional[float] = None  # None: 0.5, or 0 for data where flips change labels
@@ -169,6 +172,9 @@ class TrainConfig:
             (self.model == "auto" or self.model in ALIASES or self.model in model_names(), "--model",
              f"must be auto or one of {', '.join(model_names())}"),
             (self.img_size is None or self.img_size > 0, "--img-size", "must be positive"),
+            (self.pretrain_img_size is None or (self.pretrain_img_size > 0 and (
+                self.patch_size is None or self.pretrain_img_size % self.patch_size == 0)), "--pretrain-img-size",
+             f"must be a positive multiple of --patch-size ({self.patch_size})"),
             (self.patch_size is None or self.patch_size > 0, "--patch-size", "must be positive"),
         ]
         for ok, option, message in checks:

@@ -286,8 +286,9 @@ def pretrain_then_train(cfg: TrainConfig, resume: bool = False, log=print) -> di
 
     With ``--time-budget`` the first stage gets ``pretrain_share`` of it and the second what is
     left; otherwise the first stage runs ``pretrain_share`` x ``--epochs`` epochs and the second
-    the rest. The first stage mixes instances with ``pretrain_mixup``/``pretrain_cutmix``; the
-    second mixes images with ``mixup``/``cutmix``. A resumed run resumes the fine-tuning stage.
+    the rest. The first stage mixes instances with ``pretrain_mixup``/``pretrain_cutmix`` and runs
+    at ``pretrain_img_size`` (default ``img_size``); the second mixes images with
+    ``mixup``/``cutmix`` and resamples the position embeddings when the sizes differ. A resumed run resumes the fine-tuning stage.
     """
     from .train import check_run_dir, default_run_dir, train
 
@@ -302,7 +303,8 @@ def pretrain_then_train(cfg: TrainConfig, resume: bool = False, log=print) -> di
     first_epochs = max(1, round(cfg.epochs * cfg.pretrain_share))
     stage = dataclasses.replace(cfg, out=str(out / "pretrain"), overwrite=True, epochs=first_epochs,
                                 time_budget=cfg.time_budget * cfg.pretrain_share if cfg.time_budget else None,
-                                mixup=cfg.pretrain_mixup, cutmix=cfg.pretrain_cutmix)
+                                mixup=cfg.pretrain_mixup, cutmix=cfg.pretrain_cutmix,
+                                img_size=cfg.pretrain_img_size or cfg.img_size)
     pretrain(stage, log)
     spent = (time.perf_counter() - started) / 60
     second = dataclasses.replace(cfg, pretrained=str(out / "pretrain"), epochs=max(1, cfg.epochs - first_epochs),
