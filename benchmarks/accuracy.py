@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -84,7 +85,7 @@ def save_results(out: Path, name: str, table: str, rows) -> None:
 
 
 def markdown(rows: list[dict], budget: float, argv: list[str]) -> str:
-    lines = [f"Command: `python benchmarks/accuracy.py {' '.join(argv)}`  ",
+    lines = [f"Command: `python benchmarks/accuracy.py {shlex.join(argv)}`  ",
              f"{machine_line()}; budget {budget:g} min per run.", ""]
     lines += markdown_table(
         ["dataset", "recipe", "extra flags", "test accuracy", "test images", "epochs", "steps done / planned",

@@ -16,6 +16,7 @@ trains one (15 minutes) when that run is absent.
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint = cifar / "best.safetensors"
     rows = {"scratch": train(args.out / "scratch", args.budget, []),
             "fine-tuned from CIFAR-10": train(args.out / "pretrained", args.budget, ["--pretrained", str(checkpoint)])}
-    lines = [f"Command: `python benchmarks/finetune.py {' '.join(argv)}`  ",
+    lines = [f"Command: `python benchmarks/finetune.py {shlex.join(argv)}`  ",
              f"{machine_line()}; {args.budget:g} min per flowers17 run; checkpoint {checkpoint}", "",
              *markdown_table(["flowers17 at 64 px", "test accuracy", "test images", "epochs", "steps", "seconds"],
                              [[name, f"{r['test_accuracy']:.4f}", r["test_images"], r["epochs"], r["done_steps"],

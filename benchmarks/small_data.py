@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import shlex
 import statistics
 import sys
 import tarfile
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
                 result = run(data, "small-data", args.minutes, seed, [*extra, *flags],
                              args.out / f"{name}-{tag}{suffix}-seed{seed}")
                 rows.append({"dataset": name, "method": label, "flags": " ".join(flags), "seed": seed, **result})
-    lines = [f"Command: `python benchmarks/small_data.py {' '.join(argv)}`  ",
+    lines = [f"Command: `python benchmarks/small_data.py {shlex.join(argv)}`  ",
              f"{machine_line()}; {args.minutes:g} min per run in all", "",
              *markdown_table(
                  ["dataset", "method", "seed", "test accuracy", "train images", "test images",

@@ -33,7 +33,7 @@ from torchvision.transforms.v2 import functional as TF
 from .transforms import policy_transform, resize_and_center, uses_resized_crop
 
 MAX_BYTES = 2 * 1024**3  # --in-memory auto holds at most this much decoded image data
-POLICY_GROUP = 8  # images that share one AutoAugment/RandAugment/TrivialAugment operation
+POLICY_GROUP = 16  # images that share one AutoAugment/RandAugment/TrivialAugment operation (8 draws per batch of 128)
 RESIZED_CROP_SIDE = 2  # random resized crops are cut from images stored at this many times the input side
 
 

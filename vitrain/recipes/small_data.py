@@ -10,7 +10,11 @@ Two departures from the paper, for CPU budgets of minutes rather than hundreds o
 epochs: the first stage adds InfoNCE between the two views (``infonce=1``), whose
 in-batch negatives give a signal from the first step while the N-way classifier's weights
 are still random, and it does not mix instances (``pretrain_mixup``/``pretrain_cutmix`` 0),
-which made the instance task harder than a short run can learn. Both are flags.
+which made the instance task harder than a short run can learn. Both are flags. And the
+first stage runs at 32 px (``pretrain_img_size``; a 4x4 token grid for a 64 px model): on
+flowers17 it made 3,559 pretraining steps in 7.5 minutes, where a 64 px first stage made
+816 (before this version's faster model). The second stage resamples the position embeddings. On flowers17 (seed 0, 15 minutes) that took the chained
+recipe from a tie with training from scratch to 3.7 points ahead of it.
 """
 
 from . import Recipe
@@ -25,7 +29,7 @@ RECIPE = Recipe(
     command="vitrain train --recipe small-data --data flowers17.tar --time-budget 30",
     config=dict(
         pretrain="instance-discrimination", pretrain_share=0.5, views=2, temperature=0.2, infonce=1.0,
-        pretrain_crop_scale=[0.08, 1.0], pretrain_mixup=0.0, pretrain_cutmix=0.0,
+        pretrain_crop_scale=[0.08, 1.0], pretrain_mixup=0.0, pretrain_cutmix=0.0, pretrain_img_size=32,
         val_fraction=0.15,
         model="vit", img_size=64, patch_size=8, embed_dim=128, mlp_dim=256, num_heads=4, depth=6, stem="conv",
         dropout=0.0, drop_path=0.1, pool="cls",
