@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import io
+import os
 import shutil
+import socket
 import stat
+import subprocess
+import sys
 import tarfile
 import zipfile
 
@@ -105,3 +109,21 @@ def test_an_interrupted_extraction_never_looks_complete(tmp_path, monkeypatch):
     monkeypatch.setattr(zipfile.ZipFile, "extractall", real)
     folder = extract_archive(archive, tmp_path / "cache")
     assert len(list(folder.rglob("*.png"))) == 6
+
+
+def test_a_killed_extractions_folder_is_removed_by_the_next_one(tmp_path):
+    # SIGKILL leaves the temporary folder; the next extraction removes it if its process is
+    # gone, and leaves alone the folder of one still running (another rank, another run)
+    write_class_folders(tmp_path / "src" / "pets", per_class=2)
+    archive = shutil.make_archive(str(tmp_path / "pets"), "zip", root_dir=tmp_path / "src")
+    cache = tmp_path / "cache" / "archives"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = socket.gethostname()
+    killed = cache / f".pets-{host}-{dead.pid}-abc123"
+    running = cache / f".pets-{host}-{os.getpid()}-def456"
+    for folder in (killed, running):
+        (folder / "pets").mkdir(parents=True)
+    folder = extract_archive(archive, tmp_path / "cache")
+    assert len(list(folder.rglob("*.png"))) == 6
+    assert not killed.exists() and running.is_dir()

@@ -372,6 +372,22 @@ def test_steps_that_fit_pays_a_full_overhead_for_a_partial_epoch():
     assert recent_step_seconds([(100, 30.0), (10, 5.0), (10, 5.0), (10, 5.0)]) == pytest.approx(45 / 130)
 
 
+def test_a_file_that_fails_mid_epoch_in_a_worker_is_named_without_a_traceback(flat_folder, tmp_path, tiny_args,
+                                                                               capsys):
+    # the header is whole, so only decoding finds the cut: in the file pipeline that happens in a
+    # DataLoader worker, mid-epoch, which re-raises with the worker's traceback as the message
+    from .test_sources import _add_bad_files
+
+    cut = _add_bad_files(flat_folder)
+    for name in ("empty.png", "notes.png"):
+        (flat_folder / "dog" / name).unlink()
+    assert main(["train", "--data", str(flat_folder), *tiny_args, "--epochs", "1", "--in-memory", "off",
+                 "--workers", "1", "--out", str(tmp_path / "run")]) == 2  # the last --workers wins
+    err = capsys.readouterr().err
+    assert f"cannot read image {cut}" in err and "--skip-bad-images" in err
+    assert "Traceback" not in err and "worker" not in err
+
+
 def test_skip_bad_images_trains_on_the_rest_and_counts_them_in_the_report(flat_folder, tmp_path, tiny_args, capsys):
     from .test_sources import _add_bad_files
 

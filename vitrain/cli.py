@@ -353,6 +353,19 @@ def _raise_keyboard_interrupt(signum, frame):  # noqa: ARG001 - signal handler s
     raise KeyboardInterrupt
 
 
+def _worker_message(err: Exception) -> str:
+    """The error's own message, also when a DataLoader worker raised it.
+
+    DataLoader re-raises a worker's exception as the same type with the worker's whole
+    traceback as its message; its last line is ``module.Type: original message``.
+    """
+    text = str(err)
+    if "Original Traceback" not in text:
+        return text
+    last = text.strip().splitlines()[-1]
+    return last.split(": ", 1)[1] if ": " in last else last
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``vitrain`` console script and ``python -m vitrain``."""
     parser = build_parser()
@@ -399,7 +412,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             pretrain_then_train(cfg, resume=resume)
         else:
             train(cfg, resume=resume)
-    except (ConfigError, DataError, ArchiveError, ImageReadError, CheckpointError) as err:
+    except ImageReadError as err:  # a file that passed the header check but does not decode, mid-epoch
+        message = _worker_message(err)
+        if "--skip-bad-images" not in message:
+            message += " (--skip-bad-images decodes every file first and leaves unreadable ones out)"
+        print(f"vitrain: error: {message}", file=sys.stderr)
+        return 2
+    except (ConfigError, DataError, ArchiveError, CheckpointError) as err:
         print(f"vitrain: error: {err}", file=sys.stderr)
         return 2
     except TrainingError as err:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import socket
 import stat
 import tarfile
 import tempfile
@@ -60,12 +61,33 @@ def _extract_tar(archive: Path, dest: Path) -> None:
             tf.extractall(dest, members=members)
 
 
+def _remove_dead_extractions(cache_dir: Path, stem: str) -> None:
+    """Remove temporary folders that a killed extraction of this archive left behind.
+
+    Their names carry the host and process id of the extracting process; only folders of
+    this host whose process is gone are removed, so a concurrent extraction (another rank,
+    another run) keeps its folder.
+    """
+    host = socket.gethostname()
+    for folder in cache_dir.glob(f".{stem}-{host}-*-*"):
+        pid = folder.name[len(f".{stem}-{host}-"):].split("-", 1)[0]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except OSError:  # alive, but not ours to signal
+            pass
+
+
 def extract_archive(archive: str | Path, cache_dir: Path | None = None) -> Path:
     """Extract ``archive`` once into the cache and return the extracted folder.
 
     The cache key is the archive's absolute path, size and modification time, so a
     changed archive is extracted again. Extraction goes to a temporary folder that is
-    renamed into place, so an interrupted extraction never looks complete.
+    renamed into place, so an interrupted extraction never looks complete; the temporary
+    folder of a killed extraction is removed by the next one.
 
     Raises:
         ArchiveError: the archive is corrupt or holds an absolute path, a '..' path, a
@@ -84,7 +106,8 @@ def extract_archive(archive: str | Path, cache_dir: Path | None = None) -> Path:
     if target.is_dir():
         return target
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{stem}-", dir=cache_dir))
+    _remove_dead_extractions(cache_dir, stem)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{stem}-{socket.gethostname()}-{os.getpid()}-", dir=cache_dir))
     try:
         if zipfile.is_zipfile(archive):
             _extract_zip(archive, tmp)
