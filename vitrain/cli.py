@@ -84,7 +84,7 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
                    "pretrain` uses --cutmix)")
     g.add_argument("--pretrain-img-size", type=int, default=S, metavar="PX",
                    help="input size of the first stage of --pretrain (default: --img-size); the second stage "
-                   "resamples the position embeddings to --img-size")
+                   "resamples the position embeddings to --img-size (`vitrain pretrain` uses --img-size)")
 
     g = p.add_argument_group("augmentation and preprocessing")
     g.add_argument("--augment", choices=["auto", "none", "flip-crop", "autoaugment", "randaugment", "trivialaugment"],

@@ -2,8 +2,10 @@
 
 One file, one model: convolutional patch embedding, an optional class token,
 learnable position embeddings, pre-LayerNorm encoder blocks whose attention runs
-through ``torch.nn.functional.scaled_dot_product_attention``, a GELU MLP, dropout
-and stochastic depth, a final LayerNorm and a linear head.
+through ``torch.nn.functional.scaled_dot_product_attention`` (per head, as batched
+matmuls, when training on CPU), a GELU MLP, dropout and stochastic depth, a final
+LayerNorm and a linear head. ``forward`` of a class-token model computes only the class
+token's row in the last block; logits and gradients are those of the full computation.
 
 Parameter names follow timm's ``VisionTransformer`` (``patch_embed.proj``,
 ``cls_token``, ``pos_embed``, ``blocks.N.attn.qkv`` ...), so timm weights load with
