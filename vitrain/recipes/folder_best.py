@@ -13,7 +13,7 @@ RECIPE = Recipe(
     summary="64 px, conv stem + patch-8 grid, 6 layers x 128 dim, random resized crops + flips, AdamW 1e-3, cosine",
     reference="at 64 px, 15 minutes on a 2-core CPU: brain-tumor-mri 0.8799 test accuracy (deduped; folder-vit-b16: "
               "0.8378), flowers17 0.7426 (folder-vit-b16: 0.5147), measured by "
-              "`python benchmarks/accuracy.py --budget 15` (BENCHMARKS.md)",
+              "`python benchmarks/accuracy.py --budget 15` at commit b728736, before the model speed-ups (BENCHMARKS.md)",
     command="vitrain train --recipe folder-best --data brain-tumor-mri.tar --time-budget 15",
     config=dict(
         val_fraction=0.15,
