@@ -173,7 +173,7 @@ class TrainConfig:
              f"must be auto or one of {', '.join(model_names())}"),
             (self.img_size is None or self.img_size > 0, "--img-size", "must be positive"),
             (self.pretrain_img_size is None or (self.pretrain_img_size > 0 and (
-                self.patch_size is None or self.pretrain_img_size % self.patch_size == 0)), "--pretrain-img-size",
+                not self.patch_size or self.pretrain_img_size % self.patch_size == 0)), "--pretrain-img-size",
              f"must be a positive multiple of --patch-size ({self.patch_size})"),
             (self.patch_size is None or self.patch_size > 0, "--patch-size", "must be positive"),
         ]
