@@ -386,7 +386,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .checkpoint import CheckpointError
     from .data.archive import ArchiveError
     from .data.images import ImageReadError
-    from .data.sources import DataError
+    from .data.sources import SKIP_BAD_IMAGES_HINT, DataError
     from .engine.export import ExportError
 
     if args.command not in ("train", "pretrain"):
@@ -414,8 +414,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             train(cfg, resume=resume)
     except ImageReadError as err:  # a file that passed the header check but does not decode, mid-epoch
         message = _worker_message(err)
-        if "--skip-bad-images" not in message:
-            message += " (--skip-bad-images decodes every file first and leaves unreadable ones out)"
+        if SKIP_BAD_IMAGES_HINT not in message:
+            message += f" ({SKIP_BAD_IMAGES_HINT})"
         print(f"vitrain: error: {message}", file=sys.stderr)
         return 2
     except (ConfigError, DataError, ArchiveError, CheckpointError) as err:

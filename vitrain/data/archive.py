@@ -61,16 +61,15 @@ def _extract_tar(archive: Path, dest: Path) -> None:
             tf.extractall(dest, members=members)
 
 
-def _remove_dead_extractions(cache_dir: Path, stem: str) -> None:
+def _remove_dead_extractions(cache_dir: Path, prefix: str) -> None:
     """Remove temporary folders that a killed extraction of this archive left behind.
 
-    Their names carry the host and process id of the extracting process; only folders of
-    this host whose process is gone are removed, so a concurrent extraction (another rank,
-    another run) keeps its folder.
+    Their names are ``prefix`` (the archive's stem and this host), the process id of the
+    extracting process and a random part; only folders whose process is gone are removed,
+    so a concurrent extraction (another rank, another run) keeps its folder.
     """
-    host = socket.gethostname()
-    for folder in cache_dir.glob(f".{stem}-{host}-*-*"):
-        pid = folder.name[len(f".{stem}-{host}-"):].split("-", 1)[0]
+    for folder in cache_dir.glob(f"{prefix}*-*"):
+        pid = folder.name[len(prefix):].split("-", 1)[0]
         if not pid.isdigit():
             continue
         try:
@@ -106,8 +105,9 @@ def extract_archive(archive: str | Path, cache_dir: Path | None = None) -> Path:
     if target.is_dir():
         return target
     cache_dir.mkdir(parents=True, exist_ok=True)
-    _remove_dead_extractions(cache_dir, stem)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{stem}-{socket.gethostname()}-{os.getpid()}-", dir=cache_dir))
+    prefix = f".{stem}-{socket.gethostname()}-"
+    _remove_dead_extractions(cache_dir, prefix)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=cache_dir))
     try:
         if zipfile.is_zipfile(archive):
             _extract_zip(archive, tmp)

@@ -26,6 +26,7 @@ from .archive import default_cache_dir, extract_archive, is_archive
 from .images import ImageReadError, image_mode, is_image_file, read_image
 
 BUILTIN = ("digits", "cifar10", "cifar100", "mnist", "fashion-mnist")
+SKIP_BAD_IMAGES_HINT = "--skip-bad-images leaves unreadable images out"  # appended to unreadable-image errors
 SPLIT_NAMES = {
     "train": "train", "training": "train",
     "val": "val", "valid": "val", "validation": "val",
@@ -278,7 +279,7 @@ def _check_files(paths: Sequence[Path], skip_bad: bool = False) -> tuple[int, di
                 read_image(p, 1, max_side=32)
         except ImageReadError as err:
             if not skip_bad:
-                raise ImageReadError(f"{err} (--skip-bad-images leaves unreadable images out)") from None
+                raise ImageReadError(f"{err} ({SKIP_BAD_IMAGES_HINT})") from None
             bad[p] = str(err)
     return (1 if modes <= _GRAY_MODES else 3), bad
 

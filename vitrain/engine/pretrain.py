@@ -288,7 +288,8 @@ def pretrain_then_train(cfg: TrainConfig, resume: bool = False, log=print) -> di
     left; otherwise the first stage runs ``pretrain_share`` x ``--epochs`` epochs and the second
     the rest. The first stage mixes instances with ``pretrain_mixup``/``pretrain_cutmix`` and runs
     at ``pretrain_img_size`` (default ``img_size``); the second mixes images with
-    ``mixup``/``cutmix`` and resamples the position embeddings when the sizes differ. A resumed run resumes the fine-tuning stage.
+    ``mixup``/``cutmix`` and resamples the position embeddings when the sizes differ. A
+    resumed run resumes the fine-tuning stage.
     """
     from .train import check_run_dir, default_run_dir, train
 

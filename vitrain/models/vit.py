@@ -151,8 +151,7 @@ class Attention(nn.Module):
 
         Computed explicitly for explanations; ``forward`` never materializes it for all heads at once.
         """
-        B, N, C = x.shape
-        q, k, _ = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k, _ = self._split(self.qkv(x), 3, per_head=False)
         return (q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5).softmax(dim=-1)
 
     def forward(self, x: torch.Tensor, rows: int | None = None) -> torch.Tensor:
@@ -357,8 +356,8 @@ class VisionTransformer(nn.Module):
         The result equals ``forward_head(forward_features(x), pre_logits)``, but a class-token
         model computes only the prefix tokens in its last block, since nothing else of that
         block is read (its attention still reads every token). That skips the last block's
-        query, output projection and MLP work for every patch token: about a tenth of a
-        6-block model's matmuls.
+        query, output projection and MLP work for every patch token: three quarters of that
+        block's matmuls, an eighth of a 6-block model's.
         """
         if not self.num_prefix_tokens:
             return self.forward_head(self.forward_features(x), pre_logits)
