@@ -114,7 +114,7 @@ class BatchAugment:
         if self.augment != "none":
             images = self._resized_crop(images, generator) if self.resized_crop else self._pad_crop(images, generator)
             if self.hflip > 0:
-                flip = (torch.rand(images.shape[0], generator=generator) < self.hflip).to(images.device)
+                flip = to_device(torch.rand(images.shape[0], generator=generator) < self.hflip, images.device)
                 images = torch.where(flip[:, None, None, None], images.flip(-1), images)
             if self.policy is not None:
                 images = torch.cat([self.policy(images[i:i + POLICY_GROUP])
@@ -130,12 +130,12 @@ class BatchAugment:
         b, _, h, w = images.shape
         boxes, found = random_crop_boxes(b, h, w, (0.02, 0.33), (0.3, 3.3), generator, fallback=False)
         chosen = found & (torch.rand(b, generator=generator) < self.erasing)
-        boxes = boxes.to(images.device)
+        boxes = to_device(boxes, images.device)
         rows = torch.arange(h, device=images.device)[None, :]
         cols = torch.arange(w, device=images.device)[None, :]
         in_rows = (rows >= boxes[:, 1:2]) & (rows < boxes[:, 3:4])  # (B, H)
         in_cols = (cols >= boxes[:, 0:1]) & (cols < boxes[:, 2:3])  # (B, W)
-        mask = in_rows[:, :, None] & in_cols[:, None, :] & chosen.to(images.device)[:, None, None]
+        mask = in_rows[:, :, None] & in_cols[:, None, :] & to_device(chosen, images.device)[:, None, None]
         return images.masked_fill(mask[:, None], 0.0)
 
     def _pad_crop(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -143,7 +143,7 @@ class BatchAugment:
         b, _, h, w = images.shape
         pad = max(1, self.img_size // 8)
         padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))
-        offsets = torch.randint(0, 2 * pad + 1, (2, b), generator=generator).to(images.device)
+        offsets = to_device(torch.randint(0, 2 * pad + 1, (2, b), generator=generator), images.device)
         rows = (offsets[0][:, None] + torch.arange(h, device=images.device))[:, :, None]  # (B, H, 1)
         cols = (offsets[1][:, None] + torch.arange(w, device=images.device))[:, None, :]  # (B, 1, W)
         batch = torch.arange(b, device=images.device)[:, None, None]
@@ -154,7 +154,7 @@ class BatchAugment:
         boxes, _ = random_crop_boxes(images.shape[0], images.shape[-2], images.shape[-1], self.crop_scale,
                                   self.crop_ratio, generator)
         rois = torch.cat([torch.arange(images.shape[0], dtype=torch.float32)[:, None], boxes], 1)
-        crops = roi_align(images.float(), rois.to(images.device), self.img_size, spatial_scale=1.0,
+        crops = roi_align(images.float(), to_device(rois, images.device), self.img_size, spatial_scale=1.0,
                           sampling_ratio=-1, aligned=True)
         return crops.round_().clamp_(0, 255).to(torch.uint8)
 
@@ -193,6 +193,17 @@ def random_crop_boxes(n: int, height: int, width: int, scale: tuple[float, float
     x1 = torch.where(none, torch.full_like(w, (width - fw) // 2), torch.floor(u[0] * (width - w + 1)))
     y1 = torch.where(none, torch.full_like(h, (height - fh) // 2), torch.floor(u[1] * (height - h + 1)))
     return torch.stack([x1, y1, x1 + w, y1 + h], 1), first >= 0
+
+
+def to_device(values: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``values`` (drawn on the CPU) on ``device``; to a GPU through pinned memory without waiting.
+
+    A plain ``.to("cuda")`` of a pageable tensor makes the host wait for the GPU, so the
+    per-batch random numbers would synchronize every training step.
+    """
+    if device.type == "cuda":
+        return values.pin_memory().to(device, non_blocking=True)
+    return values.to(device)
 
 
 def to_float(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -259,7 +270,7 @@ class MemoryLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for index, generator in self._batches():
-            index = index.to(self.images.device)
+            index = to_device(index, self.images.device)
             images = self.images[index]
             if self.augment is not None:
                 images = self.augment(images, generator)
