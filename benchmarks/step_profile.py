@@ -56,7 +56,8 @@ def measure(recipe: str, batch_size: int, device: torch.device, compiled: bool, 
                      num_heads=cfg.num_heads, mlp_dim=cfg.mlp_dim, stem=cfg.stem, pool=cfg.pool, num_classes=10,
                      dropout=cfg.dropout, drop_path=cfg.drop_path)
     model = VisionTransformer(arch).to(device).train()
-    step_model = torch.compile(model) if compiled else model
+    graphs = compiled and device.type == "cuda"  # as vitrain train does (one process)
+    step_model = torch.compile(model, mode="reduce-overhead" if graphs else None) if compiled else model
     optimizer = build_optimizer(model, cfg, device)
     scheduler = build_scheduler(optimizer, cfg, len(loader), 10**6)
     amp = _amp_dtype(device)
@@ -72,6 +73,8 @@ def measure(recipe: str, batch_size: int, device: torch.device, compiled: bool, 
             return next(batches)
 
     def step(images, labels):
+        if graphs:
+            torch.compiler.cudagraph_mark_step_begin()
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             logits = step_model(images)
             loss = F.cross_entropy(logits, labels, label_smoothing=cfg.label_smoothing)

@@ -402,3 +402,14 @@ def test_skip_bad_images_trains_on_the_rest_and_counts_them_in_the_report(flat_f
     assert sorted(Path(f).name for f in report["skipped_images"]["files"]) == ["empty.png", "notes.png",
                                                                                 "truncated.jpg"]
     assert sum(report["splits"].values()) == 30
+
+
+def test_cuda_graphs_only_for_a_compiled_single_gpu_step():
+    from vitrain.engine.distributed import Dist
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert train_module.use_cuda_graphs("auto", cuda, Dist())
+    assert train_module.use_cuda_graphs("on", cuda, Dist())
+    assert not train_module.use_cuda_graphs("off", cuda, Dist())  # no compile, no graphs
+    assert not train_module.use_cuda_graphs("on", cpu, Dist())  # compiled on CPU: no graphs there
+    assert not train_module.use_cuda_graphs("auto", cuda, Dist(rank=0, world=2))  # DDP's hooks run between graphs
