@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from vitrain.data.images import ImageReadError
+from vitrain.data import sources
 from vitrain.data.sources import DataError, load_data, stratified_split
 
 from .conftest import CLASS_COLORS, make_image, write_class_folders
@@ -199,7 +200,10 @@ def _add_bad_files(folder):
     return cut
 
 
-def test_skip_bad_images_leaves_unreadable_files_out_and_lists_them(flat_folder):
+@pytest.mark.parametrize("workers", [False, True], ids=["one-process", "worker-processes"])
+def test_skip_bad_images_leaves_unreadable_files_out_and_lists_them(flat_folder, monkeypatch, workers):
+    if workers:  # big sets are checked in DataLoader workers; the same errors and skips must come back
+        monkeypatch.setattr(sources, "PARALLEL_CHECK_MIN", 0)
     _add_bad_files(flat_folder)
     with pytest.raises(ImageReadError, match=r"(empty\.png: empty file|notes\.png: cannot identify).*"
                                              r"\(--skip-bad-images leaves unreadable images out\)"):
