@@ -142,8 +142,8 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default=S, help="auto (default), cpu, cuda or cuda:N")
     g.add_argument("--workers", type=int, default=S, help="data-loading processes (auto)")
     g.add_argument("--compile", choices=["auto", "on", "off"], default=S,
-                   help="torch.compile the model for training (auto: on for CUDA, off on CPU, where it did not "
-                   "pay in BENCHMARKS.md); the first steps are slower while it compiles")
+                   help="torch.compile the model for training (auto: on for CUDA, with CUDA graphs on one GPU; off on "
+                   "CPU, where it did not pay in BENCHMARKS.md); the first steps are slower while it compiles")
     g.add_argument("--in-memory", choices=["auto", "on", "off"], default=S,
                    help="decode every image once and augment whole batches in memory (auto: when the "
                    "decoded images fit in 2 GiB)")
