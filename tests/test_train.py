@@ -358,6 +358,33 @@ def test_leaked_evaluation_images_are_counted_and_removed_with_dedupe(tmp_path, 
     assert deduped["leakage"]["test"]["removed"] == 2 and deduped["test"]["images"] == 9
 
 
+def test_dedupe_that_empties_a_split_is_handled_before_training(tmp_path, tiny_args, capsys):
+    from .conftest import write_class_folders
+
+    data = tmp_path / "copies"
+    write_class_folders(data / "train", per_class=6)
+    for name in ("cat", "dog", "fox"):  # the whole test split is byte copies of training images
+        (data / "test" / name).mkdir(parents=True)
+        for i in range(2):
+            (data / "test" / name / f"t{i}.png").write_bytes((data / "train" / name / f"00{i}.png").read_bytes())
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(data), *tiny_args, "--epochs", "1", "--dedupe", "--out", str(run)]) == 0
+    assert "the final evaluation uses the validation split" in capsys.readouterr().out
+    report = json.loads((run / "report.json").read_text())
+    assert report["leakage"]["test"]["removed"] == 6 and report["test"]["split"] == "val"
+    assert "test" not in report["splits"]
+
+    same = tmp_path / "same"  # every image of a class is the same file, so validation is all copies
+    for name in ("cat", "dog", "fox"):
+        (same / name).mkdir(parents=True)
+        for i in range(6):
+            (same / name / f"{i}.png").write_bytes((data / "train" / name / "000.png").read_bytes())
+    assert main(["train", "--data", str(same), *tiny_args, "--epochs", "1", "--dedupe",
+                 "--out", str(tmp_path / "none")]) == 2
+    assert "--dedupe: all 3 validation images are identical to training images" in capsys.readouterr().err
+    assert not (tmp_path / "none" / "last.safetensors").exists()
+
+
 def test_steps_that_fit_pays_a_full_overhead_for_a_partial_epoch():
     from vitrain.engine.train import recent_step_seconds, steps_that_fit
 

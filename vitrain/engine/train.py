@@ -27,7 +27,7 @@ from ..checkpoint import CheckpointError, load_state, load_weights, model_from_c
 from ..config import ConfigError, TrainConfig, parse_head
 from ..data import memory
 from ..data.leakage import content_hashes, find_leaks, without
-from ..data.sources import ArrayImageDataset, DataSplits, load_data
+from ..data.sources import ArrayImageDataset, DataError, DataSplits, load_data
 from ..data.transforms import (TransformedDataset, build_eval_transform, build_train_transform, normalization,
                                uses_resized_crop)
 from ..models.pretrained import Pretrained, PretrainedError, load_pretrained
@@ -322,8 +322,17 @@ def check_leaks(splits: DataSplits, dedupe: bool, log=print) -> dict[str, Any]:
             log(f"warning: {len(leak.leaked)} of {leak.total} {name} images are identical to training images; "
                 f"{action}")
             if dedupe:
-                setattr(splits, name, without(dataset, leak.leaked))
                 found[name]["removed"] = len(leak.leaked)
+                kept = without(dataset, leak.leaked)
+                if len(kept) == 0 and name == "val":
+                    raise DataError(f"--dedupe: all {leak.total} validation images are identical to training "
+                                    "images, so no validation split is left (raise --val-fraction, or train "
+                                    "without --dedupe)")
+                if len(kept) == 0:  # the final evaluation falls back to the validation split
+                    kept = None
+                    splits.notes.append(f"all {leak.total} test images are identical to training images and "
+                                        "--dedupe removed them: the final evaluation uses the validation split")
+                setattr(splits, name, kept)
     return found
 
 
