@@ -138,6 +138,39 @@ def test_the_first_stage_can_run_at_a_smaller_input_size(flat_folder, tmp_path, 
     assert torch.equal(tuned["blocks.0.attn.qkv.weight"], backbone["blocks.0.attn.qkv.weight"])
 
 
+def test_a_dynamic_size_model_is_the_model_built_for_that_size():
+    from vitrain.models.vit import ViTConfig, VisionTransformer
+
+    torch.manual_seed(0)
+    model = VisionTransformer(ViTConfig(img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2, mlp_dim=64,
+                                        num_classes=3, stem="conv")).eval()
+    small = torch.randn(2, 3, 8, 8)
+    with pytest.raises(ValueError, match=r"expected input of shape \(B, 3, 16, 16\)"):
+        model(small)  # off unless asked for
+    model.dynamic_img_size = True
+    at_8 = VisionTransformer(ViTConfig(**{**model.config.to_dict(), "img_size": 8})).eval()
+    state = model.state_dict()
+    state["pos_embed"] = resample_pos_embed(state["pos_embed"], 2, 1)
+    at_8.load_state_dict(state)
+    torch.testing.assert_close(model(small), at_8(small))
+    assert model(torch.randn(2, 3, 16, 16)).shape == (2, 3)  # its own size still works
+    with pytest.raises(ValueError):
+        model(torch.randn(2, 3, 10, 10))  # not a multiple of the patch
+
+
+def test_multi_crop_pretraining_adds_small_crops(flat_folder, tmp_path, tiny_args):
+    args = ["pretrain", "--data", str(flat_folder), *tiny_args, "--epochs", "2", "--infonce", "1"]
+    assert main([*args, "--local-crops", "3", "--out", str(tmp_path / "multi")]) == 0
+    report = json.loads((tmp_path / "multi" / "report.json").read_text())
+    assert report["local_crops"] == 3 and report["local_crop_size"] == 8  # half of 16 px, two 4-px patches
+    assert math.isfinite(report["final_loss"])
+    multi = load_file(str(tmp_path / "multi" / "backbone.safetensors"))
+    assert multi["pos_embed"].shape == (1, 1 + 4 * 4, 32)  # the backbone keeps its own grid
+    assert main([*args, "--out", str(tmp_path / "plain")]) == 0
+    plain = load_file(str(tmp_path / "plain" / "backbone.safetensors"))
+    assert not torch.equal(multi["blocks.0.attn.qkv.weight"], plain["blocks.0.attn.qkv.weight"])
+
+
 def test_pretraining_options_are_checked(flat_folder, tmp_path, tiny_args, capsys):
     assert main(["pretrain", "--data", str(flat_folder), *tiny_args, "--views", "1", "--infonce", "1",
                  "--out", str(tmp_path / "x")]) == 2
@@ -145,6 +178,12 @@ def test_pretraining_options_are_checked(flat_folder, tmp_path, tiny_args, capsy
     assert main(["train", "--data", str(flat_folder), *tiny_args, "--pretrain", "instance-discrimination",
                  "--pretrain-img-size", "10", "--out", str(tmp_path / "y")]) == 2
     assert "--pretrain-img-size must be a positive multiple of --patch-size (4)" in capsys.readouterr().err
+    assert main(["pretrain", "--data", str(flat_folder), *tiny_args, "--local-crops", "2", "--local-crop-size", "6",
+                 "--out", str(tmp_path / "z")]) == 2
+    assert "--local-crop-size must be a positive multiple of --patch-size (4)" in capsys.readouterr().err
+    assert main(["pretrain", "--data", str(flat_folder), *tiny_args, "--local-crop-scale", "0.5,0.1",
+                 "--out", str(tmp_path / "w")]) == 2
+    assert "--local-crop-scale needs MIN,MAX with 0 < MIN <= MAX <= 1" in capsys.readouterr().err
 
 
 def test_pretrain_none_drops_the_first_stage_of_a_recipe(flat_folder, tmp_path, tiny_args):

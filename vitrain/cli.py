@@ -76,6 +76,12 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="weight of an InfoNCE term between two views, with in-batch negatives (0: off)")
     g.add_argument("--temperature", type=float, default=S, help="of the cosine instance classifier and InfoNCE (0.2)")
     g.add_argument("--pretrain-crop-scale", default=S, help="MIN,MAX area of the pretraining crops (0.08,1)")
+    g.add_argument("--local-crops", type=int, default=S, metavar="N",
+                   help="multi-crop: N extra small crops of each image per pretraining step, at --local-crop-size, "
+                   "each labelled with its image (0: off)")
+    g.add_argument("--local-crop-size", type=int, default=S, metavar="PX",
+                   help="input size of the local crops (default: half the pretraining input, a multiple of the patch)")
+    g.add_argument("--local-crop-scale", default=S, help="MIN,MAX area of the local crops (0.05,0.4)")
     g.add_argument("--pretrain-mixup", type=float, default=S,
                    help="MixUp alpha between instances in the first stage of --pretrain (0: off; `vitrain "
                    "pretrain` uses --mixup)")

@@ -59,6 +59,10 @@ class TrainConfig:
     infonce: float = 0.0  # weight of an InfoNCE term between two views (0: off; an ablation)
     temperature: float = 0.2  # of the cosine instance classifier and of InfoNCE
     pretrain_crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
+    # multi-crop: this many extra small crops of each image per pretraining step, at a smaller input
+    local_crops: int = 0
+    local_crop_size: Optional[int] = None  # their input size (None: half the pretraining input)
+    local_crop_scale: list[float] = field(default_factory=lambda: [0.05, 0.4])
     # MixUp/CutMix alphas between instances in the first stage of `train --pretrain` (0: off); the
     # `vitrain pretrain` command itself uses --mixup/--cutmix
     pretrain_mixup: float = 0.0
@@ -167,6 +171,12 @@ class TrainConfig:
             (self.temperature > 0, "--temperature", "must be positive"),
             (len(self.pretrain_crop_scale) == 2 and 0 < self.pretrain_crop_scale[0] <= self.pretrain_crop_scale[1] <= 1,
              "--pretrain-crop-scale", "needs MIN,MAX with 0 < MIN <= MAX <= 1"),
+            (self.local_crops >= 0, "--local-crops", "must be >= 0 (0 turns multi-crop off)"),
+            (len(self.local_crop_scale) == 2 and 0 < self.local_crop_scale[0] <= self.local_crop_scale[1] <= 1,
+             "--local-crop-scale", "needs MIN,MAX with 0 < MIN <= MAX <= 1"),
+            (self.local_crop_size is None or (self.local_crop_size > 0 and (
+                not self.patch_size or self.local_crop_size % self.patch_size == 0)), "--local-crop-size",
+             f"must be a positive multiple of --patch-size ({self.patch_size})"),
             ((self.mean is None) == (self.std is None), "--mean/--std", "must be given together"),
             (self.std is None or all(s > 0 for s in self.std), "--std", "values must be positive"),
             (self.model == "auto" or self.model in ALIASES or self.model in model_names(), "--model",

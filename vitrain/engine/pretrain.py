@@ -16,7 +16,12 @@ augmented views. Labels are never read. Here:
   ``-(lam * log p[a] + (1 - lam) * log p[b])`` -- not a sum of logs over all classes;
 * ``--infonce W`` adds W x InfoNCE between the first two views: cosine similarities over
   the temperature, each view's positive is the other view of its image and the other
-  images of the batch are the negatives (an ablation; off by default).
+  images of the batch are the negatives (an ablation; off by default);
+* ``--local-crops N`` (multi-crop, as in SwAV and in the paper) adds N small crops of each
+  image (``--local-crop-scale``, default 5-40% of the area) at a smaller input
+  (``--local-crop-size``, default half), with the position embeddings resampled to their
+  grid. They are labelled with their own image and never mixed; the loss is the mean over
+  all views.
 
 The backbone is saved as ``backbone.safetensors`` (a vitrain checkpoint whose head is not
 trained); ``vitrain train --init DIR`` (or ``--pretrained DIR``) fine-tunes it.
@@ -150,12 +155,20 @@ def _check_out(cfg: TrainConfig) -> Path:
     return out
 
 
+def local_crop_size(cfg: TrainConfig) -> int:
+    """``--local-crop-size``, else half the pretraining input rounded down to the patch size (at least one patch)."""
+    if cfg.local_crop_size:
+        return cfg.local_crop_size
+    return max(cfg.patch_size, cfg.img_size // 2 // cfg.patch_size * cfg.patch_size)
+
+
 def pretrain(cfg: TrainConfig, log=print) -> dict[str, Any]:
     """Instance-discrimination pretraining as ``cfg`` says; writes the run folder, returns the report.
 
     Uses ``cfg.epochs`` (or, with ``cfg.time_budget``, as many steps as fit, re-planned
     after every epoch), the model options, optimizer and schedule of ``cfg``, and
-    ``views``, ``infonce``, ``temperature``, ``pretrain_crop_scale``, ``mixup``, ``cutmix``.
+    ``views``, ``infonce``, ``temperature``, ``pretrain_crop_scale``, ``mixup``, ``cutmix`` and the
+    ``local_crops`` options.
     """
     from .train import TrainingError, build_model, check_leaks, decode_workers, recent_step_seconds, replan_budget, \
         resolve_config_for_data, resolve_device
@@ -188,6 +201,10 @@ def pretrain(cfg: TrainConfig, log=print) -> dict[str, Any]:
     net = _Pretrainer(model, head)
     augment = StrongAugment(cfg.img_size, cfg.mean, cfg.std, crop_scale=tuple(cfg.pretrain_crop_scale),
                             hflip=cfg.hflip)
+    local_size = local_crop_size(cfg)
+    local_augment = StrongAugment(local_size, cfg.mean, cfg.std, crop_scale=tuple(cfg.local_crop_scale),
+                                  hflip=cfg.hflip) if cfg.local_crops else None
+    model.dynamic_img_size = bool(cfg.local_crops)
     batch = min(cfg.batch_size, n)
     steps_per_epoch = n // batch  # drop the ragged last batch: every step has the same shape
     optimizer = build_optimizer(net, cfg, device)
@@ -202,7 +219,7 @@ def pretrain(cfg: TrainConfig, log=print) -> dict[str, Any]:
         f"{cfg.model} {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters at {cfg.img_size}px, "
         f"temperature {cfg.temperature:g}" + (f", InfoNCE x{cfg.infonce:g}" if cfg.infonce else "")
         + (f", MixUp {cfg.mixup:g}" if cfg.mixup else "") + (f", CutMix {cfg.cutmix:g}" if cfg.cutmix else "")
-        + f", on {device}")
+        + (f", {cfg.local_crops} local crops at {local_size}px" if cfg.local_crops else "") + f", on {device}")
     log(f"writing to {out}")
 
     history: list[dict[str, Any]] = []
@@ -232,6 +249,13 @@ def pretrain(cfg: TrainConfig, log=print) -> dict[str, Any]:
             if cfg.infonce > 0:
                 z_views = z.view(cfg.views, len(index), -1)
                 loss = loss + cfg.infonce * info_nce(z_views[0], z_views[1], cfg.temperature)
+            if local_augment is not None:  # the mean over all views: global views weigh `views`, local ones theirs
+                small = torch.cat([local_augment(images[index], generator) for _ in range(cfg.local_crops)])
+                local_logits = head(head.embed(model(small, pre_logits=True)))
+                local_a = index.repeat(cfg.local_crops)
+                loss = (cfg.views * loss + cfg.local_crops * F.cross_entropy(local_logits, local_a)) / (
+                    cfg.views + cfg.local_crops)
+                logits, a = torch.cat([logits, local_logits]), torch.cat([a, local_a])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -270,6 +294,7 @@ def pretrain(cfg: TrainConfig, log=print) -> dict[str, Any]:
               "epochs": epoch, "steps": global_step, "batch_size": batch, "final_loss": history[-1]["train_loss"],
               "instance_accuracy": history[-1]["train_accuracy"], "infonce": cfg.infonce,
               "mixup": cfg.mixup, "cutmix": cfg.cutmix, "temperature": cfg.temperature,
+              "local_crops": cfg.local_crops, **({"local_crop_size": local_size} if cfg.local_crops else {}),
               "model": model.config.to_dict(), "device": str(device), "seed": cfg.seed,
               "total_seconds": round(time.perf_counter() - started, 2)}
     if budget is not None:

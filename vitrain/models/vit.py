@@ -23,6 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import StochasticDepth
 
+from .convert import resample_pos_embed
+
 Pool = Literal["cls", "avg"]
 Stem = Literal["patch", "conv"]
 
@@ -270,6 +272,9 @@ class VisionTransformer(nn.Module):
         self.head_dist = build_head(dim, config.num_classes, config.head_hidden, config.head_dropout) \
             if config.distilled else None
         self.meta: dict = {}  # classes and preprocessing, filled in by checkpoints
+        # True: square inputs of any multiple of the patch size are accepted, with the position
+        # embeddings resampled to their grid (multi-crop pretraining); not part of the architecture
+        self.dynamic_img_size = False
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -313,16 +318,21 @@ class VisionTransformer(nn.Module):
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) -> input tokens (B, prefix + patches, embed_dim), position-embedded."""
         cfg = self.config
-        if x.ndim != 4 or x.shape[1:] != (cfg.in_chans, cfg.img_size, cfg.img_size):
+        other_size = (x.ndim == 4 and x.shape[1] == cfg.in_chans and x.shape[2] == x.shape[3] != cfg.img_size
+                      and x.shape[2] % cfg.patch_size == 0 and self.dynamic_img_size)
+        if not other_size and (x.ndim != 4 or x.shape[1:] != (cfg.in_chans, cfg.img_size, cfg.img_size)):
             raise ValueError(
                 f"expected input of shape (B, {cfg.in_chans}, {cfg.img_size}, {cfg.img_size}), "
                 f"got {tuple(x.shape)}"
             )
+        pos_embed = self.pos_embed
+        if other_size:
+            pos_embed = resample_pos_embed(pos_embed, x.shape[2] // cfg.patch_size, self.num_prefix_tokens)
         x = self.patch_embed(x)
         prefix = [t.expand(x.shape[0], -1, -1) for t in (self.cls_token, self.dist_token) if t is not None]
         if prefix:
             x = torch.cat([*prefix, x], dim=1)
-        return self.pos_drop(x + self.pos_embed)
+        return self.pos_drop(x + pos_embed)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) -> normalized tokens (B, prefix + patches, embed_dim)."""
