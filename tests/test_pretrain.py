@@ -193,3 +193,26 @@ def test_pretrain_none_drops_the_first_stage_of_a_recipe(flat_folder, tmp_path, 
     assert not (run / "pretrain").exists()
     report = json.loads((run / "report.json").read_text())
     assert "pretraining" not in report and report["epochs"] == 2
+
+
+def test_pretraining_skips_or_stops_on_a_non_finite_loss(flat_folder, tmp_path, tiny_args, monkeypatch, capsys):
+    from vitrain.engine import pretrain as pretrain_module
+
+    real = pretrain_module.instance_loss
+    calls = {"n": 0}
+
+    def inf_in_epoch_two(*args, **kwargs):  # 3 steps per epoch: global steps 4 and 5 give an infinite loss
+        calls["n"] += 1
+        loss = real(*args, **kwargs)
+        return loss * float("inf") if calls["n"] in (4, 5) else loss
+
+    monkeypatch.setattr(pretrain_module, "instance_loss", inf_in_epoch_two)
+    args = ["pretrain", "--data", str(flat_folder), *tiny_args, "--epochs", "3"]
+    assert main([*args, "--skip-nonfinite", "2", "--out", str(tmp_path / "skips")]) == 0
+    report = json.loads((tmp_path / "skips" / "report.json").read_text())
+    assert [b["step"] for b in report["skipped_batches"]] == [4, 5] and math.isfinite(report["final_loss"])
+    calls["n"] = 0
+    assert main([*args, "--out", str(tmp_path / "stops")]) == 1
+    err = capsys.readouterr().err
+    assert "at epoch 2, step 1 of the epoch (global step 4): the loss was inf" in err
+    assert str(tmp_path / "stops" / "backbone.safetensors") in err

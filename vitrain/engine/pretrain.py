@@ -167,11 +167,11 @@ def pretrain(cfg: TrainConfig, log=print) -> dict[str, Any]:
 
     Uses ``cfg.epochs`` (or, with ``cfg.time_budget``, as many steps as fit, re-planned
     after every epoch), the model options, optimizer and schedule of ``cfg``, and
-    ``views``, ``infonce``, ``temperature``, ``pretrain_crop_scale``, ``mixup``, ``cutmix`` and the
-    ``local_crops`` options.
+    ``views``, ``infonce``, ``temperature``, ``pretrain_crop_scale``, ``mixup``, ``cutmix``, the
+    ``local_crops`` options, ``clip_grad`` and ``skip_nonfinite``.
     """
-    from .train import TrainingError, build_model, check_leaks, decode_workers, recent_step_seconds, replan_budget, \
-        resolve_config_for_data, resolve_device
+    from .train import TrainingError, _nonfinite, build_model, check_leaks, decode_workers, recent_step_seconds, \
+        replan_budget, resolve_config_for_data, resolve_device
 
     from .distributed import from_environment
 
@@ -223,6 +223,9 @@ def pretrain(cfg: TrainConfig, log=print) -> dict[str, Any]:
     log(f"writing to {out}")
 
     history: list[dict[str, Any]] = []
+    skipped: list[dict[str, Any]] = []  # batches with a non-finite loss or gradient (--skip-nonfinite)
+    # on a CPU every step is checked (reading the flag is free); on a GPU only when batches may be skipped
+    check_each_step = device.type == "cpu" or cfg.skip_nonfinite > 0
     speed: list[tuple[int, float]] = []
     global_step, epoch, save_seconds = 0, 0, 0.0
     generator = torch.Generator()
@@ -258,19 +261,28 @@ def pretrain(cfg: TrainConfig, log=print) -> dict[str, Any]:
                 logits, a = torch.cat([logits, local_logits]), torch.cat([a, local_a])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            steps += 1
+            global_step += 1
+            if check_each_step or cfg.clip_grad > 0:  # a NaN/Inf loss or gradient shows in the gradient norm
+                grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(),
+                                                           cfg.clip_grad if cfg.clip_grad > 0 else math.inf)
+                if check_each_step and not bool(torch.isfinite(grad_norm)):
+                    _nonfinite(skipped, cfg.skip_nonfinite, epoch, global_step, steps, float(loss.detach()), out,
+                               log, BACKBONE_FILE)
+                    optimizer.zero_grad(set_to_none=True)  # the batch is skipped: no update
+                    scheduler.step()
+                    continue
             optimizer.step()
             scheduler.step()
             loss_sum += loss.detach() * len(a)
             correct += (logits.detach().argmax(1) == a).sum()
             seen += len(a)
-            steps += 1
-            global_step += 1
             if time.perf_counter() > end:
                 total_steps = global_step
                 break
         bar.close()
         train_time = time.perf_counter() - epoch_start
-        row = {"epoch": epoch, "train_loss": float(loss_sum) / seen, "train_accuracy": float(correct) / seen,
+        row = {"epoch": epoch, "train_loss": float(loss_sum) / max(seen, 1), "train_accuracy": float(correct) / max(seen, 1),
                "lr": optimizer.param_groups[0]["lr"], "epoch_seconds": train_time, "images_per_second": seen / train_time}
         if not math.isfinite(row["train_loss"]):
             raise TrainingError(f"the pretraining loss became {row['train_loss']} in epoch {epoch} (lower --lr)")
@@ -299,6 +311,8 @@ def pretrain(cfg: TrainConfig, log=print) -> dict[str, Any]:
               "total_seconds": round(time.perf_counter() - started, 2)}
     if budget is not None:
         report["time_budget"] = {**budget, "done_steps": global_step}
+    if skipped:
+        report["skipped_batches"] = skipped
     write_report(out / "report.json", report)
     log(f"pretraining done in {report['total_seconds']:.1f}s: {global_step} steps, final loss "
         f"{report['final_loss']:.4f}; backbone in {out / BACKBONE_FILE}")

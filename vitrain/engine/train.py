@@ -725,13 +725,13 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
 
 
 def _nonfinite(skipped: list[dict[str, Any]], allowed: int, epoch: int, step: int, epoch_step: int, loss: float,
-               out: Path, log) -> None:
+               out: Path, log, checkpoint: str = "last.safetensors") -> None:
     """A batch gave a NaN/Inf loss or gradient: record it, and stop once more than ``allowed`` have."""
     where = f"epoch {epoch}, step {epoch_step} of the epoch (global step {step})"
     what = f"the loss was {loss:g}" if not math.isfinite(loss) else f"the loss was {loss:.4g} but the gradient was not finite"
     if len(skipped) >= allowed:
         raise TrainingError(f"a non-finite loss or gradient at {where}: {what}; the last good checkpoint is "
-                            f"{out / 'last.safetensors'} (lower --lr, set --clip-grad, or skip up to N such "
+                            f"{out / checkpoint} (lower --lr, set --clip-grad, or skip up to N such "
                             "batches with --skip-nonfinite N)")
     skipped.append({"epoch": epoch, "step": step, "loss": loss if math.isfinite(loss) else str(loss)})
     log(f"skipped a batch at {where}: {what} ({len(skipped)} of --skip-nonfinite {allowed})")
