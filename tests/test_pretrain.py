@@ -184,6 +184,10 @@ def test_pretraining_options_are_checked(flat_folder, tmp_path, tiny_args, capsy
     assert main(["pretrain", "--data", str(flat_folder), *tiny_args, "--local-crop-scale", "0.5,0.1",
                  "--out", str(tmp_path / "w")]) == 2
     assert "--local-crop-scale needs MIN,MAX with 0 < MIN <= MAX <= 1" in capsys.readouterr().err
+    # options of training that pretraining has no use for are refused, not silently ignored
+    assert main(["pretrain", "--data", str(flat_folder), *tiny_args, "--ema", "0.99", "--label-smoothing", "0.1",
+                 "--out", str(tmp_path / "v")]) == 2
+    assert "vitrain pretrain does not use --ema, --label-smoothing" in capsys.readouterr().err
 
 
 def test_pretrain_none_drops_the_first_stage_of_a_recipe(flat_folder, tmp_path, tiny_args):

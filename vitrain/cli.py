@@ -13,6 +13,10 @@ from .config import ConfigError, TrainConfig, config_from_dict, layered_config, 
 
 # options that may differ when a run is resumed: they change where and how fast it runs, not what it computes
 RESUME_OVERRIDABLE = {"device", "workers", "progress", "data_root", "download", "compile"}
+# options of `vitrain train` that `vitrain pretrain` (which shares its parser) has no use for
+PRETRAIN_UNUSED = ("ema", "label_smoothing", "dedupe", "augment", "crop", "crop_scale", "crop_ratio", "crop_pct",
+                   "random_erasing", "compile", "in_memory", "best_metric", "pretrained", "freeze", "head",
+                   "head_lr", "pretrain_share", "pretrain_mixup", "pretrain_cutmix", "pretrain_img_size")
 
 
 def _add_train_arguments(p: argparse.ArgumentParser) -> None:
@@ -413,6 +417,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "pretrain":
             if resume:
                 raise ConfigError("--resume: pretraining runs cannot be resumed; start again with --overwrite")
+            unused = [name for name in PRETRAIN_UNUSED if name in vars(args)]
+            if unused:
+                raise ConfigError("vitrain pretrain does not use " + ", ".join(
+                    "--" + name.replace("_", "-") for name in unused) + " (options of vitrain train; the "
+                    "pretraining crops are --pretrain-crop-scale, its input size --img-size)")
             pretrain(cfg)
         elif cfg.pretrain:
             pretrain_then_train(cfg, resume=resume)
