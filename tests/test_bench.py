@@ -21,11 +21,12 @@ def test_timm_and_torchvision_get_vitrains_weights_and_agree():
     assert diffs["timm"] < 1e-5 and diffs["torchvision"] < 1e-5
 
 
-def test_training_gradients_equal_timms():
+def test_training_gradients_equal_timms_and_torchvisions():
     # vitrain's training path (per-head attention on CPU, class-token rows only in the last
     # block) must give timm's gradients, not only its inference logits
     models = bench.build_models(TINY, torch.device("cpu"))
-    assert bench.max_gradient_difference(models, TINY, torch.device("cpu")) < 1e-5
+    differences = bench.max_gradient_difference(models, TINY, torch.device("cpu"))
+    assert set(differences) == {"timm", "torchvision"} and max(differences.values()) < 1e-5
 
 
 def test_forward_flops_counts_the_matmuls_of_a_known_case():
