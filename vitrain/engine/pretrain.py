@@ -20,8 +20,8 @@ augmented views. Labels are never read. Here:
 * ``--local-crops N`` (multi-crop, as in SwAV and in the paper) adds N small crops of each
   image (``--local-crop-scale``, default 5-40% of the area) at a smaller input
   (``--local-crop-size``, default half), with the position embeddings resampled to their
-  grid. They are labelled with their own image and never mixed; the loss is the mean over
-  all views.
+  grid. They are labelled with their own image and never mixed; the instance loss is the
+  mean over all views (InfoNCE stays between the first two global views).
 
 The backbone is saved as ``backbone.safetensors`` (a vitrain checkpoint whose head is not
 trained); ``vitrain train --init DIR`` (or ``--pretrained DIR``) fine-tunes it.
@@ -249,9 +249,6 @@ def pretrain(cfg: TrainConfig, log=print) -> dict[str, Any]:
             logits = head(z)
             a = index.repeat(cfg.views)
             loss = instance_loss(logits, a, index[perm].repeat(cfg.views) if perm is not None else None, lam)
-            if cfg.infonce > 0:
-                z_views = z.view(cfg.views, len(index), -1)
-                loss = loss + cfg.infonce * info_nce(z_views[0], z_views[1], cfg.temperature)
             if local_augment is not None:  # the mean over all views: global views weigh `views`, local ones theirs
                 small = torch.cat([local_augment(images[index], generator) for _ in range(cfg.local_crops)])
                 local_logits = head(head.embed(model(small, pre_logits=True)))
@@ -259,31 +256,35 @@ def pretrain(cfg: TrainConfig, log=print) -> dict[str, Any]:
                 loss = (cfg.views * loss + cfg.local_crops * F.cross_entropy(local_logits, local_a)) / (
                     cfg.views + cfg.local_crops)
                 logits, a = torch.cat([logits, local_logits]), torch.cat([a, local_a])
+            if cfg.infonce > 0:  # between the first two global views
+                z_views = z.view(cfg.views, len(index), -1)
+                loss = loss + cfg.infonce * info_nce(z_views[0], z_views[1], cfg.temperature)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             steps += 1
             global_step += 1
+            finite = True
             if check_each_step or cfg.clip_grad > 0:  # a NaN/Inf loss or gradient shows in the gradient norm
                 grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(),
                                                            cfg.clip_grad if cfg.clip_grad > 0 else math.inf)
-                if check_each_step and not bool(torch.isfinite(grad_norm)):
-                    _nonfinite(skipped, cfg.skip_nonfinite, epoch, global_step, steps, float(loss.detach()), out,
-                               log, BACKBONE_FILE)
-                    optimizer.zero_grad(set_to_none=True)  # the batch is skipped: no update
-                    scheduler.step()
-                    continue
-            optimizer.step()
+                finite = not check_each_step or bool(torch.isfinite(grad_norm))
+            if finite:
+                optimizer.step()
+                loss_sum += loss.detach() * len(a)
+                correct += (logits.detach().argmax(1) == a).sum()
+                seen += len(a)
+            else:  # the batch is skipped: no update (or the run stops here)
+                _nonfinite(skipped, cfg.skip_nonfinite, epoch, global_step, steps, float(loss.detach()), out, log,
+                           BACKBONE_FILE)
             scheduler.step()
-            loss_sum += loss.detach() * len(a)
-            correct += (logits.detach().argmax(1) == a).sum()
-            seen += len(a)
             if time.perf_counter() > end:
                 total_steps = global_step
                 break
         bar.close()
         train_time = time.perf_counter() - epoch_start
-        row = {"epoch": epoch, "train_loss": float(loss_sum) / max(seen, 1), "train_accuracy": float(correct) / max(seen, 1),
-               "lr": optimizer.param_groups[0]["lr"], "epoch_seconds": train_time, "images_per_second": seen / train_time}
+        row = {"epoch": epoch, "train_loss": float(loss_sum) / max(seen, 1),
+               "train_accuracy": float(correct) / max(seen, 1), "lr": optimizer.param_groups[0]["lr"],
+               "epoch_seconds": train_time, "images_per_second": seen / train_time}
         if not math.isfinite(row["train_loss"]):
             raise TrainingError(f"the pretraining loss became {row['train_loss']} in epoch {epoch} (lower --lr)")
         if budget is not None and global_step < total_steps:  # re-plan from the speed measured so far
