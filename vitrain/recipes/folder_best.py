@@ -11,9 +11,10 @@ from . import Recipe
 RECIPE = Recipe(
     name="folder-best",
     summary="64 px, conv stem + patch-8 grid, 6 layers x 128 dim, random resized crops + flips, AdamW 1e-3, cosine",
-    reference="at 64 px, 15 minutes on a 2-core CPU: brain-tumor-mri 0.8799 test accuracy (deduped; folder-vit-b16: "
-              "0.8378), flowers17 0.7426 (folder-vit-b16: 0.5147), measured by "
-              "`python benchmarks/accuracy.py --budget 15` at commit b728736, before the model speed-ups (BENCHMARKS.md)",
+    reference="at 64 px, 15 minutes on a 2-core CPU: brain-tumor-mri 0.9077 test accuracy (deduped; folder-vit-b16: "
+              "0.8405), flowers17 0.7426 (folder-vit-b16: 0.5147), measured by "
+              "`python benchmarks/accuracy.py --budget 15` at commit 5b2d3fd (BENCHMARKS.md has the exact commands; "
+              "0.8799 and 0.7426 at b728736, before the model speed-ups)",
     command="vitrain train --recipe folder-best --data brain-tumor-mri.tar --time-budget 15",
     config=dict(
         val_fraction=0.15,
