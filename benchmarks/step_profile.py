@@ -28,8 +28,9 @@ from vitrain.config import config_from_dict  # noqa: E402
 from vitrain.data import memory  # noqa: E402
 from vitrain.engine.bench import _sync, _time  # noqa: E402
 from vitrain.engine.optim import build_optimizer, build_scheduler  # noqa: E402
-from vitrain.engine.train import _amp_dtype, resolve_device  # noqa: E402
-from vitrain.models.vit import ViTConfig, VisionTransformer  # noqa: E402
+from vitrain.engine.distributed import Dist  # noqa: E402
+from vitrain.engine.train import autocast_dtype, model_arch, resolve_device, use_cuda_graphs  # noqa: E402
+from vitrain.models.vit import VisionTransformer  # noqa: E402
 from vitrain.recipes import get_recipe  # noqa: E402
 
 MEAN, STD = [0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]
@@ -44,7 +45,8 @@ def _timed(fn, steps: int, device: torch.device) -> float:
 def measure(recipe: str, batch_size: int, device: torch.device, compiled: bool, steps: int,
             profile: bool) -> dict:
     """Seconds per batch of the loader, the step and both, for ``recipe``'s model at ``batch_size``."""
-    cfg = config_from_dict({**get_recipe(recipe).config, "batch_size": batch_size})
+    cfg = config_from_dict({**get_recipe(recipe).config, "batch_size": batch_size, "channels": 3,
+                            "classes": [str(c) for c in range(10)]})
     torch.manual_seed(0)
     images = torch.randint(0, 256, (45_000, 3, cfg.img_size, cfg.img_size), dtype=torch.uint8)
     targets = torch.randint(0, 10, (45_000,))
@@ -52,15 +54,12 @@ def measure(recipe: str, batch_size: int, device: torch.device, compiled: bool, 
                                   random_erasing=cfg.random_erasing)
     loader = memory.MemoryLoader(images, targets, batch_size, shuffle=True, mean=MEAN, std=STD, augment=augment,
                                  device=device, drop_last=True)
-    arch = ViTConfig(img_size=cfg.img_size, patch_size=cfg.patch_size, embed_dim=cfg.embed_dim, depth=cfg.depth,
-                     num_heads=cfg.num_heads, mlp_dim=cfg.mlp_dim, stem=cfg.stem, pool=cfg.pool, num_classes=10,
-                     dropout=cfg.dropout, drop_path=cfg.drop_path)
-    model = VisionTransformer(arch).to(device).train()
-    graphs = compiled and device.type == "cuda"  # as vitrain train does (one process)
+    model = VisionTransformer(model_arch(cfg)).to(device).train()
+    graphs = use_cuda_graphs("on" if compiled else "off", device, Dist())  # as vitrain train decides (one process)
     step_model = torch.compile(model, mode="reduce-overhead" if graphs else None) if compiled else model
     optimizer = build_optimizer(model, cfg, device)
     scheduler = build_scheduler(optimizer, cfg, len(loader), 10**6)
-    amp = _amp_dtype(device)
+    amp = autocast_dtype(device)
     loss_sum = torch.zeros((), device=device)
     batches = iter(())
 

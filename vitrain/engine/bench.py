@@ -5,9 +5,10 @@ parameter names are timm's; torchvision's are mapped by :mod:`vitrain.models.con
 their logits and training gradients are checked equal before anything is timed. Timing is
 interleaved: each repetition times every implementation once, in turn, and the median
 over repetitions is reported, so a machine that speeds up or slows down during the run
-affects all of them alike. Model FLOP utilization (MFU) is the model's matmul FLOPs per second over the
-matmul rate measured on the same machine in the same precision: float32 on a CPU; on a GPU
-every implementation runs under bf16 autocast with fused AdamW, as ``vitrain train`` does.
+affects all of them alike. Model FLOP utilization (MFU) is the model's matmul FLOPs per
+second over the matmul rate measured on the same machine in the same precision: float32 on
+a CPU; on a GPU every implementation runs under bf16 autocast with fused AdamW, as
+``vitrain train`` does.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from torch import nn
 
 from ..models.convert import from_torchvision
 from ..models.vit import ViTConfig, VisionTransformer
+from .train import autocast_dtype
 
 
 @dataclass(frozen=True)
@@ -109,16 +111,9 @@ def forward_flops(cfg: BenchConfig) -> float:
     return patch + cfg.depth * per_block + 2 * d * NUM_CLASSES
 
 
-def amp_dtype(device: torch.device) -> torch.dtype | None:
-    """bf16 on a GPU that has it (what ``vitrain train`` autocasts to there), else None (float32)."""
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return None
-
-
 def matmul_peak(device: torch.device, n: int = 2048, seconds: float = 1.0) -> float:
     """Matmul FLOP/s of an n x n x n product in the timed precision (float32; bf16 on a GPU), measured here."""
-    dtype = amp_dtype(device) or torch.float32
+    dtype = autocast_dtype(device) or torch.float32
     if dtype != torch.float32:
         n = 8192  # a GPU needs a big product to reach its peak
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
@@ -143,7 +138,7 @@ def _train_step_fn(model: nn.Module, cfg: BenchConfig, device: torch.device) -> 
     x = torch.randn(cfg.batch_size, 3, cfg.img_size, cfg.img_size, device=device)
     y = torch.randint(0, NUM_CLASSES, (cfg.batch_size,), device=device)
 
-    amp = amp_dtype(device)
+    amp = autocast_dtype(device)
 
     def step() -> None:
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
@@ -158,7 +153,7 @@ def _train_step_fn(model: nn.Module, cfg: BenchConfig, device: torch.device) -> 
 def _infer_fn(model: nn.Module, cfg: BenchConfig, device: torch.device) -> Callable[[], None]:
     x = torch.randn(cfg.batch_size, 3, cfg.img_size, cfg.img_size, device=device)
 
-    amp = amp_dtype(device)
+    amp = autocast_dtype(device)
 
     def step() -> None:
         with torch.inference_mode(), torch.autocast(device.type, dtype=amp, enabled=amp is not None):
@@ -185,7 +180,7 @@ def run_benchmark(configs: tuple[BenchConfig, ...] = CONFIGS, repeats: int = 5, 
     """
     device = device or torch.device("cpu")
     peak = matmul_peak(device)
-    precision = "bf16 autocast" if amp_dtype(device) else "float32"
+    precision = "bf16 autocast" if autocast_dtype(device) else "float32"
     log(f"timing in {precision} on {device}; matmul peak here: {peak / 1e9:.0f} GFLOP/s")
     results = []
     for cfg in configs:
@@ -222,6 +217,7 @@ def run_benchmark(configs: tuple[BenchConfig, ...] = CONFIGS, repeats: int = 5, 
                 f"{row['vitrain_vs_torchvision']:.2f}x  MFU vitrain {row['mfu']['vitrain']:.1%}"
                 + (f"  compiled/timm {row['compiled_vs_timm']:.2f}x" if compiled else ""))
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else None
-    return {"device": str(device), **({"gpu": name} if name else {}), "precision": precision, "threads": torch.get_num_threads(), "torch": torch.__version__,
+    return {"device": str(device), **({"gpu": name} if name else {}), "precision": precision,
+            "threads": torch.get_num_threads(), "torch": torch.__version__,
             "matmul_peak_gflops": round(peak / 1e9, 1), "repeats": repeats, "steps_per_repeat": steps,
             "results": results}

@@ -170,8 +170,8 @@ def pretrain(cfg: TrainConfig, log=print) -> dict[str, Any]:
     ``views``, ``infonce``, ``temperature``, ``pretrain_crop_scale``, ``mixup``, ``cutmix``, the
     ``local_crops`` options, ``clip_grad`` and ``skip_nonfinite``.
     """
-    from .train import TrainingError, _nonfinite, build_model, check_leaks, decode_workers, recent_step_seconds, \
-        replan_budget, resolve_config_for_data, resolve_device
+    from .train import TrainingError, _nonfinite, build_model, check_leaks, checks_each_step, decode_workers, \
+        recent_step_seconds, replan_budget, resolve_config_for_data, resolve_device
 
     from .distributed import from_environment
 
@@ -224,8 +224,7 @@ def pretrain(cfg: TrainConfig, log=print) -> dict[str, Any]:
 
     history: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []  # batches with a non-finite loss or gradient (--skip-nonfinite)
-    # on a CPU every step is checked (reading the flag is free); on a GPU only when batches may be skipped
-    check_each_step = device.type == "cpu" or cfg.skip_nonfinite > 0
+    check_each_step = checks_each_step(device, cfg.skip_nonfinite)
     speed: list[tuple[int, float]] = []
     global_step, epoch, save_seconds = 0, 0, 0.0
     generator = torch.Generator()

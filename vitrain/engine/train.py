@@ -284,6 +284,15 @@ def use_compile(setting: str, device: torch.device) -> bool:
     return setting == "on" or (setting == "auto" and device.type == "cuda")
 
 
+def checks_each_step(device: torch.device, skip_nonfinite: int) -> bool:
+    """Whether every step's gradient norm is checked for NaN/Inf at once.
+
+    On a CPU reading the flag costs nothing; on a GPU it would synchronize every step, so the
+    flags stay on the device until the epoch ends, unless batches may be skipped.
+    """
+    return device.type == "cpu" or skip_nonfinite > 0
+
+
 def use_cuda_graphs(setting: str, device: torch.device, place: Dist) -> bool:
     """Whether the compiled step also records CUDA graphs (torch.compile's "reduce-overhead" mode).
 
@@ -295,7 +304,8 @@ def use_cuda_graphs(setting: str, device: torch.device, place: Dist) -> bool:
     return use_compile(setting, device) and device.type == "cuda" and not place.active
 
 
-def _amp_dtype(device: torch.device) -> torch.dtype | None:
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """What training autocasts to: bf16 on a GPU that has it, else None (float32)."""
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return None
@@ -500,7 +510,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
     model = build_model(cfg, pretrained).to(device)
     loaders = build_loaders(cfg, splits, device, log, place)
     steps_per_epoch = len(loaders["train"])
-    amp_dtype = _amp_dtype(device)
+    amp_dtype = autocast_dtype(device)
     num_classes = len(cfg.classes)
     state = load_state(out / STATE_FILE) if resume else None
     budget = None
@@ -528,9 +538,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
     history: list[dict[str, Any]] = []
     best = {"epoch": 0, "value": -math.inf if higher_is_better else math.inf, "val_accuracy": 0.0, "val_loss": math.inf}
     skipped_batches: list[dict[str, Any]] = []  # batches with a non-finite loss or gradient (--skip-nonfinite)
-    # on a CPU reading a flag costs nothing, so every step is checked at once; on a GPU the flags
-    # stay on the device until the epoch ends (no per-step synchronization) unless batches may be skipped
-    check_each_step = device.type == "cpu" or cfg.skip_nonfinite > 0
+    check_each_step = checks_each_step(device, cfg.skip_nonfinite)
     start_epoch, train_seconds, global_step, save_seconds = 1, 0.0, 0, 0.0
     speed: list[tuple[int, float]] = []  # (steps, seconds) of each epoch, for re-planning a budget
     if state is not None:
