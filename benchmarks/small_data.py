@@ -17,6 +17,7 @@ by git).
     python benchmarks/small_data.py --minutes 10 --only flowers17 --seeds 0,1,2
     python benchmarks/small_data.py --minutes 15 --only flowers17 --arms pretrain \
         --pretrain-flags="--pretrain-img-size 64"     # an ablation of the recipe's first stage
+    python benchmarks/small_data.py --minutes 15 --flags="--stem patch"   # both arms: a plain ViT
 """
 
 from __future__ import annotations
@@ -79,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arms", default="scratch,pretrain", help="which of scratch,pretrain to run (both)")
     parser.add_argument("--pretrain-flags", default="",
                         help="extra vitrain train flags for the pretrain arm (an ablation; named in the table)")
+    parser.add_argument("--flags", default="",
+                        help="extra vitrain train flags for both arms (a model change, say; named in the table)")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "benchmarks" / "small_data")
     args = parser.parse_args(argv)
     if not set(args.arms.split(",")) <= {"scratch", "pretrain"}:
@@ -91,24 +94,24 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name in args.only or list(datasets):
         source, extra = datasets[name]
+        extra = [*extra, *args.flags.split()]
         data = source()
         for seed in [int(s) for s in args.seeds.split(",")]:
             arms = {"scratch": ("scratch", ["--pretrain", "none"]),
                     "pretrain": ("pretrain + fine-tune", args.pretrain_flags.split())}
             for tag in args.arms.split(","):
                 label, flags = arms[tag]
-                suffix = "".join(flags).replace("-", "") if tag == "pretrain" and flags else ""
+                shown = [*args.flags.split(), *(flags if tag == "pretrain" else [])]  # not --pretrain none
                 result = run(data, "small-data", args.minutes, seed, [*extra, *flags],
-                             args.out / f"{name}-{tag}{suffix}-seed{seed}")
-                rows.append({"dataset": name, "method": label, "flags": " ".join(flags), "seed": seed, **result})
+                             args.out / f"{name}-{tag}{''.join(shown).replace('-', '')}-seed{seed}")
+                rows.append({"dataset": name, "method": label, "flags": " ".join(shown), "seed": seed, **result})
     lines = [f"Command: `python benchmarks/small_data.py {shlex.join(argv)}`  ",
              f"{machine_line()}; {args.minutes:g} min per run in all", "",
              *markdown_table(
                  ["dataset", "method", "seed", "test accuracy", "train images", "test images",
                   "pretraining steps (final loss, instance acc.)", "supervised steps", "seconds"],
-                 [[r["dataset"], r["method"] + (f" (`{r['flags']}`)" if r["flags"] and "pretrain" in r["method"]
-                                                 else ""), r["seed"], f"{r['test_accuracy']:.4f}", r["train_images"],
-                   r["test_images"],
+                 [[r["dataset"], r["method"] + (f" (`{r['flags']}`)" if r["flags"] else ""), r["seed"],
+                   f"{r['test_accuracy']:.4f}", r["train_images"], r["test_images"],
                    f"{r['pretrain_steps']} ({r['pretrain_loss']}, {r['instance_accuracy']})" if "pretrain_steps" in r
                    else "-", r["fine_tune_steps"], r["total_seconds"]] for r in rows])]
     for name in dict.fromkeys(r["dataset"] for r in rows):
