@@ -68,6 +68,8 @@ def run(data: Path, recipe: str, minutes: float, seed: int, extra: list[str], ou
         stage = report["pretraining"]
         result.update(pretrain_steps=stage["steps"], pretrain_loss=round(stage["final_loss"], 4),
                       instance_accuracy=round(stage["instance_accuracy"], 4))
+        if "knn" in stage:  # --pretrain-flags="--knn-every N"
+            result.update(knn_before=round(stage["knn"]["before"], 4), knn_after=round(stage["knn"]["val_accuracy"], 4))
     return result
 
 
@@ -112,8 +114,9 @@ def main(argv: list[str] | None = None) -> int:
                   "pretraining steps (final loss, instance acc.)", "supervised steps", "seconds"],
                  [[r["dataset"], r["method"] + (f" (`{r['flags']}`)" if r["flags"] else ""), r["seed"],
                    f"{r['test_accuracy']:.4f}", r["train_images"], r["test_images"],
-                   f"{r['pretrain_steps']} ({r['pretrain_loss']}, {r['instance_accuracy']})" if "pretrain_steps" in r
-                   else "-", r["fine_tune_steps"], r["total_seconds"]] for r in rows])]
+                   f"{r['pretrain_steps']} ({r['pretrain_loss']}, {r['instance_accuracy']}"
+                   + (f"; kNN {r['knn_before']} -> {r['knn_after']})" if "knn_after" in r else ")")
+                   if "pretrain_steps" in r else "-", r["fine_tune_steps"], r["total_seconds"]] for r in rows])]
     for name in dict.fromkeys(r["dataset"] for r in rows):
         if len({r["method"] for r in rows if r["dataset"] == name}) < 2:
             continue

@@ -122,7 +122,7 @@ def test_one_command_chains_pretraining_and_fine_tuning(flat_folder, tmp_path, t
     assert f"pretrained: {run / 'pretrain'}" in (run / "config.yaml").read_text()
 
 
-def test_the_first_stage_can_run_at_a_smaller_input_size(flat_folder, tmp_path, tiny_args):
+def test_the_first_stage_can_run_at_a_smaller_input_size(flat_folder, tmp_path, tiny_args, capsys):
     # pretrain at 8 px (a 2x2 grid), fine-tune at 16 px (4x4): the position embeddings are resampled
     run = tmp_path / "run"
     assert main(["train", "--data", str(flat_folder), *tiny_args, "--epochs", "2", "--pretrain",
@@ -133,9 +133,15 @@ def test_the_first_stage_can_run_at_a_smaller_input_size(flat_folder, tmp_path, 
     backbone = load_file(str(run / "pretrain" / "backbone.safetensors"))
     tuned = load_file(str(run / "best.safetensors"))
     assert backbone["pos_embed"].shape == (1, 1 + 2 * 2, 32) and tuned["pos_embed"].shape == (1, 1 + 4 * 4, 32)
+    assert "note: the pretraining stage runs at" not in capsys.readouterr().out
     # frozen, so the fine-tuned position embeddings are exactly the resampled pretrained ones
     torch.testing.assert_close(tuned["pos_embed"], resample_pos_embed(backbone["pos_embed"], 4, 1))
     assert torch.equal(tuned["blocks.0.attn.qkv.weight"], backbone["blocks.0.attn.qkv.weight"])
+    # a larger first stage is honoured as given, with a note (a recipe's 32 px with --img-size 16, say)
+    assert main(["train", "--data", str(flat_folder), *tiny_args, "--epochs", "2", "--pretrain",
+                 "instance-discrimination", "--pretrain-img-size", "32", "--out", str(tmp_path / "larger")]) == 0
+    assert "note: the pretraining stage runs at --pretrain-img-size 32, larger than --img-size 16" in \
+        capsys.readouterr().out
 
 
 def test_a_dynamic_size_model_is_the_model_built_for_that_size():
@@ -188,6 +194,10 @@ def test_pretraining_options_are_checked(flat_folder, tmp_path, tiny_args, capsy
     assert main(["pretrain", "--data", str(flat_folder), *tiny_args, "--ema", "0.99", "--label-smoothing", "0.1",
                  "--out", str(tmp_path / "v")]) == 2
     assert "vitrain pretrain does not use --ema, --label-smoothing" in capsys.readouterr().err
+    # and the other way round: first-stage options without a first stage
+    assert main(["train", "--data", str(flat_folder), *tiny_args, "--views", "4", "--knn-every", "1",
+                 "--out", str(tmp_path / "u")]) == 2
+    assert "--views, --knn-every only apply to pretraining" in capsys.readouterr().err
 
 
 def test_pretrain_none_drops_the_first_stage_of_a_recipe(flat_folder, tmp_path, tiny_args):
@@ -220,3 +230,123 @@ def test_pretraining_skips_or_stops_on_a_non_finite_loss(flat_folder, tmp_path, 
     err = capsys.readouterr().err
     assert "at epoch 2, step 1 of the epoch (global step 4): the loss was inf" in err
     assert str(tmp_path / "stops" / "backbone.safetensors") in err
+
+
+def _interrupt_at(monkeypatch, module, name: str, call: int) -> None:
+    """Make ``module.name`` raise KeyboardInterrupt (Ctrl-C, or SIGTERM through the CLI) on its ``call``-th call."""
+    real = getattr(module, name)
+    calls = {"n": 0}
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, interrupted)
+
+
+def test_an_interrupted_pretraining_resumes_to_the_same_backbone(flat_folder, tmp_path, tiny_args, monkeypatch,
+                                                                    capsys):
+    import shutil
+
+    from vitrain.engine import pretrain as pretrain_module
+
+    args = ["pretrain", "--data", str(flat_folder), *tiny_args, "--epochs", "3"]
+    assert main([*args, "--out", str(tmp_path / "reference")]) == 0
+    reference = load_file(str(tmp_path / "reference" / "backbone.safetensors"))
+
+    run = tmp_path / "run"
+    with monkeypatch.context() as patch:  # 3 steps per epoch: the 5th loss is in epoch 2
+        _interrupt_at(patch, pretrain_module, "instance_loss", 5)
+        assert main([*args, "--out", str(run)]) == 130
+    assert f"Continue with: vitrain pretrain --resume {run}" in capsys.readouterr().err
+    assert len((run / "metrics.csv").read_text().splitlines()) == 2  # the header and epoch 1
+    shutil.copytree(run, tmp_path / "copy")
+
+    assert main(["pretrain", "--resume", str(run)]) == 0
+    assert "resuming pretraining after epoch 1 (step 3 of 9)" in capsys.readouterr().out
+    resumed = load_file(str(run / "backbone.safetensors"))
+    assert all(torch.equal(reference[k], resumed[k]) for k in reference)  # as if never interrupted
+    report = json.loads((run / "report.json").read_text())
+    assert report["epochs"] == 3 and report["steps"] == 9
+    assert len((run / "metrics.csv").read_text().splitlines()) == 4
+
+    # the instance classifier has a row per training image: other images cannot continue it
+    first = sorted(p for p in flat_folder.iterdir() if p.is_dir())[0]
+    (first / "extra.png").write_bytes((first / "000.png").read_bytes())
+    assert main(["pretrain", "--resume", str(tmp_path / "copy")]) == 2
+    assert "the training images are not the ones pretraining started on" in capsys.readouterr().err
+    assert main(["pretrain", "--resume", str(tmp_path / "nothing")]) == 2
+
+
+def test_a_chained_run_resumes_in_either_stage(flat_folder, tmp_path, tiny_args, monkeypatch, capsys):
+    from vitrain.engine import pretrain as pretrain_module
+    from vitrain.engine import train as train_module
+
+    args = ["train", "--data", str(flat_folder), *tiny_args, "--epochs", "4", "--pretrain", "instance-discrimination"]
+    assert main([*args, "--out", str(tmp_path / "reference")]) == 0
+    reference = load_file(str(tmp_path / "reference" / "last.safetensors"))
+
+    for stage, (module, name, call) in {"first": (pretrain_module, "instance_loss", 5),  # pretraining epoch 2
+                                        "second": (train_module, "write_metrics_csv", 1)}.items():  # after epoch 1
+        run = tmp_path / stage
+        with monkeypatch.context() as patch:
+            _interrupt_at(patch, module, name, call)
+            assert main([*args, "--out", str(run)]) == 130, stage
+        assert f"Continue with: vitrain train --resume {run}" in capsys.readouterr().err
+        assert main(["train", "--resume", str(run)]) == 0, stage
+        resumed = load_file(str(run / "last.safetensors"))
+        assert all(torch.equal(reference[k], resumed[k]) for k in reference), stage
+        report = json.loads((run / "report.json").read_text())
+        assert report["pretraining"]["epochs"] == 2 and report["epochs"] == 2, stage
+
+
+def test_pretraining_compiles_the_backbone_when_asked(flat_folder, tmp_path, tiny_args, monkeypatch, capsys):
+    compiled = []
+
+    def fake_compile(model, **kwargs):  # the wiring, without paying for a real compilation on CPU
+        compiled.append(type(model).__name__)
+        return lambda *a, **k: model(*a, **k)
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    assert main(["pretrain", "--data", str(flat_folder), *tiny_args, "--compile", "on",
+                 "--out", str(tmp_path / "run")]) == 0
+    assert compiled == ["VisionTransformer"] and ", torch.compile" in capsys.readouterr().out
+
+
+def test_knn_votes_are_weighted_by_similarity():
+    from vitrain.engine.pretrain import knn_predict
+
+    bank = torch.tensor([[0.0, 1.0], [0.6, 0.8], [0.8, 0.6], [-1.0, 0.0]])  # unit vectors
+    labels = torch.tensor([1, 0, 0, 1])
+    query = torch.tensor([[0.0, 1.0]])  # similarities 1.0, 0.8, 0.6, 0.0
+    # k=3 at temperature 0.07: exp(1/0.07) for class 1 outweighs exp(0.8/0.07) + exp(0.6/0.07) for class 0
+    assert knn_predict(bank, labels, query, 2, k=3, temperature=0.07).tolist() == [1]
+    # at temperature 10 the weights are nearly equal, so the two class-0 neighbours win: e^0.1 < e^0.08 + e^0.06
+    assert knn_predict(bank, labels, query, 2, k=3, temperature=10.0).tolist() == [0]
+    assert knn_predict(bank, labels, query, 2, k=1).tolist() == [1]
+    assert knn_predict(bank, labels, query, 3, k=99).shape == (1,)  # k larger than the bank: all of it
+
+
+def test_the_knn_report_reads_the_backbone_and_never_changes_it(flat_folder, tmp_path, tiny_args, capsys):
+    args = ["pretrain", "--data", str(flat_folder), *tiny_args, "--epochs", "3"]
+    assert main([*args, "--knn-every", "2", "--out", str(tmp_path / "knn")]) == 0
+    out = capsys.readouterr().out
+    assert "kNN validation accuracy of the untrained backbone:" in out and "kNN val acc" in out
+    report = json.loads((tmp_path / "knn" / "report.json").read_text())
+    knn = report["knn"]
+    assert knn["k"] == 20 and knn["every"] == 2 and knn["val_images"] == 3
+    assert 0 <= knn["before"] <= 1 and 0 <= knn["val_accuracy"] <= 1
+    rows = (tmp_path / "knn" / "metrics.csv").read_text().splitlines()
+    column = rows[0].split(",").index("val_accuracy")
+    filled = [bool(row.split(",")[column]) for row in rows[1:]]
+    assert filled == [False, True, True]  # epoch 2, and the last epoch
+    assert float(rows[-1].split(",")[column]) == pytest.approx(knn["val_accuracy"], abs=1e-6)
+    assert main([*args, "--out", str(tmp_path / "plain")]) == 0
+    with_knn = load_file(str(tmp_path / "knn" / "backbone.safetensors"))
+    plain = load_file(str(tmp_path / "plain" / "backbone.safetensors"))
+    assert all(torch.equal(with_knn[k], plain[k]) for k in plain)
+    assert "knn" not in json.loads((tmp_path / "plain" / "report.json").read_text())
+    assert main([*args, "--knn-every", "-1", "--out", str(tmp_path / "bad")]) == 2
+    assert "--knn-every must be >= 0" in capsys.readouterr().err

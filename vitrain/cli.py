@@ -15,8 +15,12 @@ from .config import ConfigError, TrainConfig, config_from_dict, layered_config, 
 RESUME_OVERRIDABLE = {"device", "workers", "progress", "data_root", "download", "compile"}
 # options of `vitrain train` that `vitrain pretrain` (which shares its parser) has no use for
 PRETRAIN_UNUSED = ("ema", "label_smoothing", "dedupe", "augment", "crop", "crop_scale", "crop_ratio", "crop_pct",
-                   "random_erasing", "compile", "in_memory", "best_metric", "pretrained", "freeze", "head",
+                   "random_erasing", "in_memory", "best_metric", "pretrained", "freeze", "head",
                    "head_lr", "pretrain_share", "pretrain_mixup", "pretrain_cutmix", "pretrain_img_size")
+# options of the first stage that `vitrain train` without --pretrain has no use for
+PRETRAIN_ONLY = ("pretrain_share", "views", "infonce", "temperature", "pretrain_crop_scale", "local_crops",
+                 "local_crop_size", "local_crop_scale", "knn_every", "pretrain_mixup", "pretrain_cutmix",
+                 "pretrain_img_size")
 
 
 def _add_train_arguments(p: argparse.ArgumentParser) -> None:
@@ -86,6 +90,10 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--local-crop-size", type=int, default=S, metavar="PX",
                    help="input size of the local crops (default: half the pretraining input, a multiple of the patch)")
     g.add_argument("--local-crop-scale", default=S, help="MIN,MAX area of the local crops (0.05,0.4)")
+    g.add_argument("--knn-every", type=int, default=S, metavar="N",
+                   help="every N pretraining epochs and after the last, report the validation split's "
+                   "20-nearest-neighbour accuracy on the backbone's features; labels are read for this report "
+                   "only (0: off, the default)")
     g.add_argument("--pretrain-mixup", type=float, default=S,
                    help="MixUp alpha between instances in the first stage of --pretrain (0: off; `vitrain "
                    "pretrain` uses --mixup)")
@@ -175,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Instance-discrimination pretraining: every training image is its own class. "
                          "Writes backbone.safetensors for `vitrain train --init DIR`.")
     _add_train_arguments(pre)
-    pre.add_argument("--method", dest="pretrain", choices=["instance-discrimination"], default="instance-discrimination",
+    pre.add_argument("--method", dest="pretrain", choices=["instance-discrimination"], default=argparse.SUPPRESS,
                      help="the pretraining method (instance-discrimination)")
     sub.add_parser("models", help="list the named model sizes")
     sub.add_parser("recipes", help="list the training recipes, what each reaches, and the command")
@@ -415,17 +423,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg, resume = train_config_from_args(args)
         out = cfg.out
         if args.command == "pretrain":
-            if resume:
-                raise ConfigError("--resume: pretraining runs cannot be resumed; start again with --overwrite")
             unused = [name for name in PRETRAIN_UNUSED if name in vars(args)]
             if unused:
                 raise ConfigError("vitrain pretrain does not use " + ", ".join(
                     "--" + name.replace("_", "-") for name in unused) + " (options of vitrain train; the "
                     "pretraining crops are --pretrain-crop-scale, its input size --img-size)")
-            pretrain(cfg)
+            pretrain(cfg, resume=resume)
         elif cfg.pretrain:
             pretrain_then_train(cfg, resume=resume)
         else:
+            unused = [name for name in PRETRAIN_ONLY if name in vars(args)]
+            if unused:
+                raise ConfigError(", ".join("--" + name.replace("_", "-") for name in unused) + " only apply to "
+                                  "pretraining: add --pretrain instance-discrimination, or use vitrain pretrain")
             train(cfg, resume=resume)
     except ImageReadError as err:  # a file that passed the header check but does not decode, mid-epoch
         message = _worker_message(err)
@@ -440,12 +450,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"vitrain: training stopped: {err}", file=sys.stderr)
         return 1
     except OSError as err:  # disk full, permissions: the files of the last completed epoch are intact
-        where = f"; continue with: vitrain train --resume {out}" if out else ""
+        where = f"; continue with: vitrain {args.command} --resume {out}" if out else ""
         print(f"vitrain: error: {err}. Files already written are intact{where}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         where = f" --resume {out}" if out else " --resume RUN_FOLDER"
-        print(f"\nvitrain: interrupted; every completed epoch is saved. Continue with: vitrain train{where}",
+        print(f"\nvitrain: interrupted; every completed epoch is saved. Continue with: vitrain {args.command}{where}",
               file=sys.stderr)
         return 130
     finally:

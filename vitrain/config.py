@@ -63,6 +63,9 @@ class TrainConfig:
     local_crops: int = 0
     local_crop_size: Optional[int] = None  # their input size (None: half the pretraining input)
     local_crop_scale: list[float] = field(default_factory=lambda: [0.05, 0.4])
+    # every N pretraining epochs (and after the last), the validation split's k-nearest-neighbour
+    # accuracy on the backbone's features: the labels are read for this report only (0: off)
+    knn_every: int = 0
     # MixUp/CutMix alphas between instances in the first stage of `train --pretrain` (0: off); the
     # `vitrain pretrain` command itself uses --mixup/--cutmix
     pretrain_mixup: float = 0.0
@@ -172,6 +175,7 @@ class TrainConfig:
             (len(self.pretrain_crop_scale) == 2 and 0 < self.pretrain_crop_scale[0] <= self.pretrain_crop_scale[1] <= 1,
              "--pretrain-crop-scale", "needs MIN,MAX with 0 < MIN <= MAX <= 1"),
             (self.local_crops >= 0, "--local-crops", "must be >= 0 (0 turns multi-crop off)"),
+            (self.knn_every >= 0, "--knn-every", "must be >= 0 (0 turns the kNN report off)"),
             (len(self.local_crop_scale) == 2 and 0 < self.local_crop_scale[0] <= self.local_crop_scale[1] <= 1,
              "--local-crop-scale", "needs MIN,MAX with 0 < MIN <= MAX <= 1"),
             (self.local_crop_size is None or (self.local_crop_size > 0 and (

@@ -39,16 +39,21 @@ def read_metrics_csv(path: Path) -> list[dict[str, float]]:
         return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
 
 
-def plot_curves(history: Sequence[dict[str, Any]], out_dir: Path, splits: Sequence[str] = ("train", "val")) -> None:
-    """``accuracy.png`` and ``loss.png``: train and validation (or only ``splits``) per epoch."""
-    epochs = [row["epoch"] for row in history]
+def plot_curves(history: Sequence[dict[str, Any]], out_dir: Path, splits: Sequence[str] = ("train", "val"),
+                labels: dict[str, str] | None = None) -> None:
+    """``accuracy.png`` and ``loss.png``: train and validation (or only ``splits``) per epoch.
+
+    Epochs without a value (an empty cell) are left out; ``labels`` renames a split's curve.
+    """
+    names = {"train": "training", "val": "validation", **(labels or {})}
     for metric, filename, ylabel in (("accuracy", "accuracy.png", "accuracy"), ("loss", "loss.png", "loss")):
         fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
         for split, style in (("train", "-o"), ("val", "-s")):
-            if split not in splits:
+            points = [(row["epoch"], row[f"{split}_{metric}"]) for row in history
+                      if row.get(f"{split}_{metric}") is not None]
+            if split not in splits or not points:
                 continue
-            ax.plot(epochs, [row[f"{split}_{metric}"] for row in history], style, markersize=3,
-                    label=f"{'training' if split == 'train' else 'validation'}")
+            ax.plot(*zip(*points), style, markersize=3, label=names[split])
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)
         if metric == "accuracy":

@@ -17,6 +17,10 @@ augmented views. Labels are never read. Here:
 * ``--infonce W`` adds W x InfoNCE between the first two views: cosine similarities over
   the temperature, each view's positive is the other view of its image and the other
   images of the batch are the negatives (an ablation; off by default);
+* ``--knn-every N`` reports, every N epochs and after the last, the validation split's
+  weighted 20-nearest-neighbour accuracy on the backbone's features (the training images
+  are the neighbours): a view of what the backbone has learned about the classes, the
+  only use of labels here. It is ``val_accuracy`` in ``metrics.csv``;
 * ``--local-crops N`` (multi-crop, as in SwAV and in the paper) adds N small crops of each
   image (``--local-crop-scale``, default 5-40% of the area) at a smaller input
   (``--local-crop-size``, default half), with the position embeddings resampled to their
@@ -24,25 +28,32 @@ augmented views. Labels are never read. Here:
   mean over all views (InfoNCE stays between the first two global views).
 
 The backbone is saved as ``backbone.safetensors`` (a vitrain checkpoint whose head is not
-trained); ``vitrain train --init DIR`` (or ``--pretrained DIR``) fine-tunes it.
+trained); ``vitrain train --init DIR`` (or ``--pretrained DIR``) fine-tunes it. Every epoch
+also writes ``state.safetensors`` (backbone, instance head, optimizer, schedule, history), so
+an interrupted run continues with ``vitrain pretrain --resume DIR`` and ends as an
+uninterrupted one would (on CPU). On a GPU the step autocasts to bf16 and the backbone is
+compiled (``--compile``; without CUDA graphs here, since multi-crop feeds the backbone two
+input sizes per step).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
 
-from ..checkpoint import save_model
+from ..checkpoint import CheckpointError, load_state, load_weights, remove_stale_temp_files, save_model, save_state
 from ..config import ConfigError, TrainConfig
 from ..data import memory
 from ..data.sources import load_data
@@ -51,7 +62,8 @@ from ..report import plot_curves, write_metrics_csv, write_report
 from .optim import build_optimizer, build_scheduler, replan
 
 BACKBONE_FILE = "backbone.safetensors"
-PRETRAIN_FILES = ("config.yaml", "metrics.csv", BACKBONE_FILE, "report.json", "loss.png", "accuracy.png")
+STATE_FILE = "state.safetensors"  # the same name as a training run's: the commit point of an epoch
+PRETRAIN_FILES = ("config.yaml", "metrics.csv", BACKBONE_FILE, STATE_FILE, "report.json", "loss.png", "accuracy.png")
 
 
 # ------------------------------------------------------------------------------ the method
@@ -131,6 +143,35 @@ def mix_instances(views: torch.Tensor, mixup: float, cutmix: float,
     return mixed, perm, 1 - (y2 - y1) * (x2 - x1) / (h * w)
 
 
+KNN_K, KNN_TEMPERATURE = 20, 0.07
+
+
+def knn_predict(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Tensor, num_classes: int,
+                k: int = KNN_K, temperature: float = KNN_TEMPERATURE) -> torch.Tensor:
+    """Weighted k-nearest-neighbour classes of ``queries`` (M, D) among ``bank`` (N, D), all unit vectors.
+
+    Each of the ``k`` most cosine-similar bank rows votes for its label with weight
+    ``exp(similarity / temperature)``, as in the kNN evaluation of self-supervised features
+    (Wu et al. 2018; DINO). Returns the (M,) classes with the most votes.
+    """
+    top, idx = (queries @ bank.T).topk(min(k, bank.shape[0]), dim=1)
+    votes = torch.zeros(queries.shape[0], num_classes, dtype=top.dtype, device=queries.device)
+    return votes.scatter_add_(1, bank_labels[idx], (top / temperature).exp()).argmax(1)
+
+
+@torch.no_grad()
+def backbone_features(model: nn.Module, images: torch.Tensor, size: int, mean, std,
+                      batch: int = 256) -> torch.Tensor:
+    """Unit-length backbone features of (N, C, S, S) uint8 images, resized to ``size`` and normalized."""
+    features = []
+    for start in range(0, len(images), batch):
+        x = images[start:start + batch].float() / 255
+        if x.shape[-1] != size:
+            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        features.append(F.normalize(model(TF.normalize(x, mean, std), pre_logits=True).float(), dim=-1))
+    return torch.cat(features)
+
+
 class _Pretrainer(nn.Module):
     """The backbone and the instance head as one module, for the optimizer."""
 
@@ -144,10 +185,14 @@ class _Pretrainer(nn.Module):
 
 # ------------------------------------------------------------------------------ the loop
 
-def _check_out(cfg: TrainConfig) -> Path:
+def _check_out(cfg: TrainConfig, resume: bool) -> Path:
     from .train import default_run_dir
 
     out = Path(cfg.out or default_run_dir(cfg.data))
+    if resume:
+        if not (out / STATE_FILE).is_file():
+            raise ConfigError(f"--resume {out}: no {STATE_FILE} there, so there is no pretraining to resume")
+        return out
     existing = [n for n in PRETRAIN_FILES if (out / n).exists()]
     if existing and not cfg.overwrite:
         raise ConfigError(f"--out {out} already holds a pretraining run ({', '.join(existing[:3])}); "
@@ -162,16 +207,25 @@ def local_crop_size(cfg: TrainConfig) -> int:
     return max(cfg.patch_size, cfg.img_size // 2 // cfg.patch_size * cfg.patch_size)
 
 
-def pretrain(cfg: TrainConfig, log=print) -> dict[str, Any]:
+def images_digest(images: torch.Tensor) -> str:
+    """A fingerprint of the decoded training images, in order: the instance head's rows are these images."""
+    return hashlib.sha1(images.contiguous().numpy().tobytes()).hexdigest()
+
+
+def pretrain(cfg: TrainConfig, resume: bool = False, log=print,
+             on_start: Callable[[], None] | None = None) -> dict[str, Any]:
     """Instance-discrimination pretraining as ``cfg`` says; writes the run folder, returns the report.
 
     Uses ``cfg.epochs`` (or, with ``cfg.time_budget``, as many steps as fit, re-planned
     after every epoch), the model options, optimizer and schedule of ``cfg``, and
     ``views``, ``infonce``, ``temperature``, ``pretrain_crop_scale``, ``mixup``, ``cutmix``, the
-    ``local_crops`` options, ``clip_grad`` and ``skip_nonfinite``.
+    ``local_crops`` options, ``knn_every``, ``clip_grad``, ``skip_nonfinite`` and ``compile``. With ``resume``,
+    ``cfg`` is the run's saved config and pretraining continues after the last completed
+    epoch (a budgeted run finishes its planned steps, without a deadline). ``on_start`` runs
+    once the data has loaded, before anything is written (a chained run's own folder setup).
     """
-    from .train import TrainingError, _nonfinite, build_model, check_leaks, checks_each_step, decode_workers, \
-        recent_step_seconds, replan_budget, resolve_config_for_data, resolve_device
+    from .train import TrainingError, _nonfinite, autocast_dtype, build_model, check_leaks, checks_each_step, \
+        decode_workers, recent_step_seconds, replan_budget, resolve_config_for_data, resolve_device, use_compile
 
     from .distributed import from_environment
 
@@ -181,20 +235,29 @@ def pretrain(cfg: TrainConfig, log=print) -> dict[str, Any]:
     cfg = dataclasses.replace(cfg, pretrain="instance-discrimination", pretrained=None, freeze="none")
     cfg.validate()
     device = resolve_device(cfg.device)
-    out = _check_out(cfg)
+    out = _check_out(cfg, resume)
     splits = load_data(cfg.data, data_root=cfg.data_root, download=cfg.download, channels=cfg.channels,
                        classes=cfg.classes, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
                        split_seed=cfg.split_seed, skip_bad_images=cfg.skip_bad_images)
     check_leaks(splits, False, log)  # the same split as training; evaluation images are never used here
     cfg = dataclasses.replace(resolve_config_for_data(cfg, splits), out=str(out))
-    out.mkdir(parents=True, exist_ok=True)
-    for name in PRETRAIN_FILES:
-        (out / name).unlink(missing_ok=True)
-    cfg.save(out / "config.yaml", {"data_summary": {"splits": splits.sizes(), "notes": splits.notes}})
+    if resume:
+        stale = remove_stale_temp_files(out)  # a killed run's half-written files; the real ones are intact
+        if stale:
+            log(f"removed {len(stale)} temporary file(s) left by an interrupted write in {out}")
+    else:
+        if on_start is not None:
+            on_start()
+        out.mkdir(parents=True, exist_ok=True)
+        for name in PRETRAIN_FILES:
+            (out / name).unlink(missing_ok=True)
+        cfg.save(out / "config.yaml", {"data_summary": {"splits": splits.sizes(), "notes": splits.notes}})
 
     model = build_model(cfg).to(device)
     side = memory.train_side(cfg.img_size, splits.native_size, "flip-crop", "resized")
-    images, _ = memory.decode_all(splits.train, side, 1.0, decode_workers(cfg))  # the labels are ignored
+    # the labels are ignored, except by the kNN report
+    images, train_labels = memory.decode_all(splits.train, side, 1.0, decode_workers(cfg))
+    digest = images_digest(images)
     images = images.to(device)
     n = len(images)
     head = InstanceHead(cfg.embed_dim, n, temperature=cfg.temperature).to(device)
@@ -211,22 +274,64 @@ def pretrain(cfg: TrainConfig, log=print) -> dict[str, Any]:
     total_steps = cfg.epochs * steps_per_epoch
     budget: dict[str, Any] | None = None
     end = math.inf
-    if cfg.time_budget:
+    if cfg.time_budget and not resume:
         end = started + cfg.time_budget * 60 - 2.0  # 2 s for the plots and the report
         budget = {"minutes": cfg.time_budget, "planned_steps": total_steps, "replans": []}
     scheduler = build_scheduler(optimizer, cfg, steps_per_epoch, total_steps)
+    history: list[dict[str, Any]] = []
+    skipped: list[dict[str, Any]] = []  # batches with a non-finite loss or gradient (--skip-nonfinite)
+    global_step, epoch = 0, 0
+    state: dict[str, Any] = {}
+    if resume:
+        state = load_state(out / STATE_FILE)
+        if state["images"] != n or state["images_digest"] != digest:
+            raise CheckpointError(f"--resume {out}: the training images are not the ones pretraining started on "
+                                  f"({state['images']} then, {n} now, or the same number with other content); "
+                                  "the instance classifier has a row per image, so start again with --overwrite")
+        load_weights(net, state["net"], str(out / STATE_FILE))
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        history, skipped, budget = state["history"], state["skipped_batches"], state["budget"]
+        epoch, global_step, total_steps = state["epoch"], state["step"], state["total_steps"]
+        log(f"resuming pretraining after epoch {epoch} (step {global_step} of {total_steps})")
+    amp_dtype = autocast_dtype(device)
+    # only the backbone's forward/backward is compiled; the augmentation and the losses stay eager
+    forward = torch.compile(model) if use_compile(cfg.compile, device) else model
+    knn: Callable[[], float] | None = None
+    if cfg.knn_every and not len(splits.val):
+        log("note: --knn-every reports on the validation split, and there is none: no kNN report")
+    elif cfg.knn_every:
+        val_images, val_labels = memory.decode_all(splits.val, cfg.img_size, 1.0, decode_workers(cfg))
+        val_images, val_labels, train_labels = val_images.to(device), val_labels.to(device), train_labels.to(device)
+
+        def knn_accuracy() -> float:
+            """The validation split's kNN accuracy now (eval mode: no random numbers are drawn)."""
+            model.eval()
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                bank = backbone_features(model, images, cfg.img_size, cfg.mean, cfg.std)
+                queries = backbone_features(model, val_images, cfg.img_size, cfg.mean, cfg.std)
+            model.train()
+            return float((knn_predict(bank, train_labels, queries, len(cfg.classes)) == val_labels).float().mean())
+
+        knn = knn_accuracy
+    knn_before = state.get("knn_before") if resume else None  # the untrained backbone's, for comparison
+    knn_seconds = 0.0  # what the last kNN report cost
+    if knn is not None and not resume:
+        knn_start = time.perf_counter()
+        knn_before = knn()
+        knn_seconds = time.perf_counter() - knn_start
+        log(f"kNN validation accuracy of the untrained backbone: {knn_before:.4f} ({len(splits.val)} images)")
     log(f"pretraining: instance discrimination over {n} images, {cfg.views} views each, batch {batch}, "
         f"{cfg.model} {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters at {cfg.img_size}px, "
         f"temperature {cfg.temperature:g}" + (f", InfoNCE x{cfg.infonce:g}" if cfg.infonce else "")
         + (f", MixUp {cfg.mixup:g}" if cfg.mixup else "") + (f", CutMix {cfg.cutmix:g}" if cfg.cutmix else "")
-        + (f", {cfg.local_crops} local crops at {local_size}px" if cfg.local_crops else "") + f", on {device}")
+        + (f", {cfg.local_crops} local crops at {local_size}px" if cfg.local_crops else "") + f", on {device}"
+        + (" (bf16 autocast)" if amp_dtype else "") + (", torch.compile" if forward is not model else ""))
     log(f"writing to {out}")
 
-    history: list[dict[str, Any]] = []
-    skipped: list[dict[str, Any]] = []  # batches with a non-finite loss or gradient (--skip-nonfinite)
     check_each_step = checks_each_step(device, cfg.skip_nonfinite)
     speed: list[tuple[int, float]] = []
-    global_step, epoch, save_seconds = 0, 0, 0.0
+    save_seconds = 0.0  # what the last epoch's checkpoints cost
     generator = torch.Generator()
     while global_step < total_steps:
         epoch += 1
@@ -244,20 +349,22 @@ def pretrain(cfg: TrainConfig, log=print) -> dict[str, Any]:
             index = order[i * batch:(i + 1) * batch]
             views = torch.stack([augment(images[index], generator) for _ in range(cfg.views)])
             views, perm, lam = mix_instances(views, cfg.mixup, cfg.cutmix, generator)
-            z = head.embed(model(views.flatten(0, 1), pre_logits=True))
-            logits = head(z)
-            a = index.repeat(cfg.views)
-            loss = instance_loss(logits, a, index[perm].repeat(cfg.views) if perm is not None else None, lam)
-            if local_augment is not None:  # the mean over all views: global views weigh `views`, local ones theirs
-                small = torch.cat([local_augment(images[index], generator) for _ in range(cfg.local_crops)])
-                local_logits = head(head.embed(model(small, pre_logits=True)))
-                local_a = index.repeat(cfg.local_crops)
-                loss = (cfg.views * loss + cfg.local_crops * F.cross_entropy(local_logits, local_a)) / (
-                    cfg.views + cfg.local_crops)
-                logits, a = torch.cat([logits, local_logits]), torch.cat([a, local_a])
-            if cfg.infonce > 0:  # between the first two global views
-                z_views = z.view(cfg.views, len(index), -1)
-                loss = loss + cfg.infonce * info_nce(z_views[0], z_views[1], cfg.temperature)
+            small = torch.cat([local_augment(images[index], generator) for _ in range(cfg.local_crops)]) \
+                if local_augment is not None else None
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                z = head.embed(forward(views.flatten(0, 1), pre_logits=True))
+                logits = head(z)
+                a = index.repeat(cfg.views)
+                loss = instance_loss(logits, a, index[perm].repeat(cfg.views) if perm is not None else None, lam)
+                if small is not None:  # the mean over all views: global views weigh `views`, local ones theirs
+                    local_logits = head(head.embed(forward(small, pre_logits=True)))
+                    local_a = index.repeat(cfg.local_crops)
+                    loss = (cfg.views * loss + cfg.local_crops * F.cross_entropy(local_logits, local_a)) / (
+                        cfg.views + cfg.local_crops)
+                    logits, a = torch.cat([logits, local_logits]), torch.cat([a, local_a])
+                if cfg.infonce > 0:  # between the first two global views
+                    z_views = z.view(cfg.views, len(index), -1)
+                    loss = loss + cfg.infonce * info_nce(z_views[0], z_views[1], cfg.temperature)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             steps += 1
@@ -276,7 +383,7 @@ def pretrain(cfg: TrainConfig, log=print) -> dict[str, Any]:
                 _nonfinite(skipped, cfg.skip_nonfinite, epoch, global_step, steps, float(loss.detach()), out, log,
                            BACKBONE_FILE)
             scheduler.step()
-            if time.perf_counter() > end:
+            if time.perf_counter() > end - knn_seconds:  # the final kNN report fits in the budget too
                 total_steps = global_step
                 break
         bar.close()
@@ -286,27 +393,42 @@ def pretrain(cfg: TrainConfig, log=print) -> dict[str, Any]:
                "epoch_seconds": train_time, "images_per_second": seen / train_time}
         if not math.isfinite(row["train_loss"]):
             raise TrainingError(f"the pretraining loss became {row['train_loss']} in epoch {epoch} (lower --lr)")
-        if budget is not None and global_step < total_steps:  # re-plan from the speed measured so far
+        if budget is not None and global_step < total_steps and math.isfinite(end):  # re-plan from the speed so far
             speed.append((steps, train_time))
-            new = replan_budget(budget, global_step, end - time.perf_counter() - save_seconds,
-                                recent_step_seconds(speed), save_seconds, steps_per_epoch, epoch)
+            overhead = save_seconds + (knn_seconds / cfg.knn_every if knn is not None else 0.0)
+            new = replan_budget(budget, global_step, end - time.perf_counter() - overhead - knn_seconds,
+                                recent_step_seconds(speed), overhead, steps_per_epoch, epoch)
             if new is not None:
                 total_steps = max(new, global_step)
                 replan(scheduler, total_steps)
+        if knn is not None and (epoch % cfg.knn_every == 0 or global_step >= total_steps):
+            knn_start = time.perf_counter()
+            row["val_accuracy"] = knn()
+            knn_seconds = time.perf_counter() - knn_start
         save_start = time.perf_counter()
         history.append(row)
         save_model(out / BACKBONE_FILE, model, epoch=epoch, backbone_only=True,
                    pretraining={"method": "instance-discrimination", "images": n, "epoch": epoch})
         write_metrics_csv(out / "metrics.csv", history)
+        save_state(out / STATE_FILE, {"net": net.state_dict(), "optimizer": optimizer.state_dict(),
+                                      "scheduler": scheduler.state_dict(), "epoch": epoch, "step": global_step,
+                                      "total_steps": total_steps, "history": history, "skipped_batches": skipped,
+                                      "budget": budget, "images": n, "images_digest": digest,
+                                      "knn_before": knn_before})
         save_seconds = time.perf_counter() - save_start
         log(f"pretrain epoch {epoch:>3}  loss {row['train_loss']:.4f}  instance acc {row['train_accuracy']:.4f}  "
-            f"lr {row['lr']:.2e}  {row['images_per_second']:.0f} views/s  {train_time:.1f}s")
-    plot_curves(history, out, splits=("train",))
+            + (f"kNN val acc {row['val_accuracy']:.4f}  " if "val_accuracy" in row else "")
+            + f"lr {row['lr']:.2e}  {row['images_per_second']:.0f} views/s  {train_time:.1f}s")
+    plot_curves(history, out, labels={"train": "instance accuracy (training views)",
+                                      "val": f"validation, {KNN_K}-NN on backbone features"})
     report = {"method": "instance-discrimination", "data": cfg.data, "images": n, "views": cfg.views,
               "epochs": epoch, "steps": global_step, "batch_size": batch, "final_loss": history[-1]["train_loss"],
               "instance_accuracy": history[-1]["train_accuracy"], "infonce": cfg.infonce,
               "mixup": cfg.mixup, "cutmix": cfg.cutmix, "temperature": cfg.temperature,
               "local_crops": cfg.local_crops, **({"local_crop_size": local_size} if cfg.local_crops else {}),
+              **({"knn": {"val_accuracy": history[-1].get("val_accuracy"), "before": knn_before, "k": KNN_K,
+                          "temperature": KNN_TEMPERATURE, "every": cfg.knn_every, "val_images": len(splits.val)}}
+                 if knn is not None else {}),
               "model": model.config.to_dict(), "device": str(device), "seed": cfg.seed,
               "total_seconds": round(time.perf_counter() - started, 2)}
     if budget is not None:
@@ -327,31 +449,64 @@ def pretrain_then_train(cfg: TrainConfig, resume: bool = False, log=print) -> di
     left; otherwise the first stage runs ``pretrain_share`` x ``--epochs`` epochs and the second
     the rest. The first stage mixes instances with ``pretrain_mixup``/``pretrain_cutmix`` and runs
     at ``pretrain_img_size`` (default ``img_size``); the second mixes images with
-    ``mixup``/``cutmix`` and resamples the position embeddings when the sizes differ. A
-    resumed run resumes the fine-tuning stage.
-    """
-    from .train import check_run_dir, default_run_dir, train
+    ``mixup``/``cutmix`` and resamples the position embeddings when the sizes differ.
 
-    if resume:
-        return train(cfg, resume=True, log=log)
-    if cfg.pretrained:
-        raise ConfigError(f"--pretrain with --pretrained {cfg.pretrained}: the first stage starts from scratch")
+    ``OUT/config.yaml`` holds the whole run's config until the second stage starts, then that
+    stage's (the same, plus ``pretrained: OUT/pretrain`` and its own epochs or budget). So
+    ``resume`` knows the stage from ``cfg.pretrained``: it continues an interrupted first stage
+    and then runs the second (with ``1 - pretrain_share`` of the budget), or continues (or
+    restarts, if no epoch of it completed) the second.
+    """
+    from .train import STATE_FILE as RUN_STATE, check_run_dir, default_run_dir, start_run_dir, train
+
     out = Path(cfg.out or default_run_dir(cfg.data))
     cfg = dataclasses.replace(cfg, out=str(out))
-    check_run_dir(cfg, resume=False)
-    started = time.perf_counter()
     first_epochs = max(1, round(cfg.epochs * cfg.pretrain_share))
+    started = time.perf_counter()
+    if resume and cfg.pretrained:  # the second stage had started
+        if (out / RUN_STATE).is_file():
+            report = train(cfg, resume=True, log=log)
+        else:
+            log(f"no epoch of the fine-tuning stage completed; starting it again from {out / 'pretrain'}")
+            report = train(dataclasses.replace(cfg, overwrite=True), log=log)
+        return _merge_reports(out, report, started)
+    if cfg.pretrained:
+        raise ConfigError(f"--pretrain with --pretrained {cfg.pretrained}: the first stage starts from scratch")
     stage = dataclasses.replace(cfg, out=str(out / "pretrain"), overwrite=True, epochs=first_epochs,
                                 time_budget=cfg.time_budget * cfg.pretrain_share if cfg.time_budget else None,
                                 mixup=cfg.pretrain_mixup, cutmix=cfg.pretrain_cutmix,
                                 img_size=cfg.pretrain_img_size or cfg.img_size)
-    pretrain(stage, log)
-    spent = (time.perf_counter() - started) / 60
+    if cfg.pretrain_img_size and cfg.img_size and cfg.pretrain_img_size > cfg.img_size:
+        log(f"note: the pretraining stage runs at --pretrain-img-size {cfg.pretrain_img_size}, larger than "
+            f"--img-size {cfg.img_size} (a recipe's value?); set --pretrain-img-size to change it")
+    if resume:
+        if (out / "pretrain" / "report.json").is_file():
+            log(f"the pretraining stage in {out / 'pretrain'} is complete; starting the fine-tuning stage")
+        elif (out / "pretrain" / STATE_FILE).is_file():
+            pretrain(stage, resume=True, log=log)
+        else:
+            log("no epoch of the pretraining stage completed; starting it again")
+            pretrain(stage, log=log)
+        remaining = cfg.time_budget * (1 - cfg.pretrain_share) if cfg.time_budget else None
+    else:
+        check_run_dir(cfg, resume=False)
+
+        def start() -> None:  # once the data has loaded: an --overwrite never costs the old run for a typo
+            start_run_dir(out)
+            cfg.save(out / "config.yaml")  # what --resume reads should the first stage be interrupted
+
+        pretrain(stage, log=log, on_start=start)
+        spent = (time.perf_counter() - started) / 60
+        remaining = cfg.time_budget - spent if cfg.time_budget else None
     second = dataclasses.replace(cfg, pretrained=str(out / "pretrain"), epochs=max(1, cfg.epochs - first_epochs),
-                                 time_budget=cfg.time_budget - spent if cfg.time_budget else None)
-    report = train(second, log=log)
+                                 time_budget=remaining, overwrite=True)
+    return _merge_reports(out, train(second, log=log), started)
+
+
+def _merge_reports(out: Path, report: dict[str, Any], started: float) -> dict[str, Any]:
+    """The fine-tuning report with the pretraining stage's report in it, written to ``OUT/report.json``."""
     report["pretraining"] = json.loads((out / "pretrain" / "report.json").read_text())
     report["fine_tuning_seconds"] = report["total_seconds"]
-    report["total_seconds"] = round(time.perf_counter() - started, 2)  # both stages
+    report["total_seconds"] = round(time.perf_counter() - started, 2)  # both stages, in this process
     write_report(out / "report.json", report)
     return report
