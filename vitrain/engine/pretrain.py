@@ -314,13 +314,6 @@ def pretrain(cfg: TrainConfig, resume: bool = False, log=print,
             return float((knn_predict(bank, train_labels, queries, len(cfg.classes)) == val_labels).float().mean())
 
         knn = knn_accuracy
-    knn_before = state.get("knn_before") if resume else None  # the untrained backbone's, for comparison
-    knn_seconds = 0.0  # what the last kNN report cost
-    if knn is not None and not resume:
-        knn_start = time.perf_counter()
-        knn_before = knn()
-        knn_seconds = time.perf_counter() - knn_start
-        log(f"kNN validation accuracy of the untrained backbone: {knn_before:.4f} ({len(splits.val)} images)")
     log(f"pretraining: instance discrimination over {n} images, {cfg.views} views each, batch {batch}, "
         f"{cfg.model} {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters at {cfg.img_size}px, "
         f"temperature {cfg.temperature:g}" + (f", InfoNCE x{cfg.infonce:g}" if cfg.infonce else "")
@@ -328,6 +321,13 @@ def pretrain(cfg: TrainConfig, resume: bool = False, log=print,
         + (f", {cfg.local_crops} local crops at {local_size}px" if cfg.local_crops else "") + f", on {device}"
         + (" (bf16 autocast)" if amp_dtype else "") + (", torch.compile" if forward is not model else ""))
     log(f"writing to {out}")
+    knn_before = state.get("knn_before") if resume else None  # the untrained backbone's, for comparison
+    knn_seconds = 0.0  # what the last kNN report cost
+    if knn is not None and not resume:
+        knn_start = time.perf_counter()
+        knn_before = knn()
+        knn_seconds = time.perf_counter() - knn_start
+        log(f"kNN validation accuracy of the untrained backbone: {knn_before:.4f} ({len(splits.val)} images)")
 
     check_each_step = checks_each_step(device, cfg.skip_nonfinite)
     speed: list[tuple[int, float]] = []
