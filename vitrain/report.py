@@ -39,11 +39,11 @@ def read_metrics_csv(path: Path) -> list[dict[str, float]]:
         return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
 
 
-def plot_curves(history: Sequence[dict[str, Any]], out_dir: Path, splits: Sequence[str] = ("train", "val"),
-                labels: dict[str, str] | None = None) -> None:
-    """``accuracy.png`` and ``loss.png``: train and validation (or only ``splits``) per epoch.
+def plot_curves(history: Sequence[dict[str, Any]], out_dir: Path, labels: dict[str, str] | None = None) -> None:
+    """``accuracy.png`` and ``loss.png``: the training and validation curves per epoch.
 
-    Epochs without a value (an empty cell) are left out; ``labels`` renames a split's curve.
+    Epochs without a value (an empty cell) are left out, and so is a split without any;
+    ``labels`` renames a split's curve.
     """
     names = {"train": "training", "val": "validation", **(labels or {})}
     for metric, filename, ylabel in (("accuracy", "accuracy.png", "accuracy"), ("loss", "loss.png", "loss")):
@@ -51,7 +51,7 @@ def plot_curves(history: Sequence[dict[str, Any]], out_dir: Path, splits: Sequen
         for split, style in (("train", "-o"), ("val", "-s")):
             points = [(row["epoch"], row[f"{split}_{metric}"]) for row in history
                       if row.get(f"{split}_{metric}") is not None]
-            if split not in splits or not points:
+            if not points:
                 continue
             ax.plot(*zip(*points), style, markersize=3, label=names[split])
         ax.set_xlabel("epoch")

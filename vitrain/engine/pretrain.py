@@ -53,16 +53,16 @@ from torch import nn
 from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
 
-from ..checkpoint import CheckpointError, load_state, load_weights, remove_stale_temp_files, save_model, save_state
+from ..checkpoint import CheckpointError, load_state, load_weights, save_model, save_state
 from ..config import ConfigError, TrainConfig
 from ..data import memory
 from ..data.sources import load_data
 from ..data.strong import StrongAugment
 from ..report import plot_curves, write_metrics_csv, write_report
 from .optim import build_optimizer, build_scheduler, replan
+from .train import STATE_FILE  # a training run's name for it: the commit point of an epoch, and what --resume needs
 
 BACKBONE_FILE = "backbone.safetensors"
-STATE_FILE = "state.safetensors"  # the same name as a training run's: the commit point of an epoch
 PRETRAIN_FILES = ("config.yaml", "metrics.csv", BACKBONE_FILE, STATE_FILE, "report.json", "loss.png", "accuracy.png")
 
 
@@ -185,21 +185,6 @@ class _Pretrainer(nn.Module):
 
 # ------------------------------------------------------------------------------ the loop
 
-def _check_out(cfg: TrainConfig, resume: bool) -> Path:
-    from .train import default_run_dir
-
-    out = Path(cfg.out or default_run_dir(cfg.data))
-    if resume:
-        if not (out / STATE_FILE).is_file():
-            raise ConfigError(f"--resume {out}: no {STATE_FILE} there, so there is no pretraining to resume")
-        return out
-    existing = [n for n in PRETRAIN_FILES if (out / n).exists()]
-    if existing and not cfg.overwrite:
-        raise ConfigError(f"--out {out} already holds a pretraining run ({', '.join(existing[:3])}); "
-                          "replace it with --overwrite")
-    return out
-
-
 def local_crop_size(cfg: TrainConfig) -> int:
     """``--local-crop-size``, else half the pretraining input rounded down to the patch size (at least one patch)."""
     if cfg.local_crop_size:
@@ -224,8 +209,9 @@ def pretrain(cfg: TrainConfig, resume: bool = False, log=print,
     epoch (a budgeted run finishes its planned steps, without a deadline). ``on_start`` runs
     once the data has loaded, before anything is written (a chained run's own folder setup).
     """
-    from .train import TrainingError, _nonfinite, autocast_dtype, build_model, check_leaks, checks_each_step, \
-        decode_workers, recent_step_seconds, replan_budget, resolve_config_for_data, resolve_device, use_compile
+    from .train import TrainingError, _nonfinite, autocast_dtype, build_model, check_leaks, check_run_dir, \
+        checks_each_step, decode_workers, recent_step_seconds, remove_interrupted_writes, replan_budget, \
+        resolve_config_for_data, resolve_device, use_compile
 
     from .distributed import from_environment
 
@@ -235,16 +221,14 @@ def pretrain(cfg: TrainConfig, resume: bool = False, log=print,
     cfg = dataclasses.replace(cfg, pretrain="instance-discrimination", pretrained=None, freeze="none")
     cfg.validate()
     device = resolve_device(cfg.device)
-    out = _check_out(cfg, resume)
+    out = check_run_dir(cfg, resume, PRETRAIN_FILES)
     splits = load_data(cfg.data, data_root=cfg.data_root, download=cfg.download, channels=cfg.channels,
                        classes=cfg.classes, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
                        split_seed=cfg.split_seed, skip_bad_images=cfg.skip_bad_images)
     check_leaks(splits, False, log)  # the same split as training; evaluation images are never used here
     cfg = dataclasses.replace(resolve_config_for_data(cfg, splits), out=str(out))
     if resume:
-        stale = remove_stale_temp_files(out)  # a killed run's half-written files; the real ones are intact
-        if stale:
-            log(f"removed {len(stale)} temporary file(s) left by an interrupted write in {out}")
+        remove_interrupted_writes(out, log)
     else:
         if on_start is not None:
             on_start()
@@ -321,7 +305,7 @@ def pretrain(cfg: TrainConfig, resume: bool = False, log=print,
         + (f", {cfg.local_crops} local crops at {local_size}px" if cfg.local_crops else "") + f", on {device}"
         + (" (bf16 autocast)" if amp_dtype else "") + (", torch.compile" if forward is not model else ""))
     log(f"writing to {out}")
-    knn_before = state.get("knn_before") if resume else None  # the untrained backbone's, for comparison
+    knn_before = state.get("knn_before")  # the untrained backbone's, for comparison (saved when resuming)
     knn_seconds = 0.0  # what the last kNN report cost
     if knn is not None and not resume:
         knn_start = time.perf_counter()
@@ -457,14 +441,14 @@ def pretrain_then_train(cfg: TrainConfig, resume: bool = False, log=print) -> di
     and then runs the second (with ``1 - pretrain_share`` of the budget), or continues (or
     restarts, if no epoch of it completed) the second.
     """
-    from .train import STATE_FILE as RUN_STATE, check_run_dir, default_run_dir, start_run_dir, train
+    from .train import check_run_dir, default_run_dir, start_run_dir, train
 
     out = Path(cfg.out or default_run_dir(cfg.data))
     cfg = dataclasses.replace(cfg, out=str(out))
     first_epochs = max(1, round(cfg.epochs * cfg.pretrain_share))
     started = time.perf_counter()
     if resume and cfg.pretrained:  # the second stage had started
-        if (out / RUN_STATE).is_file():
+        if (out / STATE_FILE).is_file():
             report = train(cfg, resume=True, log=log)
         else:
             log(f"no epoch of the fine-tuning stage completed; starting it again from {out / 'pretrain'}")

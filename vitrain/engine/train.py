@@ -241,8 +241,11 @@ def default_run_dir(data: str) -> str:
     return str(Path("runs") / f"{Path(data).stem or 'data'}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
-def check_run_dir(cfg: TrainConfig, resume: bool) -> Path:
-    """The run folder, checked before any work: a new run never mixes into an old one."""
+def check_run_dir(cfg: TrainConfig, resume: bool, files: tuple[str, ...] = RUN_FILES) -> Path:
+    """The run folder, checked before any work: a new run never mixes into an old one.
+
+    ``files`` are the names that make a folder a run (a pretraining run has its own).
+    """
     out = Path(cfg.out or default_run_dir(cfg.data))
     if resume:
         if not (out / STATE_FILE).is_file():
@@ -250,7 +253,7 @@ def check_run_dir(cfg: TrainConfig, resume: bool) -> Path:
         return out
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file, not a folder")
-    existing = [name for name in RUN_FILES if (out / name).exists()]
+    existing = [name for name in files if (out / name).exists()]
     if existing and not cfg.overwrite:
         raise ConfigError(f"--out {out} already holds a run ({', '.join(existing[:3])}); "
                           f"continue it with --resume {out} or replace it with --overwrite")
@@ -266,6 +269,13 @@ def start_run_dir(out: Path) -> None:
         (out / name).unlink(missing_ok=True)
     shutil.rmtree(out / "tensorboard", ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
+
+
+def remove_interrupted_writes(out: Path, log=print) -> None:
+    """Delete the temporary files a killed run left in ``out`` mid-write; the real files are intact."""
+    stale = remove_stale_temp_files(out)
+    if stale:
+        log(f"removed {len(stale)} temporary file(s) left by an interrupted write in {out}")
 
 
 def _quiet(*args: Any, **kwargs: Any) -> None:
@@ -498,9 +508,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
     cfg = resolve_config_for_data(cfg, splits, pretrained)
     cfg = dataclasses.replace(cfg, out=str(out))
     if place.main:
-        stale = remove_stale_temp_files(out)  # a killed run's half-written files; the real ones are intact
-        if stale:
-            log(f"removed {len(stale)} temporary file(s) left by an interrupted write in {out}")
+        remove_interrupted_writes(out, log)
     if not resume and place.main:
         start_run_dir(out)
         cfg.save(out / "config.yaml", {"data_summary": {"splits": splits.sizes(), "notes": splits.notes,
