@@ -37,6 +37,17 @@ def test_mixed_instance_targets_sum_to_one_and_match_the_two_term_loss():
     assert instance_loss(logits, a, b, 0.3).item() == pytest.approx(dense.item(), rel=1e-6)
 
 
+def test_smoothed_instance_targets_match_the_dense_cross_entropy():
+    logits = torch.randn(4, 6, generator=torch.Generator().manual_seed(3))
+    a, b = torch.tensor([0, 1, 2, 3]), torch.tensor([3, 2, 1, 0])
+    eps, lam = 0.1, 0.7
+    targets = (1 - eps) * mixed_targets(a, b, lam, 6) + eps / 6  # smoothing spreads eps over all 6 instances
+    assert torch.allclose(targets.sum(1), torch.ones(4))
+    by_hand = -(targets * torch.log_softmax(logits, 1)).sum(1).mean()
+    assert instance_loss(logits, a, b, lam, smoothing=eps).item() == pytest.approx(by_hand.item(), rel=1e-6)
+    assert instance_loss(logits, a, smoothing=0.0).item() == pytest.approx(F.cross_entropy(logits, a).item())
+
+
 def test_info_nce_matches_the_formula_with_in_batch_negatives():
     g = torch.Generator().manual_seed(1)
     z1 = F.normalize(torch.randn(5, 8, generator=g), dim=1)
@@ -70,6 +81,17 @@ def test_instance_head_is_a_cosine_classifier():
     assert torch.allclose(z.norm(dim=1), torch.ones(4))
     logits = head(z)
     assert logits.shape == (4, 50) and logits.abs().max() <= 1 / 0.1 + 1e-4
+
+
+def test_raw_feature_initialization_starts_as_a_nearest_neighbour_classifier():
+    head = InstanceHead(16, n_instances=5, temperature=0.2)
+    z = head.embed(torch.randn(5, 16, generator=torch.Generator().manual_seed(4)))
+    head.init_from_features(z.detach())
+    logits = head(z)
+    assert torch.equal(logits.argmax(1), torch.arange(5))  # each image is already its own best class
+    assert torch.allclose(logits.diagonal(), torch.full((5,), 1 / 0.2))  # cosine 1 with its own row
+    with pytest.raises(ValueError, match=r"\(4, 128\) projections for a \(5, 128\) classifier"):
+        head.init_from_features(torch.zeros(4, 128))
 
 
 def test_strong_augmentation_is_per_image_and_reproducible():
@@ -190,6 +212,9 @@ def test_pretraining_options_are_checked(flat_folder, tmp_path, tiny_args, capsy
     assert main(["pretrain", "--data", str(flat_folder), *tiny_args, "--local-crop-scale", "0.5,0.1",
                  "--out", str(tmp_path / "w")]) == 2
     assert "--local-crop-scale needs MIN,MAX with 0 < MIN <= MAX <= 1" in capsys.readouterr().err
+    assert main(["pretrain", "--data", str(flat_folder), *tiny_args, "--instance-smoothing", "1",
+                 "--out", str(tmp_path / "t")]) == 2
+    assert "--instance-smoothing must be in [0, 1)" in capsys.readouterr().err
     # options of training that pretraining has no use for are refused, not silently ignored
     assert main(["pretrain", "--data", str(flat_folder), *tiny_args, "--ema", "0.99", "--label-smoothing", "0.1",
                  "--out", str(tmp_path / "v")]) == 2
@@ -198,6 +223,24 @@ def test_pretraining_options_are_checked(flat_folder, tmp_path, tiny_args, capsy
     assert main(["train", "--data", str(flat_folder), *tiny_args, "--views", "4", "--knn-every", "1",
                  "--out", str(tmp_path / "u")]) == 2
     assert "--views, --knn-every only apply to pretraining" in capsys.readouterr().err
+
+
+def test_vitrain_pretrain_runs_a_recipes_first_stage(flat_folder, tmp_path, tiny_args):
+    from vitrain.cli import build_parser, train_config_from_args
+
+    def config(*flags: str):
+        return train_config_from_args(build_parser().parse_args(["pretrain", "--recipe", "small-data", *flags]))[0]
+
+    # the recipe's first stage: 32 px, no mixing of instances (its --mixup/--cutmix are the second stage's)
+    cfg = config()
+    assert (cfg.img_size, cfg.mixup, cfg.cutmix) == (32, 0.0, 0.0)
+    cfg = config("--img-size", "48", "--mixup", "0.4")  # flags still win
+    assert (cfg.img_size, cfg.mixup, cfg.cutmix) == (48, 0.4, 0.0)
+    run = tmp_path / "pre"
+    assert main(["pretrain", "--data", str(flat_folder), *tiny_args, "--instance-init", "features",
+                 "--instance-smoothing", "0.1", "--out", str(run)]) == 0
+    report = json.loads((run / "report.json").read_text())
+    assert report["instance_init"] == "features" and report["instance_smoothing"] == 0.1
 
 
 def test_pretrain_none_drops_the_first_stage_of_a_recipe(flat_folder, tmp_path, tiny_args):

@@ -17,10 +17,13 @@ RESUME_OVERRIDABLE = {"device", "workers", "progress", "data_root", "download", 
 PRETRAIN_UNUSED = ("ema", "label_smoothing", "dedupe", "augment", "crop", "crop_scale", "crop_ratio", "crop_pct",
                    "random_erasing", "in_memory", "best_metric", "pretrained", "freeze", "head",
                    "head_lr", "pretrain_share", "pretrain_mixup", "pretrain_cutmix", "pretrain_img_size")
+# `vitrain train --pretrain`'s first-stage options and the `vitrain pretrain` options they become:
+# `vitrain pretrain --recipe small-data` runs the recipe's first stage
+FIRST_STAGE = {"mixup": "pretrain_mixup", "cutmix": "pretrain_cutmix", "img_size": "pretrain_img_size"}
 # options of the first stage that `vitrain train` without --pretrain has no use for
-PRETRAIN_ONLY = ("pretrain_share", "views", "infonce", "temperature", "pretrain_crop_scale", "local_crops",
-                 "local_crop_size", "local_crop_scale", "knn_every", "pretrain_mixup", "pretrain_cutmix",
-                 "pretrain_img_size")
+PRETRAIN_ONLY = ("pretrain_share", "views", "infonce", "temperature", "instance_smoothing", "instance_init",
+                 "pretrain_crop_scale", "local_crops", "local_crop_size", "local_crop_scale", "knn_every",
+                 "pretrain_mixup", "pretrain_cutmix", "pretrain_img_size")
 
 
 def _add_train_arguments(p: argparse.ArgumentParser) -> None:
@@ -83,6 +86,11 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--infonce", type=float, default=S,
                    help="weight of an InfoNCE term between two views, with in-batch negatives (0: off)")
     g.add_argument("--temperature", type=float, default=S, help="of the cosine instance classifier and InfoNCE (0.2)")
+    g.add_argument("--instance-smoothing", type=float, default=S,
+                   help="label smoothing of the instance targets (0: off)")
+    g.add_argument("--instance-init", choices=["random", "features"], default=S,
+                   help="the instance classifier's starting weights: random, or features: each image's projection "
+                   "by the untrained backbone, so the first steps already discriminate (random)")
     g.add_argument("--pretrain-crop-scale", default=S, help="MIN,MAX area of the pretraining crops (0.08,1)")
     g.add_argument("--local-crops", type=int, default=S, metavar="N",
                    help="multi-crop: N extra small crops of each image per pretraining step, at --local-crop-size, "
@@ -256,6 +264,10 @@ def train_config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, bool]
 
     file_values = load_config_file(args.config) if args.config else {}
     cfg = layered_config(file_values, given)
+    if args.command == "pretrain":  # a recipe's first-stage settings are this command's own, unless set
+        for own, first_stage in FIRST_STAGE.items():
+            if own not in given and own not in file_values and getattr(cfg, first_stage) is not None:
+                setattr(cfg, own, getattr(cfg, first_stage))
     if cfg.pretrain == "none":
         cfg.pretrain = None
     if cfg.out is None:

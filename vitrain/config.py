@@ -58,6 +58,8 @@ class TrainConfig:
     views: int = 2  # augmented views of each image per step
     infonce: float = 0.0  # weight of an InfoNCE term between two views (0: off; an ablation)
     temperature: float = 0.2  # of the cosine instance classifier and of InfoNCE
+    instance_smoothing: float = 0.0  # label smoothing of the instance targets
+    instance_init: str = "random"  # the instance classifier's start: random, or features (each image's projection)
     pretrain_crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
     # multi-crop: this many extra small crops of each image per pretraining step, at a smaller input
     local_crops: int = 0
@@ -172,6 +174,8 @@ class TrainConfig:
              "must be at least 1 (2 with --infonce)"),
             (self.infonce >= 0, "--infonce", "must be >= 0"),
             (self.temperature > 0, "--temperature", "must be positive"),
+            (0 <= self.instance_smoothing < 1, "--instance-smoothing", "must be in [0, 1)"),
+            (self.instance_init in ("random", "features"), "--instance-init", "must be random or features"),
             (len(self.pretrain_crop_scale) == 2 and 0 < self.pretrain_crop_scale[0] <= self.pretrain_crop_scale[1] <= 1,
              "--pretrain-crop-scale", "needs MIN,MAX with 0 < MIN <= MAX <= 1"),
             (self.local_crops >= 0, "--local-crops", "must be >= 0 (0 turns multi-crop off)"),

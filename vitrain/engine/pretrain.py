@@ -85,6 +85,15 @@ class InstanceHead(nn.Module):
         """Unit projections -> instance logits (B, n_instances): cosine similarity / temperature."""
         return z @ F.normalize(self.weight, dim=-1).T / self.temperature
 
+    @torch.no_grad()
+    def init_from_features(self, z: torch.Tensor) -> None:
+        """Set each instance's weight to its image's projection (N, proj_dim): "raw-feature
+        initialization" (Liu et al. 2021, the one-million-way instance classifier), so the
+        classifier starts as a nearest-neighbour one over the images instead of random targets."""
+        if z.shape != self.weight.shape:
+            raise ValueError(f"{tuple(z.shape)} projections for a {tuple(self.weight.shape)} classifier")
+        self.weight.copy_(z)
+
 
 def mixed_targets(a: torch.Tensor, b: torch.Tensor, lam: float, n: int) -> torch.Tensor:
     """Dense targets ``lam * onehot(a) + (1 - lam) * onehot(b)`` (each row sums to 1)."""
@@ -92,16 +101,18 @@ def mixed_targets(a: torch.Tensor, b: torch.Tensor, lam: float, n: int) -> torch
 
 
 def instance_loss(logits: torch.Tensor, a: torch.Tensor, b: torch.Tensor | None = None,
-                  lam: float = 1.0) -> torch.Tensor:
+                  lam: float = 1.0, smoothing: float = 0.0) -> torch.Tensor:
     """Cross entropy against instance targets, mixed when ``b`` is given.
 
     Equals the cross entropy against :func:`mixed_targets` without building the (B, N) matrix:
-    ``mean(-(lam * log_softmax[a] + (1 - lam) * log_softmax[b]))``.
+    ``mean(-(lam * log_softmax[a] + (1 - lam) * log_softmax[b]))``. With ``smoothing`` e, each
+    target is ``(1 - e)`` of itself plus ``e / N`` on every instance (label smoothing, as the
+    paper uses in this stage): the loss is linear in the target, so mixing and smoothing commute.
     """
-    loss = F.cross_entropy(logits, a)
+    loss = F.cross_entropy(logits, a, label_smoothing=smoothing)
     if b is None or lam >= 1.0:
         return loss
-    return lam * loss + (1 - lam) * F.cross_entropy(logits, b)
+    return lam * loss + (1 - lam) * F.cross_entropy(logits, b, label_smoothing=smoothing)
 
 
 def info_nce(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -160,15 +171,17 @@ def knn_predict(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Te
 
 
 @torch.no_grad()
-def backbone_features(model: nn.Module, images: torch.Tensor, size: int, mean, std,
-                      batch: int = 256) -> torch.Tensor:
-    """Unit-length backbone features of (N, C, S, S) uint8 images, resized to ``size`` and normalized."""
+def backbone_features(model: nn.Module, images: torch.Tensor, size: int, mean, std, batch: int = 256,
+                      project: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """Unit-length backbone features of (N, C, S, S) uint8 images, resized to ``size`` and normalized
+    (or, with ``project``, what it makes of the features: an instance head's projections, say)."""
+    project = project or (lambda f: F.normalize(f, dim=-1))
     features = []
     for start in range(0, len(images), batch):
         x = images[start:start + batch].float() / 255
         if x.shape[-1] != size:
             x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        features.append(F.normalize(model(TF.normalize(x, mean, std), pre_logits=True).float(), dim=-1))
+        features.append(project(model(TF.normalize(x, mean, std), pre_logits=True)).float())
     return torch.cat(features)
 
 
@@ -245,6 +258,11 @@ def pretrain(cfg: TrainConfig, resume: bool = False, log=print,
     images = images.to(device)
     n = len(images)
     head = InstanceHead(cfg.embed_dim, n, temperature=cfg.temperature).to(device)
+    if cfg.instance_init == "features" and not resume:  # (a resumed run loads its trained head)
+        model.eval()
+        head.init_from_features(backbone_features(model, images, cfg.img_size, cfg.mean, cfg.std,
+                                                  project=head.embed))
+        model.train()
     net = _Pretrainer(model, head)
     augment = StrongAugment(cfg.img_size, cfg.mean, cfg.std, crop_scale=tuple(cfg.pretrain_crop_scale),
                             hflip=cfg.hflip)
@@ -301,6 +319,8 @@ def pretrain(cfg: TrainConfig, resume: bool = False, log=print,
     log(f"pretraining: instance discrimination over {n} images, {cfg.views} views each, batch {batch}, "
         f"{cfg.model} {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters at {cfg.img_size}px, "
         f"temperature {cfg.temperature:g}" + (f", InfoNCE x{cfg.infonce:g}" if cfg.infonce else "")
+        + (f", target smoothing {cfg.instance_smoothing:g}" if cfg.instance_smoothing else "")
+        + (", classifier initialized from the images' features" if cfg.instance_init == "features" else "")
         + (f", MixUp {cfg.mixup:g}" if cfg.mixup else "") + (f", CutMix {cfg.cutmix:g}" if cfg.cutmix else "")
         + (f", {cfg.local_crops} local crops at {local_size}px" if cfg.local_crops else "") + f", on {device}"
         + (" (bf16 autocast)" if amp_dtype else "") + (", torch.compile" if forward is not model else ""))
@@ -339,12 +359,13 @@ def pretrain(cfg: TrainConfig, resume: bool = False, log=print,
                 z = head.embed(forward(views.flatten(0, 1), pre_logits=True))
                 logits = head(z)
                 a = index.repeat(cfg.views)
-                loss = instance_loss(logits, a, index[perm].repeat(cfg.views) if perm is not None else None, lam)
+                loss = instance_loss(logits, a, index[perm].repeat(cfg.views) if perm is not None else None, lam,
+                                     cfg.instance_smoothing)
                 if small is not None:  # the mean over all views: global views weigh `views`, local ones theirs
                     local_logits = head(head.embed(forward(small, pre_logits=True)))
                     local_a = index.repeat(cfg.local_crops)
-                    loss = (cfg.views * loss + cfg.local_crops * F.cross_entropy(local_logits, local_a)) / (
-                        cfg.views + cfg.local_crops)
+                    local_loss = instance_loss(local_logits, local_a, smoothing=cfg.instance_smoothing)
+                    loss = (cfg.views * loss + cfg.local_crops * local_loss) / (cfg.views + cfg.local_crops)
                     logits, a = torch.cat([logits, local_logits]), torch.cat([a, local_a])
                 if cfg.infonce > 0:  # between the first two global views
                     z_views = z.view(cfg.views, len(index), -1)
@@ -408,7 +429,7 @@ def pretrain(cfg: TrainConfig, resume: bool = False, log=print,
     report = {"method": "instance-discrimination", "data": cfg.data, "images": n, "views": cfg.views,
               "epochs": epoch, "steps": global_step, "batch_size": batch, "final_loss": history[-1]["train_loss"],
               "instance_accuracy": history[-1]["train_accuracy"], "infonce": cfg.infonce,
-              "mixup": cfg.mixup, "cutmix": cfg.cutmix, "temperature": cfg.temperature,
+              "instance_smoothing": cfg.instance_smoothing, "instance_init": cfg.instance_init, "mixup": cfg.mixup, "cutmix": cfg.cutmix, "temperature": cfg.temperature,
               "local_crops": cfg.local_crops, **({"local_crop_size": local_size} if cfg.local_crops else {}),
               **({"knn": {"val_accuracy": history[-1].get("val_accuracy"), "before": knn_before, "k": KNN_K,
                           "temperature": KNN_TEMPERATURE, "every": cfg.knn_every, "val_images": len(splits.val)}}
