@@ -12,11 +12,14 @@ never used for training or testing), with the 2,040 labelled images as neighbour
 
     python benchmarks/pretrain_knn.py --minutes 5 --only cifar10-2040 \\
         --variants "|--instance-init features|--instance-smoothing 0.1"
+    python benchmarks/pretrain_knn.py --score runs/benchmarks/small_data/cifar10-2040-scratch-seed0 \
+        --out runs/benchmarks/knn_scores      # any model trained on the subset, by the same measure
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import random
 import shlex
@@ -56,6 +59,7 @@ def cifar10_heldout() -> Path:
     return target
 
 
+@functools.lru_cache(maxsize=2)
 def _images(folder: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """Every image under folder/<class>/ as (N, 3, H, W) uint8, with class indices in sorted class order."""
     images, labels = [], []
@@ -101,11 +105,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", default="",
                         help="'|'-separated extra `vitrain pretrain` flags, one run each ('' is the recipe as is)")
     parser.add_argument("--knn-every", type=int, default=5, help="kNN report every N epochs (5)")
+    parser.add_argument("--score", type=Path, action="append", metavar="CHECKPOINT",
+                        help="instead: score these checkpoints or run folders of models trained on the CIFAR-10 "
+                        "subset (a supervised model, say) by the same held-out kNN; no training")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "benchmarks" / "pretrain_knn")
     args = parser.parse_args(argv)
     if not DATASETS.is_dir():
         print(f"benchmarks/pretrain_knn.py needs the archives in {DATASETS}", file=sys.stderr)
         return 2
+    if args.score:
+        rows = [{"checkpoint": str(path), "heldout_knn": round(heldout_knn(path), 4)} for path in args.score]
+        lines = [f"Command: `python benchmarks/pretrain_knn.py {shlex.join(argv)}`  ", machine_line(), "",
+                 *markdown_table(["checkpoint", "kNN acc., 5,000 held-out CIFAR-10 images"],
+                                 [[f"`{r['checkpoint']}`", r["heldout_knn"]] for r in rows])]
+        save_results(args.out, "knn_scores", "\n".join(lines) + "\n", rows)
+        return 0
     datasets = {"flowers17": lambda: DATASETS / "flowers17.tar", "cifar10-2040": cifar10_subset}
     rows = []
     for name in args.only or list(datasets):
