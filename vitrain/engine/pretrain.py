@@ -14,6 +14,10 @@ augmented views. Labels are never read. Here:
   permutation and one ratio for all views; the target is ``lam`` of one instance and
   ``1 - lam`` of the other, and the loss is the cross entropy against that mixed target:
   ``-(lam * log p[a] + (1 - lam) * log p[b])`` -- not a sum of logs over all classes;
+* ``--instance-smoothing E`` smooths the instance targets (label smoothing, as the paper
+  does); ``--instance-init features`` starts the classifier's rows as the images'
+  projections by the untrained backbone instead of random vectors (both ablations, off by
+  default: neither beat the recipe end to end, BENCHMARKS.md);
 * ``--infonce W`` adds W x InfoNCE between the first two views: cosine similarities over
   the temperature, each view's positive is the other view of its image and the other
   images of the batch are the negatives (an ablation; off by default);
@@ -215,9 +219,10 @@ def pretrain(cfg: TrainConfig, resume: bool = False, log=print,
     """Instance-discrimination pretraining as ``cfg`` says; writes the run folder, returns the report.
 
     Uses ``cfg.epochs`` (or, with ``cfg.time_budget``, as many steps as fit, re-planned
-    after every epoch), the model options, optimizer and schedule of ``cfg``, and
-    ``views``, ``infonce``, ``temperature``, ``pretrain_crop_scale``, ``mixup``, ``cutmix``, the
-    ``local_crops`` options, ``knn_every``, ``clip_grad``, ``skip_nonfinite`` and ``compile``. With ``resume``,
+    after every epoch), the model options, optimizer and schedule of ``cfg``, and ``views``,
+    ``infonce``, ``temperature``, ``instance_smoothing``, ``instance_init``,
+    ``pretrain_crop_scale``, ``mixup``, ``cutmix``, the ``local_crops`` options,
+    ``knn_every``, ``clip_grad``, ``skip_nonfinite`` and ``compile``. With ``resume``,
     ``cfg`` is the run's saved config and pretraining continues after the last completed
     epoch (a budgeted run finishes its planned steps, without a deadline). ``on_start`` runs
     once the data has loaded, before anything is written (a chained run's own folder setup).
