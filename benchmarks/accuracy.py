@@ -42,10 +42,10 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def train_report(run: Path, flags: list[str]) -> dict:
-    """Run ``vitrain train FLAGS --out RUN --overwrite --no-progress`` in a fresh process (the
-    command is printed first) and return its report.json."""
-    command = [sys.executable, "-m", "vitrain", "train", *flags, "--out", str(run), "--overwrite", "--no-progress"]
+def train_report(run: Path, flags: list[str], command: str = "train") -> dict:
+    """Run ``vitrain COMMAND FLAGS --out RUN --overwrite --no-progress`` (``train``, or
+    ``pretrain``) in a fresh process (the command is printed first) and return its report.json."""
+    command = [sys.executable, "-m", "vitrain", command, *flags, "--out", str(run), "--overwrite", "--no-progress"]
     print("$", " ".join(command[2:]), flush=True)
     subprocess.run(command, check=True)
     return json.loads((run / "report.json").read_text())

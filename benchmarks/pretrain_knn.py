@@ -20,22 +20,20 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import random
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from accuracy import DATASETS, ROOT, machine_line, markdown_table, save_results  # noqa: E402
+from accuracy import DATASETS, ROOT, machine_line, markdown_table, save_results, train_report  # noqa: E402
 from small_data import CACHE, cifar10_subset  # noqa: E402
 
 from vitrain import load_model  # noqa: E402
+from vitrain.data import memory  # noqa: E402
+from vitrain.data.sources import load_split  # noqa: E402
 from vitrain.engine.pretrain import backbone_features, knn_predict  # noqa: E402
 
 
@@ -61,14 +59,9 @@ def cifar10_heldout() -> Path:
 
 @functools.lru_cache(maxsize=2)
 def _images(folder: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every image under folder/<class>/ as (N, 3, H, W) uint8, with class indices in sorted class order."""
-    images, labels = [], []
-    for label, cls in enumerate(sorted(p.name for p in folder.iterdir() if p.is_dir())):
-        for f in sorted((folder / cls).iterdir()):
-            with Image.open(f) as im:
-                images.append(torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1))
-            labels.append(label)
-    return torch.stack(images), torch.tensor(labels)
+    """Every image under folder/<class>/ as (N, 3, 32, 32) uint8, with class indices in sorted class order."""
+    dataset, _, _ = load_split(str(folder))  # a folder without split folders: all of its images
+    return memory.decode_all(dataset, 32)
 
 
 def heldout_knn(backbone: Path) -> float:
@@ -86,14 +79,6 @@ def heldout_knn(backbone: Path) -> float:
     queries = backbone_features(model, query_images, size, mean, std)
     predicted = knn_predict(bank, bank_labels, queries, int(bank_labels.max()) + 1)
     return float((predicted == query_labels).float().mean())
-
-
-def pretrain_report(run: Path, flags: list[str]) -> dict:
-    """Run ``vitrain pretrain FLAGS --out RUN --overwrite --no-progress`` in a fresh process; its report.json."""
-    command = [sys.executable, "-m", "vitrain", "pretrain", *flags, "--out", str(run), "--overwrite", "--no-progress"]
-    print("$", " ".join(command[2:]), flush=True)
-    subprocess.run(command, check=True)
-    return json.loads((run / "report.json").read_text())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -127,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         for i, variant in enumerate(args.variants.split("|")):
             flags = ["--recipe", "small-data", "--data", str(data), "--time-budget", str(args.minutes),
                      "--seed", str(args.seed), "--knn-every", str(args.knn_every), *shlex.split(variant)]
-            report = pretrain_report(args.out / f"{name}-{i}", flags)
+            report = train_report(args.out / f"{name}-{i}", flags, command="pretrain")
             knn = report["knn"]
             rows.append({"dataset": name, "flags": variant.strip(), "steps": report["steps"],
                          "final_loss": round(report["final_loss"], 4),

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Sequence
 
 from . import __version__
-from .config import ConfigError, TrainConfig, config_from_dict, layered_config, load_config_file
+from .config import FIRST_STAGE, ConfigError, TrainConfig, config_from_dict, layered_config, load_config_file
 
 # options that may differ when a run is resumed: they change where and how fast it runs, not what it computes
 RESUME_OVERRIDABLE = {"device", "workers", "progress", "data_root", "download", "compile"}
@@ -17,9 +17,6 @@ RESUME_OVERRIDABLE = {"device", "workers", "progress", "data_root", "download", 
 PRETRAIN_UNUSED = ("ema", "label_smoothing", "dedupe", "augment", "crop", "crop_scale", "crop_ratio", "crop_pct",
                    "random_erasing", "in_memory", "best_metric", "pretrained", "freeze", "head",
                    "head_lr", "pretrain_share", "pretrain_mixup", "pretrain_cutmix", "pretrain_img_size")
-# `vitrain train --pretrain`'s first-stage options and the `vitrain pretrain` options they become:
-# `vitrain pretrain --recipe small-data` runs the recipe's first stage
-FIRST_STAGE = {"mixup": "pretrain_mixup", "cutmix": "pretrain_cutmix", "img_size": "pretrain_img_size"}
 # options of the first stage that `vitrain train` without --pretrain has no use for
 PRETRAIN_ONLY = ("pretrain_share", "views", "infonce", "temperature", "instance_smoothing", "instance_init",
                  "pretrain_crop_scale", "local_crops", "local_crop_size", "local_crop_scale", "knn_every",

@@ -210,6 +210,9 @@ class TrainConfig:
 
 
 SCHEDULES = ("cosine", "step", "multistep", "constant")
+# the options of `train --pretrain`'s first stage and the pretraining options they become there
+# (and in `vitrain pretrain --recipe R`, unless given); a None first-stage value keeps the option
+FIRST_STAGE = {"mixup": "pretrain_mixup", "cutmix": "pretrain_cutmix", "img_size": "pretrain_img_size"}
 
 
 def parse_head(spec: str) -> tuple[int, float]:

@@ -58,7 +58,7 @@ from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
 
 from ..checkpoint import CheckpointError, load_state, load_weights, save_model, save_state
-from ..config import ConfigError, TrainConfig
+from ..config import FIRST_STAGE, ConfigError, TrainConfig
 from ..data import memory
 from ..data.sources import load_data
 from ..data.strong import StrongAugment
@@ -434,7 +434,8 @@ def pretrain(cfg: TrainConfig, resume: bool = False, log=print,
     report = {"method": "instance-discrimination", "data": cfg.data, "images": n, "views": cfg.views,
               "epochs": epoch, "steps": global_step, "batch_size": batch, "final_loss": history[-1]["train_loss"],
               "instance_accuracy": history[-1]["train_accuracy"], "infonce": cfg.infonce,
-              "instance_smoothing": cfg.instance_smoothing, "instance_init": cfg.instance_init, "mixup": cfg.mixup, "cutmix": cfg.cutmix, "temperature": cfg.temperature,
+              "instance_smoothing": cfg.instance_smoothing, "instance_init": cfg.instance_init,
+              "mixup": cfg.mixup, "cutmix": cfg.cutmix, "temperature": cfg.temperature,
               "local_crops": cfg.local_crops, **({"local_crop_size": local_size} if cfg.local_crops else {}),
               **({"knn": {"val_accuracy": history[-1].get("val_accuracy"), "before": knn_before, "k": KNN_K,
                           "temperature": KNN_TEMPERATURE, "every": cfg.knn_every, "val_images": len(splits.val)}}
@@ -484,8 +485,8 @@ def pretrain_then_train(cfg: TrainConfig, resume: bool = False, log=print) -> di
         raise ConfigError(f"--pretrain with --pretrained {cfg.pretrained}: the first stage starts from scratch")
     stage = dataclasses.replace(cfg, out=str(out / "pretrain"), overwrite=True, epochs=first_epochs,
                                 time_budget=cfg.time_budget * cfg.pretrain_share if cfg.time_budget else None,
-                                mixup=cfg.pretrain_mixup, cutmix=cfg.pretrain_cutmix,
-                                img_size=cfg.pretrain_img_size or cfg.img_size)
+                                **{own: getattr(cfg, first) for own, first in FIRST_STAGE.items()
+                                   if getattr(cfg, first) is not None})
     if cfg.pretrain_img_size and cfg.img_size and cfg.pretrain_img_size > cfg.img_size:
         log(f"note: the pretraining stage runs at --pretrain-img-size {cfg.pretrain_img_size}, larger than "
             f"--img-size {cfg.img_size} (a recipe's value?); set --pretrain-img-size to change it")
