@@ -228,7 +228,7 @@ def pretrain(cfg: TrainConfig, resume: bool = False, log=print,
     once the data has loaded, before anything is written (a chained run's own folder setup).
     """
     from .train import TrainingError, _nonfinite, autocast_dtype, build_model, check_leaks, check_run_dir, \
-        checks_each_step, decode_workers, recent_step_seconds, remove_interrupted_writes, replan_budget, \
+        checks_each_step, decode_workers, recent_speed, remove_interrupted_writes, replan_budget, \
         resolve_config_for_data, resolve_device, use_compile
 
     from .distributed import from_environment
@@ -339,7 +339,7 @@ def pretrain(cfg: TrainConfig, resume: bool = False, log=print,
         log(f"kNN validation accuracy of the untrained backbone: {knn_before:.4f} ({len(splits.val)} images)")
 
     check_each_step = checks_each_step(device, cfg.skip_nonfinite)
-    speed: list[tuple[int, float]] = []
+    speed: list[tuple[int, float, float]] = []
     save_seconds = 0.0  # what the last epoch's checkpoints cost
     generator = torch.Generator()
     while global_step < total_steps:
@@ -404,10 +404,10 @@ def pretrain(cfg: TrainConfig, resume: bool = False, log=print,
         if not math.isfinite(row["train_loss"]):
             raise TrainingError(f"the pretraining loss became {row['train_loss']} in epoch {epoch} (lower --lr)")
         if budget is not None and global_step < total_steps and math.isfinite(end):  # re-plan from the speed so far
-            speed.append((steps, train_time))
-            overhead = save_seconds + (knn_seconds / cfg.knn_every if knn is not None else 0.0)
+            speed.append((steps, train_time, save_seconds + (knn_seconds / cfg.knn_every if knn is not None else 0.0)))
+            step_seconds, overhead = recent_speed(speed)
             new = replan_budget(budget, global_step, end - time.perf_counter() - overhead - knn_seconds,
-                                recent_step_seconds(speed), overhead, steps_per_epoch, epoch)
+                                step_seconds, overhead, steps_per_epoch, epoch)
             if new is not None:
                 total_steps = max(new, global_step)
                 replan(scheduler, total_steps)

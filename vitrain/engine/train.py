@@ -420,18 +420,23 @@ def steps_that_fit(available: float, step_seconds: float, epoch_overhead: float,
     return steps
 
 
-def recent_step_seconds(epochs: list[tuple[int, float]], window: float = 20.0) -> float:
-    """Seconds per step over the latest epochs that add up to at least ``window`` seconds.
+def recent_speed(epochs: list[tuple[int, float, float]], window: float = 20.0) -> tuple[float, float]:
+    """Seconds per step and overhead seconds per epoch over the latest epochs that add up to ``window`` seconds.
 
-    Long epochs are measured alone, so a lasting change of speed shows at once; short ones
-    are pooled, so one noisy epoch does not swing the plan.
+    ``epochs`` holds ``(steps, training seconds, overhead seconds)`` per epoch, the overhead
+    being what an epoch costs besides its steps (validation, checkpoints). Long epochs are
+    measured alone, so a lasting change of speed shows at once; short ones are pooled, so one
+    noisy epoch does not swing the plan. Pooling matters most for the overhead: an epoch
+    whose validation improved also writes ``best.safetensors``, and a plan made from that
+    epoch alone would swing by several percent every time it alternates with one that did not.
     """
-    steps = seconds = 0.0
-    for n, t in reversed(epochs):
-        steps, seconds = steps + n, seconds + t
+    steps = seconds = overhead = 0.0
+    count = 0
+    for n, t, o in reversed(epochs):
+        steps, seconds, overhead, count = steps + n, seconds + t, overhead + o, count + 1
         if seconds >= window:
             break
-    return seconds / steps
+    return seconds / steps, overhead / count
 
 
 def replan_budget(budget: dict[str, Any], done: int, seconds_left: float, step_seconds: float,
@@ -548,7 +553,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
     skipped_batches: list[dict[str, Any]] = []  # batches with a non-finite loss or gradient (--skip-nonfinite)
     check_each_step = checks_each_step(device, cfg.skip_nonfinite)
     start_epoch, train_seconds, global_step, save_seconds = 1, 0.0, 0, 0.0
-    speed: list[tuple[int, float]] = []  # (steps, seconds) of each epoch, for re-planning a budget
+    speed: list[tuple[int, float, float]] = []  # (steps, seconds, overhead seconds) of each epoch, for re-planning
     if state is not None:
         if state["classes"] != cfg.classes:
             raise CheckpointError(f"--resume {out}: the data's classes changed since the run started")
@@ -682,9 +687,8 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
             history.append(row)
             if stopped_by != "deadline" and global_step < total_steps and math.isfinite(train_end):
                 # validation just ran; the checkpoints cost what they cost last epoch
-                overhead = time.perf_counter() - epoch_start - train_time + save_seconds
-                speed.append((steps, train_time))
-                step_seconds = recent_step_seconds(speed)
+                speed.append((steps, train_time, time.perf_counter() - epoch_start - train_time + save_seconds))
+                step_seconds, overhead = recent_speed(speed)
                 new_total = replan_budget(budget, global_step, train_end - time.perf_counter() - save_seconds,
                                           step_seconds, overhead, steps_per_epoch, epoch)
                 budget, new_total = distributed.broadcast((budget, new_total), place)  # rank 0's clock decides
