@@ -431,9 +431,8 @@ def recent_speed(epochs: list[tuple[int, float, float]], window: float = 20.0) -
     epoch alone would swing by several percent every time it alternates with one that did not.
     """
     steps = seconds = overhead = 0.0
-    count = 0
-    for n, t, o in reversed(epochs):
-        steps, seconds, overhead, count = steps + n, seconds + t, overhead + o, count + 1
+    for count, (n, t, o) in enumerate(reversed(epochs), 1):
+        steps, seconds, overhead = steps + n, seconds + t, overhead + o
         if seconds >= window:
             break
     return seconds / steps, overhead / count
