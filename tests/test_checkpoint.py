@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from safetensors.torch import save_file
 import vitrain
 from vitrain.checkpoint import (
     CheckpointError,
+    CheckpointWriter,
     atomic_write_bytes,
     load_state,
     load_weights,
@@ -102,3 +104,85 @@ def test_training_state_round_trips_optimizer_and_nested_values(tmp_path):
     fresh.load_state_dict(back["optimizer"])
     assert torch.equal(fresh.state_dict()["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
     assert list(back["optimizer"]["state"]) == [0, 1]  # integer keys survive
+
+
+def test_background_writer_writes_the_same_files_as_the_direct_calls(tmp_path):
+    model = _trained_like_model()
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.randn(2, 1, 8, 8)).sum().backward()
+    optimizer.step()
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "history": [{"epoch": 1}]}
+    save_model(tmp_path / "direct.safetensors", model, epoch=1)
+    save_state(tmp_path / "direct-state.safetensors", state)
+    with CheckpointWriter() as files:
+        files.save_model(tmp_path / "behind.safetensors", model, epoch=1)
+        files.save_state(tmp_path / "behind-state.safetensors", state)
+        files.write_bytes(tmp_path / "notes.txt", b"epoch 1\n")
+    assert (tmp_path / "behind.safetensors").read_bytes() == (tmp_path / "direct.safetensors").read_bytes()
+    assert (tmp_path / "behind-state.safetensors").read_bytes() == \
+        (tmp_path / "direct-state.safetensors").read_bytes()
+    assert (tmp_path / "notes.txt").read_bytes() == b"epoch 1\n"
+
+
+def test_background_writer_saves_what_the_tensors_held_when_asked(tmp_path, monkeypatch):
+    """Training changes the weights while the file is being written: the file has the old ones."""
+    model = _trained_like_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    history = [{"epoch": 1}]
+    release = threading.Event()
+    real_write = atomic_write_bytes
+
+    def held_write(path, data):  # the thread writes only after training has moved on
+        release.wait(10)
+        real_write(path, data)
+
+    monkeypatch.setattr("vitrain.checkpoint.atomic_write_bytes", held_write)
+    with CheckpointWriter() as files:
+        files.save_model(tmp_path / "m.safetensors", model)
+        files.save_state(tmp_path / "s.safetensors", {"model": model.state_dict(), "history": history})
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(1.0)
+        history.append({"epoch": 2})
+        assert not (tmp_path / "m.safetensors").exists()  # still waiting on the thread
+        release.set()
+    saved, _ = read_model_checkpoint(tmp_path / "m.safetensors")
+    assert all(torch.equal(saved[k], before[k]) for k in before)
+    state = load_state(tmp_path / "s.safetensors")
+    assert state["history"] == [{"epoch": 1}] and torch.equal(state["model"]["head.weight"], before["head.weight"])
+
+
+def test_background_writer_keeps_order_and_a_bounded_backlog(tmp_path, monkeypatch):
+    order, most_pending = [], []
+    real_write = atomic_write_bytes
+
+    def recording_write(path, data):
+        order.append(data)
+        real_write(path, data)
+
+    monkeypatch.setattr("vitrain.checkpoint.atomic_write_bytes", recording_write)
+    files = CheckpointWriter(max_pending=2)
+    for i in range(20):
+        files.write_bytes(tmp_path / "same.txt", str(i).encode())
+        most_pending.append(len(files._pending))
+    files.close()
+    assert order == [str(i).encode() for i in range(20)]
+    assert (tmp_path / "same.txt").read_text() == "19" and max(most_pending) <= 2
+
+
+def test_a_failed_background_write_is_raised_later_naming_its_file(tmp_path):
+    missing = tmp_path / "no-such-folder" / "last.safetensors"
+    files = CheckpointWriter()
+    files.write_bytes(missing, b"x")
+    with pytest.raises(OSError, match="no-such-folder"):
+        files.wait()
+    files.write_bytes(missing, b"x")  # raised by close() too, once the thread has finished
+    with pytest.raises(OSError, match="last.safetensors"):
+        files.close()
+
+    logged = []
+    files = CheckpointWriter()
+    files.write_bytes(tmp_path / "fine.txt", b"ok")
+    files.write_bytes(missing, b"x")
+    files.close_after_error(logged.append)  # another error is on its way: finish the writes, log the failure
+    assert len(logged) == 1 and "no-such-folder" in logged[0] and (tmp_path / "fine.txt").read_bytes() == b"ok"

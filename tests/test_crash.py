@@ -97,22 +97,24 @@ def test_sigkill_at_random_moments_then_resume_ends_identical(tmp_path):
 
 
 def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch, capsys):
-    """ENOSPC while epoch 2's checkpoints are written: a clear error, epoch 1's files intact, resumable."""
-    from vitrain.engine import train as train_module
+    """ENOSPC while epoch 2's checkpoints are written (on the writer's thread): a clear error,
+    epoch 1's files intact, resumable."""
+    from vitrain.checkpoint import CheckpointWriter
 
     data = write_class_folders(tmp_path / "data", per_class=10)
     run = tmp_path / "run"
-    real_save, real_fsync = train_module.save_model, os.fsync
+    real_save, real_fsync = CheckpointWriter.save_model, os.fsync
 
     def disk_full(fd):
         raise OSError(28, "No space left on device")
 
-    def save_model(path, model, **kwargs):
+    def save_model(self, path, model, **kwargs):
         if kwargs.get("epoch") == 2:
+            self.wait()  # epoch 1's files are on disk before the disk fills up
             monkeypatch.setattr(os, "fsync", disk_full)
-        return real_save(path, model, **kwargs)
+        return real_save(self, path, model, **kwargs)
 
-    monkeypatch.setattr(train_module, "save_model", save_model)
+    monkeypatch.setattr(CheckpointWriter, "save_model", save_model)
     args = ["train", "--data", str(data), "--out", str(run), "--model", "vit", "--img-size", "16", "--patch-size",
             "4", "--embed-dim", "32", "--depth", "2", "--num-heads", "2", "--mlp-dim", "64", "--batch-size", "8",
             "--workers", "0", "--epochs", "3", "--no-progress"]
@@ -122,6 +124,6 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypa
     assert "No space left on device" in err and ".safetensors" in err and f"--resume {run}" in err
     assert not list(run.glob(".*.tmp"))
     assert vitrain.load_model(run / "last.safetensors").meta["epoch"] == 1
-    monkeypatch.setattr(train_module, "save_model", real_save)
+    monkeypatch.setattr(CheckpointWriter, "save_model", real_save)
     assert main(["train", "--resume", str(run), "--no-progress"]) == 0
     assert vitrain.load_model(run / "last.safetensors").meta["epoch"] == 3

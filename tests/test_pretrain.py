@@ -332,7 +332,7 @@ def test_a_chained_run_resumes_in_either_stage(flat_folder, tmp_path, tiny_args,
     reference = load_file(str(tmp_path / "reference" / "last.safetensors"))
 
     for stage, (module, name, call) in {"first": (pretrain_module, "instance_loss", 5),  # pretraining epoch 2
-                                        "second": (train_module, "write_metrics_csv", 1)}.items():  # after epoch 1
+                                        "second": (train_module, "metrics_csv_bytes", 1)}.items():  # after epoch 1
         run = tmp_path / stage
         with monkeypatch.context() as patch:
             _interrupt_at(patch, module, name, call)

@@ -19,12 +19,17 @@ METRIC_COLUMNS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accu
                   "epoch_seconds", "images_per_second"]
 
 
-def write_metrics_csv(path: Path, history: Sequence[dict[str, Any]]) -> None:
-    """One row per completed epoch (rewritten whole, so a resumed run never duplicates rows)."""
+def metrics_csv_bytes(history: Sequence[dict[str, Any]]) -> bytes:
+    """The text of metrics.csv: one row per completed epoch."""
     lines = [",".join(METRIC_COLUMNS)]
     for row in history:
         lines.append(",".join(_fmt(row.get(c)) for c in METRIC_COLUMNS))
-    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
+    return ("\n".join(lines) + "\n").encode()
+
+
+def write_metrics_csv(path: Path, history: Sequence[dict[str, Any]]) -> None:
+    """Write metrics.csv whole (so a resumed run never duplicates rows)."""
+    atomic_write_bytes(path, metrics_csv_bytes(history))
 
 
 def _fmt(value: Any) -> str:

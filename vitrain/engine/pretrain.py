@@ -57,12 +57,12 @@ from torch import nn
 from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
 
-from ..checkpoint import CheckpointError, load_state, load_weights, save_model, save_state
+from ..checkpoint import CheckpointError, CheckpointWriter, load_state, load_weights
 from ..config import FIRST_STAGE, ConfigError, TrainConfig
 from ..data import memory
 from ..data.sources import load_data
 from ..data.strong import StrongAugment
-from ..report import plot_curves, write_metrics_csv, write_report
+from ..report import metrics_csv_bytes, plot_curves, write_report
 from .optim import build_optimizer, build_scheduler, replan
 from .train import STATE_FILE  # a training run's name for it: the commit point of an epoch, and what --resume needs
 
@@ -342,93 +342,99 @@ def pretrain(cfg: TrainConfig, resume: bool = False, log=print,
     speed: list[tuple[int, float, float]] = []
     save_seconds = 0.0  # what the last epoch's checkpoints cost
     generator = torch.Generator()
-    while global_step < total_steps:
-        epoch += 1
-        epoch_start = time.perf_counter()
-        torch.manual_seed(cfg.seed * 1_000_003 + epoch)
-        generator.manual_seed(cfg.seed * 1_000_003 + epoch)
-        net.train()
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), dtype=torch.long, device=device)
-        seen = steps = 0
-        order = torch.randperm(n, generator=generator).to(device)
-        bar = tqdm(range(min(steps_per_epoch, total_steps - global_step)), desc=f"pretrain epoch {epoch}",
-                   leave=False, disable=not cfg.progress, dynamic_ncols=True)
-        for i in bar:
-            index = order[i * batch:(i + 1) * batch]
-            views = torch.stack([augment(images[index], generator) for _ in range(cfg.views)])
-            views, perm, lam = mix_instances(views, cfg.mixup, cfg.cutmix, generator)
-            small = torch.cat([local_augment(images[index], generator) for _ in range(cfg.local_crops)]) \
-                if local_augment is not None else None
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                z = head.embed(forward(views.flatten(0, 1), pre_logits=True))
-                logits = head(z)
-                a = index.repeat(cfg.views)
-                loss = instance_loss(logits, a, index[perm].repeat(cfg.views) if perm is not None else None, lam,
-                                     cfg.instance_smoothing)
-                if small is not None:  # the mean over all views: global views weigh `views`, local ones theirs
-                    local_logits = head(head.embed(forward(small, pre_logits=True)))
-                    local_a = index.repeat(cfg.local_crops)
-                    local_loss = instance_loss(local_logits, local_a, smoothing=cfg.instance_smoothing)
-                    loss = (cfg.views * loss + cfg.local_crops * local_loss) / (cfg.views + cfg.local_crops)
-                    logits, a = torch.cat([logits, local_logits]), torch.cat([a, local_a])
-                if cfg.infonce > 0:  # between the first two global views
-                    z_views = z.view(cfg.views, len(index), -1)
-                    loss = loss + cfg.infonce * info_nce(z_views[0], z_views[1], cfg.temperature)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            steps += 1
-            global_step += 1
-            finite = True
-            if check_each_step or cfg.clip_grad > 0:  # a NaN/Inf loss or gradient shows in the gradient norm
-                grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(),
-                                                           cfg.clip_grad if cfg.clip_grad > 0 else math.inf)
-                finite = not check_each_step or bool(torch.isfinite(grad_norm))
-            if finite:
-                optimizer.step()
-                loss_sum += loss.detach() * len(a)
-                correct += (logits.detach().argmax(1) == a).sum()
-                seen += len(a)
-            else:  # the batch is skipped: no update (or the run stops here)
-                _nonfinite(skipped, cfg.skip_nonfinite, epoch, global_step, steps, float(loss.detach()), out, log,
-                           BACKBONE_FILE)
-            scheduler.step()
-            if time.perf_counter() > end - knn_seconds:  # the final kNN report fits in the budget too
-                total_steps = global_step
-                break
-        bar.close()
-        train_time = time.perf_counter() - epoch_start
-        row = {"epoch": epoch, "train_loss": float(loss_sum) / max(seen, 1),
-               "train_accuracy": float(correct) / max(seen, 1), "lr": optimizer.param_groups[0]["lr"],
-               "epoch_seconds": train_time, "images_per_second": seen / train_time}
-        if not math.isfinite(row["train_loss"]):
-            raise TrainingError(f"the pretraining loss became {row['train_loss']} in epoch {epoch} (lower --lr)")
-        if budget is not None and global_step < total_steps and math.isfinite(end):  # re-plan from the speed so far
-            speed.append((steps, train_time, save_seconds + (knn_seconds / cfg.knn_every if knn is not None else 0.0)))
-            step_seconds, overhead = recent_speed(speed)
-            new = replan_budget(budget, global_step, end - time.perf_counter() - overhead - knn_seconds,
-                                step_seconds, overhead, steps_per_epoch, epoch)
-            if new is not None:
-                total_steps = max(new, global_step)
-                replan(scheduler, total_steps)
-        if knn is not None and (epoch % cfg.knn_every == 0 or global_step >= total_steps):
-            knn_start = time.perf_counter()
-            row["val_accuracy"] = knn()
-            knn_seconds = time.perf_counter() - knn_start
-        save_start = time.perf_counter()
-        history.append(row)
-        save_model(out / BACKBONE_FILE, model, epoch=epoch, backbone_only=True,
-                   pretraining={"method": "instance-discrimination", "images": n, "epoch": epoch})
-        write_metrics_csv(out / "metrics.csv", history)
-        save_state(out / STATE_FILE, {"net": net.state_dict(), "optimizer": optimizer.state_dict(),
-                                      "scheduler": scheduler.state_dict(), "epoch": epoch, "step": global_step,
-                                      "total_steps": total_steps, "history": history, "skipped_batches": skipped,
-                                      "budget": budget, "images": n, "images_digest": digest,
-                                      "knn_before": knn_before})
-        save_seconds = time.perf_counter() - save_start
-        log(f"pretrain epoch {epoch:>3}  loss {row['train_loss']:.4f}  instance acc {row['train_accuracy']:.4f}  "
-            + (f"kNN val acc {row['val_accuracy']:.4f}  " if "val_accuracy" in row else "")
-            + f"lr {row['lr']:.2e}  {row['images_per_second']:.0f} views/s  {train_time:.1f}s")
+    files = CheckpointWriter()  # the checkpoints are written on a thread, behind the training
+    try:
+        while global_step < total_steps:
+            epoch += 1
+            epoch_start = time.perf_counter()
+            torch.manual_seed(cfg.seed * 1_000_003 + epoch)
+            generator.manual_seed(cfg.seed * 1_000_003 + epoch)
+            net.train()
+            loss_sum = torch.zeros((), device=device)
+            correct = torch.zeros((), dtype=torch.long, device=device)
+            seen = steps = 0
+            order = torch.randperm(n, generator=generator).to(device)
+            bar = tqdm(range(min(steps_per_epoch, total_steps - global_step)), desc=f"pretrain epoch {epoch}",
+                       leave=False, disable=not cfg.progress, dynamic_ncols=True)
+            for i in bar:
+                index = order[i * batch:(i + 1) * batch]
+                views = torch.stack([augment(images[index], generator) for _ in range(cfg.views)])
+                views, perm, lam = mix_instances(views, cfg.mixup, cfg.cutmix, generator)
+                small = torch.cat([local_augment(images[index], generator) for _ in range(cfg.local_crops)]) \
+                    if local_augment is not None else None
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                    z = head.embed(forward(views.flatten(0, 1), pre_logits=True))
+                    logits = head(z)
+                    a = index.repeat(cfg.views)
+                    loss = instance_loss(logits, a, index[perm].repeat(cfg.views) if perm is not None else None, lam,
+                                         cfg.instance_smoothing)
+                    if small is not None:  # the mean over all views: global views weigh `views`, local ones theirs
+                        local_logits = head(head.embed(forward(small, pre_logits=True)))
+                        local_a = index.repeat(cfg.local_crops)
+                        local_loss = instance_loss(local_logits, local_a, smoothing=cfg.instance_smoothing)
+                        loss = (cfg.views * loss + cfg.local_crops * local_loss) / (cfg.views + cfg.local_crops)
+                        logits, a = torch.cat([logits, local_logits]), torch.cat([a, local_a])
+                    if cfg.infonce > 0:  # between the first two global views
+                        z_views = z.view(cfg.views, len(index), -1)
+                        loss = loss + cfg.infonce * info_nce(z_views[0], z_views[1], cfg.temperature)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                steps += 1
+                global_step += 1
+                finite = True
+                if check_each_step or cfg.clip_grad > 0:  # a NaN/Inf loss or gradient shows in the gradient norm
+                    grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(),
+                                                               cfg.clip_grad if cfg.clip_grad > 0 else math.inf)
+                    finite = not check_each_step or bool(torch.isfinite(grad_norm))
+                if finite:
+                    optimizer.step()
+                    loss_sum += loss.detach() * len(a)
+                    correct += (logits.detach().argmax(1) == a).sum()
+                    seen += len(a)
+                else:  # the batch is skipped: no update (or the run stops here)
+                    _nonfinite(skipped, cfg.skip_nonfinite, epoch, global_step, steps, float(loss.detach()), out, log,
+                               BACKBONE_FILE)
+                scheduler.step()
+                if time.perf_counter() > end - knn_seconds:  # the final kNN report fits in the budget too
+                    total_steps = global_step
+                    break
+            bar.close()
+            train_time = time.perf_counter() - epoch_start
+            row = {"epoch": epoch, "train_loss": float(loss_sum) / max(seen, 1),
+                   "train_accuracy": float(correct) / max(seen, 1), "lr": optimizer.param_groups[0]["lr"],
+                   "epoch_seconds": train_time, "images_per_second": seen / train_time}
+            if not math.isfinite(row["train_loss"]):
+                raise TrainingError(f"the pretraining loss became {row['train_loss']} in epoch {epoch} (lower --lr)")
+            if budget is not None and global_step < total_steps and math.isfinite(end):  # re-plan from the speed so far
+                speed.append((steps, train_time, save_seconds + (knn_seconds / cfg.knn_every if knn is not None else 0.0)))
+                step_seconds, overhead = recent_speed(speed)
+                new = replan_budget(budget, global_step, end - time.perf_counter() - overhead - knn_seconds,
+                                    step_seconds, overhead, steps_per_epoch, epoch)
+                if new is not None:
+                    total_steps = max(new, global_step)
+                    replan(scheduler, total_steps)
+            if knn is not None and (epoch % cfg.knn_every == 0 or global_step >= total_steps):
+                knn_start = time.perf_counter()
+                row["val_accuracy"] = knn()
+                knn_seconds = time.perf_counter() - knn_start
+            save_start = time.perf_counter()
+            history.append(row)
+            files.save_model(out / BACKBONE_FILE, model, epoch=epoch, backbone_only=True,
+                             pretraining={"method": "instance-discrimination", "images": n, "epoch": epoch})
+            files.write_bytes(out / "metrics.csv", metrics_csv_bytes(history))
+            files.save_state(out / STATE_FILE, {"net": net.state_dict(), "optimizer": optimizer.state_dict(),
+                                                "scheduler": scheduler.state_dict(), "epoch": epoch,
+                                                "step": global_step, "total_steps": total_steps, "history": history,
+                                                "skipped_batches": skipped, "budget": budget, "images": n,
+                                                "images_digest": digest, "knn_before": knn_before})
+            save_seconds = time.perf_counter() - save_start
+            log(f"pretrain epoch {epoch:>3}  loss {row['train_loss']:.4f}  instance acc {row['train_accuracy']:.4f}  "
+                + (f"kNN val acc {row['val_accuracy']:.4f}  " if "val_accuracy" in row else "")
+                + f"lr {row['lr']:.2e}  {row['images_per_second']:.0f} views/s  {train_time:.1f}s")
+        files.close()  # every checkpoint is on disk (a failed write is raised here)
+    except BaseException:
+        files.close_after_error(log)
+        raise
     plot_curves(history, out, labels={"train": "instance accuracy (training views)",
                                       "val": f"validation, {KNN_K}-NN on backbone features"})
     report = {"method": "instance-discrimination", "data": cfg.data, "images": n, "views": cfg.views,

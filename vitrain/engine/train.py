@@ -22,8 +22,8 @@ from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 from tqdm import tqdm
 
-from ..checkpoint import CheckpointError, load_state, load_weights, model_from_checkpoint, remove_stale_temp_files, \
-    save_model, save_state
+from ..checkpoint import CheckpointError, CheckpointWriter, load_state, load_weights, model_from_checkpoint, \
+    remove_stale_temp_files
 from ..config import ConfigError, TrainConfig, parse_head
 from ..data import memory
 from ..data.leakage import content_hashes, find_leaks, without
@@ -33,7 +33,7 @@ from ..data.transforms import (TransformedDataset, build_eval_transform, build_t
 from ..models.pretrained import Pretrained, PretrainedError, load_pretrained
 from ..models.registry import resolve_config
 from ..models.vit import ViTConfig, VisionTransformer
-from ..report import plot_confusion_matrix, plot_curves, plot_samples, write_metrics_csv, write_report
+from ..report import metrics_csv_bytes, plot_confusion_matrix, plot_curves, plot_samples, write_report
 from . import distributed
 from .distributed import Dist
 from .evaluate import evaluate
@@ -389,11 +389,13 @@ def plan_budget(cfg: TrainConfig, model: torch.nn.Module, loaders: dict[str, Dat
     t0 = time.perf_counter()
     evaluate(probe, _first_batches(loaders["val"], 3), device, len(cfg.classes), amp_dtype)
     val_seconds = (time.perf_counter() - t0) / min(3, len(loaders["val"])) * len(loaders["val"])
-    with tempfile.TemporaryDirectory() as tmp:  # every epoch also writes last (and best) weights and the state
-        t0 = time.perf_counter()
-        save_model(Path(tmp) / "m.safetensors", probe)
-        save_state(Path(tmp) / "s.safetensors", {"model": probe.state_dict(), "optimizer": optimizer.state_dict()})
-        epoch_overhead = val_seconds + 2 * (time.perf_counter() - t0)
+    with tempfile.TemporaryDirectory() as tmp:  # every epoch also asks for last (and best) weights and the state
+        with CheckpointWriter() as files:  # what training waits for: the copies (the writes run behind it)
+            t0 = time.perf_counter()
+            files.save_model(Path(tmp) / "m.safetensors", probe)
+            files.save_state(Path(tmp) / "s.safetensors", {"model": probe.state_dict(),
+                                                           "optimizer": optimizer.state_dict()})
+            epoch_overhead = val_seconds + 2 * (time.perf_counter() - t0)
     final_seconds = val_seconds + (val_seconds * len(loaders["test"]) / len(loaders["val"]) if "test" in loaders else 0)
     margin = 0.03 * cfg.time_budget * 60 + 2.0  # 3% of the budget, and 2 s for the final plots
     available = seconds_left - (time.perf_counter() - begin) - final_seconds - margin
@@ -608,6 +610,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
         # only the training forward/backward is compiled; checkpoints hold the plain model's weights
         step_model = torch.compile(step_model, mode="reduce-overhead" if graphs else None)
     stopped_by = "plan"
+    files = CheckpointWriter()  # rank 0's checkpoints are written on a thread, behind the training
     try:
         epoch = start_epoch - 1
         while epoch < n_epochs:
@@ -703,16 +706,16 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
                 best = {"epoch": epoch, "value": value, "val_accuracy": val.accuracy, "val_loss": val.loss}
             if place.main:
                 if improved:
-                    save_model(out / "best.safetensors", eval_model, epoch=epoch)
-                save_model(out / "last.safetensors", eval_model, epoch=epoch)
+                    files.save_model(out / "best.safetensors", eval_model, epoch=epoch)
+                files.save_model(out / "last.safetensors", eval_model, epoch=epoch)
                 # the state file is the commit point of an epoch: resume starts after the last one written
-                save_state(out / STATE_FILE, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                files.save_state(out / STATE_FILE, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                               "scheduler": scheduler.state_dict(), "epoch": epoch, "step": global_step,
                                               "steps_per_epoch": steps_per_epoch, "best": best, "history": history,
                                               "train_seconds": train_seconds, "classes": list(cfg.classes),
                                               "skipped_batches": skipped_batches,
                                               "budget": budget, **({"ema": ema.state_dict()} if ema is not None else {})})
-                write_metrics_csv(out / "metrics.csv", history)
+                files.write_bytes(out / "metrics.csv", metrics_csv_bytes(history))
                 _log_epoch_scalars(writer, row, epoch, eval_model, grad_norm_sum / max(applied, 1))
             save_seconds = time.perf_counter() - save_start
             log(f"epoch {epoch:>3}/{n_epochs}  train loss {train_loss:.4f} acc {row['train_accuracy']:.4f}  "
@@ -721,6 +724,10 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
             if stopped_by == "deadline":
                 log(f"time budget reached after {global_step} of {total_steps} planned steps")
                 break
+        files.close()  # every checkpoint is on disk (a failed write is raised here)
+    except BaseException:
+        files.close_after_error(log)
+        raise
     finally:
         if writer is not None:
             writer.close()
