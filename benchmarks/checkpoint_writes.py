@@ -36,11 +36,12 @@ DATA = ("digits", "cifar10-2040")
 
 def run_flags(data: str, epochs: int) -> list[str]:
     """digits with the defaults (the README's first command), or the small-data recipe without its first stage
-    on the CIFAR-10 subset of benchmarks/small_data.py."""
+    on the CIFAR-10 subset at 32 px, as benchmarks/small_data.py runs it."""
     if data == "digits":
         return ["--data", "digits", "--epochs", str(epochs)]
     from small_data import cifar10_subset
-    return ["--recipe", "small-data", "--pretrain", "none", "--data", str(cifar10_subset()), "--epochs", str(epochs)]
+    return ["--recipe", "small-data", "--pretrain", "none", "--data", str(cifar10_subset()), "--img-size", "32",
+            "--epochs", str(epochs)]
 
 
 def one_run(flags: list[str], out: Path, background: bool) -> dict:
