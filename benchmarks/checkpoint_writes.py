@@ -2,19 +2,25 @@
 
 Every epoch writes last.safetensors, the resumable state and metrics.csv (and
 best.safetensors when validation improved), each synced to disk and renamed into place.
-With epochs of a second or two that costs several percent of the run. This script trains
-the same fixed-length run twice per round in this process, once with
-``CheckpointWriter(background=False)`` (the files written in the training loop, as before)
-and once as vitrain does (written on the writer's thread), alternating, and reports the
-wall-clock seconds of each (after an untimed one-epoch run that pays the imports and
-first-call costs). The wall time moves with the machine's speed from run to run; the
-seconds outside the epochs (wall minus the epochs' own training and validation time: setup,
-the checkpoint writes between epochs, the final evaluation), paired by round, show what the
-writes cost the loop. The numbers of the two runs are identical (the
-writes do not touch training), which the script checks.
+With epochs of a second or two that costs several percent of the run. Two measures, both
+comparing ``CheckpointWriter(background=False)`` (the files written in the training loop)
+with ``CheckpointWriter()`` (written on its thread):
 
-    python benchmarks/checkpoint_writes.py                      # digits, the README's default run
-    python benchmarks/checkpoint_writes.py --data cifar10-2040  # the small-data recipe, 2 s epochs
+* default: one epoch's cycle, alternated many times in this process. Each cycle asks for
+  an epoch's four files (best, last, state with a history of ``--history`` rows, metrics.csv)
+  and then trains one epoch's steps (random batches, the run's model, batch size and steps
+  per epoch); the two kinds alternate cycle by cycle, so a machine whose speed drifts
+  affects both alike. Reported: seconds per cycle, and the loop / thread ratio paired cycle
+  by cycle. The thread's work competes with training for the CPU, which this includes.
+* ``--end-to-end``: the whole ``vitrain train`` run (fixed epochs), alternating, in this
+  process, after an untimed one-epoch run. The wall time moves with the machine's speed from
+  run to run by more than the writes cost; the seconds outside the epochs (wall minus the
+  epochs' own training and validation time: setup, the writes between epochs, the final
+  evaluation) show what the writes cost the loop. The runs' numbers are identical (checked).
+
+    python benchmarks/checkpoint_writes.py --data cifar10-2040  # the small-data recipe at 32 px: 2 s epochs
+    python benchmarks/checkpoint_writes.py --data digits        # the README's default run
+    python benchmarks/checkpoint_writes.py --data cifar10-2040 --end-to-end --epochs 60
 """
 
 from __future__ import annotations
@@ -30,11 +36,67 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from accuracy import ROOT, machine_line, markdown_table, save_results  # noqa: E402
 
+import tempfile  # noqa: E402
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
 import vitrain.engine.train as train_module  # noqa: E402
 from vitrain.checkpoint import CheckpointWriter  # noqa: E402
 from vitrain.cli import main as vitrain_main  # noqa: E402
+from vitrain.models import create_model  # noqa: E402
+from vitrain.models.vit import ViTConfig, VisionTransformer  # noqa: E402
+from vitrain.recipes import get_recipe  # noqa: E402
+from vitrain.report import metrics_csv_bytes  # noqa: E402
 
 DATA = ("digits", "cifar10-2040")
+
+
+def cycle_setup(data: str) -> tuple[torch.nn.Module, int, int, int, int]:
+    """The model of the run, its channels, input size, batch size and steps per epoch (training split)."""
+    if data == "digits":  # vitrain train's defaults: 1,257 training images
+        return create_model("vit-digits", num_classes=10), 1, 8, 32, 40
+    c = get_recipe("small-data").config  # at 32 px: 1,730 training images
+    arch = ViTConfig(img_size=32, patch_size=c["patch_size"], embed_dim=c["embed_dim"], depth=c["depth"],
+                     num_heads=c["num_heads"], mlp_dim=c["mlp_dim"], stem=c["stem"], num_classes=10,
+                     drop_path=c["drop_path"])
+    return VisionTransformer(arch), 3, 32, c["batch_size"], 1730 // c["batch_size"]
+
+
+def cycles(data: str, rounds: int, history_rows: int) -> dict[str, list[float]]:
+    """Alternate (ask for an epoch's files, then train an epoch's steps) in the loop and on the thread."""
+    torch.manual_seed(0)
+    model, chans, size, batch, steps = cycle_setup(data)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    images, labels = torch.randn(batch, chans, size, size), torch.randint(0, 10, (batch,))
+    history = [{"epoch": i + 1, "train_loss": 1.0 + 1 / (i + 1), "train_accuracy": 0.5, "val_loss": 1.2,
+                "val_accuracy": 0.45, "lr": 1e-3, "epoch_seconds": 2.0, "images_per_second": 800.0}
+               for i in range(history_rows)]
+
+    def epoch(files: CheckpointWriter, out: Path) -> float:
+        start = time.perf_counter()
+        files.save_model(out / "best.safetensors", model, epoch=1)
+        files.save_model(out / "last.safetensors", model, epoch=1)
+        files.save_state(out / "state.safetensors", {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                                     "history": history})
+        files.write_bytes(out / "metrics.csv", metrics_csv_bytes(history))
+        model.train()
+        for _ in range(steps):
+            loss = F.cross_entropy(model(images), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        return time.perf_counter() - start
+
+    times: dict[str, list[float]] = {"in the loop": [], "background thread": []}
+    with tempfile.TemporaryDirectory(dir=ROOT / "runs") as tmp:
+        loop, thread = CheckpointWriter(background=False), CheckpointWriter()
+        epoch(thread, Path(tmp))  # first-call costs, untimed
+        for _ in range(rounds):
+            times["in the loop"].append(epoch(loop, Path(tmp)))
+            times["background thread"].append(epoch(thread, Path(tmp)))
+        thread.close()
+    return times
 
 
 def run_flags(data: str, epochs: int) -> list[str]:
@@ -67,16 +129,35 @@ def one_run(flags: list[str], out: Path, background: bool) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", choices=DATA, default="digits")
-    parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--rounds", type=int, default=3, help="alternating pairs of runs")
+    parser.add_argument("--data", choices=DATA, default="cifar10-2040")
+    parser.add_argument("--end-to-end", action="store_true", help="whole training runs instead of epoch cycles")
+    parser.add_argument("--epochs", type=int, default=30, help="epochs per run (--end-to-end)")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="alternating pairs (40 cycles, or 3 runs with --end-to-end)")
+    parser.add_argument("--history", type=int, default=800, help="history rows in the state (800)")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "benchmarks" / "checkpoint_writes")
     args = parser.parse_args(argv)
+    command = "python benchmarks/checkpoint_writes.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    if not args.end_to_end:
+        (ROOT / "runs").mkdir(exist_ok=True)
+        times = cycles(args.data, args.rounds or 40, args.history)
+        pairs = [a / b for a, b in zip(*times.values())]
+        rows = [[name, args.data, len(t), f"{statistics.median(t):.3f}", f"{statistics.mean(t):.3f}"]
+                for name, t in times.items()]
+        table = "\n".join([
+            f"Command: `{command.strip()}`  ", machine_line(), "",
+            *markdown_table(["checkpoint writes", "data", "cycles", "median seconds per cycle", "mean"], rows), "",
+            f"In the loop / on the thread, paired cycle by cycle: median {statistics.median(pairs):.3f}x "
+            f"(quartiles {statistics.quantiles(pairs, n=4)[0]:.3f}x-{statistics.quantiles(pairs, n=4)[2]:.3f}x); "
+            f"ratio of the means {statistics.mean(times['in the loop']) / statistics.mean(times['background thread']):.3f}x.",
+            ""])
+        save_results(args.out, f"cycles_{args.data}", table, times)
+        return 0
 
     flags = run_flags(args.data, args.epochs)
     one_run(run_flags(args.data, 1), args.out / f"{args.data}-warmup", True)  # imports, first-call costs: untimed
     results: dict[str, list[dict]] = {"in the loop": [], "background thread": []}
-    for r in range(args.rounds):
+    for r in range(args.rounds or 3):
         for name, background in (("in the loop", False), ("background thread", True)):
             result = one_run(flags, args.out / f"{args.data}-{'thread' if background else 'loop'}", background)
             results[name].append(result)
@@ -97,7 +178,6 @@ def main(argv: list[str] | None = None) -> int:
     loop, thread = results.values()
     given_back = [outside(a) - outside(b) for a, b in zip(loop, thread)]  # paired by round
     wall = [a["seconds"] / b["seconds"] for a, b in zip(loop, thread)]
-    command = "python benchmarks/checkpoint_writes.py " + " ".join(argv if argv is not None else sys.argv[1:])
     table = "\n".join([
         f"Command: `{command.strip()}`  ", machine_line(), "",
         *markdown_table(["checkpoint writes", "data", "epochs", "wall seconds, by round", "median",

@@ -186,3 +186,20 @@ def test_a_failed_background_write_is_raised_later_naming_its_file(tmp_path):
     files.write_bytes(missing, b"x")
     files.close_after_error(logged.append)  # another error is on its way: finish the writes, log the failure
     assert len(logged) == 1 and "no-such-folder" in logged[0] and (tmp_path / "fine.txt").read_bytes() == b"ok"
+
+
+def test_an_interrupted_run_still_finishes_the_writes_it_asked_for(tmp_path, monkeypatch):
+    release = threading.Event()
+    real_write = atomic_write_bytes
+
+    def slow_write(path, data):
+        release.wait(10)
+        real_write(path, data)
+
+    monkeypatch.setattr("vitrain.checkpoint.atomic_write_bytes", slow_write)
+    with pytest.raises(KeyboardInterrupt):
+        with CheckpointWriter() as files:
+            files.write_bytes(tmp_path / "state.safetensors", b"epoch 7")
+            threading.Timer(0.2, release.set).start()  # the write is still running when Ctrl-C arrives
+            raise KeyboardInterrupt
+    assert (tmp_path / "state.safetensors").read_bytes() == b"epoch 7"
