@@ -26,7 +26,6 @@ with ``CheckpointWriter()`` (written on its thread):
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import statistics
 import sys
@@ -111,15 +110,14 @@ def run_flags(data: str, epochs: int) -> list[str]:
 
 def one_run(flags: list[str], out: Path, background: bool) -> dict:
     """Train once (in this process) and return the wall seconds, epochs and test accuracy."""
-    writer = CheckpointWriter if background else functools.partial(CheckpointWriter, background=False)
-    original = train_module.CheckpointWriter
-    train_module.CheckpointWriter = writer
+    original = train_module.writes_behind  # vitrain's own choice: on a GPU only
+    train_module.writes_behind = lambda device: background
     try:
         started = time.perf_counter()
         code = vitrain_main(["train", *flags, "--out", str(out), "--overwrite", "--no-progress"])
         seconds = time.perf_counter() - started
     finally:
-        train_module.CheckpointWriter = original
+        train_module.writes_behind = original
     if code != 0:
         raise SystemExit(f"vitrain train {' '.join(flags)} failed with exit code {code}")
     report = json.loads((out / "report.json").read_text())

@@ -229,7 +229,7 @@ def pretrain(cfg: TrainConfig, resume: bool = False, log=print,
     """
     from .train import TrainingError, _nonfinite, autocast_dtype, build_model, check_leaks, check_run_dir, \
         checks_each_step, decode_workers, recent_speed, remove_interrupted_writes, replan_budget, \
-        resolve_config_for_data, resolve_device, use_compile
+        resolve_config_for_data, resolve_device, use_compile, writes_behind
 
     from .distributed import from_environment
 
@@ -342,7 +342,7 @@ def pretrain(cfg: TrainConfig, resume: bool = False, log=print,
     speed: list[tuple[int, float, float]] = []
     save_seconds = 0.0  # what the last epoch's checkpoints cost
     generator = torch.Generator()
-    files = CheckpointWriter()  # the checkpoints are written on a thread, behind the training
+    files = CheckpointWriter(background=writes_behind(device))
     try:
         while global_step < total_steps:
             epoch += 1
