@@ -231,13 +231,12 @@ class CheckpointWriter:
 
     Each call copies what it saves (weights, optimizer state, the history) before it returns,
     so training goes on changing them; serializing, writing, syncing and renaming happen on
-    the thread. With epochs of a few seconds, the syncs alone cost several percent of the
-    training time when they block it. Every file is still written atomically, so a crash
-    leaves the old file or the new one; the state file, asked for last, stays the commit
-    point of an epoch. At most ``max_pending`` writes wait (about an epoch's worth): the next
-    call blocks until the oldest is done. A write that fails is raised, naming its file, by
-    the next call, by :meth:`wait` or by :meth:`close`. ``background=False`` writes in the
-    calling thread.
+    the thread. Every file is still written atomically, so a crash leaves the old file or the
+    new one; the state file, asked for last, stays the commit point of an epoch. At most
+    ``max_pending`` writes wait (about an epoch's worth): the next call blocks until the
+    oldest is done. A write that fails is raised, naming its file, by the next call, by
+    :meth:`wait` or by :meth:`close`. ``background=False`` writes in the calling thread,
+    which is what training does on the CPU (``vitrain.engine.train.writes_behind``).
     """
 
     def __init__(self, background: bool = True, max_pending: int = 4) -> None:
@@ -307,5 +306,5 @@ class CheckpointWriter:
             self.close_after_error()
 
 
-__all__ = ["CheckpointError", "CheckpointWriter", "load_model", "load_state", "model_from_checkpoint", "read_model_checkpoint",
-           "resolve_checkpoint_path", "save_model", "save_state"]
+__all__ = ["CheckpointError", "CheckpointWriter", "load_model", "load_state", "model_from_checkpoint",
+           "read_model_checkpoint", "resolve_checkpoint_path", "save_model", "save_state"]

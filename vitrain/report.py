@@ -20,16 +20,12 @@ METRIC_COLUMNS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accu
 
 
 def metrics_csv_bytes(history: Sequence[dict[str, Any]]) -> bytes:
-    """The text of metrics.csv: one row per completed epoch."""
+    """The text of metrics.csv: one row per completed epoch (the file is rewritten whole each
+    epoch, so a resumed run never duplicates rows)."""
     lines = [",".join(METRIC_COLUMNS)]
     for row in history:
         lines.append(",".join(_fmt(row.get(c)) for c in METRIC_COLUMNS))
     return ("\n".join(lines) + "\n").encode()
-
-
-def write_metrics_csv(path: Path, history: Sequence[dict[str, Any]]) -> None:
-    """Write metrics.csv whole (so a resumed run never duplicates rows)."""
-    atomic_write_bytes(path, metrics_csv_bytes(history))
 
 
 def _fmt(value: Any) -> str:

@@ -298,10 +298,11 @@ def writes_behind(device: torch.device) -> bool:
     """Whether checkpoints are written on a background thread (:class:`CheckpointWriter`) while training goes on.
 
     On a GPU: the CPU mostly waits for the device, so serializing, syncing and renaming the files
-    on a thread takes nothing from training, where in the loop it would hold up the next kernel
-    launches. On the CPU, training already keeps every core busy, and the thread's work slows
-    the steps about as much as it saves (``benchmarks/checkpoint_writes.py``: from 0.96x to 1.04x
-    on a 2-core CPU), so the files are written in the loop.
+    on a thread should cost training little, where in the loop they hold up the next kernel
+    launches (reasoned, not measured: no GPU was available). On the CPU, training already keeps
+    every core busy, and the thread's work slowed the steps about as much as it saved
+    (``benchmarks/checkpoint_writes.py``: 0.96x to 1.04x per epoch on a 2-core CPU), so the
+    files are written in the loop.
     """
     return device.type == "cuda"
 
@@ -721,12 +722,12 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
                     files.save_model(out / "best.safetensors", eval_model, epoch=epoch)
                 files.save_model(out / "last.safetensors", eval_model, epoch=epoch)
                 # the state file is the commit point of an epoch: resume starts after the last one written
-                files.save_state(out / STATE_FILE, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                              "scheduler": scheduler.state_dict(), "epoch": epoch, "step": global_step,
-                                              "steps_per_epoch": steps_per_epoch, "best": best, "history": history,
-                                              "train_seconds": train_seconds, "classes": list(cfg.classes),
-                                              "skipped_batches": skipped_batches,
-                                              "budget": budget, **({"ema": ema.state_dict()} if ema is not None else {})})
+                files.save_state(out / STATE_FILE, {
+                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "epoch": epoch, "step": global_step,
+                    "steps_per_epoch": steps_per_epoch, "best": best, "history": history,
+                    "train_seconds": train_seconds, "classes": list(cfg.classes), "skipped_batches": skipped_batches,
+                    "budget": budget, **({"ema": ema.state_dict()} if ema is not None else {})})
                 files.write_bytes(out / "metrics.csv", metrics_csv_bytes(history))
                 _log_epoch_scalars(writer, row, epoch, eval_model, grad_norm_sum / max(applied, 1))
             save_seconds = time.perf_counter() - save_start
