@@ -2,7 +2,7 @@
 
 Every epoch writes last.safetensors, the resumable state and metrics.csv (and
 best.safetensors when validation improved), each synced to disk and renamed into place.
-With epochs of a second or two that costs several percent of the run. Two measures, both
+With epochs of a second or two the writes are a visible share of the run. Two measures, both
 comparing ``CheckpointWriter(background=False)`` (the files written in the training loop)
 with ``CheckpointWriter()`` (written on its thread):
 
@@ -29,13 +29,12 @@ import argparse
 import json
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from accuracy import ROOT, machine_line, markdown_table, save_results  # noqa: E402
-
-import tempfile  # noqa: E402
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -125,33 +124,23 @@ def one_run(flags: list[str], out: Path, background: bool) -> dict:
             "epoch_seconds": report["train_seconds"]}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", choices=DATA, default="cifar10-2040")
-    parser.add_argument("--end-to-end", action="store_true", help="whole training runs instead of epoch cycles")
-    parser.add_argument("--epochs", type=int, default=30, help="epochs per run (--end-to-end)")
-    parser.add_argument("--rounds", type=int, default=None,
-                        help="alternating pairs (40 cycles, or 3 runs with --end-to-end)")
-    parser.add_argument("--history", type=int, default=800, help="history rows in the state (800)")
-    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "benchmarks" / "checkpoint_writes")
-    args = parser.parse_args(argv)
-    command = "python benchmarks/checkpoint_writes.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    if not args.end_to_end:
-        (ROOT / "runs").mkdir(exist_ok=True)
-        times = cycles(args.data, args.rounds or 40, args.history)
-        pairs = [a / b for a, b in zip(*times.values())]
-        rows = [[name, args.data, len(t), f"{statistics.median(t):.3f}", f"{statistics.mean(t):.3f}"]
-                for name, t in times.items()]
-        table = "\n".join([
-            f"Command: `{command.strip()}`  ", machine_line(), "",
-            *markdown_table(["checkpoint writes", "data", "cycles", "median seconds per cycle", "mean"], rows), "",
-            f"In the loop / on the thread, paired cycle by cycle: median {statistics.median(pairs):.3f}x "
-            f"(quartiles {statistics.quantiles(pairs, n=4)[0]:.3f}x-{statistics.quantiles(pairs, n=4)[2]:.3f}x); "
-            f"ratio of the means {statistics.mean(times['in the loop']) / statistics.mean(times['background thread']):.3f}x.",
-            ""])
-        save_results(args.out, f"cycles_{args.data}", table, times)
-        return 0
+def cycles_table(args: argparse.Namespace, header: list[str]) -> tuple[str, dict]:
+    """The default measure: alternating epoch cycles. Returns the Markdown text and the raw seconds."""
+    times = cycles(args.data, args.rounds or 40, args.history)
+    pairs = [a / b for a, b in zip(*times.values())]
+    quartiles = statistics.quantiles(pairs, n=4)
+    rows = [[name, args.data, len(t), f"{statistics.median(t):.3f}", f"{statistics.mean(t):.3f}"]
+            for name, t in times.items()]
+    means = statistics.mean(times["in the loop"]) / statistics.mean(times["background thread"])
+    return "\n".join([
+        *header,
+        *markdown_table(["checkpoint writes", "data", "cycles", "median seconds per cycle", "mean"], rows), "",
+        f"In the loop / on the thread, paired cycle by cycle: median {statistics.median(pairs):.3f}x "
+        f"(quartiles {quartiles[0]:.3f}x-{quartiles[2]:.3f}x); ratio of the means {means:.3f}x.", ""]), times
 
+
+def end_to_end_table(args: argparse.Namespace, header: list[str]) -> tuple[str, dict]:
+    """--end-to-end: alternating whole training runs. Returns the Markdown text and the per-run results."""
     flags = run_flags(args.data, args.epochs)
     one_run(run_flags(args.data, 1), args.out / f"{args.data}-warmup", True)  # imports, first-call costs: untimed
     results: dict[str, list[dict]] = {"in the loop": [], "background thread": []}
@@ -176,16 +165,36 @@ def main(argv: list[str] | None = None) -> int:
     loop, thread = results.values()
     given_back = [outside(a) - outside(b) for a, b in zip(loop, thread)]  # paired by round
     wall = [a["seconds"] / b["seconds"] for a, b in zip(loop, thread)]
-    table = "\n".join([
-        f"Command: `{command.strip()}`  ", machine_line(), "",
+    return "\n".join([
+        *header,
         *markdown_table(["checkpoint writes", "data", "epochs", "wall seconds, by round", "median",
                          "seconds outside epochs, by round", "median", "test accuracy"], rows), "",
         "Seconds outside epochs = wall - the epochs' own seconds (training + validation): setup, the checkpoint "
         "writes between epochs, the final evaluation. Given back per round (in the loop - on the thread): "
         + ", ".join(f"{g:.2f}s" for g in given_back)
         + f"; median {statistics.median(given_back) / args.epochs * 1000:.0f} ms per epoch. Wall time in the loop / "
-        "on the thread, by round: " + ", ".join(f"{w:.3f}x" for w in wall) + ".", ""])
-    save_results(args.out, f"checkpoint_writes_{args.data}", table, results)
+        "on the thread, by round: " + ", ".join(f"{w:.3f}x" for w in wall) + ".", ""]), results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", choices=DATA, default="cifar10-2040")
+    parser.add_argument("--end-to-end", action="store_true", help="whole training runs instead of epoch cycles")
+    parser.add_argument("--epochs", type=int, default=30, help="epochs per run (--end-to-end)")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="alternating pairs (40 cycles, or 3 runs with --end-to-end)")
+    parser.add_argument("--history", type=int, default=800, help="history rows in the state (800)")
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "benchmarks" / "checkpoint_writes")
+    args = parser.parse_args(argv)
+    command = "python benchmarks/checkpoint_writes.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    header = [f"Command: `{command.strip()}`  ", machine_line(), ""]
+    (ROOT / "runs").mkdir(exist_ok=True)  # the cycles' temporary folder goes there
+    if args.end_to_end:
+        table, raw = end_to_end_table(args, header)
+        save_results(args.out, f"checkpoint_writes_{args.data}", table, raw)
+    else:
+        table, raw = cycles_table(args, header)
+        save_results(args.out, f"cycles_{args.data}", table, raw)
     return 0
 
 

@@ -181,10 +181,10 @@ def test_a_failed_background_write_is_raised_later_naming_its_file(tmp_path):
         files.close()
 
     logged = []
-    files = CheckpointWriter()
+    files = CheckpointWriter(log=logged.append)
     files.write_bytes(tmp_path / "fine.txt", b"ok")
     files.write_bytes(missing, b"x")
-    files.close_after_error(logged.append)  # another error is on its way: finish the writes, log the failure
+    files.close_after_error()  # another error is on its way: finish the writes, log the failure
     assert len(logged) == 1 and "no-such-folder" in logged[0] and (tmp_path / "fine.txt").read_bytes() == b"ok"
 
 

@@ -236,13 +236,16 @@ class CheckpointWriter:
     ``max_pending`` writes wait (about an epoch's worth): the next call blocks until the
     oldest is done. A write that fails is raised, naming its file, by the next call, by
     :meth:`wait` or by :meth:`close`. ``background=False`` writes in the calling thread,
-    which is what training does on the CPU (``vitrain.engine.train.writes_behind``).
+    which is what training does on the CPU (``vitrain.engine.train.writes_behind``). Used as a
+    context manager, it closes on the way out: with :meth:`close_after_error` (which reports
+    through ``log``) when an error is leaving the block.
     """
 
-    def __init__(self, background: bool = True, max_pending: int = 4) -> None:
+    def __init__(self, background: bool = True, max_pending: int = 4, log: Callable[[str], None] = print) -> None:
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="vitrain-checkpoint") if background else None
         self._pending: list[Future] = []
         self._max_pending = max_pending
+        self._log = log
 
     def save_model(self, path: str | Path, model: VisionTransformer, **meta: Any) -> None:
         """:func:`save_model`, written behind the caller."""
@@ -280,11 +283,11 @@ class CheckpointWriter:
         if errors:
             raise errors[0]
 
-    def close_after_error(self, log: Callable[[str], None] = print) -> None:
+    def close_after_error(self) -> None:
         """Close while another error is on its way (an interrupt, a crash in training): the writes
         asked for are still finished, so the run resumes from its last epoch; failed ones are logged."""
         for err in self._finish():
-            log(f"warning: a checkpoint write failed too: {err}")
+            self._log(f"warning: a checkpoint write failed too: {err}")
 
     def _finish(self) -> list[BaseException]:
         errors = []

@@ -342,8 +342,7 @@ def pretrain(cfg: TrainConfig, resume: bool = False, log=print,
     speed: list[tuple[int, float, float]] = []
     save_seconds = 0.0  # what the last epoch's checkpoints cost
     generator = torch.Generator()
-    files = CheckpointWriter(background=writes_behind(device))
-    try:
+    with CheckpointWriter(background=writes_behind(device), log=log) as files:  # closed (writes finished) on exit
         while global_step < total_steps:
             epoch += 1
             epoch_start = time.perf_counter()
@@ -406,7 +405,8 @@ def pretrain(cfg: TrainConfig, resume: bool = False, log=print,
             if not math.isfinite(row["train_loss"]):
                 raise TrainingError(f"the pretraining loss became {row['train_loss']} in epoch {epoch} (lower --lr)")
             if budget is not None and global_step < total_steps and math.isfinite(end):  # re-plan from the speed so far
-                speed.append((steps, train_time, save_seconds + (knn_seconds / cfg.knn_every if knn is not None else 0.0)))
+                knn_share = knn_seconds / cfg.knn_every if knn is not None else 0.0
+                speed.append((steps, train_time, save_seconds + knn_share))
                 step_seconds, overhead = recent_speed(speed)
                 new = replan_budget(budget, global_step, end - time.perf_counter() - overhead - knn_seconds,
                                     step_seconds, overhead, steps_per_epoch, epoch)
@@ -431,10 +431,6 @@ def pretrain(cfg: TrainConfig, resume: bool = False, log=print,
             log(f"pretrain epoch {epoch:>3}  loss {row['train_loss']:.4f}  instance acc {row['train_accuracy']:.4f}  "
                 + (f"kNN val acc {row['val_accuracy']:.4f}  " if "val_accuracy" in row else "")
                 + f"lr {row['lr']:.2e}  {row['images_per_second']:.0f} views/s  {train_time:.1f}s")
-        files.close()  # every checkpoint is on disk (a failed write is raised here)
-    except BaseException:
-        files.close_after_error(log)
-        raise
     plot_curves(history, out, labels={"train": "instance accuracy (training views)",
                                       "val": f"validation, {KNN_K}-NN on backbone features"})
     report = {"method": "instance-discrimination", "data": cfg.data, "images": n, "views": cfg.views,

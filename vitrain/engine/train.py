@@ -403,7 +403,7 @@ def plan_budget(cfg: TrainConfig, model: torch.nn.Module, loaders: dict[str, Dat
     evaluate(probe, _first_batches(loaders["val"], 3), device, len(cfg.classes), amp_dtype)
     val_seconds = (time.perf_counter() - t0) / min(3, len(loaders["val"])) * len(loaders["val"])
     with tempfile.TemporaryDirectory() as tmp:  # every epoch also asks for last (and best) weights and the state
-        with CheckpointWriter(background=writes_behind(device)) as files:  # what training waits for
+        with CheckpointWriter(background=writes_behind(device), log=log) as files:  # what training waits for
             t0 = time.perf_counter()
             files.save_model(Path(tmp) / "m.safetensors", probe)
             files.save_state(Path(tmp) / "s.safetensors", {"model": probe.state_dict(),
@@ -623,7 +623,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
         # only the training forward/backward is compiled; checkpoints hold the plain model's weights
         step_model = torch.compile(step_model, mode="reduce-overhead" if graphs else None)
     stopped_by = "plan"
-    files = CheckpointWriter(background=writes_behind(device))  # rank 0's checkpoints
+    files = CheckpointWriter(background=writes_behind(device), log=log)  # rank 0's checkpoints
     try:
         epoch = start_epoch - 1
         while epoch < n_epochs:
@@ -738,8 +738,8 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
                 log(f"time budget reached after {global_step} of {total_steps} planned steps")
                 break
         files.close()  # every checkpoint is on disk (a failed write is raised here)
-    except BaseException:
-        files.close_after_error(log)
+    except BaseException:  # what the with-statement does, beside the TensorBoard writer's finally
+        files.close_after_error()
         raise
     finally:
         if writer is not None:
