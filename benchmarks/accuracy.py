@@ -71,9 +71,19 @@ def run_one(dataset: str, recipe: str, budget: float, out: Path) -> dict:
     }
 
 
+def gpu_name() -> str:
+    """The first CUDA GPU's name and torch's version, or "no GPU" (the runs use the GPU when there is one)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return "no GPU"
+    return f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
+
+
 def machine_line() -> str:
     """The machine and date line every benchmark table starts with."""
-    return f"Machine: {cpu_name()}, {__import__('os').cpu_count()} CPU cores, no GPU; date {time.strftime('%Y-%m-%d')}"
+    return (f"Machine: {cpu_name()}, {__import__('os').cpu_count()} CPU cores, {gpu_name()}; "
+            f"date {time.strftime('%Y-%m-%d')}")
 
 
 def save_results(out: Path, name: str, table: str, rows) -> None:

@@ -16,11 +16,14 @@ with ``CheckpointWriter()`` (written on its thread):
   process, after an untimed one-epoch run. The wall time moves with the machine's speed from
   run to run by more than the writes cost; the seconds outside the epochs (wall minus the
   epochs' own training and validation time: setup, the writes between epochs, the final
-  evaluation) show what the writes cost the loop. The runs' numbers are identical (checked).
+  evaluation) show what the writes cost the loop. On the CPU the runs' numbers are
+  identical (checked); on a GPU, whose kernels need not sum in the same order every time,
+  each run's test accuracy is shown.
 
     python benchmarks/checkpoint_writes.py --data cifar10-2040  # the small-data recipe at 32 px: 2 s epochs
     python benchmarks/checkpoint_writes.py --data digits        # the README's default run
     python benchmarks/checkpoint_writes.py --data cifar10-2040 --end-to-end --epochs 60
+    python benchmarks/checkpoint_writes.py --data digits --end-to-end --epochs 60   # on a GPU: vitrain's default there
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from accuracy import ROOT, machine_line, markdown_table, save_results  # noqa: E402
+from accuracy import DATASETS, ROOT, machine_line, markdown_table, save_results  # noqa: E402
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -97,13 +100,13 @@ def cycles(data: str, rounds: int, history_rows: int) -> dict[str, list[float]]:
     return times
 
 
-def run_flags(data: str, epochs: int) -> list[str]:
+def run_flags(data: str, epochs: int, datasets: Path) -> list[str]:
     """digits with the defaults (the README's first command), or the small-data recipe without its first stage
     on the CIFAR-10 subset at 32 px, as benchmarks/small_data.py runs it."""
     if data == "digits":
         return ["--data", "digits", "--epochs", str(epochs)]
     from small_data import cifar10_subset
-    return ["--recipe", "small-data", "--pretrain", "none", "--data", str(cifar10_subset()), "--img-size", "32",
+    return ["--recipe", "small-data", "--pretrain", "none", "--data", str(cifar10_subset(datasets)), "--img-size", "32",
             "--epochs", str(epochs)]
 
 
@@ -141,8 +144,8 @@ def cycles_table(args: argparse.Namespace, header: list[str]) -> tuple[str, dict
 
 def end_to_end_table(args: argparse.Namespace, header: list[str]) -> tuple[str, dict]:
     """--end-to-end: alternating whole training runs. Returns the Markdown text and the per-run results."""
-    flags = run_flags(args.data, args.epochs)
-    one_run(run_flags(args.data, 1), args.out / f"{args.data}-warmup", True)  # imports, first-call costs: untimed
+    flags = run_flags(args.data, args.epochs, args.datasets)
+    one_run(run_flags(args.data, 1, args.datasets), args.out / f"{args.data}-warmup", True)  # imports, first-call costs: untimed
     results: dict[str, list[dict]] = {"in the loop": [], "background thread": []}
     for r in range(args.rounds or 3):
         for name, background in (("in the loop", False), ("background thread", True)):
@@ -151,7 +154,7 @@ def end_to_end_table(args: argparse.Namespace, header: list[str]) -> tuple[str, 
             print(f"round {r + 1}: {name}: {result['seconds']:.2f}s, test accuracy {result['test_accuracy']:.4f}",
                   flush=True)
     accuracies = {res["test_accuracy"] for runs in results.values() for res in runs}
-    if len(accuracies) != 1:
+    if len(accuracies) != 1 and not torch.cuda.is_available():
         raise SystemExit(f"the runs disagree ({sorted(accuracies)}): the writes changed training")
 
     def outside(res: dict) -> float:  # setup, checkpoints between epochs, final evaluation
@@ -160,7 +163,7 @@ def end_to_end_table(args: argparse.Namespace, header: list[str]) -> tuple[str, 
     rows = [[name, args.data, args.epochs, " / ".join(f"{res['seconds']:.2f}" for res in runs),
              f"{statistics.median(res['seconds'] for res in runs):.2f}",
              " / ".join(f"{outside(res):.2f}" for res in runs), f"{statistics.median(map(outside, runs)):.2f}",
-             f"{runs[0]['test_accuracy']:.4f}"]
+             " / ".join(f"{res['test_accuracy']:.4f}" for res in runs)]
             for name, runs in results.items()]
     loop, thread = results.values()
     given_back = [outside(a) - outside(b) for a, b in zip(loop, thread)]  # paired by round
@@ -168,7 +171,7 @@ def end_to_end_table(args: argparse.Namespace, header: list[str]) -> tuple[str, 
     return "\n".join([
         *header,
         *markdown_table(["checkpoint writes", "data", "epochs", "wall seconds, by round", "median",
-                         "seconds outside epochs, by round", "median", "test accuracy"], rows), "",
+                         "seconds outside epochs, by round", "median", "test accuracy, by round"], rows), "",
         "Seconds outside epochs = wall - the epochs' own seconds (training + validation): setup, the checkpoint "
         "writes between epochs, the final evaluation. Given back per round (in the loop - on the thread): "
         + ", ".join(f"{g:.2f}s" for g in given_back)
@@ -185,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="alternating pairs (40 cycles, or 3 runs with --end-to-end)")
     parser.add_argument("--history", type=int, default=800, help="history rows in the state (800)")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "benchmarks" / "checkpoint_writes")
+    parser.add_argument("--datasets", type=Path, default=DATASETS,
+                        help="where cifar10.tar (or cifar10-2040.tar) is, for --data cifar10-2040 --end-to-end")
     args = parser.parse_args(argv)
     command = "python benchmarks/checkpoint_writes.py " + " ".join(argv if argv is not None else sys.argv[1:])
     header = [f"Command: `{command.strip()}`  ", machine_line(), ""]

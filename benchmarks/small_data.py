@@ -11,13 +11,18 @@ flowers17 runs at 64 px (1,360 images; a seeded stratified split). ``cifar10-204
 stratified 2,040-image subset of CIFAR-10's training set (204 per class, seed 0) at 32 px,
 evaluated on the full 10,000-image test set; the subset is built once, as symbolic links
 into an extracted copy of ``../shared/datasets/cifar10.tar`` under ``runs/cache`` (ignored
-by git).
+by git). ``--write-subset FILE`` packs that subset (the same image files) into one tar (30
+MB); a folder given as ``--datasets`` that holds ``cifar10-2040.tar`` is used as it
+is, so a machine that cannot hold the whole cifar10.tar (a lent GPU) runs the same subset.
+On a GPU the runs use it (vitrain's ``--device auto``), and the table's machine line says so.
 
     python benchmarks/small_data.py --minutes 30
     python benchmarks/small_data.py --minutes 10 --only flowers17 --seeds 0,1,2
     python benchmarks/small_data.py --minutes 15 --only flowers17 --arms pretrain \
         --pretrain-flags="--pretrain-img-size 64"     # an ablation of the recipe's first stage
     python benchmarks/small_data.py --minutes 15 --flags="--stem patch"   # both arms: a plain ViT
+    python benchmarks/small_data.py --write-subset gpu/cifar10-2040.tar    # then, on the GPU machine:
+    python benchmarks/small_data.py --minutes 4 --only cifar10-2040 --datasets gpu
 """
 
 from __future__ import annotations
@@ -37,15 +42,21 @@ CACHE = ROOT / "runs" / "cache"
 SUBSET_PER_CLASS = 204
 
 
-def cifar10_subset() -> Path:
-    """runs/cache/cifar10-2040/{train,test}/<class>/: 204 training images per class, the whole test set."""
+def cifar10_subset(datasets: Path = DATASETS) -> Path:
+    """runs/cache/cifar10-2040/{train,test}/<class>/: 204 training images per class, the whole test set.
+
+    Built from ``datasets/cifar10.tar``; where ``datasets`` holds ``cifar10-2040.tar`` instead
+    (``--write-subset``), that archive is returned."""
+    packed = datasets / "cifar10-2040.tar"
+    if packed.is_file():
+        return packed
     target = CACHE / "cifar10-2040"
     if (target / "test").is_dir():
         return target
     extracted = CACHE / "cifar10-extracted"
     if not (extracted / "cifar10").is_dir():
         extracted.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(DATASETS / "cifar10.tar") as tar:
+        with tarfile.open(datasets / "cifar10.tar") as tar:
             tar.extractall(extracted, filter="data")
     rng = random.Random(0)
     for folder in sorted((extracted / "cifar10" / "train").iterdir()):
@@ -55,6 +66,15 @@ def cifar10_subset() -> Path:
             (target / "train" / folder.name / f.name).symlink_to(f.resolve())
     (target / "test").symlink_to((extracted / "cifar10" / "test").resolve(), target_is_directory=True)
     return target
+
+
+def write_subset(path: Path) -> None:
+    """Pack the CIFAR-10 subset (the image files themselves, not the links) into ``path``."""
+    folder = cifar10_subset()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w", dereference=True) as tar:
+        tar.add(folder, arcname="cifar10-2040")
+    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
 
 
 def run(data: Path, recipe: str, minutes: float, seed: int, extra: list[str], out: Path) -> dict:
@@ -85,14 +105,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--flags", default="",
                         help="extra vitrain train flags for both arms (a model change, say; named in the table)")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "benchmarks" / "small_data")
+    parser.add_argument("--datasets", type=Path, default=DATASETS,
+                        help="folder of flowers17.tar and cifar10.tar (or cifar10-2040.tar) (../shared/datasets)")
+    parser.add_argument("--write-subset", type=Path, metavar="FILE",
+                        help="only pack the CIFAR-10 subset into FILE (a tar), for --datasets elsewhere")
     args = parser.parse_args(argv)
+    if args.write_subset:
+        write_subset(args.write_subset)
+        return 0
     if not set(args.arms.split(",")) <= {"scratch", "pretrain"}:
         parser.error(f"--arms: expected scratch and/or pretrain, got {args.arms}")
-    if not DATASETS.is_dir():
-        print(f"benchmarks/small_data.py needs the archives in {DATASETS}", file=sys.stderr)
+    if not args.datasets.is_dir():
+        print(f"benchmarks/small_data.py needs the archives in {args.datasets}", file=sys.stderr)
         return 2
-    datasets = {"flowers17": (lambda: DATASETS / "flowers17.tar", ["--img-size", "64"]),
-                "cifar10-2040": (cifar10_subset, ["--img-size", "32"])}
+    datasets = {"flowers17": (lambda: args.datasets / "flowers17.tar", ["--img-size", "64"]),
+                "cifar10-2040": (lambda: cifar10_subset(args.datasets), ["--img-size", "32"])}
     rows = []
     for name in args.only or list(datasets):
         source, extra = datasets[name]
