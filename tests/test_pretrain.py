@@ -358,6 +358,20 @@ def test_pretraining_compiles_the_backbone_when_asked(flat_folder, tmp_path, tin
     assert compiled == ["VisionTransformer"] and ", torch.compile" in capsys.readouterr().out
 
 
+def test_the_compiling_first_epoch_does_not_shrink_the_pretraining_plan(flat_folder, tmp_path, tiny_args,
+                                                                        monkeypatch):
+    from .test_train import slow_first_call_compile
+
+    monkeypatch.setattr(torch, "compile", slow_first_call_compile(3.0))
+    run = tmp_path / "run"
+    assert main(["pretrain", "--data", str(flat_folder), *tiny_args, "--epochs", "100000", "--time-budget", "0.2",
+                 "--compile", "on", "--out", str(run)]) == 0
+    budget = json.loads((run / "report.json").read_text())["time_budget"]
+    assert budget["replans"] and all(r["after_epoch"] >= 2 for r in budget["replans"])
+    # no plan read the 3 s epoch as a speed (over a second per step of this tiny model)
+    assert all(r["seconds_per_step"] < 0.5 for r in budget["replans"])
+
+
 def test_knn_votes_are_weighted_by_similarity():
     from vitrain.engine.pretrain import knn_predict
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import time
 import subprocess
 import sys
 from pathlib import Path
@@ -338,6 +339,36 @@ def test_a_wrong_first_plan_is_corrected_from_the_measured_epochs(flat_folder, t
     assert report["total_seconds"] < 0.25 * 60 * 1.1
     if budget["stopped_by"] == "plan":  # not cut by the deadline: the cosine reached its end
         assert float(_metrics(run)[-1]["lr"]) == pytest.approx(0.0, abs=1e-9)
+
+
+def slow_first_call_compile(seconds: float):
+    """A stand-in for torch.compile whose first call takes ``seconds``, as a real compilation
+    does on a GPU (20 s and more there), without paying for one on the CPU."""
+    def fake_compile(model, **kwargs):
+        calls = []
+
+        def compiled(*args, **kw):
+            if not calls:
+                time.sleep(seconds)
+            calls.append(1)
+            return model(*args, **kw)
+        return compiled
+    return fake_compile
+
+
+def test_the_compiling_first_epoch_does_not_shrink_the_plan(flat_folder, tmp_path, tiny_args, monkeypatch):
+    # measured on an H100: epoch 1 took 20.7 s (compilation) where later epochs took 0.4 s, and
+    # re-planning from it cut a 3.5-minute run's plan from 984 steps to 51, then grew it back
+    # epoch by epoch while the slow epoch stayed in the speed window. Epoch 1 of a compiled run
+    # is not a speed measurement: the probe's plan stands until epoch 2 has been timed.
+    monkeypatch.setattr(torch, "compile", slow_first_call_compile(3.0))
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(flat_folder), "--out", str(run), *tiny_args, "--epochs", "100000",
+                 "--time-budget", "0.2", "--compile", "on"]) == 0
+    budget = json.loads((run / "report.json").read_text())["time_budget"]
+    assert budget["replans"] and all(r["after_epoch"] >= 2 for r in budget["replans"])
+    # no plan read the 3 s epoch as a speed (over a second per step of this tiny model)
+    assert all(r["seconds_per_step"] < 0.5 for r in budget["replans"])
 
 
 def test_leaked_evaluation_images_are_counted_and_removed_with_dedupe(tmp_path, tiny_args, capsys):

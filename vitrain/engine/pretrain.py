@@ -342,6 +342,7 @@ def pretrain(cfg: TrainConfig, resume: bool = False, log=print,
     speed: list[tuple[int, float, float]] = []
     save_seconds = 0.0  # what the last epoch's checkpoints cost
     generator = torch.Generator()
+    first_epoch = epoch + 1  # the first this process runs (after --resume too)
     with CheckpointWriter(background=writes_behind(device), log=log) as files:  # closed (writes finished) on exit
         while global_step < total_steps:
             epoch += 1
@@ -404,7 +405,9 @@ def pretrain(cfg: TrainConfig, resume: bool = False, log=print,
                    "epoch_seconds": train_time, "images_per_second": seen / train_time}
             if not math.isfinite(row["train_loss"]):
                 raise TrainingError(f"the pretraining loss became {row['train_loss']} in epoch {epoch} (lower --lr)")
-            if budget is not None and global_step < total_steps and math.isfinite(end):  # re-plan from the speed so far
+            # re-plan from the speed so far; a compiled first epoch also compiles, so it is left out
+            if (budget is not None and global_step < total_steps and math.isfinite(end)
+                    and not (epoch == first_epoch and forward is not model)):
                 knn_share = knn_seconds / cfg.knn_every if knn is not None else 0.0
                 speed.append((steps, train_time, save_seconds + knn_share))
                 step_seconds, overhead = recent_speed(speed)

@@ -700,8 +700,11 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
                    "val_loss": val.loss, "val_accuracy": val.accuracy, "lr": optimizer.param_groups[0]["lr"],
                    "epoch_seconds": epoch_seconds, "images_per_second": seen / train_time}
             history.append(row)
-            if stopped_by != "deadline" and global_step < total_steps and math.isfinite(train_end):
-                # validation just ran; the checkpoints cost what they cost last epoch
+            if (stopped_by != "deadline" and global_step < total_steps and math.isfinite(train_end)
+                    and not (epoch == start_epoch and use_compile(cfg.compile, device))):
+                # validation just ran; the checkpoints cost what they cost last epoch. The first epoch a
+                # compiled run makes in this process also compiles (20 s and more on a GPU): re-planning
+                # from it would shrink the plan to a few steps, so the probe's plan stands until epoch 2
                 speed.append((steps, train_time, time.perf_counter() - epoch_start - train_time + save_seconds))
                 step_seconds, overhead = recent_speed(speed)
                 new_total = replan_budget(budget, global_step, train_end - time.perf_counter() - save_seconds,
