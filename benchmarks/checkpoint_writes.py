@@ -145,7 +145,8 @@ def cycles_table(args: argparse.Namespace, header: list[str]) -> tuple[str, dict
 def end_to_end_table(args: argparse.Namespace, header: list[str]) -> tuple[str, dict]:
     """--end-to-end: alternating whole training runs. Returns the Markdown text and the per-run results."""
     flags = run_flags(args.data, args.epochs, args.datasets)
-    one_run(run_flags(args.data, 1, args.datasets), args.out / f"{args.data}-warmup", True)  # imports, first-call costs: untimed
+    warmup = run_flags(args.data, 1, args.datasets)
+    one_run(warmup, args.out / f"{args.data}-warmup", True)  # imports, first-call costs: untimed
     results: dict[str, list[dict]] = {"in the loop": [], "background thread": []}
     for r in range(args.rounds or 3):
         for name, background in (("in the loop", False), ("background thread", True)):

@@ -11,8 +11,8 @@ flowers17 runs at 64 px (1,360 images; a seeded stratified split). ``cifar10-204
 stratified 2,040-image subset of CIFAR-10's training set (204 per class, seed 0) at 32 px,
 evaluated on the full 10,000-image test set; the subset is built once, as symbolic links
 into an extracted copy of ``../shared/datasets/cifar10.tar`` under ``runs/cache`` (ignored
-by git). ``--write-subset FILE`` packs that subset (the same image files) into one tar (30
-MB); a folder given as ``--datasets`` that holds ``cifar10-2040.tar`` is used as it
+by git). ``--write-subset FILE`` packs that subset (the same image files) into one tar of about
+30 MiB; a folder given as ``--datasets`` that holds ``cifar10-2040.tar`` uses it as it
 is, so a machine that cannot hold the whole cifar10.tar (a lent GPU) runs the same subset.
 On a GPU the runs use it (vitrain's ``--device auto``), and the table's machine line says so.
 
@@ -68,9 +68,11 @@ def cifar10_subset(datasets: Path = DATASETS) -> Path:
     return target
 
 
-def write_subset(path: Path) -> None:
+def write_subset(path: Path, datasets: Path = DATASETS) -> None:
     """Pack the CIFAR-10 subset (the image files themselves, not the links) into ``path``."""
-    folder = cifar10_subset()
+    folder = cifar10_subset(datasets)
+    if folder.is_file():
+        raise SystemExit(f"--write-subset: {folder} is already the packed subset")
     path.parent.mkdir(parents=True, exist_ok=True)
     with tarfile.open(path, "w", dereference=True) as tar:
         tar.add(folder, arcname="cifar10-2040")
@@ -111,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="only pack the CIFAR-10 subset into FILE (a tar), for --datasets elsewhere")
     args = parser.parse_args(argv)
     if args.write_subset:
-        write_subset(args.write_subset)
+        write_subset(args.write_subset, args.datasets)
         return 0
     if not set(args.arms.split(",")) <= {"scratch", "pretrain"}:
         parser.error(f"--arms: expected scratch and/or pretrain, got {args.arms}")
