@@ -180,10 +180,46 @@ def test_export_has_dynamic_batch_metadata_and_parity(trained, tmp_path, fmt, ca
         got = loaded(batch).detach().numpy()
     assert np.abs(got - expected).max() < 1e-4
     assert meta["classes"] == ["cat", "dog", "fox"] and meta["mean"] == model.meta["mean"]
-    assert "center-crop 16x16" in meta["steps"]
+    assert "center-crop 16x16" in meta["steps"] and "img.draft(None, (17, 17))" in meta["steps"][0]
 
 
 def test_tools_report_missing_checkpoints_clearly(tmp_path, capsys):
     assert main(["eval", str(tmp_path / "nothing"), "--data", "digits"]) == 2
     assert "no such checkpoint file or run folder" in capsys.readouterr().err
     assert main(["export", str(tmp_path / "nothing"), "--format", "onnx"]) == 2
+
+
+@pytest.mark.parametrize("in_memory", ["on", "off"])
+def test_eval_and_predict_reproduce_the_test_score_on_big_jpegs(in_memory, tmp_path):
+    """Big JPEGs decode at reduced size (PIL's draft mode); eval and predict must decode them
+    exactly as training's evaluation did, or the same checkpoint scores differently."""
+    from .conftest import CLASS_COLORS, make_image
+    data = tmp_path / "photos"
+    for c, (name, color) in enumerate(CLASS_COLORS.items()):
+        (data / name).mkdir(parents=True)
+        for i in range(10):
+            make_image(color, seed=c * 1000 + i, size=320).save(data / name / f"{i:03d}.jpg", quality=90)
+    run = tmp_path / "run"
+    split = ["--test-fraction", "0.2", "--val-fraction", "0.2"]
+    args = ["train", "--data", str(data), "--out", str(run), "--epochs", "3", "--batch-size", "8", "--lr", "3e-3",
+            "--no-progress", "--workers", "0", "--in-memory", in_memory, *split]
+    for key, value in TINY_MODEL.items():
+        args += [f"--{key.replace('_', '-')}", str(value)]
+    assert main(args) == 0
+    training = json.loads((run / "report.json").read_text())["test"]
+
+    assert main(["eval", str(run), "--data", str(data), "--split", "test", *split, "--out", str(tmp_path / "ev")]) == 0
+    report = json.loads((tmp_path / "ev" / "report.json").read_text())
+    assert report["images"] == training["images"] == 6
+    assert report["loss"] == pytest.approx(training["loss"], rel=1e-5)
+    assert report["confusion_matrix"] == training["confusion_matrix"]
+
+    from vitrain.data.sources import load_data
+    test_files = [str(p) for p in load_data(str(data), val_fraction=0.2, test_fraction=0.2).test.paths]
+    assert main(["predict", str(run), *test_files, "--top-k", "3", "--out", str(tmp_path / "p")]) == 0
+    rows = _read_csv(tmp_path / "p" / "predictions.csv")
+    assert len(rows) == 6
+    assert sum(r["correct"] == "true" for r in rows) / 6 == pytest.approx(training["accuracy"])
+    true_probability = [float(next(r[f"top{i}_probability"] for i in (1, 2, 3) if r[f"top{i}_label"] == r["true_label"]))
+                        for r in rows]
+    assert -np.log(true_probability).mean() == pytest.approx(training["loss"], rel=1e-4)

@@ -30,7 +30,7 @@ from torchvision.ops import roi_align
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from .transforms import policy_transform, resize_and_center, uses_resized_crop
+from .transforms import eval_decode_side, policy_transform, resize_and_center, uses_resized_crop
 
 MAX_BYTES = 2 * 1024**3  # --in-memory auto holds at most this much decoded image data
 POLICY_GROUP = 16  # images that share one AutoAugment/RandAugment/TrivialAugment operation (8 draws per batch of 128)
@@ -73,7 +73,7 @@ def decode_all(dataset: Dataset, side: int, crop_pct: float = 1.0, workers: int 
     so threads would contend for the GIL); small sets decode in this process.
     """
     if hasattr(dataset, "max_side"):
-        dataset.max_side = int(side / crop_pct) + 1  # big JPEGs decode at reduced size
+        dataset.max_side = eval_decode_side(side, crop_pct)  # big JPEGs decode at reduced size
     n = len(dataset)
     channels = dataset[0][0].shape[0] if n else getattr(dataset, "channels", 3)
     images = torch.empty((n, channels, side, side), dtype=torch.uint8)

@@ -101,6 +101,15 @@ def build_eval_transform(img_size: int, mean: Sequence[float], std: Sequence[flo
     return v2.Compose(resize_and_center(img_size, crop_pct) + _to_float_normalized(mean, std))
 
 
+def eval_decode_side(img_size: int, crop_pct: float) -> int:
+    """The ``max_side`` at which evaluation images decode (:func:`vitrain.data.images.read_image`).
+
+    Training's evaluation (either pipeline), ``vitrain eval`` and ``vitrain predict`` all use
+    it, so a big JPEG gives the same pixels, and a checkpoint the same score, in each.
+    """
+    return int(img_size / crop_pct) + 1
+
+
 def eval_transform_for(meta: dict, img_size: int) -> v2.Compose:
     """The evaluation pipeline a checkpoint's metadata describes (``mean``, ``std``, ``crop_pct``)."""
     return build_eval_transform(img_size, meta["mean"], meta["std"], meta.get("crop_pct", 1.0))

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from ..checkpoint import load_model, resolve_checkpoint_path
+from ..data.transforms import eval_decode_side
 
 FORMATS = ("onnx", "torchscript")
 PARITY_TOLERANCE = 1e-3
@@ -21,10 +22,13 @@ class ExportError(RuntimeError):
 
 def _preprocessing(model) -> dict:
     cfg = model.config
+    side = eval_decode_side(cfg.img_size, model.meta.get("crop_pct", 1.0))
     return {
         "input": f"float32 (batch, {cfg.in_chans}, {cfg.img_size}, {cfg.img_size}), RGB order" if cfg.in_chans == 3
         else f"float32 (batch, 1, {cfg.img_size}, {cfg.img_size}), grayscale",
-        "steps": [f"resize the shorter side to {round(cfg.img_size / model.meta.get('crop_pct', 1.0))} px (bilinear)",
+        "steps": [f"decode JPEGs with Pillow's draft mode, img.draft(None, ({side}, {side})), as vitrain does "
+                  "(a full decode gives slightly different pixels)",
+                  f"resize the shorter side to {round(cfg.img_size / model.meta.get('crop_pct', 1.0))} px (bilinear)",
                   f"center-crop {cfg.img_size}x{cfg.img_size}", "scale pixel values to [0, 1]",
                   "subtract mean and divide by std per channel"],
         "mean": model.meta["mean"], "std": model.meta["std"], "crop_pct": model.meta.get("crop_pct", 1.0),

@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from ..checkpoint import load_model
 from ..data.images import ImageReadError, convert_channels, is_image_file, read_image
-from ..data.transforms import eval_transform_for
+from ..data.transforms import eval_decode_side, eval_transform_for
 from .attention import attention_rollout_maps
 
 RIGHT, WRONG, NEUTRAL = (30, 160, 60), (210, 40, 40), (40, 40, 40)
@@ -87,6 +87,7 @@ def predict_files(source: str | Path, inputs: Sequence[str], *, top_k: int = 5, 
     model = load_model(source).to(device)
     classes = list(model.meta["classes"])
     transform = eval_transform_for(model.meta, model.config.img_size)
+    max_side = eval_decode_side(model.config.img_size, model.meta.get("crop_pct", 1.0))  # as training evaluated
     k = max(1, min(top_k, len(classes)))
     paths, failed = collect_inputs(inputs)
     result = PredictResult(failed=failed, meta=dict(model.meta))
@@ -94,7 +95,7 @@ def predict_files(source: str | Path, inputs: Sequence[str], *, top_k: int = 5, 
         batch, kept = [], []
         for path in paths[start:start + batch_size]:
             try:
-                batch.append(transform(read_image(path, model.config.in_chans)))
+                batch.append(transform(read_image(path, model.config.in_chans, max_side)))
                 kept.append(path)
             except ImageReadError as err:
                 result.failed.append((str(path), str(err)))

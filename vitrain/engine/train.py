@@ -28,8 +28,8 @@ from ..config import ConfigError, TrainConfig, parse_head
 from ..data import memory
 from ..data.leakage import content_hashes, find_leaks, without
 from ..data.sources import ArrayImageDataset, DataError, DataSplits, load_data
-from ..data.transforms import (TransformedDataset, build_eval_transform, build_train_transform, normalization,
-                               uses_resized_crop)
+from ..data.transforms import (TransformedDataset, build_eval_transform, build_train_transform, eval_decode_side,
+                               normalization, uses_resized_crop)
 from ..models.pretrained import Pretrained, PretrainedError, load_pretrained
 from ..models.registry import resolve_config
 from ..models.vit import ViTConfig, VisionTransformer
@@ -179,10 +179,12 @@ def build_loaders(cfg: TrainConfig, splits: DataSplits, device: torch.device,
     eval_tf = build_eval_transform(cfg.img_size, cfg.mean, cfg.std, cfg.crop_pct)
     in_memory = isinstance(splits.train, ArrayImageDataset)
     workers = cfg.workers if cfg.workers is not None else (0 if in_memory else max(1, min(8, (os.cpu_count() or 2) - 1)))
-    for dataset in (splits.train, splits.val, splits.test):
+    if hasattr(splits.train, "max_side"):
+        # big JPEGs decode at reduced size, never below what the crop needs
+        splits.train.max_side = int(cfg.img_size / min(cfg.crop_pct, cfg.crop_scale[0] ** 0.5)) + 1
+    for dataset in (splits.val, splits.test):
         if dataset is not None and hasattr(dataset, "max_side"):
-            # big JPEGs decode at reduced size, never below what the crop needs
-            dataset.max_side = int(cfg.img_size / min(cfg.crop_pct, cfg.crop_scale[0] ** 0.5)) + 1
+            dataset.max_side = eval_decode_side(cfg.img_size, cfg.crop_pct)  # as vitrain eval and predict decode
     # no persistent workers: each epoch's workers are seeded afresh from the re-seeded generator,
     # which is what makes a resumed run repeat the augmentations of an uninterrupted one
     common = dict(num_workers=workers, pin_memory=device.type == "cuda")
