@@ -208,8 +208,10 @@ def test_eval_and_predict_reproduce_the_test_score_on_big_jpegs(in_memory, tmp_p
     assert main(args) == 0
     training = json.loads((run / "report.json").read_text())["test"]
 
-    assert main(["eval", str(run), "--data", str(data), "--split", "test", *split, "--out", str(tmp_path / "ev")]) == 0
+    # no split flags: the checkpoint says how the run carved its test set
+    assert main(["eval", str(run), "--data", str(data), "--split", "test", "--out", str(tmp_path / "ev")]) == 0
     report = json.loads((tmp_path / "ev" / "report.json").read_text())
+    assert report["split_options"] == {"val_fraction": 0.2, "test_fraction": 0.2, "split_seed": 0}
     assert report["images"] == training["images"] == 6
     assert report["loss"] == pytest.approx(training["loss"], rel=1e-5)
     assert report["confusion_matrix"] == training["confusion_matrix"]
@@ -223,3 +225,15 @@ def test_eval_and_predict_reproduce_the_test_score_on_big_jpegs(in_memory, tmp_p
     true_probability = [float(next(r[f"top{i}_probability"] for i in (1, 2, 3) if r[f"top{i}_label"] == r["true_label"]))
                         for r in rows]
     assert -np.log(true_probability).mean() == pytest.approx(training["loss"], rel=1e-4)
+
+
+def test_eval_split_options_come_from_the_run_unless_given_or_the_data_differs():
+    from vitrain.engine.evaluate import SPLIT_DEFAULTS, split_options
+    run = {"val_fraction": 0.15, "test_fraction": 0.1, "split_seed": 3}
+    meta = {"data": "~/data/flowers17.tar", "split": run}
+    nothing = dict.fromkeys(SPLIT_DEFAULTS)
+    assert split_options(meta, "/elsewhere/flowers17.tar", nothing) == (run, True)
+    assert split_options(meta, "~/data/flowers17.tar", {**nothing, "split_seed": 1}) == ({**run, "split_seed": 1}, True)
+    assert split_options(meta, "~/data/flowers17.tar", {**run, "val_fraction": 0.2}) == ({**run, "val_fraction": 0.2}, False)
+    assert split_options(meta, "~/data/butterflies", nothing) == (SPLIT_DEFAULTS, False)
+    assert split_options({"data": "digits"}, "digits", nothing) == (SPLIT_DEFAULTS, False)  # older checkpoints have no "split"

@@ -239,9 +239,10 @@ def _add_running_arguments(p: argparse.ArgumentParser, data: bool) -> None:
         p.add_argument("--workers", type=int, default=0, help="data-loading processes (0)")
         p.add_argument("--data-root", help="where torchvision sets are stored")
         p.add_argument("--no-download", dest="download", action="store_false", help="never download torchvision sets")
-        p.add_argument("--val-fraction", type=float, default=0.1, help="as for train, with --split on a flat folder")
-        p.add_argument("--test-fraction", type=float, default=0.1, help="as for train, with --split on a flat folder")
-        p.add_argument("--split-seed", type=int, default=0, help="as for train, with --split on a flat folder")
+        same = "; by default the training run's own when --data names its data, else {}"
+        p.add_argument("--val-fraction", type=float, help="as for train, with --split on a flat folder" + same.format(0.1))
+        p.add_argument("--test-fraction", type=float, help="as for train, with --split on a flat folder" + same.format(0.1))
+        p.add_argument("--split-seed", type=int, help="as for train, with --split on a flat folder" + same.format(0))
 
 
 def train_config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, bool]:

@@ -106,6 +106,32 @@ def per_class_report(result: EvalResult, classes: list[str]) -> dict[str, dict[s
             for c, p, r, f, s in zip(present, precision, recall, f1, support)}
 
 
+SPLIT_DEFAULTS = {"val_fraction": 0.1, "test_fraction": 0.1, "split_seed": 0}
+
+
+def _same_data(trained_on: Any, data: str) -> bool:
+    """Whether ``data`` names the data a checkpoint was trained on: the same string, the same
+    path, or a file or folder of the same name (the run may have been made elsewhere)."""
+    if not isinstance(trained_on, str):
+        return False
+    a, b = Path(trained_on).expanduser(), Path(data).expanduser()
+    return trained_on == data or a.resolve() == b.resolve() or (a.name != "" and a.name == b.name)
+
+
+def split_options(meta: dict[str, Any], data: str, given: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """``--val-fraction``, ``--test-fraction``, ``--split-seed`` for evaluating on ``data``.
+
+    Options the user gave win; the others come from the checkpoint's training run when
+    ``data`` names its data (so ``--split test`` is the run's own test set, never images it
+    trained on), else from :data:`SPLIT_DEFAULTS`. Also returns whether the run's were used.
+    """
+    trained = meta.get("split") if _same_data(meta.get("data"), data) else None
+    source = trained if isinstance(trained, dict) else SPLIT_DEFAULTS
+    options = {k: given[k] if given.get(k) is not None else source.get(k, v) for k, v in SPLIT_DEFAULTS.items()}
+    from_run = source is trained and any(given.get(k) is None for k in SPLIT_DEFAULTS)
+    return options, from_run
+
+
 def evaluate_checkpoint(source: str | Path, data: str, *, split: str | None = None, out: str | Path | None = None,
                         batch_size: int = 64, workers: int = 0, device: torch.device | None = None,
                         log=print, **data_options: Any) -> dict[str, Any]:
@@ -124,7 +150,12 @@ def evaluate_checkpoint(source: str | Path, data: str, *, split: str | None = No
     checkpoint = resolve_checkpoint_path(source)
     model = load_model(checkpoint).to(device)
     classes = list(model.meta["classes"])
-    dataset, data_classes, which = load_split(data, split, channels=model.config.in_chans, **data_options)
+    options, from_run = split_options(model.meta, data, data_options)
+    dataset, data_classes, which = load_split(data, split, channels=model.config.in_chans,
+                                              **{**data_options, **options})
+    if from_run and which != "all images" and options != SPLIT_DEFAULTS:
+        log(f"split options of the training run: --val-fraction {options['val_fraction']} "
+            f"--test-fraction {options['test_fraction']} --split-seed {options['split_seed']}")
     target_map = match_classes(classes, data_classes)
     if hasattr(dataset, "max_side"):  # big JPEGs decode as in training's evaluation
         dataset.max_side = eval_decode_side(model.config.img_size, model.meta.get("crop_pct", 1.0))
@@ -139,7 +170,8 @@ def evaluate_checkpoint(source: str | Path, data: str, *, split: str | None = No
     plot_confusion_matrix(matrix, classes, out / "confusion_matrix_normalized.png", title + ", row-normalized",
                           normalized=True)
     report = {
-        "checkpoint": str(checkpoint), "data": data, "split": which, "images": int(len(result.targets)),
+        "checkpoint": str(checkpoint), "data": data, "split": which,
+        **({} if which == "all images" else {"split_options": options}), "images": int(len(result.targets)),
         "classes": classes, "accuracy": result.accuracy, "top5": result.top5, "loss": result.loss,
         "per_class": per_class_report(result, classes), "confusion_matrix": matrix.tolist(),
         "seconds": round(time.perf_counter() - started, 2),

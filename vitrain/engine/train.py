@@ -146,7 +146,9 @@ def build_model(cfg: TrainConfig, pretrained: Pretrained | None = None) -> Visio
         raise ConfigError(str(err)) from None
     model.meta = {"classes": list(cfg.classes), "mean": list(cfg.mean), "std": list(cfg.std),
                   "crop_pct": cfg.crop_pct, "interpolation": "bilinear", "model_name": cfg.model,
-                  "data": cfg.data, **({"pretrained": cfg.pretrained} if cfg.pretrained else {})}
+                  "data": cfg.data, "split": {"val_fraction": cfg.val_fraction, "test_fraction": cfg.test_fraction,
+                                              "split_seed": cfg.split_seed},
+                  **({"pretrained": cfg.pretrained} if cfg.pretrained else {})}
     return model
 
 
