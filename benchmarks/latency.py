@@ -9,7 +9,9 @@ Three measurements on one 500 x 375 JPEG, batch 1, ``torch.inference_mode``:
   model's data config (ImageNet statistics, crop 0.875, bicubic);
 * ``vitrain predict`` as a command: the wall time of ``python -m vitrain predict CKPT FILE``,
   start-up (Python, torch imports, checkpoint loading) included. timm ships no command to
-  compare it with, so it has no ratio.
+  compare it with, so it has no ratio. Beside it, the floor under any such command:
+  ``python -c "import torch, torchvision.transforms.v2, PIL.Image"`` (the libraries
+  ``predict`` cannot do without), timed the same way.
 
 The in-process timings are interleaved (vitrain, timm, vitrain, ...) and the median of
 ``--repeats`` is reported, as ratios timm / vitrain (above 1: vitrain is faster).
@@ -104,15 +106,20 @@ def main(argv: list[str] | None = None) -> int:
         ours_ms, theirs_ms = 1000 * statistics.median(a), 1000 * statistics.median(b)
         rows.append({"measure": name, "vitrain_ms": round(ours_ms, 2), "timm_ms": round(theirs_ms, 2),
                      "timm_over_vitrain": round(theirs_ms / ours_ms, 3)})
-    cli = []
-    for _ in range(args.cli_repeats):
+    cli, floor = [], []
+    for _ in range(args.cli_repeats):  # interleaved, like the in-process timings
         start = time.perf_counter()
         subprocess.run([sys.executable, "-m", "vitrain", "predict", str(checkpoint), str(image),
                         "--out", str(work / "predictions")], check=True, capture_output=True)
         cli.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import torch, torchvision.transforms.v2, PIL.Image"], check=True,
+                       capture_output=True)
+        floor.append(time.perf_counter() - start)
     result = {"model": "vit-ti16 (5.7M parameters, 1000 classes), 224 px, batch 1", "threads": torch.get_num_threads(),
               "torch": torch.__version__, "timm": timm.__version__, "max_logit_diff": diff, "repeats": args.repeats,
-              "rows": rows, "predict_command_seconds": round(statistics.median(cli), 2)}
+              "rows": rows, "predict_command_seconds": round(statistics.median(cli), 2),
+              "import_floor_seconds": round(statistics.median(floor), 2)}
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -121,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         print(f"| {r['measure']} | {r['vitrain_ms']} | {r['timm_ms']} | {r['timm_over_vitrain']:.2f}x |")
     print(f"`vitrain predict CKPT FILE` as a command, start-up included: {result['predict_command_seconds']} s "
-          f"(median of {args.cli_repeats})")
+          f"(median of {args.cli_repeats}); importing torch, torchvision's transforms and PIL alone: "
+          f"{result['import_floor_seconds']} s")
     return 0
 
 
