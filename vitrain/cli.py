@@ -300,7 +300,7 @@ def _run_tool(args: argparse.Namespace) -> int:
 
         export_model(args.checkpoint, args.format, args.out)
         return 0
-    from .engine.train import resolve_device
+    from .engine.device import resolve_device
 
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1 (got {args.batch_size})")
@@ -356,7 +356,7 @@ def _bench(args: argparse.Namespace) -> int:
     import json
 
     from .engine.bench import CONFIGS, run_benchmark
-    from .engine.train import resolve_device
+    from .engine.device import resolve_device
 
     names = [c.name for c in CONFIGS]
     wanted = names if args.configs == "all" else args.configs.split(",")

@@ -35,6 +35,7 @@ from ..models.registry import resolve_config
 from ..models.vit import ViTConfig, VisionTransformer
 from ..report import metrics_csv_bytes, plot_confusion_matrix, plot_curves, plot_samples, write_report
 from . import distributed
+from .device import resolve_device
 from .distributed import Dist
 from .evaluate import evaluate
 from .finetune import apply_freeze, train_mode
@@ -54,15 +55,6 @@ class TrainingError(RuntimeError):
 
 
 # ------------------------------------------------------------------------------ setup
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; an unavailable CUDA request is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
-    return torch.device(name)
-
 
 def default_model(native_size: int) -> str:
     """The preset ``--model auto`` picks from the data's typical image side."""
