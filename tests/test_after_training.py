@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 import vitrain
+from vitrain.checkpoint import save_model
 from vitrain.cli import main
 from vitrain.data.images import read_image
 from vitrain.data.transforms import eval_transform_for
@@ -208,8 +209,10 @@ def test_eval_and_predict_reproduce_the_test_score_on_big_jpegs(in_memory, tmp_p
     assert main(args) == 0
     training = json.loads((run / "report.json").read_text())["test"]
 
-    # no split flags: the checkpoint says how the run carved its test set
-    assert main(["eval", str(run), "--data", str(data), "--split", "test", "--out", str(tmp_path / "ev")]) == 0
+    # no split flags: the checkpoint says how the run carved its test set; without --data
+    # (one case each), its training data and test split are the default
+    which = ["--data", str(data), "--split", "test"] if in_memory == "off" else []
+    assert main(["eval", str(run), *which, "--out", str(tmp_path / "ev")]) == 0
     report = json.loads((tmp_path / "ev" / "report.json").read_text())
     assert report["split_options"] == {"val_fraction": 0.2, "test_fraction": 0.2, "split_seed": 0}
     assert report["images"] == training["images"] == 6
@@ -225,6 +228,21 @@ def test_eval_and_predict_reproduce_the_test_score_on_big_jpegs(in_memory, tmp_p
     true_probability = [float(next(r[f"top{i}_probability"] for i in (1, 2, 3) if r[f"top{i}_label"] == r["true_label"]))
                         for r in rows]
     assert -np.log(true_probability).mean() == pytest.approx(training["loss"], rel=1e-4)
+
+
+def test_eval_without_data_needs_the_training_data_where_the_checkpoint_says(trained, tmp_path, capsys):
+    run, data = trained
+    assert main(["eval", str(run), "--out", str(tmp_path / "ev")]) == 0
+    assert f"data: {data}, the checkpoint's training data" in capsys.readouterr().out
+    report = json.loads((tmp_path / "ev" / "report.json").read_text())
+    training = json.loads((run / "report.json").read_text())["test"]
+    assert report["split"] == "test" and report["images"] == training["images"] == 3  # not all 30 images
+    assert report["confusion_matrix"] == training["confusion_matrix"]
+    model = vitrain.load_model(run)
+    save_model(tmp_path / "moved.safetensors", model, data=str(tmp_path / "gone"))
+    assert main(["eval", str(tmp_path / "moved.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert f"trained on --data {tmp_path / 'gone'}, which is not found" in err and "give --data" in err
 
 
 def test_eval_split_options_come_from_the_run_unless_given_or_the_data_differs():

@@ -467,17 +467,18 @@ def class_counts(dataset: Dataset) -> Counter:
 
 def load_split(data: str, split: str | None = None, *, channels: int | None = None, data_root: str | Path | None = None,
                download: bool = True, val_fraction: float = 0.1, test_fraction: float = 0.1, split_seed: int = 0,
-               cache_dir: Path | None = None) -> tuple[Dataset, list[str], str]:
+               cache_dir: Path | None = None, whole_flat_folder: bool = True) -> tuple[Dataset, list[str], str]:
     """One split of ``data`` to evaluate: (dataset, class names, which split it is).
 
     A folder (or archive) without split folders means all of its images unless ``split``
-    is given; otherwise the default is the test split, or validation where there is none.
+    is given (or ``whole_flat_folder`` is False); otherwise the default is the test split,
+    or validation where there is none.
     """
     if split not in (None, "train", "val", "test"):
         raise DataError(f"--split must be train, val or test, got {split!r}")
     path = Path(data).expanduser()
     folder = extract_archive(path, cache_dir) if is_archive(path) else path
-    if split is None and folder.is_dir():
+    if split is None and whole_flat_folder and folder.is_dir():
         root = find_dataset_root(folder)
         if not any(d.name.lower() in SPLIT_NAMES for d in _subdirs(root)):
             # evaluating a folder of a single class is legitimate: no minimum class count

@@ -132,11 +132,26 @@ def split_options(meta: dict[str, Any], data: str, given: dict[str, Any]) -> tup
     return options, from_run
 
 
-def evaluate_checkpoint(source: str | Path, data: str, *, split: str | None = None, out: str | Path | None = None,
-                        batch_size: int = 64, workers: int = 0, device: torch.device | None = None,
-                        log=print, **data_options: Any) -> dict[str, Any]:
+def trained_data(meta: dict[str, Any], checkpoint: Path) -> str:
+    """The ``--data`` a checkpoint was trained on, for ``vitrain eval`` without ``--data``."""
+    from ..data.sources import BUILTIN, DataError
+
+    data = meta.get("data")
+    if not isinstance(data, str) or not data:
+        raise DataError(f"{checkpoint}: the checkpoint does not record its training data; give --data")
+    if data.lower() not in BUILTIN and not Path(data).expanduser().exists():
+        raise DataError(f"{checkpoint} was trained on --data {data}, which is not found from "
+                         f"{Path.cwd()}; give --data")
+    return data
+
+
+def evaluate_checkpoint(source: str | Path, data: str | None = None, *, split: str | None = None,
+                        out: str | Path | None = None, batch_size: int = 64, workers: int = 0,
+                        device: torch.device | None = None, log=print, **data_options: Any) -> dict[str, Any]:
     """``vitrain eval``: evaluate a checkpoint (or run folder) on one split of any ``--data`` source.
 
+    Without ``data``, the checkpoint's own training data, and by default its test split
+    (validation where there is none), carved as in training.
     Writes ``report.json``, ``confusion_matrix.png`` (counts) and
     ``confusion_matrix_normalized.png`` (row rates) into ``out`` and returns the report.
     """
@@ -150,9 +165,13 @@ def evaluate_checkpoint(source: str | Path, data: str, *, split: str | None = No
     checkpoint = resolve_checkpoint_path(source)
     model = load_model(checkpoint).to(device)
     classes = list(model.meta["classes"])
+    own = data is None
+    if own:
+        data = trained_data(model.meta, checkpoint)
+        log(f"data: {data}, the checkpoint's training data")
     options, from_run = split_options(model.meta, data, data_options)
     dataset, data_classes, which = load_split(data, split, channels=model.config.in_chans,
-                                              **{**data_options, **options})
+                                              whole_flat_folder=not own, **{**data_options, **options})
     if from_run and which != "all images" and options != SPLIT_DEFAULTS:
         log(f"split options of the training run: --val-fraction {options['val_fraction']} "
             f"--test-fraction {options['test_fraction']} --split-seed {options['split_seed']}")
