@@ -255,3 +255,17 @@ def test_eval_split_options_come_from_the_run_unless_given_or_the_data_differs()
     assert split_options(meta, "~/data/flowers17.tar", {**run, "val_fraction": 0.2}) == ({**run, "val_fraction": 0.2}, False)
     assert split_options(meta, "~/data/butterflies", nothing) == (SPLIT_DEFAULTS, False)
     assert split_options({"data": "digits"}, "digits", nothing) == (SPLIT_DEFAULTS, False)  # older checkpoints have no "split"
+
+
+@pytest.mark.parametrize("true_label", ["bluebell", "a flower with a very long class name indeed"])
+def test_annotation_text_fits_inside_a_portrait_image(tmp_path, true_label):
+    from vitrain.engine.predict import Prediction, annotate
+    Image.new("RGB", (500, 700), "white").save(tmp_path / "tall.png")
+    annotate(Prediction(tmp_path / "tall.png", [("crocus", 0.19)], true_label), tmp_path / "out.png")
+    with Image.open(tmp_path / "out.png") as img:
+        pixels = np.asarray(img.convert("RGB"))
+    border = 500 // 40
+    assert (pixels[:, -border:] == (210, 40, 40)).all()  # the "wrong" border
+    inside = pixels[border:150, border:-border]
+    assert (inside == (210, 40, 40)).all(-1).sum() > 1000  # the label's banner...
+    assert (inside[:, -1] == 255).all()  # ...ends before the border: the text fits

@@ -148,18 +148,23 @@ def annotate(prediction: Prediction, out_path: Path) -> None:
     """Save a copy of the image with the predicted label and probability (and the true label) drawn on it."""
     img = _display_copy(prediction.path)
     draw = ImageDraw.Draw(img)
-    font_size = max(12, img.height // 14)
-    font = ImageFont.load_default(size=font_size)
     lines = [f"{prediction.label} {prediction.probability:.0%}"]
     color = NEUTRAL
+    border = max(2, min(img.size) // 40)
     if prediction.true_label is not None:
         color = RIGHT if prediction.correct else WRONG
         lines.append(("right" if prediction.correct else "wrong") + f" (true: {prediction.true_label})")
-    if prediction.true_label is not None:
-        draw.rectangle((0, 0, img.width - 1, img.height - 1), outline=color, width=max(2, min(img.size) // 40))
-    pad = max(2, font_size // 4)
+        draw.rectangle((0, 0, img.width - 1, img.height - 1), outline=color, width=border)
     text = "\n".join(lines)
-    box = draw.multiline_textbbox((pad, pad), text, font=font)
+    font_size = max(12, img.height // 14)
+    for _ in range(3):  # long class names: shrink the text until it fits inside the border
+        pad = max(2, font_size // 4)
+        font = ImageFont.load_default(size=font_size)
+        box = draw.multiline_textbbox((pad, pad), text, font=font)
+        room = img.width - border - 2 * pad - 1
+        if box[2] - pad <= room or font_size <= 10:
+            break
+        font_size = max(10, int(font_size * room / (box[2] - pad)))
     draw.rectangle((0, 0, box[2] + pad, box[3] + pad), fill=color)
     draw.multiline_text((pad, pad), text, fill=(255, 255, 255), font=font)
     out_path.parent.mkdir(parents=True, exist_ok=True)
