@@ -25,7 +25,7 @@ import math
 from typing import Iterator, Sequence
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.ops import roi_align
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
@@ -65,8 +65,9 @@ class _Squared(Dataset):
         return self.square(image), target
 
 
-def decode_all(dataset: Dataset, side: int, crop_pct: float = 1.0, workers: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every image of ``dataset`` as one (N, C, side, side) uint8 tensor, plus the labels.
+def decode_all(dataset: Dataset, side: int, crop_pct: float = 1.0, workers: int = 0,
+               indices: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every image of ``dataset`` (or those at ``indices``) as one (N, C, side, side) uint8 tensor, plus the labels.
 
     Each image's shorter side is resized to ``side / crop_pct`` and its central square kept.
     Files decode in ``workers`` DataLoader processes (decoding is mostly Python work in PIL,
@@ -74,8 +75,10 @@ def decode_all(dataset: Dataset, side: int, crop_pct: float = 1.0, workers: int 
     """
     if hasattr(dataset, "max_side"):
         dataset.max_side = eval_decode_side(side, crop_pct)  # big JPEGs decode at reduced size
+    channels = dataset[0][0].shape[0] if len(dataset) else getattr(dataset, "channels", 3)
+    if indices is not None:
+        dataset = Subset(dataset, list(indices))
     n = len(dataset)
-    channels = dataset[0][0].shape[0] if n else getattr(dataset, "channels", 3)
     images = torch.empty((n, channels, side, side), dtype=torch.uint8)
     targets = torch.empty(n, dtype=torch.long)
     loader = DataLoader(_Squared(dataset, side, crop_pct), batch_size=256, num_workers=workers if n > 2048 else 0)

@@ -117,6 +117,25 @@ def gather_in_order(values: list, place: Dist) -> list:
     return merged
 
 
+def gather_rows(part: torch.Tensor, total: int, place: Dist, device: torch.device) -> torch.Tensor:
+    """Rows ``rank::world`` of a ``total``-row tensor from every rank, interleaved back into order.
+
+    Each rank holds its own rows in ``part``; every rank gets the whole tensor, on ``device``
+    (its GPU under NCCL). Ranks whose share is one row short pad it for the collective.
+    """
+    if not place.active:
+        return part
+    rows = -(-total // place.world)
+    padded = torch.zeros((rows, *part.shape[1:]), dtype=part.dtype, device=device)
+    padded[:len(part)] = part.to(device)
+    parts = [torch.empty_like(padded) for _ in range(place.world)]
+    dist.all_gather(parts, padded)
+    whole = torch.empty((total, *part.shape[1:]), dtype=part.dtype, device=device)
+    for rank, shard in enumerate(parts):
+        whole[rank::place.world] = shard[:len(range(rank, total, place.world))]
+    return whole
+
+
 def barrier(place: Dist) -> None:
     if place.active:
         dist.barrier()

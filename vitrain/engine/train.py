@@ -172,7 +172,7 @@ def build_loaders(cfg: TrainConfig, splits: DataSplits, device: torch.device,
         random_erasing=cfg.random_erasing, crop=cfg.crop)
     eval_tf = build_eval_transform(cfg.img_size, cfg.mean, cfg.std, cfg.crop_pct)
     in_memory = isinstance(splits.train, ArrayImageDataset)
-    workers = cfg.workers if cfg.workers is not None else (0 if in_memory else max(1, min(8, (os.cpu_count() or 2) - 1)))
+    workers = cfg.workers if cfg.workers is not None else (0 if in_memory else max(1, min(8, node_cores() - 1)))
     if hasattr(splits.train, "max_side"):
         # big JPEGs decode at reduced size, never below what the crop needs
         splits.train.max_side = int(cfg.img_size / min(cfg.crop_pct, cfg.crop_scale[0] ** 0.5)) + 1
@@ -199,9 +199,15 @@ def build_loaders(cfg: TrainConfig, splits: DataSplits, device: torch.device,
     return loaders
 
 
+def node_cores() -> int:
+    """This process's share of the machine's cores: all of them, or under ``torchrun`` an equal
+    share among the processes on this node (``LOCAL_WORLD_SIZE``)."""
+    return max(1, (os.cpu_count() or 1) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+
+
 def decode_workers(cfg: TrainConfig) -> int:
-    """Processes that decode images into memory: ``--workers``, else one per core (at most 8)."""
-    return cfg.workers if cfg.workers is not None else max(1, min(8, os.cpu_count() or 1))
+    """Processes that decode images into memory: ``--workers``, else one per core of :func:`node_cores` (at most 8)."""
+    return cfg.workers if cfg.workers is not None else min(8, node_cores())
 
 
 def _memory_loaders(cfg: TrainConfig, splits: DataSplits, device: torch.device,
@@ -215,20 +221,31 @@ def _memory_loaders(cfg: TrainConfig, splits: DataSplits, device: torch.device,
     augment = memory.BatchAugment(cfg.img_size, cfg.augment, cfg.mean, cfg.std, resized_crop=resized,
                                   hflip=cfg.hflip, crop_scale=tuple(cfg.crop_scale), crop_ratio=tuple(cfg.crop_ratio),
                                   random_erasing=cfg.random_erasing)
+    place = place or Dist()
+
+    def decode(dataset, side: int, crop_pct: float) -> tuple[torch.Tensor, torch.Tensor]:
+        # under torchrun each rank decodes the images rank::world and all ranks gather the rest
+        if not place.active:
+            return memory.decode_all(dataset, side, crop_pct, workers)
+        n = len(dataset)
+        images, targets = memory.decode_all(dataset, side, crop_pct, workers, range(place.rank, n, place.world))
+        return distributed.gather_rows(images, n, place, device), distributed.gather_rows(targets, n, place, device)
+
     # on a GPU the images live there; a fixed batch shape there suits torch.compile and CUDA graphs
-    images, targets = memory.decode_all(splits.train, side, train_pct, workers)
+    images, targets = decode(splits.train, side, train_pct)
     loaders = {"train": memory.MemoryLoader(images, targets, cfg.batch_size, shuffle=True, mean=cfg.mean,
                                             std=cfg.std, augment=augment, device=device,
                                             drop_last=device.type == "cuda", place=place)}
     for name in ("val", "test"):
         dataset = getattr(splits, name)
         if dataset is not None:
-            images, targets = memory.decode_all(dataset, cfg.img_size, cfg.crop_pct, workers)
+            images, targets = decode(dataset, cfg.img_size, cfg.crop_pct)
             loaders[name] = memory.MemoryLoader(images, targets, cfg.batch_size, shuffle=False, mean=cfg.mean,
                                                 std=cfg.std, device=device, place=place)
     total = sum(loader.images.numel() for loader in loaders.values())
+    shared = f", each of {place.world} processes decoding 1/{place.world} of them" if place.active else ""
     log(f"in memory: {total / 2**20:.1f} MiB of decoded images (training images at {side}px) "
-        f"in {time.perf_counter() - t0:.1f}s")
+        f"in {time.perf_counter() - t0:.1f}s{shared}")
     return loaders
 
 
