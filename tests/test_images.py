@@ -73,6 +73,22 @@ def test_reduced_size_decoding_keeps_the_shorter_side_large_enough(tmp_path):
     assert min(out.shape[1:]) >= 100 and out.shape[1] < 600
 
 
+@pytest.mark.parametrize("max_side", [None, 100])
+def test_phone_photos_stored_sideways_are_read_upright(tmp_path, max_side):
+    """EXIF orientation 6: the camera stored the picture turned; viewers rotate it 90 degrees clockwise."""
+    from vitrain.engine.predict import _display_copy
+    stored = Image.new("RGB", (800, 400), (0, 0, 255))
+    stored.paste((255, 0, 0), (0, 0, 400, 400))  # left half red: the top once upright
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored.save(tmp_path / "phone.jpg", exif=exif)
+    out = read_image(tmp_path / "phone.jpg", 3, max_side)
+    assert out.shape[1] > out.shape[2]  # portrait, as shown
+    top, bottom = out[:, 5, out.shape[2] // 2].tolist(), out[:, -5, out.shape[2] // 2].tolist()
+    assert top[0] > 200 > top[2] and bottom[2] > 200 > bottom[0]
+    assert _display_copy(tmp_path / "phone.jpg").size == (400, 800)  # predict's annotated copy too
+
+
 def test_only_visible_image_files_count(tmp_path):
     assert is_image_file(tmp_path / "a.JPG")
     assert not is_image_file(tmp_path / "notes.txt")

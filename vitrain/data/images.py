@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
@@ -55,8 +55,16 @@ def convert_channels(img: Image.Image, channels: int) -> Image.Image:
     return img if img.mode == target else img.convert(target)
 
 
+def upright(img: Image.Image) -> Image.Image:
+    """``img`` as image viewers show it: turned as its EXIF orientation tag says (phone photos
+    are often stored sideways with such a tag); unchanged when it has none."""
+    if img.getexif().get(ExifTags.Base.Orientation, 1) == 1:
+        return img
+    return ImageOps.exif_transpose(img)
+
+
 def read_image(path: str | Path, channels: int, max_side: int | None = None) -> torch.Tensor:
-    """Decode ``path`` into a (channels, H, W) uint8 tensor.
+    """Decode ``path`` into a (channels, H, W) uint8 tensor, upright (:func:`upright`).
 
     ``max_side`` lets the JPEG decoder downscale by powers of two while decoding (the
     shorter side stays at least ``max_side``), which is much faster for big photos.
@@ -70,7 +78,7 @@ def read_image(path: str | Path, channels: int, max_side: int | None = None) -> 
             if max_side is not None:
                 img.draft(None, (max_side, max_side))
             img.load()
-            img = convert_channels(img, channels)
+            img = convert_channels(upright(img), channels)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise _read_error(path, err) from None
     arr = np.array(img, dtype=np.uint8)  # a writable copy

@@ -14,7 +14,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from ..checkpoint import load_model
-from ..data.images import ImageReadError, convert_channels, is_image_file, read_image
+from ..data.images import ImageReadError, convert_channels, is_image_file, read_image, upright
 from ..data.transforms import eval_decode_side, eval_transform_for
 from .attention import attention_rollout_maps
 
@@ -139,7 +139,7 @@ def _display_copy(path: Path, min_side: int = 224) -> Image.Image:
     """The image as RGB, enlarged (nearest neighbour, pixels stay visible) when it is small."""
     with Image.open(path) as img:
         img.load()
-        rgb = convert_channels(img, 3)
+        rgb = convert_channels(upright(img), 3)
     scale = max(1, -(-min_side // min(rgb.size)))
     return rgb.resize((rgb.width * scale, rgb.height * scale), Image.NEAREST) if scale > 1 else rgb
 
