@@ -28,6 +28,7 @@ def _preprocessing(model) -> dict:
         else f"float32 (batch, 1, {cfg.img_size}, {cfg.img_size}), grayscale",
         "steps": [f"decode JPEGs with Pillow's draft mode, img.draft(None, ({side}, {side})), as vitrain does "
                   "(a full decode gives slightly different pixels)",
+                  "turn the image upright as its EXIF orientation tag says (PIL.ImageOps.exif_transpose)",
                   f"resize the shorter side to {round(cfg.img_size / model.meta.get('crop_pct', 1.0))} px (bilinear)",
                   f"center-crop {cfg.img_size}x{cfg.img_size}", "scale pixel values to [0, 1]",
                   "subtract mean and divide by std per channel"],
