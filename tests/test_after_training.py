@@ -269,3 +269,24 @@ def test_annotation_text_fits_inside_a_portrait_image(tmp_path, true_label):
     inside = pixels[border:150, border:-border]
     assert (inside == (210, 40, 40)).all(-1).sum() > 1000  # the label's banner...
     assert (inside[:, -1] == 255).all()  # ...ends before the border: the text fits
+
+
+def test_eval_of_a_run_trained_on_some_classes_uses_its_classes_and_test_split(tmp_path, capsys):
+    data = write_class_folders(tmp_path / "pets", per_class=10)
+    run = tmp_path / "run"
+    args = ["train", "--data", str(data), "--classes", "fox,cat", "--test-fraction", "0.2", "--out", str(run),
+            "--epochs", "2", "--batch-size", "8", "--no-progress", "--workers", "0"]
+    for key, value in TINY_MODEL.items():
+        args += [f"--{key.replace('_', '-')}", str(value)]
+    assert main(args) == 0
+    training = json.loads((run / "report.json").read_text())["test"]
+    assert main(["eval", str(run), "--out", str(tmp_path / "own")]) == 0  # its data, its classes, its test split
+    own = json.loads((tmp_path / "own" / "report.json").read_text())
+    assert own["images"] == training["images"] == 4 and own["confusion_matrix"] == training["confusion_matrix"]
+    assert main(["eval", str(run), "--data", str(data), "--split", "test"]) == 2
+    err = capsys.readouterr().err
+    assert "does not know: dog" in err and "with --classes fox,cat" in err  # the run's order carves its splits
+    assert main(["eval", str(run), "--data", str(data), "--split", "test", "--classes", "fox,cat",
+                 "--out", str(tmp_path / "given")]) == 0
+    given = json.loads((tmp_path / "given" / "report.json").read_text())
+    assert given["confusion_matrix"] == training["confusion_matrix"]

@@ -213,6 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="which split (default: test, or val where there is none; all images of a flat folder "
                          "given as --data)")
     ev.add_argument("--out", help="folder for report.json and the plots (default CHECKPOINT_DIR/eval/DATA-SPLIT)")
+    ev.add_argument("--classes", type=lambda v: [c.strip() for c in v.split(",") if c.strip()],
+                    help="only these classes of the data, as for train (default: all; without --data, the "
+                         "checkpoint's)")
     _add_running_arguments(ev, data=True)
 
     pr = sub.add_parser("predict", help="classify image files, folders or glob patterns",
@@ -313,7 +316,7 @@ def _run_tool(args: argparse.Namespace) -> int:
         evaluate_checkpoint(args.checkpoint, args.data, split=args.split, out=args.out, batch_size=args.batch_size,
                             workers=args.workers, device=device, data_root=args.data_root, download=args.download,
                             val_fraction=args.val_fraction, test_fraction=args.test_fraction,
-                            split_seed=args.split_seed)
+                            split_seed=args.split_seed, classes=args.classes)
         return 0
     return _predict(args, device)
 

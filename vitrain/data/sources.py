@@ -467,8 +467,10 @@ def class_counts(dataset: Dataset) -> Counter:
 
 def load_split(data: str, split: str | None = None, *, channels: int | None = None, data_root: str | Path | None = None,
                download: bool = True, val_fraction: float = 0.1, test_fraction: float = 0.1, split_seed: int = 0,
-               cache_dir: Path | None = None, whole_flat_folder: bool = True) -> tuple[Dataset, list[str], str]:
-    """One split of ``data`` to evaluate: (dataset, class names, which split it is).
+               cache_dir: Path | None = None, whole_flat_folder: bool = True,
+               classes: Sequence[str] | None = None) -> tuple[Dataset, list[str], str]:
+    """One split of ``data`` to evaluate: (dataset, class names, which split it is), with only
+    ``classes`` (in that order, as ``--classes`` does for training) when given.
 
     A folder (or archive) without split folders means all of its images unless ``split``
     is given (or ``whole_flat_folder`` is False); otherwise the default is the test split,
@@ -482,10 +484,11 @@ def load_split(data: str, split: str | None = None, *, channels: int | None = No
         root = find_dataset_root(folder)
         if not any(d.name.lower() in SPLIT_NAMES for d in _subdirs(root)):
             # evaluating a folder of a single class is legitimate: no minimum class count
-            dataset, names, _, _ = _flat_dataset(root, channels, None, min_classes=1)
+            dataset, names, _, _ = _flat_dataset(root, channels, classes, min_classes=1)
             return dataset, names, "all images"
-    splits = load_data(data, data_root=data_root, download=download, channels=channels, val_fraction=val_fraction,
-                       test_fraction=test_fraction, split_seed=split_seed, cache_dir=cache_dir)
+    splits = load_data(data, data_root=data_root, download=download, channels=channels, classes=classes,
+                       val_fraction=val_fraction, test_fraction=test_fraction, split_seed=split_seed,
+                       cache_dir=cache_dir)
     chosen = split or ("test" if splits.test is not None else "val")
     dataset = getattr(splits, chosen)
     if dataset is None:

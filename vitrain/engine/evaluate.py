@@ -92,8 +92,10 @@ def match_classes(model_classes: list[str], data_classes: list[str]) -> list[int
     """
     unknown = [c for c in data_classes if c not in model_classes]
     if unknown:
+        known = [c for c in model_classes if c in data_classes]  # the checkpoint's order, as its splits were carved
+        hint = f"; evaluate on the ones it knows with --classes {','.join(known)}" if known else ""
         raise ValueError(f"the data has classes the checkpoint does not know: {', '.join(unknown)} "
-                         f"(checkpoint classes: {', '.join(model_classes)})")
+                         f"(checkpoint classes: {', '.join(model_classes)}){hint}")
     return [model_classes.index(c) for c in data_classes]
 
 
@@ -147,11 +149,13 @@ def trained_data(meta: dict[str, Any], checkpoint: Path) -> str:
 
 def evaluate_checkpoint(source: str | Path, data: str | None = None, *, split: str | None = None,
                         out: str | Path | None = None, batch_size: int = 64, workers: int = 0,
-                        device: torch.device | None = None, log=print, **data_options: Any) -> dict[str, Any]:
+                        device: torch.device | None = None, classes: list[str] | None = None, log=print,
+                        **data_options: Any) -> dict[str, Any]:
     """``vitrain eval``: evaluate a checkpoint (or run folder) on one split of any ``--data`` source.
 
-    Without ``data``, the checkpoint's own training data, and by default its test split
-    (validation where there is none), carved as in training.
+    Without ``data``, the checkpoint's own training data restricted to its classes (as a
+    run trained with ``--classes`` saw it), and by default its test split (validation where
+    there is none), carved as in training. ``classes`` keeps only those classes of the data.
     Writes ``report.json``, ``confusion_matrix.png`` (counts) and
     ``confusion_matrix_normalized.png`` (row rates) into ``out`` and returns the report.
     """
@@ -164,13 +168,15 @@ def evaluate_checkpoint(source: str | Path, data: str | None = None, *, split: s
     device = device or torch.device("cpu")
     checkpoint = resolve_checkpoint_path(source)
     model = load_model(checkpoint).to(device)
+    wanted = classes
     classes = list(model.meta["classes"])
     own = data is None
     if own:
         data = trained_data(model.meta, checkpoint)
+        wanted = wanted or classes
         log(f"data: {data}, the checkpoint's training data")
     options, from_run = split_options(model.meta, data, data_options)
-    dataset, data_classes, which = load_split(data, split, channels=model.config.in_chans,
+    dataset, data_classes, which = load_split(data, split, channels=model.config.in_chans, classes=wanted,
                                               whole_flat_folder=not own, **{**data_options, **options})
     if from_run and which != "all images" and options != SPLIT_DEFAULTS:
         log(f"split options of the training run: --val-fraction {options['val_fraction']} "
