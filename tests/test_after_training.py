@@ -290,3 +290,11 @@ def test_eval_of_a_run_trained_on_some_classes_uses_its_classes_and_test_split(t
                  "--out", str(tmp_path / "given")]) == 0
     given = json.loads((tmp_path / "given" / "report.json").read_text())
     assert given["confusion_matrix"] == training["confusion_matrix"]
+
+
+def test_eval_on_a_folder_holding_one_class_folder(trained, tmp_path):
+    run, data = trained
+    shutil.copytree(data / "fox", tmp_path / "only-foxes" / "fox")
+    assert main(["eval", str(run), "--data", str(tmp_path / "only-foxes"), "--out", str(tmp_path / "ev")]) == 0
+    report = json.loads((tmp_path / "ev" / "report.json").read_text())
+    assert report["images"] == 10 and set(report["per_class"]) == {"fox"}

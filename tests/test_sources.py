@@ -235,3 +235,9 @@ def test_decompression_bomb_is_refused_by_name(flat_folder, monkeypatch):
         load_data(str(flat_folder))
     with pytest.raises(ImageReadError, match="decompression bomb"):
         read_image(flat_folder / "cat" / "000.png", 3)
+
+
+def test_a_folder_holding_one_class_folder_names_that_class(tmp_path):
+    write_class_folders(tmp_path / "download", per_class=3, classes={"cat": (200, 40, 40)})
+    with pytest.raises(DataError, match=r"download: found 1 class \(cat\); a classifier needs at least 2"):
+        load_data(str(tmp_path / "download"))

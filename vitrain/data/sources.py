@@ -233,12 +233,20 @@ def _subdirs(folder: Path) -> list[Path]:
                   if p.is_dir() and not p.name.startswith(".") and p.name not in _IGNORED_DIRS)
 
 
+def _has_images(folder: Path) -> bool:
+    return any(is_image_file(p) for p in folder.iterdir() if p.is_file())
+
+
 def find_dataset_root(folder: Path) -> Path:
-    """Descend through single wrapper folders (``dataset.zip`` -> ``dataset/`` -> classes)."""
+    """Descend through single wrapper folders (``dataset.zip`` -> ``dataset/`` -> classes).
+
+    A single sub-folder that holds images itself, or no folders, is a class folder, not a
+    wrapper: a folder with one class in it stays the root (``vitrain eval`` on one class).
+    """
     while True:
         subdirs = _subdirs(folder)
-        has_images = any(is_image_file(p) for p in folder.iterdir() if p.is_file())
-        if len(subdirs) == 1 and not has_images and subdirs[0].name.lower() not in SPLIT_NAMES:
+        if (len(subdirs) == 1 and not _has_images(folder) and subdirs[0].name.lower() not in SPLIT_NAMES
+                and _subdirs(subdirs[0]) and not _has_images(subdirs[0])):
             folder = subdirs[0]
         else:
             return folder
