@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Sequence
 
 from . import __version__
-from .config import FIRST_STAGE, ConfigError, TrainConfig, config_from_dict, layered_config, load_config_file
+from .config import (FIRST_STAGE, ConfigError, TrainConfig, comma_list, config_from_dict, layered_config,
+                     load_config_file)
 
 # options that may differ when a run is resumed: they change where and how fast it runs, not what it computes
 RESUME_OVERRIDABLE = {"device", "workers", "progress", "data_root", "download", "compile"}
@@ -213,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="which split (default: test, or val where there is none; all images of a flat folder "
                          "given as --data)")
     ev.add_argument("--out", help="folder for report.json and the plots (default CHECKPOINT_DIR/eval/DATA-SPLIT)")
-    ev.add_argument("--classes", type=lambda v: [c.strip() for c in v.split(",") if c.strip()],
+    ev.add_argument("--classes", type=comma_list,
                     help="only these classes of the data, as for train (default: all; without --data, the "
                          "checkpoint's)")
     _add_running_arguments(ev, data=True)

@@ -241,6 +241,11 @@ def _attr(option: str) -> str:
     return option.split("/")[0].lstrip("-").replace("-", "_")
 
 
+def comma_list(value: str) -> list[str]:
+    """``"a, b,c"`` -> ``["a", "b", "c"]`` (empty items dropped), as list options are written on the command line."""
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
 def _coerce(name: str, hint: Any, value: Any) -> Any:
     """Check a YAML value against the field's type, converting ints to floats where expected."""
     origin = get_origin(hint)
@@ -252,7 +257,7 @@ def _coerce(name: str, hint: Any, value: Any) -> Any:
     if origin is list:
         (item,) = get_args(hint)
         if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
+            value = comma_list(value)
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{name}: expected a list, got {value!r}")
         return [_coerce(name, item, v) for v in value]

@@ -110,6 +110,11 @@ def eval_decode_side(img_size: int, crop_pct: float) -> int:
     return int(img_size / crop_pct) + 1
 
 
+def eval_decode_side_for(meta: dict, img_size: int) -> int:
+    """:func:`eval_decode_side` for a checkpoint's metadata (its ``crop_pct``)."""
+    return eval_decode_side(img_size, meta.get("crop_pct", 1.0))
+
+
 def eval_transform_for(meta: dict, img_size: int) -> v2.Compose:
     """The evaluation pipeline a checkpoint's metadata describes (``mean``, ``std``, ``crop_pct``)."""
     return build_eval_transform(img_size, meta["mean"], meta["std"], meta.get("crop_pct", 1.0))

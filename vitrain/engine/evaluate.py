@@ -161,7 +161,7 @@ def evaluate_checkpoint(source: str | Path, data: str | None = None, *, split: s
     """
     from ..checkpoint import load_model, resolve_checkpoint_path
     from ..data.sources import load_split
-    from ..data.transforms import TransformedDataset, eval_decode_side, eval_transform_for
+    from ..data.transforms import TransformedDataset, eval_decode_side_for, eval_transform_for
     from ..report import plot_confusion_matrix, write_report
 
     started = time.perf_counter()
@@ -183,7 +183,7 @@ def evaluate_checkpoint(source: str | Path, data: str | None = None, *, split: s
             f"--test-fraction {options['test_fraction']} --split-seed {options['split_seed']}")
     target_map = match_classes(classes, data_classes)
     if hasattr(dataset, "max_side"):  # big JPEGs decode as in training's evaluation
-        dataset.max_side = eval_decode_side(model.config.img_size, model.meta.get("crop_pct", 1.0))
+        dataset.max_side = eval_decode_side_for(model.meta, model.config.img_size)
     loader = DataLoader(TransformedDataset(dataset, eval_transform_for(model.meta, model.config.img_size), target_map),
                         batch_size=batch_size, num_workers=workers)
     result = evaluate(model, loader, device, len(classes))

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ..checkpoint import load_model, resolve_checkpoint_path
-from ..data.transforms import eval_decode_side
+from ..data.transforms import eval_decode_side_for
 
 FORMATS = ("onnx", "torchscript")
 PARITY_TOLERANCE = 1e-3
@@ -22,7 +22,7 @@ class ExportError(RuntimeError):
 
 def _preprocessing(model) -> dict:
     cfg = model.config
-    side = eval_decode_side(cfg.img_size, model.meta.get("crop_pct", 1.0))
+    side = eval_decode_side_for(model.meta, cfg.img_size)
     return {
         "input": f"float32 (batch, {cfg.in_chans}, {cfg.img_size}, {cfg.img_size}), RGB order" if cfg.in_chans == 3
         else f"float32 (batch, 1, {cfg.img_size}, {cfg.img_size}), grayscale",

@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from ..checkpoint import load_model
 from ..data.images import ImageReadError, convert_channels, is_image_file, read_image, upright
-from ..data.transforms import eval_decode_side, eval_transform_for
+from ..data.transforms import eval_decode_side_for, eval_transform_for
 from .attention import attention_rollout_maps
 
 RIGHT, WRONG, NEUTRAL = (30, 160, 60), (210, 40, 40), (40, 40, 40)
@@ -87,7 +87,7 @@ def predict_files(source: str | Path, inputs: Sequence[str], *, top_k: int = 5, 
     model = load_model(source).to(device)
     classes = list(model.meta["classes"])
     transform = eval_transform_for(model.meta, model.config.img_size)
-    max_side = eval_decode_side(model.config.img_size, model.meta.get("crop_pct", 1.0))  # as training evaluated
+    max_side = eval_decode_side_for(model.meta, model.config.img_size)  # as training evaluated
     k = max(1, min(top_k, len(classes)))
     paths, failed = collect_inputs(inputs)
     result = PredictResult(failed=failed, meta=dict(model.meta))
