@@ -283,13 +283,31 @@ def test_eval_of_a_run_trained_on_some_classes_uses_its_classes_and_test_split(t
     assert main(["eval", str(run), "--out", str(tmp_path / "own")]) == 0  # its data, its classes, its test split
     own = json.loads((tmp_path / "own" / "report.json").read_text())
     assert own["images"] == training["images"] == 4 and own["confusion_matrix"] == training["confusion_matrix"]
-    assert main(["eval", str(run), "--data", str(data), "--split", "test"]) == 2
+    capsys.readouterr()
+    assert main(["eval", str(run), "--data", str(data), "--split", "test", "--out", str(tmp_path / "same")]) == 0
+    assert "in its order, as its training run carved its splits; leaving out dog" in capsys.readouterr().out
+    same = json.loads((tmp_path / "same" / "report.json").read_text())
+    assert same["confusion_matrix"] == training["confusion_matrix"] and same["classes"] == ["fox", "cat"]
+    other = shutil.copytree(data, tmp_path / "other-pets")  # not the run's data: no silent restriction
+    assert main(["eval", str(run), "--data", str(other), "--split", "test"]) == 2
     err = capsys.readouterr().err
     assert "does not know: dog" in err and "with --classes fox,cat" in err  # the run's order carves its splits
-    assert main(["eval", str(run), "--data", str(data), "--split", "test", "--classes", "fox,cat",
-                 "--out", str(tmp_path / "given")]) == 0
+    assert main(["eval", str(run), "--data", str(other), "--split", "test", "--classes", "fox,cat",
+                 "--test-fraction", "0.2", "--out", str(tmp_path / "given")]) == 0
     given = json.loads((tmp_path / "given" / "report.json").read_text())
     assert given["confusion_matrix"] == training["confusion_matrix"]
+
+
+def test_eval_on_digits_does_not_claim_split_options_it_ignores(tmp_path, capsys):
+    from vitrain.models import create_model
+    model = create_model("vit-digits", num_classes=10)
+    model.meta = {"classes": [str(i) for i in range(10)], "mean": [0.3], "std": [0.2], "crop_pct": 1.0,
+                  "data": "digits", "split": {"val_fraction": 0.25, "test_fraction": 0.3, "split_seed": 4}}
+    save_model(tmp_path / "digits.safetensors", model)
+    assert main(["eval", str(tmp_path / "digits.safetensors"), "--data", "digits", "--out", str(tmp_path / "ev")]) == 0
+    assert "split options" not in capsys.readouterr().out  # digits has one fixed 70/10/20 split
+    report = json.loads((tmp_path / "ev" / "report.json").read_text())
+    assert report["split"] == "test" and report["images"] == 359 and "split_options" not in report
 
 
 def test_eval_on_a_folder_holding_one_class_folder(trained, tmp_path):

@@ -155,8 +155,9 @@ def evaluate_checkpoint(source: str | Path, data: str | None = None, *, split: s
 
     Without ``data``, the checkpoint's own training data restricted to its classes (as a
     run trained with ``--classes`` saw it), and by default its test split (validation where
-    there is none), carved as in training. ``classes`` keeps only those classes of the data.
-    Writes ``report.json``, ``confusion_matrix.png`` (counts) and
+    there is none), carved as in training. ``classes`` keeps only those classes of the data;
+    without it, data that the checkpoint was trained on is restricted to the checkpoint's
+    classes (in its order) when it holds them all. Writes ``report.json``, ``confusion_matrix.png`` (counts) and
     ``confusion_matrix_normalized.png`` (row rates) into ``out`` and returns the report.
     """
     from ..checkpoint import load_model, resolve_checkpoint_path
@@ -176,9 +177,22 @@ def evaluate_checkpoint(source: str | Path, data: str | None = None, *, split: s
         wanted = wanted or classes
         log(f"data: {data}, the checkpoint's training data")
     options, from_run = split_options(model.meta, data, data_options)
-    dataset, data_classes, which = load_split(data, split, channels=model.config.in_chans, classes=wanted,
-                                              whole_flat_folder=not own, **{**data_options, **options})
-    if from_run and which != "all images" and options != SPLIT_DEFAULTS:
+
+    def load(keep: list[str] | None) -> tuple[Any, list[str], str]:
+        return load_split(data, split, channels=model.config.in_chans, classes=keep, whole_flat_folder=not own,
+                          **{**data_options, **options})
+
+    dataset, data_classes, which = load(wanted)
+    if (not wanted and data_classes != classes and set(classes) <= set(data_classes)
+            and _same_data(model.meta.get("data"), data)):
+        # the run's own data with more classes, or in another order: a run trained with
+        # --classes carved its splits from its classes in its order, so evaluate on those
+        extra = [c for c in data_classes if c not in classes]
+        log(f"classes: the checkpoint's {len(classes)}, in its order, as its training run carved its splits"
+            + (f"; leaving out {', '.join(extra)}" if extra else ""))
+        dataset, data_classes, which = load(classes)
+    fixed = data.lower() == "digits"  # a fixed split: the fractions and seed change nothing
+    if from_run and not fixed and which != "all images" and options != SPLIT_DEFAULTS:
         log(f"split options of the training run: --val-fraction {options['val_fraction']} "
             f"--test-fraction {options['test_fraction']} --split-seed {options['split_seed']}")
     target_map = match_classes(classes, data_classes)
@@ -196,7 +210,7 @@ def evaluate_checkpoint(source: str | Path, data: str | None = None, *, split: s
                           normalized=True)
     report = {
         "checkpoint": str(checkpoint), "data": data, "split": which,
-        **({} if which == "all images" else {"split_options": options}), "images": int(len(result.targets)),
+        **({} if which == "all images" or fixed else {"split_options": options}), "images": int(len(result.targets)),
         "classes": classes, "accuracy": result.accuracy, "top5": result.top5, "loss": result.loss,
         "per_class": per_class_report(result, classes), "confusion_matrix": matrix.tolist(),
         "seconds": round(time.perf_counter() - started, 2),
