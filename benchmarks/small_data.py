@@ -5,7 +5,10 @@ Two datasets, each trained twice per seed with the same total wall-clock budget:
 * ``scratch``: ``--recipe small-data --pretrain none``: the same model, augmentation and
   optimizer, trained on the labels for the whole budget;
 * ``pretrain + fine-tune``: ``--recipe small-data`` (half the budget pretraining on the
-  training images without labels, half fine-tuning).
+  training images without labels, half fine-tuning);
+* ``labels first + fine-tune`` (``--arms ...,labels-first``, a control): the same two stages
+  with labels in both, the first at the pretrain arm's small input. It separates what the
+  instance task gives from what a cheap small-input first stage gives.
 
 flowers17 runs at 64 px (1,360 images; a seeded stratified split). ``cifar10-2040`` is a
 stratified 2,040-image subset of CIFAR-10's training set (204 per class, seed 0) at 32 px,
@@ -21,6 +24,7 @@ On a GPU the runs use it (vitrain's ``--device auto``), and the table's machine 
     python benchmarks/small_data.py --minutes 15 --only flowers17 --arms pretrain \
         --pretrain-flags="--pretrain-img-size 64"     # an ablation of the recipe's first stage
     python benchmarks/small_data.py --minutes 15 --flags="--stem patch"   # both arms: a plain ViT
+    python benchmarks/small_data.py --minutes 15 --arms scratch,pretrain,labels-first   # and the control
     python benchmarks/small_data.py --write-subset gpu/cifar10-2040.tar    # then, on the GPU machine:
     python benchmarks/small_data.py --minutes 4 --only cifar10-2040 --datasets gpu
 """
@@ -40,6 +44,7 @@ from accuracy import DATASETS, ROOT, machine_line, markdown_table, save_results,
 
 CACHE = ROOT / "runs" / "cache"
 SUBSET_PER_CLASS = 204
+ARMS = {"scratch": "scratch", "pretrain": "pretrain + fine-tune", "labels-first": "labels first + fine-tune"}
 
 
 def cifar10_subset(datasets: Path = DATASETS) -> Path:
@@ -95,13 +100,35 @@ def run(data: Path, recipe: str, minutes: float, seed: int, extra: list[str], ou
     return result
 
 
+def run_labels_first(data: Path, minutes: float, seed: int, extra: list[str], img_size: int, out: Path) -> dict:
+    """The control arm: the recipe's two stages with labels in both (``--pretrain none``).
+
+    The first half of the budget trains on the labels at ``img_size`` (the small input of
+    the pretrain arm's first stage); the second half fine-tunes that run (``--init``) at the
+    full size, as the pretrain arm does. What this arm gains over ``scratch`` is the cheap
+    small-input stage; what the pretrain arm gains over this arm is the instance task."""
+    common = ["--recipe", "small-data", "--data", str(data), "--seed", str(seed), *extra, "--pretrain", "none"]
+    first_out = out.with_name(out.name + "-first")
+    first = train_report(first_out, [*common, "--time-budget", str(minutes / 2), "--img-size", str(img_size)])
+    second = train_report(out, [*common, "--time-budget", str(minutes / 2), "--init", str(first_out)])
+    return {"test_accuracy": second["test"]["accuracy"], "test_images": second["test"]["images"],
+            "total_seconds": round(first["total_seconds"] + second["total_seconds"], 2),
+            "train_images": second["splits"]["train"], "fine_tune_steps": second["time_budget"]["done_steps"],
+            "first_steps": first["time_budget"]["done_steps"], "first_img_size": img_size,
+            "first_val_accuracy": round(first["val"]["accuracy"], 4)}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=30.0, help="total minutes per run (30)")
     parser.add_argument("--seeds", default="0", help="comma-separated seeds (0)")
     parser.add_argument("--only", choices=["flowers17", "cifar10-2040"], action="append")
-    parser.add_argument("--arms", default="scratch,pretrain", help="which of scratch,pretrain to run (both)")
+    parser.add_argument("--arms", default="scratch,pretrain",
+                        help="which of scratch,pretrain,labels-first to run (scratch,pretrain); labels-first is "
+                             "the control: both stages supervised, the first at --labels-first-img-size")
+    parser.add_argument("--labels-first-img-size", type=int, default=32, metavar="PX",
+                        help="the labels-first arm's first-stage input (32, the recipe's --pretrain-img-size)")
     parser.add_argument("--pretrain-flags", default="",
                         help="extra vitrain train flags for the pretrain arm (an ablation; named in the table)")
     parser.add_argument("--flags", default="",
@@ -115,8 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.write_subset:
         write_subset(args.write_subset, args.datasets)
         return 0
-    if not set(args.arms.split(",")) <= {"scratch", "pretrain"}:
-        parser.error(f"--arms: expected scratch and/or pretrain, got {args.arms}")
+    if not set(args.arms.split(",")) <= {"scratch", "pretrain", "labels-first"}:
+        parser.error(f"--arms: expected some of scratch,pretrain,labels-first, got {args.arms}")
     if not args.datasets.is_dir():
         print(f"benchmarks/small_data.py needs the archives in {args.datasets}", file=sys.stderr)
         return 2
@@ -128,13 +155,16 @@ def main(argv: list[str] | None = None) -> int:
         extra = [*extra, *args.flags.split()]
         data = source()
         for seed in [int(s) for s in args.seeds.split(",")]:
-            arms = {"scratch": ("scratch", ["--pretrain", "none"]),
-                    "pretrain": ("pretrain + fine-tune", args.pretrain_flags.split())}
+            arms = {"scratch": ["--pretrain", "none"], "pretrain": args.pretrain_flags.split(), "labels-first": []}
             for tag in args.arms.split(","):
-                label, flags = arms[tag]
+                label, flags = ARMS[tag], arms[tag]
                 shown = [*args.flags.split(), *(flags if tag == "pretrain" else [])]  # not --pretrain none
-                result = run(data, "small-data", args.minutes, seed, [*extra, *flags],
-                             args.out / f"{name}-{tag}{''.join(shown).replace('-', '')}-seed{seed}")
+                folder = args.out / f"{name}-{tag}{''.join(shown).replace('-', '')}-seed{seed}"
+                if tag == "labels-first":
+                    shown.append(f"--labels-first-img-size {args.labels_first_img_size}")
+                    result = run_labels_first(data, args.minutes, seed, extra, args.labels_first_img_size, folder)
+                else:
+                    result = run(data, "small-data", args.minutes, seed, [*extra, *flags], folder)
                 rows.append({"dataset": name, "method": label, "flags": " ".join(shown), "seed": seed, **result})
     lines = [f"Command: `python benchmarks/small_data.py {shlex.join(argv)}`  ",
              f"{machine_line()}; {args.minutes:g} min per run in all", "",
@@ -145,14 +175,19 @@ def main(argv: list[str] | None = None) -> int:
                    f"{r['test_accuracy']:.4f}", r["train_images"], r["test_images"],
                    f"{r['pretrain_steps']} ({r['pretrain_loss']}, {r['instance_accuracy']}"
                    + (f"; kNN {r['knn_before']} -> {r['knn_after']})" if "knn_after" in r else ")")
-                   if "pretrain_steps" in r else "-", r["fine_tune_steps"], r["total_seconds"]] for r in rows])]
+                   if "pretrain_steps" in r else
+                   f"{r['first_steps']} supervised at {r['first_img_size']} px (val acc. {r['first_val_accuracy']})"
+                   if "first_steps" in r else "-", r["fine_tune_steps"], r["total_seconds"]] for r in rows])]
     for name in dict.fromkeys(r["dataset"] for r in rows):
-        if len({r["method"] for r in rows if r["dataset"] == name}) < 2:
+        ran = [label for label in ARMS.values() if any(r["dataset"] == name and r["method"] == label for r in rows)]
+        if len(ran) < 2:
             continue
         means = {m: statistics.mean(r["test_accuracy"] for r in rows if r["dataset"] == name and r["method"] == m)
-                 for m in ("scratch", "pretrain + fine-tune")}
-        lines.append(f"\n{name}: mean test accuracy, scratch {means['scratch']:.4f}, pretrain + fine-tune "
-                     f"{means['pretrain + fine-tune']:.4f} ({100 * (means['pretrain + fine-tune'] - means['scratch']):+.1f} points)")
+                 for m in ran}
+        base = ran[0]
+        lines.append(f"\n{name}: mean test accuracy, " + ", ".join(
+            f"{m} {means[m]:.4f}" + (f" ({100 * (means[m] - means[base]):+.1f} points)" if m != base else "")
+            for m in ran))
     save_results(args.out, "small_data", "\n".join(lines) + "\n", rows)
     return 0
 
