@@ -84,13 +84,18 @@ def write_subset(path: Path, datasets: Path = DATASETS) -> None:
     print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
 
 
+def _columns(report: dict) -> dict:
+    """What every arm reports, from the report.json of its last (supervised) stage."""
+    return {"test_accuracy": report["test"]["accuracy"], "test_images": report["test"]["images"],
+            "total_seconds": report["total_seconds"], "train_images": report["splits"]["train"],
+            "fine_tune_steps": report["time_budget"]["done_steps"]}
+
+
 def run(data: Path, recipe: str, minutes: float, seed: int, extra: list[str], out: Path) -> dict:
     """One ``vitrain train`` run in a fresh process; its test accuracy and sizes from report.json."""
     report = train_report(out, ["--recipe", recipe, "--data", str(data), "--time-budget", str(minutes),
                                 "--seed", str(seed), *extra])
-    result = {"test_accuracy": report["test"]["accuracy"], "test_images": report["test"]["images"],
-              "total_seconds": report["total_seconds"], "train_images": report["splits"]["train"],
-              "fine_tune_steps": report["time_budget"]["done_steps"]}
+    result = _columns(report)
     if "pretraining" in report:
         stage = report["pretraining"]
         result.update(pretrain_steps=stage["steps"], pretrain_loss=round(stage["final_loss"], 4),
@@ -111,9 +116,7 @@ def run_labels_first(data: Path, minutes: float, seed: int, extra: list[str], im
     first_out = out.with_name(out.name + "-first")
     first = train_report(first_out, [*common, "--time-budget", str(minutes / 2), "--img-size", str(img_size)])
     second = train_report(out, [*common, "--time-budget", str(minutes / 2), "--init", str(first_out)])
-    return {"test_accuracy": second["test"]["accuracy"], "test_images": second["test"]["images"],
-            "total_seconds": round(first["total_seconds"] + second["total_seconds"], 2),
-            "train_images": second["splits"]["train"], "fine_tune_steps": second["time_budget"]["done_steps"],
+    return {**_columns(second), "total_seconds": round(first["total_seconds"] + second["total_seconds"], 2),
             "first_steps": first["time_budget"]["done_steps"], "first_img_size": img_size,
             "first_val_accuracy": round(first["val"]["accuracy"], 4)}
 
@@ -149,13 +152,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     datasets = {"flowers17": (lambda: args.datasets / "flowers17.tar", ["--img-size", "64"]),
                 "cifar10-2040": (lambda: cifar10_subset(args.datasets), ["--img-size", "32"])}
+    arms = {"scratch": ["--pretrain", "none"], "pretrain": args.pretrain_flags.split(), "labels-first": []}
     rows = []
     for name in args.only or list(datasets):
         source, extra = datasets[name]
         extra = [*extra, *args.flags.split()]
         data = source()
         for seed in [int(s) for s in args.seeds.split(",")]:
-            arms = {"scratch": ["--pretrain", "none"], "pretrain": args.pretrain_flags.split(), "labels-first": []}
             for tag in args.arms.split(","):
                 label, flags = ARMS[tag], arms[tag]
                 shown = [*args.flags.split(), *(flags if tag == "pretrain" else [])]  # not --pretrain none
