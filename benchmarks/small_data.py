@@ -7,8 +7,9 @@ Two datasets, each trained twice per seed with the same total wall-clock budget:
 * ``pretrain + fine-tune``: ``--recipe small-data`` (half the budget pretraining on the
   training images without labels, half fine-tuning);
 * ``labels first + fine-tune`` (``--arms ...,labels-first``, a control): the same two stages
-  with labels in both, the first at the pretrain arm's small input. It separates what the
-  instance task gives from what a cheap small-input first stage gives.
+  with labels in both, the first at the pretrain arm's small input (``--recipe small-data
+  --pretrain labels``). It separates what the instance task gives from what a cheap
+  small-input first stage gives.
 
 flowers17 runs at 64 px (1,360 images; a seeded stratified split). ``cifar10-2040`` is a
 stratified 2,040-image subset of CIFAR-10's training set (204 per class, seed 0) at 32 px,
@@ -96,29 +97,16 @@ def run(data: Path, recipe: str, minutes: float, seed: int, extra: list[str], ou
     report = train_report(out, ["--recipe", recipe, "--data", str(data), "--time-budget", str(minutes),
                                 "--seed", str(seed), *extra])
     result = _columns(report)
-    if "pretraining" in report:
-        stage = report["pretraining"]
+    stage = report.get("pretraining")
+    if stage is not None and "instance_accuracy" in stage:
         result.update(pretrain_steps=stage["steps"], pretrain_loss=round(stage["final_loss"], 4),
                       instance_accuracy=round(stage["instance_accuracy"], 4))
         if "knn" in stage:  # --pretrain-flags="--knn-every N"
             result.update(knn_before=round(stage["knn"]["before"], 4), knn_after=round(stage["knn"]["val_accuracy"], 4))
+    elif stage is not None:  # a first stage on the labels (--pretrain labels)
+        result.update(first_steps=stage["time_budget"]["done_steps"], first_img_size=stage["model"]["img_size"],
+                      first_val_accuracy=round(stage["val"]["accuracy"], 4))
     return result
-
-
-def run_labels_first(data: Path, minutes: float, seed: int, extra: list[str], img_size: int, out: Path) -> dict:
-    """The control arm: the recipe's two stages with labels in both (``--pretrain none``).
-
-    The first half of the budget trains on the labels at ``img_size`` (the small input of
-    the pretrain arm's first stage); the second half fine-tunes that run (``--init``) at the
-    full size, as the pretrain arm does. What this arm gains over ``scratch`` is the cheap
-    small-input stage; what the pretrain arm gains over this arm is the instance task."""
-    common = ["--recipe", "small-data", "--data", str(data), "--seed", str(seed), *extra, "--pretrain", "none"]
-    first_out = out.with_name(out.name + "-first")
-    first = train_report(first_out, [*common, "--time-budget", str(minutes / 2), "--img-size", str(img_size)])
-    second = train_report(out, [*common, "--time-budget", str(minutes / 2), "--init", str(first_out)])
-    return {**_columns(second), "total_seconds": round(first["total_seconds"] + second["total_seconds"], 2),
-            "first_steps": first["time_budget"]["done_steps"], "first_img_size": img_size,
-            "first_val_accuracy": round(first["val"]["accuracy"], 4)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -152,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     datasets = {"flowers17": (lambda: args.datasets / "flowers17.tar", ["--img-size", "64"]),
                 "cifar10-2040": (lambda: cifar10_subset(args.datasets), ["--img-size", "32"])}
-    arms = {"scratch": ["--pretrain", "none"], "pretrain": args.pretrain_flags.split(), "labels-first": []}
+    arms = {"scratch": ["--pretrain", "none"], "pretrain": args.pretrain_flags.split(),
+            "labels-first": ["--pretrain", "labels", "--pretrain-img-size", str(args.labels_first_img_size)]}
     rows = []
     for name in args.only or list(datasets):
         source, extra = datasets[name]
@@ -165,9 +154,7 @@ def main(argv: list[str] | None = None) -> int:
                 folder = args.out / f"{name}-{tag}{''.join(shown).replace('-', '')}-seed{seed}"
                 if tag == "labels-first":
                     shown.append(f"--labels-first-img-size {args.labels_first_img_size}")
-                    result = run_labels_first(data, args.minutes, seed, extra, args.labels_first_img_size, folder)
-                else:
-                    result = run(data, "small-data", args.minutes, seed, [*extra, *flags], folder)
+                result = run(data, "small-data", args.minutes, seed, [*extra, *flags], folder)
                 rows.append({"dataset": name, "method": label, "flags": " ".join(shown), "seed": seed, **result})
     lines = [f"Command: `python benchmarks/small_data.py {shlex.join(argv)}`  ",
              f"{machine_line()}; {args.minutes:g} min per run in all", "",

@@ -166,6 +166,58 @@ def test_the_first_stage_can_run_at_a_smaller_input_size(flat_folder, tmp_path, 
         capsys.readouterr().out
 
 
+def test_a_labels_first_stage_trains_small_then_fine_tunes_at_full_size(flat_folder, tmp_path, tiny_args, capsys):
+    # --pretrain labels: the first stage is supervised training at 8 px, the second continues it at 16 px
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(flat_folder), *tiny_args, "--epochs", "4", "--pretrain", "labels",
+                 "--pretrain-img-size", "8", "--out", str(run)]) == 0
+    report = json.loads((run / "report.json").read_text())
+    first = report["pretraining"]
+    assert first["model"]["img_size"] == 8 and report["model"]["img_size"] == 16
+    assert first["epochs"] == 2 and report["epochs"] == 2 and 0 <= first["test"]["accuracy"] <= 1
+    assert (run / "pretrain" / "best.safetensors").is_file() and not (run / "pretrain" / "backbone.safetensors").exists()
+    assert f"pretrained: {run / 'pretrain'}" in (run / "config.yaml").read_text()
+    first_weights = load_file(str(run / "pretrain" / "best.safetensors"))
+    tuned = load_file(str(run / "best.safetensors"))
+    assert first_weights["pos_embed"].shape == (1, 1 + 2 * 2, 32) and tuned["pos_embed"].shape == (1, 1 + 4 * 4, 32)
+    assert "note: the first (labels) stage runs at --img-size" not in capsys.readouterr().out
+    # the options of the instance task are refused by name, not ignored
+    assert main(["train", "--data", str(flat_folder), *tiny_args, "--pretrain", "labels", "--views", "4",
+                 "--pretrain-mixup", "0.2", "--out", str(tmp_path / "x")]) == 2
+    assert "--views, --pretrain-mixup only apply to --pretrain instance-discrimination" in capsys.readouterr().err
+    # and vitrain pretrain has one method
+    (tmp_path / "labels.yaml").write_text("pretrain: labels\n")
+    assert main(["pretrain", "--data", str(flat_folder), *tiny_args, "--config", str(tmp_path / "labels.yaml"),
+                 "--out", str(tmp_path / "y")]) == 2
+    assert "a first stage on the labels is vitrain train --pretrain labels" in capsys.readouterr().err
+
+
+def test_a_preset_model_fine_tunes_at_its_own_size_after_a_smaller_first_stage(flat_folder, tmp_path):
+    # a preset name is the first stage's model; the second stage takes its weights (no "leave --model
+    # out" refusal after a whole first stage) and, without --img-size, the preset's own input size
+    args = ["train", "--data", str(flat_folder), "--model", "vit-digits", "--epochs", "2", "--batch-size", "8",
+            "--workers", "0", "--no-progress"]
+    for method in ("labels", "instance-discrimination"):
+        run = tmp_path / method
+        assert main([*args, "--pretrain", method, "--pretrain-img-size", "4", "--out", str(run)]) == 0, method
+        report = json.loads((run / "report.json").read_text())
+        assert report["pretraining"]["model"]["img_size"] == 4 and report["model"]["img_size"] == 8, method
+
+
+def test_a_first_stage_of_another_kind_leaves_nothing_behind(flat_folder, tmp_path, tiny_args):
+    # --overwrite with the other --pretrain: the second stage must load the new first stage's weights,
+    # never a best.safetensors the old supervised first stage left in OUT/pretrain
+    run = tmp_path / "run"
+    args = ["train", "--data", str(flat_folder), *tiny_args, "--out", str(run)]
+    assert main([*args, "--pretrain", "labels", "--pretrain-img-size", "8"]) == 0
+    assert main([*args, "--pretrain", "instance-discrimination", "--overwrite"]) == 0
+    left = {p.name for p in (run / "pretrain").glob("*.safetensors")}
+    assert "backbone.safetensors" in left and not left & {"best.safetensors", "last.safetensors"}
+    assert json.loads((run / "report.json").read_text())["pretraining"]["model"]["img_size"] == 16
+    assert main([*args, "--pretrain", "labels", "--pretrain-img-size", "8", "--overwrite"]) == 0
+    assert not (run / "pretrain" / "backbone.safetensors").exists()
+
+
 def test_a_dynamic_size_model_is_the_model_built_for_that_size():
     from vitrain.models.vit import ViTConfig, VisionTransformer
 
@@ -323,16 +375,24 @@ def test_an_interrupted_pretraining_resumes_to_the_same_backbone(flat_folder, tm
     assert main(["pretrain", "--resume", str(tmp_path / "nothing")]) == 2
 
 
-def test_a_chained_run_resumes_in_either_stage(flat_folder, tmp_path, tiny_args, monkeypatch, capsys):
+@pytest.mark.parametrize("method", ["instance-discrimination", "labels"])
+def test_a_chained_run_resumes_in_either_stage(flat_folder, tmp_path, tiny_args, monkeypatch, capsys, method):
     from vitrain.engine import pretrain as pretrain_module
     from vitrain.engine import train as train_module
 
-    args = ["train", "--data", str(flat_folder), *tiny_args, "--epochs", "4", "--pretrain", "instance-discrimination"]
+    args = ["train", "--data", str(flat_folder), *tiny_args, "--epochs", "4", "--pretrain", method]
+    if method == "labels":
+        args += ["--pretrain-img-size", "8"]
     assert main([*args, "--out", str(tmp_path / "reference")]) == 0
     reference = load_file(str(tmp_path / "reference" / "last.safetensors"))
 
-    for stage, (module, name, call) in {"first": (pretrain_module, "instance_loss", 5),  # pretraining epoch 2
-                                        "second": (train_module, "metrics_csv_bytes", 1)}.items():  # after epoch 1
+    interrupts = {  # (module, function, which call raises); train writes metrics.csv once per epoch
+        "instance-discrimination": {"first": (pretrain_module, "instance_loss", 5),  # pretraining epoch 2
+                                    "second": (train_module, "metrics_csv_bytes", 1)},  # after epoch 1
+        "labels": {"first": (train_module, "metrics_csv_bytes", 2),  # the first stage's epoch 2
+                   "second": (train_module, "metrics_csv_bytes", 3)},  # the second stage's epoch 1
+    }[method]
+    for stage, (module, name, call) in interrupts.items():
         run = tmp_path / stage
         with monkeypatch.context() as patch:
             _interrupt_at(patch, module, name, call)

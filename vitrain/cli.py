@@ -18,10 +18,11 @@ RESUME_OVERRIDABLE = {"device", "workers", "progress", "data_root", "download", 
 PRETRAIN_UNUSED = ("ema", "label_smoothing", "dedupe", "augment", "crop", "crop_scale", "crop_ratio", "crop_pct",
                    "random_erasing", "in_memory", "best_metric", "pretrained", "freeze", "head",
                    "head_lr", "pretrain_share", "pretrain_mixup", "pretrain_cutmix", "pretrain_img_size")
+# options of the instance-discrimination task, which `vitrain train --pretrain labels` has no use for
+INSTANCE_ONLY = ("views", "infonce", "temperature", "instance_smoothing", "instance_init", "pretrain_crop_scale",
+                 "local_crops", "local_crop_size", "local_crop_scale", "knn_every", "pretrain_mixup", "pretrain_cutmix")
 # options of the first stage that `vitrain train` without --pretrain has no use for
-PRETRAIN_ONLY = ("pretrain_share", "views", "infonce", "temperature", "instance_smoothing", "instance_init",
-                 "pretrain_crop_scale", "local_crops", "local_crop_size", "local_crop_scale", "knn_every",
-                 "pretrain_mixup", "pretrain_cutmix", "pretrain_img_size")
+PRETRAIN_ONLY = ("pretrain_share", *INSTANCE_ONLY, "pretrain_img_size")
 
 
 def _add_train_arguments(p: argparse.ArgumentParser) -> None:
@@ -75,9 +76,11 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="start from a `vitrain pretrain` folder (or any run): the same as --pretrained DIR")
 
     g = p.add_argument_group("small-data pretraining (see `vitrain pretrain`)")
-    g.add_argument("--pretrain", choices=["instance-discrimination", "none"], default=S,
-                   help="first pretrain on the training images without labels, then fine-tune (two stages, one "
-                   "run); none: skip that stage, e.g. to compare with --recipe small-data")
+    g.add_argument("--pretrain", choices=["instance-discrimination", "labels", "none"], default=S,
+                   help="a first stage before training, in the same run: instance-discrimination pretrains on the "
+                   "training images without labels; labels trains on the labels at --pretrain-img-size (a cheap "
+                   "small-input stage); the second stage fine-tunes that model at --img-size. none: skip that "
+                   "stage, e.g. to compare with --recipe small-data")
     g.add_argument("--pretrain-share", type=float, default=S,
                    help="the first stage's share of --time-budget, or of --epochs (0.5)")
     g.add_argument("--views", type=int, default=S, help="augmented views of each image per pretraining step (2)")
@@ -107,7 +110,8 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="CutMix alpha between instances in the first stage of --pretrain (0: off; `vitrain "
                    "pretrain` uses --cutmix)")
     g.add_argument("--pretrain-img-size", type=int, default=S, metavar="PX",
-                   help="input size of the first stage of --pretrain (default: --img-size); the second stage "
+                   help="input size of the first stage of --pretrain, instance-discrimination or labels (default: "
+                   "--img-size); the second stage "
                    "resamples the position embeddings to --img-size (`vitrain pretrain` uses --img-size)")
 
     g = p.add_argument_group("augmentation and preprocessing")
@@ -444,8 +448,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise ConfigError("vitrain pretrain does not use " + ", ".join(
                     "--" + name.replace("_", "-") for name in unused) + " (options of vitrain train; the "
                     "pretraining crops are --pretrain-crop-scale, its input size --img-size)")
+            if cfg.pretrain == "labels":
+                raise ConfigError("vitrain pretrain's method is instance-discrimination; a first stage on the "
+                                  "labels is vitrain train --pretrain labels")
             pretrain(cfg, resume=resume)
         elif cfg.pretrain:
+            unused = [name for name in INSTANCE_ONLY if name in vars(args)] if cfg.pretrain == "labels" else []
+            if unused:
+                raise ConfigError(", ".join("--" + name.replace("_", "-") for name in unused) + " only apply to "
+                                  "--pretrain instance-discrimination; --pretrain labels trains its first stage "
+                                  "with the training options (--mixup, --crop-scale, ...) at --pretrain-img-size")
             pretrain_then_train(cfg, resume=resume)
         else:
             unused = [name for name in PRETRAIN_ONLY if name in vars(args)]

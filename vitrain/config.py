@@ -53,7 +53,9 @@ class TrainConfig:
     distilled: Optional[bool] = None
     norm_eps: Optional[float] = None
     # small-data pretraining (vitrain pretrain; with `train`, a first stage before fine-tuning)
-    pretrain: Optional[str] = None  # instance-discrimination: pretrain on the training images, then fine-tune
+    # instance-discrimination: pretrain on the training images without labels, then fine-tune; labels:
+    # train on the labels at pretrain_img_size first (a cheap small-input stage), then fine-tune
+    pretrain: Optional[str] = None
     pretrain_share: float = 0.5  # that stage's share of --time-budget (or of --epochs without a budget)
     views: int = 2  # augmented views of each image per step
     infonce: float = 0.0  # weight of an InfoNCE term between two views (0: off; an ablation)
@@ -168,7 +170,8 @@ class TrainConfig:
             (_valid_head(self.head), "--head", "must be linear or mlp:HIDDEN[:DROPOUT], e.g. mlp:512:0.3"),
             (0 < self.layer_decay <= 1, "--layer-decay", "must be in (0, 1] (1 turns it off)"),
             (self.head_lr is None or self.head_lr > 0, "--head-lr", "must be positive"),
-            (self.pretrain in (None, "instance-discrimination"), "--pretrain/--method", "must be instance-discrimination"),
+            (self.pretrain in (None, "instance-discrimination", "labels"), "--pretrain/--method",
+             "must be instance-discrimination or labels (none: no first stage)"),
             (0 < self.pretrain_share < 1, "--pretrain-share", "must be in (0, 1)"),
             (self.views >= 1 and (self.views >= 2 or self.infonce == 0), "--views",
              "must be at least 1 (2 with --infonce)"),

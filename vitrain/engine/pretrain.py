@@ -58,10 +58,11 @@ from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
 
 from ..checkpoint import CheckpointError, CheckpointWriter, load_state, load_weights
-from ..config import FIRST_STAGE, ConfigError, TrainConfig
+from ..config import FIRST_STAGE, ConfigError, TrainConfig, load_config_file
 from ..data import memory
 from ..data.sources import load_data
 from ..data.strong import StrongAugment
+from ..models.registry import resolve_config
 from ..report import metrics_csv_bytes, plot_curves, write_report
 from .optim import build_optimizer, build_scheduler, replan
 from .train import STATE_FILE  # a training run's name for it: the commit point of an epoch, and what --resume needs
@@ -458,14 +459,18 @@ def pretrain(cfg: TrainConfig, resume: bool = False, log=print,
 
 
 def pretrain_then_train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
-    """``vitrain train`` with ``--pretrain instance-discrimination``: pretrain on the training images
-    into ``OUT/pretrain``, then fine-tune from that backbone into ``OUT``.
+    """``vitrain train`` with ``--pretrain``: a first stage into ``OUT/pretrain``, then fine-tuning
+    from that model into ``OUT``. The first stage is instance-discrimination pretraining on the
+    training images (``--pretrain instance-discrimination``), or training on the labels
+    (``--pretrain labels``: the run's own options, at ``pretrain_img_size``; the second stage
+    keeps its classifier and continues at ``img_size`` with a new schedule).
 
     With ``--time-budget`` the first stage gets ``pretrain_share`` of it and the second what is
     left; otherwise the first stage runs ``pretrain_share`` x ``--epochs`` epochs and the second
     the rest. The first stage mixes instances with ``pretrain_mixup``/``pretrain_cutmix`` and runs
     at ``pretrain_img_size`` (default ``img_size``); the second mixes images with
-    ``mixup``/``cutmix`` and resamples the position embeddings when the sizes differ.
+    ``mixup``/``cutmix`` and resamples the position embeddings when the sizes differ. A
+    ``labels`` first stage mixes images with ``mixup``/``cutmix`` too.
 
     ``OUT/config.yaml`` holds the whole run's config until the second stage starts, then that
     stage's (the same, plus ``pretrained: OUT/pretrain`` and its own epochs or budget). So
@@ -473,7 +478,7 @@ def pretrain_then_train(cfg: TrainConfig, resume: bool = False, log=print) -> di
     and then runs the second (with ``1 - pretrain_share`` of the budget), or continues (or
     restarts, if no epoch of it completed) the second.
     """
-    from .train import check_run_dir, default_run_dir, start_run_dir, train
+    from .train import RUN_FILES, check_run_dir, default_run_dir, start_run_dir, train
 
     out = Path(cfg.out or default_run_dir(cfg.data))
     cfg = dataclasses.replace(cfg, out=str(out))
@@ -488,34 +493,50 @@ def pretrain_then_train(cfg: TrainConfig, resume: bool = False, log=print) -> di
         return _merge_reports(out, report, started)
     if cfg.pretrained:
         raise ConfigError(f"--pretrain with --pretrained {cfg.pretrained}: the first stage starts from scratch")
+    labels = cfg.pretrain == "labels"
+    first_stage = {"img_size": cfg.pretrain_img_size} if labels else FIRST_STAGE
     stage = dataclasses.replace(cfg, out=str(out / "pretrain"), overwrite=True, epochs=first_epochs,
                                 time_budget=cfg.time_budget * cfg.pretrain_share if cfg.time_budget else None,
                                 **{own: getattr(cfg, first) for own, first in FIRST_STAGE.items()
-                                   if getattr(cfg, first) is not None})
+                                   if own in first_stage and getattr(cfg, first) is not None})
+    if labels:
+        stage = dataclasses.replace(stage, pretrain=None)
+    run_stage = (lambda c, **kw: train(c, log=log, **kw)) if labels else (lambda c, **kw: pretrain(c, log=log, **kw))
+    name = "first (labels) stage" if labels else "pretraining stage"
     if cfg.pretrain_img_size and cfg.img_size and cfg.pretrain_img_size > cfg.img_size:
-        log(f"note: the pretraining stage runs at --pretrain-img-size {cfg.pretrain_img_size}, larger than "
+        log(f"note: the {name} runs at --pretrain-img-size {cfg.pretrain_img_size}, larger than "
             f"--img-size {cfg.img_size} (a recipe's value?); set --pretrain-img-size to change it")
+    elif labels and not cfg.pretrain_img_size:
+        log("note: the first (labels) stage runs at --img-size, so the two stages differ only in their schedules; "
+            "--pretrain labels is meant with a smaller --pretrain-img-size")
     if resume:
         if (out / "pretrain" / "report.json").is_file():
-            log(f"the pretraining stage in {out / 'pretrain'} is complete; starting the fine-tuning stage")
+            log(f"the {name} in {out / 'pretrain'} is complete; starting the fine-tuning stage")
         elif (out / "pretrain" / STATE_FILE).is_file():
-            pretrain(stage, resume=True, log=log)
+            run_stage(stage, resume=True)
         else:
-            log("no epoch of the pretraining stage completed; starting it again")
-            pretrain(stage, log=log)
+            log(f"no epoch of the {name} completed; starting it again")
+            run_stage(stage)
         remaining = cfg.time_budget * (1 - cfg.pretrain_share) if cfg.time_budget else None
     else:
         check_run_dir(cfg, resume=False)
 
         def start() -> None:  # once the data has loaded: an --overwrite never costs the old run for a typo
             start_run_dir(out)
+            # an earlier first stage of the other kind leaves no file that the second stage could load
+            for old in {*RUN_FILES, *PRETRAIN_FILES}:
+                (out / "pretrain" / old).unlink(missing_ok=True)
             cfg.save(out / "config.yaml")  # what --resume reads should the first stage be interrupted
 
-        pretrain(stage, log=log, on_start=start)
+        run_stage(stage, on_start=start)
         spent = (time.perf_counter() - started) / 60
         remaining = cfg.time_budget - spent if cfg.time_budget else None
+    # the first stage's weights define the model (a preset name would be refused next to them); its
+    # input is --img-size, or the model's own size when the first stage ran at --pretrain-img-size
+    first_model = load_config_file(out / "pretrain" / "config.yaml").get("model", "vit")
     second = dataclasses.replace(cfg, pretrained=str(out / "pretrain"), epochs=max(1, cfg.epochs - first_epochs),
-                                 time_budget=remaining, overwrite=True)
+                                 time_budget=remaining, overwrite=True, model="vit",
+                                 img_size=cfg.img_size or resolve_config(first_model).img_size)
     return _merge_reports(out, train(second, log=log), started)
 
 

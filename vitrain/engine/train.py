@@ -13,7 +13,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -511,11 +511,14 @@ def build_batch_mix(cfg: TrainConfig, num_classes: int) -> v2.Transform | None:
     return mixes[0] if len(mixes) == 1 else v2.RandomChoice(mixes)
 
 
-def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
+def train(cfg: TrainConfig, resume: bool = False, log=print,
+          on_start: Callable[[], None] | None = None) -> dict[str, Any]:
     """Train a ViT as ``cfg`` says and return the report (also written to ``report.json``).
 
     With ``resume``, ``cfg`` must be the run's saved config; training continues after the
     last completed epoch and ends with the same weights as an uninterrupted run (on CPU).
+    ``on_start`` runs once the data has loaded, before anything is written (a chained
+    run's own folder setup).
     """
     started = time.perf_counter()
     cfg.validate()
@@ -542,6 +545,8 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
     if place.main:
         remove_interrupted_writes(out, log)
     if not resume and place.main:
+        if on_start is not None:
+            on_start()
         start_run_dir(out)
         cfg.save(out / "config.yaml", {"data_summary": {"splits": splits.sizes(), "notes": splits.notes,
                                                         "leakage": leakage}})
