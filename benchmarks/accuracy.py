@@ -7,6 +7,8 @@ dataset's test split. The table is printed and written as Markdown and JSON.
     python benchmarks/accuracy.py --budget 15                       # every comparison
     python benchmarks/accuracy.py --budget 15 --only cifar10        # one dataset
     python benchmarks/accuracy.py --budget 15 --only cifar10 --recipes cifar10-vit-tutorial
+    python benchmarks/accuracy.py --budget 15 --only flowers17 --recipes folder-best \
+        --flags="--pretrain labels --pretrain-img-size 32"   # an option on top of the recipes
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS = ROOT.parent / "shared" / "datasets"
@@ -57,11 +60,13 @@ def markdown_table(header: list[str], rows: list[list]) -> list[str]:
         "| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
 
 
-def run_one(dataset: str, recipe: str, budget: float, out: Path) -> dict:
+def run_one(dataset: str, recipe: str, budget: float, out: Path, flags: Sequence[str] = ()) -> dict:
     archive, extra, _ = COMPARISONS[dataset]
+    extra = [*extra, *flags]
     started = time.perf_counter()
-    report = train_report(out / f"{dataset}-{recipe}", ["--recipe", recipe, "--data", str(DATASETS / archive),
-                                                         "--time-budget", str(budget), *extra])
+    folder = out / f"{dataset}-{recipe}{''.join(flags).replace('-', '')}"
+    report = train_report(folder, ["--recipe", recipe, "--data", str(DATASETS / archive),
+                                   "--time-budget", str(budget), *extra])
     return {
         "dataset": dataset, "recipe": recipe, "budget_minutes": budget, "extra_flags": " ".join(extra),
         "test_accuracy": report["test"]["accuracy"], "test_images": report["test"]["images"],
@@ -112,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=float, default=15.0, help="minutes per run (15)")
     parser.add_argument("--only", choices=list(COMPARISONS), action="append", help="datasets to run (all)")
     parser.add_argument("--recipes", help="comma-separated subset of each comparison's recipes")
+    parser.add_argument("--flags", default="",
+                        help="extra vitrain train flags for every run (an option on top of the recipes; in the table)")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "benchmarks" / "accuracy")
     args = parser.parse_args(argv)
     if not DATASETS.is_dir():
@@ -122,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     for dataset in args.only or list(COMPARISONS):
         for recipe in COMPARISONS[dataset][2]:
             if wanted is None or recipe in wanted:
-                rows.append(run_one(dataset, recipe, args.budget, args.out))
+                rows.append(run_one(dataset, recipe, args.budget, args.out, shlex.split(args.flags)))
     save_results(args.out, "accuracy", markdown(rows, args.budget, argv), rows)
     return 0
 
