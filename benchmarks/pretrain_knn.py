@@ -60,7 +60,7 @@ def cifar10_heldout() -> Path:
 @functools.lru_cache(maxsize=2)
 def _images(folder: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """Every image under folder/<class>/ as (N, 3, 32, 32) uint8, with class indices in sorted class order."""
-    dataset, _, _ = load_split(str(folder))  # a folder without split folders: all of its images
+    dataset, _, _, _ = load_split(str(folder))  # a folder without split folders: all of its images
     return memory.decode_all(dataset, 32)
 
 

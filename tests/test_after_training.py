@@ -310,6 +310,24 @@ def test_eval_on_digits_does_not_claim_split_options_it_ignores(tmp_path, capsys
     assert report["split"] == "test" and report["images"] == 359 and "split_options" not in report
 
 
+def test_eval_reports_only_the_split_options_that_carved_the_split(split_folder, tmp_path, capsys):
+    # Training/ and Testing/ folders: the test split is Testing/ whatever the options; the validation
+    # split is carved from Training/ by --val-fraction and --split-seed (never --test-fraction)
+    from vitrain.models import create_model
+    model = create_model("vit", **{k: v for k, v in TINY_MODEL.items() if k != "model"}, num_classes=3)
+    model.meta = {"classes": ["cat", "dog", "fox"], "mean": [0.5] * 3, "std": [0.25] * 3, "crop_pct": 1.0,
+                  "data": str(split_folder), "split": {"val_fraction": 0.3, "test_fraction": 0.2, "split_seed": 2}}
+    save_model(tmp_path / "m.safetensors", model)
+    assert main(["eval", str(tmp_path / "m.safetensors"), "--split", "test", "--out", str(tmp_path / "test")]) == 0
+    assert "split options" not in capsys.readouterr().out
+    report = json.loads((tmp_path / "test" / "report.json").read_text())
+    assert report["split"] == "test" and report["images"] == 12 and "split_options" not in report
+    assert main(["eval", str(tmp_path / "m.safetensors"), "--split", "val", "--out", str(tmp_path / "val")]) == 0
+    assert "split options of the training run: --val-fraction 0.3 --split-seed 2\n" in capsys.readouterr().out
+    report = json.loads((tmp_path / "val" / "report.json").read_text())
+    assert report["split_options"] == {"val_fraction": 0.3, "split_seed": 2} and report["images"] == 9  # 3 per class
+
+
 def test_eval_on_a_folder_holding_one_class_folder(trained, tmp_path):
     run, data = trained
     shutil.copytree(data / "fox", tmp_path / "only-foxes" / "fox")

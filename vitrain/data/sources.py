@@ -17,7 +17,7 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -108,6 +108,9 @@ class DataSplits:
     hflip_ok: bool = True  # whether a horizontal flip keeps the label (not for digits)
     notes: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)  # unreadable files left out: path -> reason
+    # the options that carved these splits, as used (val_fraction, test_fraction, split_seed); empty
+    # where the data's own split folders or a fixed split decide everything (digits)
+    split_options: dict[str, Any] = field(default_factory=dict)
 
     def sizes(self) -> dict[str, int]:
         return {k: len(v) for k, v in (("train", self.train), ("val", self.val), ("test", self.test)) if v is not None}
@@ -223,7 +226,8 @@ def torchvision_splits(name: str, root: Path, download: bool, val_fraction: floa
     val_idx, train_idx = stratified_split(train_all.targets, [val_fraction], split_seed)
     return DataSplits(name, chosen, train_all.channels, train_all.subset(train_idx), train_all.subset(val_idx),
                       test, native_size=int(train_all.images.shape[-1]), hflip_ok=name.startswith(("cifar", "fashion")),
-                      notes=[f"{name}: validation = {val_fraction:.0%} of the official training set (seed {split_seed})"])
+                      notes=[f"{name}: validation = {val_fraction:.0%} of the official training set (seed {split_seed})"],
+                      split_options={"val_fraction": val_fraction, "split_seed": split_seed})
 
 
 # ---------------------------------------------------------------------------- image folders
@@ -366,6 +370,7 @@ def folder_splits(folder: Path, channels: int | None, classes: Sequence[str] | N
     subdirs = _subdirs(root)
     split_dirs = {SPLIT_NAMES[d.name.lower()]: d for d in subdirs if d.name.lower() in SPLIT_NAMES}
     notes: list[str] = []
+    options: dict[str, Any] = {}
     if split_dirs and "train" in split_dirs:
         others = [d.name for d in subdirs if d.name.lower() not in SPLIT_NAMES]
         if others:
@@ -402,6 +407,7 @@ def folder_splits(folder: Path, channels: int | None, classes: Sequence[str] | N
         else:
             val_idx, train_idx = stratified_split(train.targets, [val_fraction], split_seed)
             train, val = train.subset(train_idx), train.subset(val_idx)
+            options = {"val_fraction": val_fraction, "split_seed": split_seed}
             notes.append(f"validation = {val_fraction:.0%} of {split_dirs['train'].name}/ (stratified, seed {split_seed})")
         if test is None:
             notes.append("no test split folder: the final evaluation uses the validation split")
@@ -414,6 +420,7 @@ def folder_splits(folder: Path, channels: int | None, classes: Sequence[str] | N
         train, val, test = full.subset(train_idx), full.subset(val_idx), full.subset(test_idx)
         if len(test) == 0:
             test = None
+        options = {"val_fraction": val_fraction, "test_fraction": test_fraction, "split_seed": split_seed}
         notes.append(f"flat folder: stratified split {1 - val_fraction - test_fraction:.0%}/"
                      f"{val_fraction:.0%}/{test_fraction:.0%} (train/val/test, seed {split_seed})")
     if ignored:
@@ -422,7 +429,7 @@ def folder_splits(folder: Path, channels: int | None, classes: Sequence[str] | N
     if len(val) == 0:
         raise DataError(f"{root}: the validation split is empty; add images or raise --val-fraction")
     return DataSplits(str(folder), chosen, ch, train, val, test, native_size=_typical_size(all_paths), notes=notes,
-                      skipped={str(p): reason for p, reason in bad.items()})
+                      skipped={str(p): reason for p, reason in bad.items()}, split_options=options)
 
 
 # ---------------------------------------------------------------------------- entry point
@@ -476,13 +483,16 @@ def class_counts(dataset: Dataset) -> Counter:
 def load_split(data: str, split: str | None = None, *, channels: int | None = None, data_root: str | Path | None = None,
                download: bool = True, val_fraction: float = 0.1, test_fraction: float = 0.1, split_seed: int = 0,
                cache_dir: Path | None = None, whole_flat_folder: bool = True,
-               classes: Sequence[str] | None = None) -> tuple[Dataset, list[str], str]:
-    """One split of ``data`` to evaluate: (dataset, class names, which split it is), with only
-    ``classes`` (in that order, as ``--classes`` does for training) when given.
+               classes: Sequence[str] | None = None) -> tuple[Dataset, list[str], str, dict[str, Any]]:
+    """One split of ``data`` to evaluate: (dataset, class names, which split it is, the split
+    options that carved it), with only ``classes`` (in that order, as ``--classes`` does for
+    training) when given.
 
     A folder (or archive) without split folders means all of its images unless ``split``
     is given (or ``whole_flat_folder`` is False); otherwise the default is the test split,
-    or validation where there is none.
+    or validation where there is none. The options are those of ``val_fraction``,
+    ``test_fraction`` and ``split_seed`` that decided which images the split holds (see
+    :attr:`DataSplits.split_options`): none for all images, a split folder or digits.
     """
     if split not in (None, "train", "val", "test"):
         raise DataError(f"--split must be train, val or test, got {split!r}")
@@ -493,7 +503,7 @@ def load_split(data: str, split: str | None = None, *, channels: int | None = No
         if not any(d.name.lower() in SPLIT_NAMES for d in _subdirs(root)):
             # evaluating a folder of a single class is legitimate: no minimum class count
             dataset, names, _, _ = _flat_dataset(root, channels, classes, min_classes=1)
-            return dataset, names, "all images"
+            return dataset, names, "all images", {}
     splits = load_data(data, data_root=data_root, download=download, channels=channels, classes=classes,
                        val_fraction=val_fraction, test_fraction=test_fraction, split_seed=split_seed,
                        cache_dir=cache_dir)
@@ -501,4 +511,6 @@ def load_split(data: str, split: str | None = None, *, channels: int | None = No
     dataset = getattr(splits, chosen)
     if dataset is None:
         raise DataError(f"--data {data} has no {chosen} split")
-    return dataset, splits.classes, chosen
+    # a test split is carved by the options only in a flat folder (else it is a folder or the official set)
+    carved = chosen != "test" or "test_fraction" in splits.split_options
+    return dataset, splits.classes, chosen, dict(splits.split_options) if carved else {}

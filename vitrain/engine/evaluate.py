@@ -178,11 +178,11 @@ def evaluate_checkpoint(source: str | Path, data: str | None = None, *, split: s
         log(f"data: {data}, the checkpoint's training data")
     options, from_run = split_options(model.meta, data, data_options)
 
-    def load(keep: list[str] | None) -> tuple[Any, list[str], str]:
+    def load(keep: list[str] | None) -> tuple[Any, list[str], str, dict[str, Any]]:
         return load_split(data, split, channels=model.config.in_chans, classes=keep, whole_flat_folder=not own,
                           **{**data_options, **options})
 
-    dataset, data_classes, which = load(wanted)
+    dataset, data_classes, which, used = load(wanted)
     if (not wanted and data_classes != classes and set(classes) <= set(data_classes)
             and _same_data(model.meta.get("data"), data)):
         # the run's own data with more classes, or in another order: a run trained with
@@ -190,11 +190,12 @@ def evaluate_checkpoint(source: str | Path, data: str | None = None, *, split: s
         extra = [c for c in data_classes if c not in classes]
         log(f"classes: the checkpoint's {len(classes)}, in its order, as its training run carved its splits"
             + (f"; leaving out {', '.join(extra)}" if extra else ""))
-        dataset, data_classes, which = load(classes)
-    fixed = data.lower() == "digits"  # a fixed split: the fractions and seed change nothing
-    if from_run and not fixed and which != "all images" and options != SPLIT_DEFAULTS:
-        log(f"split options of the training run: --val-fraction {options['val_fraction']} "
-            f"--test-fraction {options['test_fraction']} --split-seed {options['split_seed']}")
+        dataset, data_classes, which, used = load(classes)
+    # only the options that decided this split's images (none for a split folder, an official
+    # test set or digits' fixed split) are reported, and named when they are the run's, not defaults
+    if from_run and any(used[k] != SPLIT_DEFAULTS[k] for k in used):
+        log("split options of the training run: " + " ".join(
+            f"--{k.replace('_', '-')} {v}" for k, v in used.items()))
     target_map = match_classes(classes, data_classes)
     if hasattr(dataset, "max_side"):  # big JPEGs decode as in training's evaluation
         dataset.max_side = eval_decode_side_for(model.meta, model.config.img_size)
@@ -210,7 +211,7 @@ def evaluate_checkpoint(source: str | Path, data: str | None = None, *, split: s
                           normalized=True)
     report = {
         "checkpoint": str(checkpoint), "data": data, "split": which,
-        **({} if which == "all images" or fixed else {"split_options": options}), "images": int(len(result.targets)),
+        **({"split_options": used} if used else {}), "images": int(len(result.targets)),
         "classes": classes, "accuracy": result.accuracy, "top5": result.top5, "loss": result.loss,
         "per_class": per_class_report(result, classes), "confusion_matrix": matrix.tolist(),
         "seconds": round(time.perf_counter() - started, 2),
