@@ -494,11 +494,12 @@ def pretrain_then_train(cfg: TrainConfig, resume: bool = False, log=print) -> di
     if cfg.pretrained:
         raise ConfigError(f"--pretrain with --pretrained {cfg.pretrained}: the first stage starts from scratch")
     labels = cfg.pretrain == "labels"
-    first_stage = {"img_size": cfg.pretrain_img_size} if labels else FIRST_STAGE
+    # a labels stage trains with the run's own mixing; only its input size is the first stage's
+    first_stage = {"img_size": FIRST_STAGE["img_size"]} if labels else FIRST_STAGE
     stage = dataclasses.replace(cfg, out=str(out / "pretrain"), overwrite=True, epochs=first_epochs,
                                 time_budget=cfg.time_budget * cfg.pretrain_share if cfg.time_budget else None,
-                                **{own: getattr(cfg, first) for own, first in FIRST_STAGE.items()
-                                   if own in first_stage and getattr(cfg, first) is not None})
+                                **{own: getattr(cfg, first) for own, first in first_stage.items()
+                                   if getattr(cfg, first) is not None})
     if labels:
         stage = dataclasses.replace(stage, pretrain=None)
     run_stage = (lambda c, **kw: train(c, log=log, **kw)) if labels else (lambda c, **kw: pretrain(c, log=log, **kw))

@@ -18,7 +18,8 @@ recipe from a tie with training from scratch to 3.7 points ahead of it. A contro
 first stage trains on the labels at 32 px (``benchmarks/small_data.py --arms labels-first``)
 puts most of the gain in that cheap small-input stage: on flowers17 (seed 0, 15 minutes,
 the same evening) scratch 0.7426, labels first 0.7941, this recipe 0.8088; with seed 1,
-labels first 0.8015, this recipe 0.7868.
+labels first 0.8015, this recipe 0.7868. ``--recipe small-data --pretrain labels`` runs
+that control as one command (a supervised first stage at ``pretrain_img_size``).
 """
 
 from . import Recipe
