@@ -25,6 +25,11 @@ INSTANCE_ONLY = ("views", "infonce", "temperature", "instance_smoothing", "insta
 PRETRAIN_ONLY = ("pretrain_share", *INSTANCE_ONLY, "pretrain_img_size")
 
 
+def _given(args: argparse.Namespace, names: Sequence[str]) -> str:
+    """Those of ``names`` given on the command line, as flags (``--views, --knn-every``), or ""."""
+    return ", ".join("--" + name.replace("_", "-") for name in names if name in vars(args))
+
+
 def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     S = argparse.SUPPRESS  # only options given on the command line reach the config
 
@@ -443,27 +448,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg, resume = train_config_from_args(args)
         out = cfg.out
         if args.command == "pretrain":
-            unused = [name for name in PRETRAIN_UNUSED if name in vars(args)]
+            unused = _given(args, PRETRAIN_UNUSED)
             if unused:
-                raise ConfigError("vitrain pretrain does not use " + ", ".join(
-                    "--" + name.replace("_", "-") for name in unused) + " (options of vitrain train; the "
-                    "pretraining crops are --pretrain-crop-scale, its input size --img-size)")
+                raise ConfigError(f"vitrain pretrain does not use {unused} (options of vitrain train; the "
+                                  "pretraining crops are --pretrain-crop-scale, its input size --img-size)")
             if cfg.pretrain == "labels":
                 raise ConfigError("vitrain pretrain's method is instance-discrimination; a first stage on the "
                                   "labels is vitrain train --pretrain labels")
             pretrain(cfg, resume=resume)
         elif cfg.pretrain:
-            unused = [name for name in INSTANCE_ONLY if name in vars(args)] if cfg.pretrain == "labels" else []
+            unused = _given(args, INSTANCE_ONLY) if cfg.pretrain == "labels" else ""
             if unused:
-                raise ConfigError(", ".join("--" + name.replace("_", "-") for name in unused) + " only apply to "
-                                  "--pretrain instance-discrimination; --pretrain labels trains its first stage "
-                                  "with the training options (--mixup, --crop-scale, ...) at --pretrain-img-size")
+                raise ConfigError(f"{unused} only apply to --pretrain instance-discrimination; --pretrain labels "
+                                  "trains its first stage with the training options (--mixup, --crop-scale, ...) "
+                                  "at --pretrain-img-size")
             pretrain_then_train(cfg, resume=resume)
         else:
-            unused = [name for name in PRETRAIN_ONLY if name in vars(args)]
+            unused = _given(args, PRETRAIN_ONLY)
             if unused:
-                raise ConfigError(", ".join("--" + name.replace("_", "-") for name in unused) + " only apply to "
-                                  "pretraining: add --pretrain instance-discrimination, or use vitrain pretrain")
+                raise ConfigError(f"{unused} only apply to pretraining: add --pretrain instance-discrimination, "
+                                  "or use vitrain pretrain")
             train(cfg, resume=resume)
     except ImageReadError as err:  # a file that passed the header check but does not decode, mid-epoch
         message = _worker_message(err)

@@ -43,6 +43,7 @@ input sizes per step).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -498,11 +499,10 @@ def pretrain_then_train(cfg: TrainConfig, resume: bool = False, log=print) -> di
     first_stage = {"img_size": FIRST_STAGE["img_size"]} if labels else FIRST_STAGE
     stage = dataclasses.replace(cfg, out=str(out / "pretrain"), overwrite=True, epochs=first_epochs,
                                 time_budget=cfg.time_budget * cfg.pretrain_share if cfg.time_budget else None,
+                                pretrain=None if labels else cfg.pretrain,
                                 **{own: getattr(cfg, first) for own, first in first_stage.items()
                                    if getattr(cfg, first) is not None})
-    if labels:
-        stage = dataclasses.replace(stage, pretrain=None)
-    run_stage = (lambda c, **kw: train(c, log=log, **kw)) if labels else (lambda c, **kw: pretrain(c, log=log, **kw))
+    run_stage = functools.partial(train if labels else pretrain, log=log)  # the same signature
     name = "first (labels) stage" if labels else "pretraining stage"
     if cfg.pretrain_img_size and cfg.img_size and cfg.pretrain_img_size > cfg.img_size:
         log(f"note: the {name} runs at --pretrain-img-size {cfg.pretrain_img_size}, larger than "
