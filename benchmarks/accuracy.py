@@ -67,13 +67,26 @@ def run_one(dataset: str, recipe: str, budget: float, out: Path, flags: Sequence
     folder = out / f"{dataset}-{recipe}{''.join(flags).replace('-', '')}"
     report = train_report(folder, ["--recipe", recipe, "--data", str(DATASETS / archive),
                                    "--time-budget", str(budget), *extra])
-    return {
+    row = {
         "dataset": dataset, "recipe": recipe, "budget_minutes": budget, "extra_flags": " ".join(extra),
         "test_accuracy": report["test"]["accuracy"], "test_images": report["test"]["images"],
         "val_accuracy": report["val"]["accuracy"], "epochs": report["epochs"],
         "planned_steps": report["time_budget"]["planned_steps"], "done_steps": report["time_budget"]["done_steps"],
         "parameters": report["model"]["parameters"], "wall_seconds": round(time.perf_counter() - started, 1),
     }
+    if "pretraining" in report:  # a two-stage run (--pretrain): its first stage's share of the work
+        first = report["pretraining"]
+        row["first_stage"] = {"epochs": first["epochs"], "planned_steps": first["time_budget"]["planned_steps"],
+                              "done_steps": first["time_budget"]["done_steps"],
+                              "test_accuracy": first.get("test", {}).get("accuracy")}
+    return row
+
+
+def _stages(row: dict, *fields: str) -> str:
+    """``fields`` of a row joined by " / ", prefixed with its first stage's and " + " for a two-stage run."""
+    text = " / ".join(str(row[f]) for f in fields)
+    first = row.get("first_stage")
+    return f"{' / '.join(str(first[f]) for f in fields)} + {text}" if first else text
 
 
 def gpu_name() -> str:
@@ -106,8 +119,10 @@ def markdown(rows: list[dict], budget: float, argv: list[str]) -> str:
         ["dataset", "recipe", "extra flags", "test accuracy", "test images", "epochs", "steps done / planned",
          "params", "wall s"],
         [[r["dataset"], r["recipe"], r["extra_flags"] or "-", f"{r['test_accuracy']:.4f}", r["test_images"],
-          r["epochs"], f"{r['done_steps']} / {r['planned_steps']}", f"{r['parameters'] / 1e6:.2f}M",
+          _stages(r, "epochs"), _stages(r, "done_steps", "planned_steps"), f"{r['parameters'] / 1e6:.2f}M",
           r["wall_seconds"]] for r in rows])
+    if any("first_stage" in r for r in rows):
+        lines += ["", "Two-stage runs (`--pretrain`): epochs and steps of the first stage + the second."]
     return "\n".join(lines) + "\n"
 
 

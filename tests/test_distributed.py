@@ -89,3 +89,29 @@ def test_a_run_resumes_with_another_number_of_processes(flat_folder, tmp_path, m
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
     assert float(rows[-1]["lr"]) == pytest.approx(0.0, abs=1e-9)  # the schedule still ends at its end
     assert json.loads((run / "report.json").read_text())["test"]["images"] == 3
+
+
+def test_a_labels_first_chain_on_two_processes_matches_one_process(flat_folder, tmp_path, monkeypatch):
+    """``--pretrain labels`` under torchrun: both stages run on every rank, rank 0 writes the merged report,
+    and the weights are those of one process with the same global batch."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        data = ["--data", str(flat_folder), *COMMON, "--epochs", "4", "--pretrain", "labels",
+                "--pretrain-img-size", "8"]
+        assert main(["train", *data, "--batch-size", "8", "--out", str(tmp_path / "one")]) == 0
+        done = _torchrun(["train", *data, "--batch-size", "4", "--out", str(tmp_path / "two")], tmp_path)
+    finally:
+        torch.set_num_threads(threads)
+    assert done.stdout.count("done in ") == 2  # rank 0 alone reports each stage
+    for stage in ("pretrain", "."):
+        one = load_file(str(tmp_path / "one" / stage / "last.safetensors"))
+        two = load_file(str(tmp_path / "two" / stage / "last.safetensors"))
+        assert max(float((one[k] - two[k]).abs().max()) for k in one) < 1e-5
+    report = json.loads((tmp_path / "two" / "report.json").read_text())
+    assert report["processes"] == 2 and report["pretraining"]["processes"] == 2
+    assert report["model"]["img_size"] == 16 and report["pretraining"]["model"]["img_size"] == 8
+    assert report["total_seconds"] >= report["fine_tuning_seconds"] > 0
+    assert report["test"]["confusion_matrix"] == json.loads((tmp_path / "one" / "report.json").read_text())[
+        "test"]["confusion_matrix"]

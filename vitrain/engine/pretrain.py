@@ -478,9 +478,16 @@ def pretrain_then_train(cfg: TrainConfig, resume: bool = False, log=print) -> di
     ``resume`` knows the stage from ``cfg.pretrained``: it continues an interrupted first stage
     and then runs the second (with ``1 - pretrain_share`` of the budget), or continues (or
     restarts, if no epoch of it completed) the second.
-    """
-    from .train import RUN_FILES, check_run_dir, default_run_dir, start_run_dir, train
 
+    Under ``torchrun`` (``--pretrain labels`` only: instance pretraining runs in one process)
+    every rank runs both stages; rank 0 logs and writes, the merged report included.
+    """
+    from .distributed import from_environment
+    from .train import RUN_FILES, _quiet, check_run_dir, default_run_dir, start_run_dir, train
+
+    main = from_environment().main
+    if not main:
+        log = _quiet  # rank 0 speaks and writes for all
     out = Path(cfg.out or default_run_dir(cfg.data))
     cfg = dataclasses.replace(cfg, out=str(out))
     first_epochs = max(1, round(cfg.epochs * cfg.pretrain_share))
@@ -491,7 +498,7 @@ def pretrain_then_train(cfg: TrainConfig, resume: bool = False, log=print) -> di
         else:
             log(f"no epoch of the fine-tuning stage completed; starting it again from {out / 'pretrain'}")
             report = train(dataclasses.replace(cfg, overwrite=True), log=log)
-        return _merge_reports(out, report, started)
+        return _merge_reports(out, report, started) if main else report
     if cfg.pretrained:
         raise ConfigError(f"--pretrain with --pretrained {cfg.pretrained}: the first stage starts from scratch")
     labels = cfg.pretrain == "labels"
@@ -538,7 +545,8 @@ def pretrain_then_train(cfg: TrainConfig, resume: bool = False, log=print) -> di
     second = dataclasses.replace(cfg, pretrained=str(out / "pretrain"), epochs=max(1, cfg.epochs - first_epochs),
                                  time_budget=remaining, overwrite=True, model="vit",
                                  img_size=cfg.img_size or resolve_config(first_model).img_size)
-    return _merge_reports(out, train(second, log=log), started)
+    report = train(second, log=log)
+    return _merge_reports(out, report, started) if main else report  # another rank's has no totals
 
 
 def _merge_reports(out: Path, report: dict[str, Any], started: float) -> dict[str, Any]:

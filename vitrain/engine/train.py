@@ -425,12 +425,13 @@ def plan_budget(cfg: TrainConfig, model: torch.nn.Module, loaders: dict[str, Dat
     final_seconds = val_seconds + (val_seconds * len(loaders["test"]) / len(loaders["val"]) if "test" in loaders else 0)
     margin = 0.03 * cfg.time_budget * 60 + 2.0  # 3% of the budget, and 2 s for the final plots
     available = seconds_left - (time.perf_counter() - begin) - final_seconds - margin
+    minutes = f"{round(cfg.time_budget, 2):g}"  # a chained run's second stage gets what is left: 7.65, not 7.65141
     if available <= step_seconds + epoch_overhead:
-        log(f"warning: --time-budget {cfg.time_budget:g} min leaves no time to train after setup and the final "
+        log(f"warning: --time-budget {minutes} min leaves no time to train after setup and the final "
             f"evaluation ({seconds_left - available:.0f}s); running one step")
     steps_per_epoch = len(loaders["train"])
     planned = max(1, steps_that_fit(available, step_seconds, epoch_overhead, steps_per_epoch))
-    log(f"time budget {cfg.time_budget:g} min: {1 / step_seconds:.1f} steps/s, {epoch_overhead:.2f}s per epoch "
+    log(f"time budget {minutes} min: {1 / step_seconds:.1f} steps/s, {epoch_overhead:.2f}s per epoch "
         "for validation and checkpoints "
         f"-> planning {planned} steps ({planned / steps_per_epoch:.2f} epochs)")
     return {"minutes": cfg.time_budget, "planned_steps": planned, "seconds_per_step": round(step_seconds, 5),
