@@ -115,3 +115,14 @@ def test_a_labels_first_chain_on_two_processes_matches_one_process(flat_folder, 
     assert report["total_seconds"] >= report["fine_tuning_seconds"] > 0
     assert report["test"]["confusion_matrix"] == json.loads((tmp_path / "one" / "report.json").read_text())[
         "test"]["confusion_matrix"]
+
+
+def test_instance_pretraining_under_torchrun_is_refused_before_anything_is_written(flat_folder, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "vitrain",
+               "train", "--data", str(flat_folder), *COMMON, "--epochs", "2", "--pretrain", "instance-discrimination",
+               "--out", str(tmp_path / "run")]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode != 0
+    assert "--pretrain instance-discrimination runs in one process; start it without torchrun" in done.stderr
+    assert not (tmp_path / "run").exists()

@@ -485,7 +485,11 @@ def pretrain_then_train(cfg: TrainConfig, resume: bool = False, log=print) -> di
     from .distributed import from_environment
     from .train import RUN_FILES, _quiet, check_run_dir, default_run_dir, start_run_dir, train
 
-    main = from_environment().main
+    place = from_environment()
+    if place.active and cfg.pretrain != "labels":  # said before the folder is checked or anything loads
+        raise ConfigError(f"--pretrain {cfg.pretrain} runs in one process; start it without torchrun (or use "
+                          "--pretrain labels, which runs under torchrun)")
+    main = place.main
     if not main:
         log = _quiet  # rank 0 speaks and writes for all
     out = Path(cfg.out or default_run_dir(cfg.data))
