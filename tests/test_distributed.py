@@ -22,12 +22,14 @@ COMMON = ["--model", "vit", "--img-size", "16", "--patch-size", "4", "--embed-di
           "--device", "cpu", "--no-progress", "--warmup-epochs", "0"]
 
 
-def _torchrun(args: list[str], tmp_path: Path, processes: int = 2) -> subprocess.CompletedProcess:
+def _torchrun(args: list[str], tmp_path: Path, processes: int = 2,
+              succeeds: bool = True) -> subprocess.CompletedProcess:
+    """``torchrun ... -m vitrain ARGS``, checked to succeed (or, with ``succeeds=False``, to fail)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
                "-m", "vitrain", *args]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert (done.returncode == 0) == succeeds, done.stdout[-3000:] + done.stderr[-3000:]
     return done
 
 
@@ -118,11 +120,7 @@ def test_a_labels_first_chain_on_two_processes_matches_one_process(flat_folder, 
 
 
 def test_instance_pretraining_under_torchrun_is_refused_before_anything_is_written(flat_folder, tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "vitrain",
-               "train", "--data", str(flat_folder), *COMMON, "--epochs", "2", "--pretrain", "instance-discrimination",
-               "--out", str(tmp_path / "run")]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert done.returncode != 0
+    done = _torchrun(["train", "--data", str(flat_folder), *COMMON, "--epochs", "2", "--pretrain",
+                      "instance-discrimination", "--out", str(tmp_path / "run")], tmp_path, succeeds=False)
     assert "--pretrain instance-discrimination runs in one process; start it without torchrun" in done.stderr
     assert not (tmp_path / "run").exists()
