@@ -482,16 +482,18 @@ def pretrain_then_train(cfg: TrainConfig, resume: bool = False, log=print) -> di
     Under ``torchrun`` (``--pretrain labels`` only: instance pretraining runs in one process)
     every rank runs both stages; rank 0 logs and writes, the merged report included.
     """
-    from .distributed import from_environment
-    from .train import RUN_FILES, _quiet, check_run_dir, default_run_dir, start_run_dir, train
+    from . import distributed
+    from .device import resolve_device
+    from .train import RUN_FILES, _quiet, agree_on_run_dir, check_run_dir, default_run_dir, start_run_dir, train
 
-    place = from_environment()
-    if place.active and cfg.pretrain != "labels":  # said before the folder is checked or anything loads
+    if distributed.from_environment().active and cfg.pretrain != "labels":  # before the folder is checked
         raise ConfigError(f"--pretrain {cfg.pretrain} runs in one process; start it without torchrun (or use "
                           "--pretrain labels, which runs under torchrun)")
+    place = distributed.setup(resolve_device(cfg.device))  # the stages find the process group up
     main = place.main
     if not main:
         log = _quiet  # rank 0 speaks and writes for all
+    cfg = agree_on_run_dir(cfg, place)
     out = Path(cfg.out or default_run_dir(cfg.data))
     cfg = dataclasses.replace(cfg, out=str(out))
     first_epochs = max(1, round(cfg.epochs * cfg.pretrain_share))

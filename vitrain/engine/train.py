@@ -254,6 +254,19 @@ def default_run_dir(data: str) -> str:
     return str(Path("runs") / f"{Path(data).stem or 'data'}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
+def agree_on_run_dir(cfg: TrainConfig, place: Dist) -> TrainConfig:
+    """``cfg`` with rank 0's run folder on every rank (under ``torchrun``; alone, ``cfg`` itself).
+
+    Without ``--out`` each process names ``runs/<data>-<time>`` by its own clock, and ranks
+    that start on either side of a second would name different folders: a chained run's
+    second stage, which loads the first stage's weights on every rank, would not find them.
+    Call it once the process group is up (:func:`distributed.setup`).
+    """
+    if not place.active:
+        return cfg
+    return dataclasses.replace(cfg, out=distributed.broadcast(cfg.out or default_run_dir(cfg.data), place))
+
+
 def check_run_dir(cfg: TrainConfig, resume: bool, files: tuple[str, ...] = RUN_FILES) -> Path:
     """The run folder, checked before any work: a new run never mixes into an old one.
 
@@ -271,6 +284,14 @@ def check_run_dir(cfg: TrainConfig, resume: bool, files: tuple[str, ...] = RUN_F
         raise ConfigError(f"--out {out} already holds a run ({', '.join(existing[:3])}); "
                           f"continue it with --resume {out} or replace it with --overwrite")
     return out
+
+
+def check_global_batch(cfg: TrainConfig, n_train: int, place: Dist) -> None:
+    """Under torchrun incomplete global batches are dropped, so the training split must fill one."""
+    if place.active and n_train < cfg.batch_size * place.world:
+        raise ConfigError(f"--batch-size {cfg.batch_size} x {place.world} processes = {cfg.batch_size * place.world} "
+                          f"images per step, more than the {n_train} training images of --data {cfg.data}, and "
+                          "under torchrun incomplete global batches are dropped: lower --batch-size")
 
 
 def start_run_dir(out: Path) -> None:
@@ -528,6 +549,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print,
     device = distributed.device_for(place, device)
     if not place.main:
         log = _quiet  # rank 0 speaks and writes for all
+    cfg = agree_on_run_dir(cfg, place)
     out = check_run_dir(cfg, resume)
     splits = load_data(cfg.data, data_root=cfg.data_root, download=cfg.download, channels=cfg.channels,
                        classes=cfg.classes, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
@@ -543,6 +565,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print,
             log(f"note: {note}")
     cfg = resolve_config_for_data(cfg, splits, pretrained)
     cfg = dataclasses.replace(cfg, out=str(out))
+    check_global_batch(cfg, len(splits.train), place)
     if place.main:
         remove_interrupted_writes(out, log)
     if not resume and place.main:
