@@ -484,7 +484,7 @@ def pretrain_then_train(cfg: TrainConfig, resume: bool = False, log=print) -> di
     """
     from . import distributed
     from .device import resolve_device
-    from .train import RUN_FILES, _quiet, agree_on_run_dir, check_run_dir, default_run_dir, start_run_dir, train
+    from .train import RUN_FILES, _quiet, agree_on_run_dir, check_run_dir, start_run_dir, train
 
     if distributed.from_environment().active and cfg.pretrain != "labels":  # before the folder is checked
         raise ConfigError(f"--pretrain {cfg.pretrain} runs in one process; start it without torchrun (or use "
@@ -494,8 +494,7 @@ def pretrain_then_train(cfg: TrainConfig, resume: bool = False, log=print) -> di
     if not main:
         log = _quiet  # rank 0 speaks and writes for all
     cfg = agree_on_run_dir(cfg, place)
-    out = Path(cfg.out or default_run_dir(cfg.data))
-    cfg = dataclasses.replace(cfg, out=str(out))
+    out = Path(cfg.out)
     first_epochs = max(1, round(cfg.epochs * cfg.pretrain_share))
     started = time.perf_counter()
     if resume and cfg.pretrained:  # the second stage had started

@@ -255,15 +255,13 @@ def default_run_dir(data: str) -> str:
 
 
 def agree_on_run_dir(cfg: TrainConfig, place: Dist) -> TrainConfig:
-    """``cfg`` with rank 0's run folder on every rank (under ``torchrun``; alone, ``cfg`` itself).
+    """``cfg`` with its run folder set (``--out``, or :func:`default_run_dir`), rank 0's on every rank.
 
     Without ``--out`` each process names ``runs/<data>-<time>`` by its own clock, and ranks
     that start on either side of a second would name different folders: a chained run's
     second stage, which loads the first stage's weights on every rank, would not find them.
     Call it once the process group is up (:func:`distributed.setup`).
     """
-    if not place.active:
-        return cfg
     return dataclasses.replace(cfg, out=distributed.broadcast(cfg.out or default_run_dir(cfg.data), place))
 
 
