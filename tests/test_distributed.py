@@ -15,7 +15,9 @@ import torch
 from safetensors.torch import load_file
 
 from vitrain.cli import main
+from vitrain.config import TrainConfig
 from vitrain.engine import train as train_module
+from vitrain.engine.distributed import Dist
 
 COMMON = ["--model", "vit", "--img-size", "16", "--patch-size", "4", "--embed-dim", "32", "--depth", "2",
           "--num-heads", "2", "--mlp-dim", "64", "--augment", "none", "--dropout", "0", "--workers", "0",
@@ -173,3 +175,24 @@ def test_a_global_batch_larger_than_the_training_split_is_refused_before_an_old_
     assert "--batch-size 16 x 2 processes = 32 images per step, more than the 24 training images" in done.stderr
     assert "lower --batch-size" in done.stderr
     assert (run / "last.safetensors").read_bytes() == before
+
+
+def test_a_global_batch_that_leaves_a_tenth_of_the_split_out_of_each_epoch_is_named():
+    """24 training images in global batches of 2 x 10 make one step an epoch and leave 4 (17%) out."""
+    said: list[str] = []
+    two = Dist(rank=0, world=2)
+    cfg = TrainConfig(batch_size=10, data="flowers")
+    train_module.check_global_batch(cfg, 24, two, said.append)
+    assert said == ["warning: --batch-size 10 x 2 processes = 20 images per step leaves 4 of the 24 training "
+                    "images out of each epoch (17%; incomplete global batches are dropped under torchrun); "
+                    "a smaller --batch-size uses more of them"]
+    said.clear()
+    train_module.check_global_batch(cfg, 41, two, said.append)  # 1 of 41 left out: no warning
+    train_module.check_global_batch(cfg, 24, Dist(), said.append)  # one process keeps every image
+    assert said == []
+
+
+def test_the_dropped_images_warning_reaches_the_torchrun_log(flat_folder, tmp_path):
+    done = _torchrun(["train", "--data", str(flat_folder), *COMMON, "--epochs", "1", "--batch-size", "10",
+                      "--out", str(tmp_path / "run")], tmp_path)
+    assert done.stdout.count("leaves 4 of the 24 training images out of each epoch") == 1  # rank 0 only

@@ -284,12 +284,24 @@ def check_run_dir(cfg: TrainConfig, resume: bool, files: tuple[str, ...] = RUN_F
     return out
 
 
-def check_global_batch(cfg: TrainConfig, n_train: int, place: Dist) -> None:
-    """Under torchrun incomplete global batches are dropped, so the training split must fill one."""
-    if place.active and n_train < cfg.batch_size * place.world:
-        raise ConfigError(f"--batch-size {cfg.batch_size} x {place.world} processes = {cfg.batch_size * place.world} "
+def check_global_batch(cfg: TrainConfig, n_train: int, place: Dist, log=print) -> None:
+    """Under torchrun incomplete global batches are dropped, so the training split must fill one.
+
+    Warns when the dropped remainder is a tenth of the split or more (a different tenth each
+    epoch, since the order is reshuffled, but a tenth fewer images per epoch than one process sees).
+    """
+    if not place.active:
+        return
+    step = cfg.batch_size * place.world
+    if n_train < step:
+        raise ConfigError(f"--batch-size {cfg.batch_size} x {place.world} processes = {step} "
                           f"images per step, more than the {n_train} training images of --data {cfg.data}, and "
                           "under torchrun incomplete global batches are dropped: lower --batch-size")
+    dropped = n_train % step
+    if dropped * 10 >= n_train:
+        log(f"warning: --batch-size {cfg.batch_size} x {place.world} processes = {step} images per step leaves "
+            f"{dropped} of the {n_train} training images out of each epoch ({dropped / n_train:.0%}; "
+            "incomplete global batches are dropped under torchrun); a smaller --batch-size uses more of them")
 
 
 def start_run_dir(out: Path) -> None:
@@ -563,7 +575,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print,
             log(f"note: {note}")
     cfg = resolve_config_for_data(cfg, splits, pretrained)
     cfg = dataclasses.replace(cfg, out=str(out))
-    check_global_batch(cfg, len(splits.train), place)
+    check_global_batch(cfg, len(splits.train), place, log)
     if place.main:
         remove_interrupted_writes(out, log)
     if not resume and place.main:
