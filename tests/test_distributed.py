@@ -185,11 +185,14 @@ def test_a_global_batch_that_leaves_a_tenth_of_the_split_out_of_each_epoch_is_na
     train_module.check_global_batch(cfg, 24, two, said.append)
     assert said == ["warning: --batch-size 10 x 2 processes = 20 images per step leaves 4 of the 24 training "
                     "images out of each epoch (17%; incomplete global batches are dropped under torchrun); "
-                    "a smaller --batch-size uses more of them"]
+                    "--batch-size 6 would leave 0 out"]  # not 9, 8 or 7: 2 x 7 = 14 would leave 10 out
     said.clear()
     train_module.check_global_batch(cfg, 41, two, said.append)  # 1 of 41 left out: no warning
     train_module.check_global_batch(cfg, 24, Dist(), said.append)  # one process keeps every image
     assert said == []
+    train_module.check_global_batch(TrainConfig(batch_size=2, data="flowers"), 7, Dist(rank=0, world=3), said.append)
+    assert said == ["warning: --batch-size 2 x 3 processes = 6 images per step leaves 1 of the 7 training images "
+                    "out of each epoch (14%; incomplete global batches are dropped under torchrun)"]  # no batch fits
 
 
 def test_the_dropped_images_warning_reaches_the_torchrun_log(flat_folder, tmp_path):

@@ -287,8 +287,8 @@ def check_run_dir(cfg: TrainConfig, resume: bool, files: tuple[str, ...] = RUN_F
 def check_global_batch(cfg: TrainConfig, n_train: int, place: Dist, log=print) -> None:
     """Under torchrun incomplete global batches are dropped, so the training split must fill one.
 
-    Warns when the dropped remainder is a tenth of the split or more (a different tenth each
-    epoch, since the order is reshuffled, but a tenth fewer images per epoch than one process sees).
+    Warns when the dropped remainder is a tenth of the split or more (other images each epoch,
+    as the order is reshuffled), naming the largest smaller ``--batch-size`` that drops less.
     """
     if not place.active:
         return
@@ -299,9 +299,11 @@ def check_global_batch(cfg: TrainConfig, n_train: int, place: Dist, log=print) -
                           "under torchrun incomplete global batches are dropped: lower --batch-size")
     dropped = n_train % step
     if dropped * 10 >= n_train:
+        fits = [b for b in range(cfg.batch_size - 1, 0, -1) if n_train % (b * place.world) * 10 < n_train]
+        hint = (f"; --batch-size {fits[0]} would leave {n_train % (fits[0] * place.world)} out" if fits else "")
         log(f"warning: --batch-size {cfg.batch_size} x {place.world} processes = {step} images per step leaves "
             f"{dropped} of the {n_train} training images out of each epoch ({dropped / n_train:.0%}; "
-            "incomplete global batches are dropped under torchrun); a smaller --batch-size uses more of them")
+            f"incomplete global batches are dropped under torchrun){hint}")
 
 
 def start_run_dir(out: Path) -> None:
