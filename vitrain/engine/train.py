@@ -288,7 +288,7 @@ def check_global_batch(cfg: TrainConfig, n_train: int, place: Dist, log=print) -
     """Under torchrun incomplete global batches are dropped, so the training split must fill one.
 
     Warns when the dropped remainder is a tenth of the split or more (other images each epoch,
-    as the order is reshuffled), naming the largest smaller ``--batch-size`` that drops less.
+    as the order is reshuffled), naming the largest smaller ``--batch-size`` that leaves less than a tenth out.
     """
     if not place.active:
         return
@@ -297,10 +297,14 @@ def check_global_batch(cfg: TrainConfig, n_train: int, place: Dist, log=print) -
         raise ConfigError(f"--batch-size {cfg.batch_size} x {place.world} processes = {step} "
                           f"images per step, more than the {n_train} training images of --data {cfg.data}, and "
                           "under torchrun incomplete global batches are dropped: lower --batch-size")
-    dropped = n_train % step
+
+    def left_out(batch_size: int) -> int:
+        return n_train % (batch_size * place.world)
+
+    dropped = left_out(cfg.batch_size)
     if dropped * 10 >= n_train:
-        fits = [b for b in range(cfg.batch_size - 1, 0, -1) if n_train % (b * place.world) * 10 < n_train]
-        hint = (f"; --batch-size {fits[0]} would leave {n_train % (fits[0] * place.world)} out" if fits else "")
+        fit = next((b for b in range(cfg.batch_size - 1, 0, -1) if left_out(b) * 10 < n_train), None)
+        hint = f"; --batch-size {fit} would leave {left_out(fit)} out" if fit else ""
         log(f"warning: --batch-size {cfg.batch_size} x {place.world} processes = {step} images per step leaves "
             f"{dropped} of the {n_train} training images out of each epoch ({dropped / n_train:.0%}; "
             f"incomplete global batches are dropped under torchrun){hint}")
