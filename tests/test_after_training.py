@@ -47,7 +47,8 @@ def test_samples_png_is_in_the_run_folder(trained):
 
 def test_eval_on_a_flat_folder_uses_every_image(trained, tmp_path):
     run, data = trained
-    assert main(["eval", str(run), "--data", str(data), "--out", str(tmp_path / "ev")]) == 0
+    other = shutil.copytree(data, tmp_path / "new-pets")  # not the folder the run trained on
+    assert main(["eval", str(run), "--data", str(other), "--out", str(tmp_path / "ev")]) == 0
     report = json.loads((tmp_path / "ev" / "report.json").read_text())
     assert report["split"] == "all images" and report["images"] == 30
     assert set(report["per_class"]) == {"cat", "dog", "fox"}
@@ -57,6 +58,30 @@ def test_eval_on_a_flat_folder_uses_every_image(trained, tmp_path):
     assert report["top5"] is None and report["loss"] > 0
     for name in ("confusion_matrix.png", "confusion_matrix_normalized.png"):
         assert (tmp_path / "ev" / name).is_file()
+
+
+def test_eval_on_the_training_folder_scores_only_the_runs_test_split(trained, tmp_path, capsys):
+    # the run trained on 24 of these 30 images: by default they are not scored, --split all scores them
+    run, data = trained
+    assert main(["eval", str(run), "--data", str(data), "--out", str(tmp_path / "ev")]) == 0
+    assert (f"--data {data} is the data this checkpoint was trained on: evaluating the run's test split, "
+            "not the images it trained on (--split all scores every image)") in capsys.readouterr().out
+    report = json.loads((tmp_path / "ev" / "report.json").read_text())
+    training = json.loads((run / "report.json").read_text())
+    assert report["split"] == "test" and report["images"] == training["test"]["images"] == 3
+    assert report["confusion_matrix"] == training["test"]["confusion_matrix"]
+    assert main(["eval", str(run), "--data", str(data), "--split", "all", "--out", str(tmp_path / "all")]) == 0
+    assert "was trained on" not in capsys.readouterr().out
+    report = json.loads((tmp_path / "all" / "report.json").read_text())
+    assert report["split"] == "all images" and report["images"] == 30
+
+
+def test_eval_split_all_needs_a_folder_without_split_folders(trained, split_folder, tmp_path, capsys):
+    run, _ = trained
+    for data in (str(split_folder), "digits"):
+        assert main(["eval", str(run), "--data", data, "--split", "all", "--out", str(tmp_path / "ev")]) == 2
+        assert (f"--split all means every image of a folder without split folders, and --data {data} has split "
+                "folders or is a built-in set: give --split train, val or test") in capsys.readouterr().err
 
 
 def test_eval_split_matches_the_training_report(trained, tmp_path):

@@ -217,11 +217,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="evaluate a checkpoint or run folder on any --data source",
                         description="Top-1/top-5, loss, per-class precision/recall/F1, confusion matrices.")
     ev.add_argument("checkpoint", help="a .safetensors checkpoint or a run folder (its best.safetensors)")
-    ev.add_argument("--data", help="as for train; a folder without split folders means all of it (default: the "
-                                   "checkpoint's training data, its splits carved as in training)")
-    ev.add_argument("--split", choices=["train", "val", "test"],
+    ev.add_argument("--data", help="as for train; a folder without split folders means all of it, unless it is "
+                                   "the checkpoint's training data (default: the checkpoint's training data, its "
+                                   "splits carved as in training)")
+    ev.add_argument("--split", choices=["all", "train", "val", "test"],
                     help="which split (default: test, or val where there is none; all images of a flat folder "
-                         "given as --data)")
+                         "given as --data that the checkpoint was not trained on); all: every image of a flat "
+                         "folder")
     ev.add_argument("--out", help="folder for report.json and the plots (default CHECKPOINT_DIR/eval/DATA-SPLIT)")
     ev.add_argument("--classes", type=comma_list,
                     help="only these classes of the data, as for train (default: all; without --data, the "

@@ -488,22 +488,25 @@ def load_split(data: str, split: str | None = None, *, channels: int | None = No
     options that carved it), with only ``classes`` (in that order, as ``--classes`` does for
     training) when given.
 
-    A folder (or archive) without split folders means all of its images unless ``split``
-    is given (or ``whole_flat_folder`` is False); otherwise the default is the test split,
-    or validation where there is none. The options are those of ``val_fraction``,
+    ``split="all"`` means every image of a folder (or archive) without split folders; so
+    does no ``split`` when ``whole_flat_folder`` is True. Otherwise the default is the test
+    split, or validation where there is none. The options are those of ``val_fraction``,
     ``test_fraction`` and ``split_seed`` that decided which images the split holds (see
     :attr:`DataSplits.split_options`): none for all images, a split folder or digits.
     """
-    if split not in (None, "train", "val", "test"):
-        raise DataError(f"--split must be train, val or test, got {split!r}")
+    if split not in (None, "all", "train", "val", "test"):
+        raise DataError(f"--split must be all, train, val or test, got {split!r}")
     path = Path(data).expanduser()
     folder = extract_archive(path, cache_dir) if is_archive(path) else path
-    if split is None and whole_flat_folder and folder.is_dir():
+    if (split == "all" or (split is None and whole_flat_folder)) and folder.is_dir():
         root = find_dataset_root(folder)
         if not any(d.name.lower() in SPLIT_NAMES for d in _subdirs(root)):
             # evaluating a folder of a single class is legitimate: no minimum class count
             dataset, names, _, _ = _flat_dataset(root, channels, classes, min_classes=1)
             return dataset, names, "all images", {}
+    if split == "all":
+        raise DataError(f"--split all means every image of a folder without split folders, and --data {data} "
+                        "has split folders or is a built-in set: give --split train, val or test")
     splits = load_data(data, data_root=data_root, download=download, channels=channels, classes=classes,
                        val_fraction=val_fraction, test_fraction=test_fraction, split_seed=split_seed,
                        cache_dir=cache_dir)

@@ -155,7 +155,10 @@ def evaluate_checkpoint(source: str | Path, data: str | None = None, *, split: s
 
     Without ``data``, the checkpoint's own training data restricted to its classes (as a
     run trained with ``--classes`` saw it), and by default its test split (validation where
-    there is none), carved as in training. ``classes`` keeps only those classes of the data;
+    there is none), carved as in training. Other ``data``: a flat folder means all of its
+    images, unless it is the checkpoint's training data (the run's test split, as without
+    ``data``) or ``split`` says otherwise (``"all"``: every image of a flat folder).
+    ``classes`` keeps only those classes of the data;
     without it, data that the checkpoint was trained on is restricted to the checkpoint's
     classes (in its order) when it holds them all. Writes ``report.json``, ``confusion_matrix.png`` (counts) and
     ``confusion_matrix_normalized.png`` (row rates) into ``out`` and returns the report.
@@ -177,10 +180,13 @@ def evaluate_checkpoint(source: str | Path, data: str | None = None, *, split: s
         wanted = wanted or classes
         log(f"data: {data}, the checkpoint's training data")
     options, from_run = split_options(model.meta, data, data_options)
+    # the checkpoint's own flat training folder is scored on the run's held-out split by
+    # default, never on all of it: most of its images are the ones the model trained on
+    trained_here = own or _same_data(model.meta.get("data"), data)
 
     def load(keep: list[str] | None) -> tuple[Any, list[str], str, dict[str, Any]]:
-        return load_split(data, split, channels=model.config.in_chans, classes=keep, whole_flat_folder=not own,
-                          **{**data_options, **options})
+        return load_split(data, split, channels=model.config.in_chans, classes=keep,
+                          whole_flat_folder=not trained_here, **{**data_options, **options})
 
     dataset, data_classes, which, used = load(wanted)
     if (not wanted and data_classes != classes and set(classes) <= set(data_classes)
@@ -193,6 +199,9 @@ def evaluate_checkpoint(source: str | Path, data: str | None = None, *, split: s
         dataset, data_classes, which, used = load(classes)
     # only the options that decided this split's images (none for a split folder, an official
     # test set or digits' fixed split) are reported, and named when they are the run's, not defaults
+    if split is None and not own and trained_here and "test_fraction" in used:  # a flat folder, carved
+        log(f"--data {data} is the data this checkpoint was trained on: evaluating the run's {which} split, "
+            "not the images it trained on (--split all scores every image)")
     if from_run and any(used[k] != SPLIT_DEFAULTS[k] for k in used):
         log("split options of the training run: " + " ".join(
             f"--{k.replace('_', '-')} {v}" for k, v in used.items()))
