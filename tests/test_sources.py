@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import struct
 from collections import Counter
 from pathlib import Path
@@ -105,6 +106,19 @@ def test_non_image_files_are_ignored_and_counted(flat_folder):
     assert "ignored 2 non-image file(s)" in splits.notes
 
 
+def test_images_outside_the_class_folders_are_left_out_with_a_note(flat_folder, split_folder):
+    for folder in (flat_folder, split_folder / "my-dataset" / "Training"):
+        shutil.copy(next((folder / "cat").glob("*.png")), folder / "stray.png")
+    splits = load_data(str(flat_folder))
+    assert sum(splits.sizes().values()) == 30
+    assert (f"left out 1 image(s) lying directly in {flat_folder}, outside any class folder "
+            "(a class folder names its images' label)") in splits.notes
+    splits = load_data(str(split_folder))
+    assert [n for n in splits.notes if n.startswith("left out")] == [
+        f"left out 1 image(s) lying directly in {split_folder / 'my-dataset' / 'Training'}, outside any class "
+        "folder (a class folder names its images' label)"]
+
+
 def test_images_in_nested_folders_belong_to_their_class(flat_folder):
     (flat_folder / "cat" / "more").mkdir()
     make_image(CLASS_COLORS["cat"], 77).save(flat_folder / "cat" / "more" / "x.png")
@@ -129,6 +143,17 @@ def test_single_class_is_refused(tmp_path):
     write_class_folders(tmp_path / "one", classes={"dog": (3, 2, 1)}, per_class=3)
     with pytest.raises(DataError, match="at least 2"):
         load_data(str(tmp_path / "one"), classes=["cat"])
+
+
+def test_images_without_class_folders_are_told_where_to_go(tmp_path):
+    write_class_folders(tmp_path / "x", per_class=2)
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    for path in sorted((tmp_path / "x").rglob("*.png")):
+        shutil.copy(path, loose / f"{path.parent.name}-{path.name}")
+    with pytest.raises(DataError, match=r"found 0 class \(none\); a classifier needs at least 2 class folders; its 6 "
+                       r"image\(s\) lie directly in it, .* sub-folder named after the class \(.*loose/CLASS/IMAGE\)"):
+        load_data(str(loose))
 
 
 def test_split_folders_with_different_classes_are_refused(tmp_path):

@@ -152,8 +152,12 @@ def _select_classes(classes: list[str], wanted: Sequence[str] | None, where: str
 
 def _check_class_count(classes: list[str], where: str) -> None:
     if len(classes) < 2:
+        loose = _loose_images(Path(where))
+        hint = (f"; its {loose} image(s) lie directly in it, and class folders are what name the labels: "
+                f"put each class's images in a sub-folder named after the class ({where}/CLASS/IMAGE)"
+                if loose else "")
         raise DataError(f"{where}: found {len(classes)} class ({', '.join(classes) or 'none'}); "
-                        "a classifier needs at least 2 class folders")
+                        "a classifier needs at least 2 class folders" + hint)
 
 
 # ---------------------------------------------------------------------------- built-in sets
@@ -239,6 +243,11 @@ def _subdirs(folder: Path) -> list[Path]:
 
 def _has_images(folder: Path) -> bool:
     return any(is_image_file(p) for p in folder.iterdir() if p.is_file())
+
+
+def _loose_images(folder: Path) -> int:
+    """How many images lie directly in ``folder``, outside any class folder (they have no label)."""
+    return sum(1 for p in folder.iterdir() if p.is_file() and is_image_file(p)) if folder.is_dir() else 0
 
 
 def find_dataset_root(folder: Path) -> Path:
@@ -423,6 +432,11 @@ def folder_splits(folder: Path, channels: int | None, classes: Sequence[str] | N
         options = {"val_fraction": val_fraction, "test_fraction": test_fraction, "split_seed": split_seed}
         notes.append(f"flat folder: stratified split {1 - val_fraction - test_fraction:.0%}/"
                      f"{val_fraction:.0%}/{test_fraction:.0%} (train/val/test, seed {split_seed})")
+    in_splits = list(split_dirs.values()) if split_dirs and "train" in split_dirs else []
+    for place in [root, *in_splits]:
+        if loose := _loose_images(place):
+            notes.append(f"left out {loose} image(s) lying directly in {place}, outside any class folder "
+                         "(a class folder names its images' label)")
     if ignored:
         notes.append(f"ignored {ignored} non-image file(s)")
     notes += _skip_note(bad)
