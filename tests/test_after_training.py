@@ -150,6 +150,28 @@ def test_predict_files_folders_and_globs_with_annotations(trained, tmp_path, cap
     assert len(annotated) == 21 and any(p.as_posix().endswith("pets/cat/000.png") for p in annotated)
 
 
+def test_predict_says_when_its_accuracy_is_on_the_training_data(trained, tmp_path, capsys):
+    run, data = trained
+    assert main(["predict", str(run), str(data), "--out", str(tmp_path / "p1")]) == 0
+    assert (f"note: 30 of them lie in {data.resolve()}, the data this checkpoint was trained on, outside any test "
+            "or validation folder: it may have trained on them, so this is not a held-out accuracy "
+            f"(vitrain eval {run} scores the run's test split)") in capsys.readouterr().out
+    copy = shutil.copytree(data, tmp_path / "new-pets")
+    assert main(["predict", str(run), str(copy), "--out", str(tmp_path / "p2")]) == 0
+    assert "accuracy" in (out := capsys.readouterr().out) and "trained on" not in out
+
+
+def test_images_under_a_held_out_split_folder_are_not_counted_as_training_data(tmp_path):
+    from vitrain.engine.predict import in_training_data
+    paths = [tmp_path / "Training" / "cat" / "1.png", tmp_path / "Testing" / "cat" / "2.png",
+             tmp_path / "valid" / "dog" / "3.png", tmp_path / "elsewhere.png"]
+    (tmp_path / "Training").mkdir()  # only the training folder must exist
+    assert in_training_data(paths, {"data": str(tmp_path)}) == (tmp_path.resolve(), 2)
+    assert in_training_data(paths, {"data": str(tmp_path / "Training")}) == ((tmp_path / "Training").resolve(), 1)
+    assert in_training_data(paths[1:3], {"data": str(tmp_path)}) is None
+    assert in_training_data(paths, {"data": "digits"}) is None
+
+
 def test_predicted_probability_is_the_models_softmax(trained, tmp_path):
     run, data = trained
     image = data / "dog" / "003.png"

@@ -334,7 +334,8 @@ def _run_tool(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace, device) -> int:
-    from .engine.predict import annotate, output_names, predict_files, save_attention, write_predictions_csv
+    from .engine.predict import (annotate, in_training_data, output_names, predict_files, save_attention,
+                                 write_predictions_csv)
 
     if args.top_k < 1:
         raise ConfigError(f"--top-k must be at least 1 (got {args.top_k})")
@@ -361,6 +362,11 @@ def _predict(args: argparse.Namespace, device) -> int:
     if accuracy is not None:
         summary += f"; {judged} in folders named like a class: accuracy {accuracy:.4f}"
     print(summary + f"; results in {out / 'predictions.csv'}")
+    seen = in_training_data([p.path for p in result.predictions if p.correct is not None], result.meta)
+    if seen:
+        print(f"note: {seen[1]} of them lie in {seen[0]}, the data this checkpoint was trained on, outside any "
+              "test or validation folder: it may have trained on them, so this is not a held-out accuracy "
+              f"(vitrain eval {args.checkpoint} scores the run's test split)")
     for item, reason in result.failed:
         print(f"vitrain: skipped {item}: {reason}", file=sys.stderr)
     if result.failed:

@@ -116,6 +116,29 @@ def predict_files(source: str | Path, inputs: Sequence[str], *, top_k: int = 5, 
     return result
 
 
+def in_training_data(paths: Sequence[Path], meta: dict[str, Any]) -> tuple[Path, int] | None:
+    """(the checkpoint's training folder, how many of ``paths`` lie in it) when some do, else None.
+
+    Images under a test or validation split folder (``test/``, ``Testing/``, ``val/``, ...)
+    are held out by the folder layout and not counted. A flat folder's held-out images are
+    carved by a seed, so there every image counts: the model may have trained on it.
+    """
+    from ..data.sources import SPLIT_NAMES
+
+    data = meta.get("data")
+    root = Path(data).expanduser() if isinstance(data, str) and data else None
+    if root is None or not root.is_dir():
+        return None
+    root = root.resolve()
+    count = 0
+    for path in paths:
+        path = path.resolve()
+        if path.is_relative_to(root) and not any(
+                SPLIT_NAMES.get(part.lower()) in ("val", "test") for part in path.relative_to(root).parts[:-1]):
+            count += 1
+    return (root, count) if count else None
+
+
 def write_predictions_csv(path: Path, result: PredictResult, top_k: int) -> None:
     """``path,label,probability``, the top-k labels and probabilities, then the true label where known."""
     k = max((len(p.top) for p in result.predictions), default=min(top_k, 1))
