@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 import subprocess
 import sys
 import time
@@ -128,6 +129,26 @@ def test_resume_refuses_changed_settings_and_missing_state(flat_folder, tmp_path
     assert "cannot change: --lr" in capsys.readouterr().err
     assert main(["train", "--resume", str(tmp_path / "nowhere")]) == 2
     assert "not a vitrain run folder" in capsys.readouterr().err
+
+
+def test_resume_refuses_data_whose_images_changed(flat_folder, tmp_path, tiny_args, capsys):
+    # a file added to (or renamed in) a flat folder re-deals the seeded split: trained-on images could be tested
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(flat_folder), "--out", str(run), *tiny_args, "--epochs", "1"]) == 0
+    state = (run / "state.safetensors").read_bytes()
+    first = sorted((flat_folder / "cat").iterdir())[0]
+    shutil.copy(first, flat_folder / "cat" / "extra.png")
+    assert main(["train", "--resume", str(run)]) == 2
+    assert (f"--resume {run}: the images of --data {flat_folder} changed since the run started (train/val/test "
+            "images: 24/3/3 then, 25/3/3 now): the splits would differ, and images the run trained on could land "
+            "in its test split; restore the data as it was, or start again with --overwrite") in capsys.readouterr().err
+    (flat_folder / "cat" / "extra.png").unlink()
+    first.rename(first.with_name("renamed.png"))
+    assert main(["train", "--resume", str(run)]) == 2
+    assert "(as many images, 24/3/3, but other files or labels)" in capsys.readouterr().err
+    assert (run / "state.safetensors").read_bytes() == state  # a refused resume changes nothing
+    first.with_name("renamed.png").rename(first)
+    assert main(["train", "--resume", str(run)]) == 0
 
 
 def test_existing_run_is_not_overwritten_by_accident(flat_folder, tmp_path, tiny_args, capsys):

@@ -12,6 +12,7 @@ already has the requested channel count; resizing and augmentation are the trans
 
 from __future__ import annotations
 
+import hashlib
 import os
 import warnings
 from collections import Counter
@@ -114,6 +115,24 @@ class DataSplits:
 
     def sizes(self) -> dict[str, int]:
         return {k: len(v) for k, v in (("train", self.train), ("val", self.val), ("test", self.test)) if v is not None}
+
+
+def split_digest(splits: DataSplits) -> str:
+    """A fingerprint of which images each split holds: files by their path below the data
+    folder (so a moved folder keeps it) and their labels; in-memory sets by size and labels.
+
+    A resumed run compares it with the one it started with: a file added to or removed from
+    a flat folder re-deals the seeded split, which would move trained-on images into test.
+    """
+    digest = hashlib.sha256()
+    for part, dataset in (("train", splits.train), ("val", splits.val), ("test", splits.test)):
+        digest.update(f"|{part}:{0 if dataset is None else len(dataset)}|".encode())
+        if dataset is None:
+            continue
+        for path in getattr(dataset, "paths", []):
+            digest.update(os.path.relpath(path, splits.name).encode() + b"\0")
+        digest.update(np.asarray(getattr(dataset, "targets", []), dtype=np.int64).tobytes())
+    return digest.hexdigest()
 
 
 def stratified_split(targets: Sequence[int], fractions: Sequence[float], seed: int) -> list[np.ndarray]:

@@ -27,7 +27,7 @@ from ..checkpoint import CheckpointError, CheckpointWriter, load_state, load_wei
 from ..config import ConfigError, TrainConfig, parse_head
 from ..data import memory
 from ..data.leakage import content_hashes, find_leaks, without
-from ..data.sources import ArrayImageDataset, DataError, DataSplits, load_data
+from ..data.sources import ArrayImageDataset, DataError, DataSplits, load_data, split_digest
 from ..data.transforms import (TransformedDataset, build_eval_transform, build_train_transform, eval_decode_side,
                                normalization, uses_resized_crop)
 from ..models.pretrained import Pretrained, PretrainedError, load_pretrained
@@ -598,6 +598,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print,
     amp_dtype = autocast_dtype(device)
     num_classes = len(cfg.classes)
     state = load_state(out / STATE_FILE) if resume else None
+    digest = split_digest(splits)
     budget = None
     if state is not None:
         budget = state.get("budget")
@@ -629,6 +630,16 @@ def train(cfg: TrainConfig, resume: bool = False, log=print,
     if state is not None:
         if state["classes"] != cfg.classes:
             raise CheckpointError(f"--resume {out}: the data's classes changed since the run started")
+        if state.get("split_digest", digest) != digest:  # runs saved before the digest existed are not checked
+            parts = list(splits.sizes())
+            then = "/".join(str(state["split_sizes"].get(k, 0)) for k in parts)
+            now = "/".join(str(splits.sizes()[k]) for k in parts)
+            raise CheckpointError(
+                f"--resume {out}: the images of --data {cfg.data} changed since the run started ("
+                + (f"{'/'.join(parts)} images: {then} then, {now} now" if then != now else
+                   f"as many images, {now}, but other files or labels")
+                + "): the splits would differ, and images the run trained on could land in its test split; "
+                "restore the data as it was, or start again with --overwrite")
         load_weights(model, state["model"], str(out / STATE_FILE))
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -788,6 +799,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print,
                     "scheduler": scheduler.state_dict(), "epoch": epoch, "step": global_step,
                     "steps_per_epoch": steps_per_epoch, "best": best, "history": history,
                     "train_seconds": train_seconds, "classes": list(cfg.classes), "skipped_batches": skipped_batches,
+                    "split_digest": digest, "split_sizes": splits.sizes(),
                     "budget": budget, **({"ema": ema.state_dict()} if ema is not None else {})})
                 files.write_bytes(out / "metrics.csv", metrics_csv_bytes(history))
                 _log_epoch_scalars(writer, row, epoch, eval_model, grad_norm_sum / max(applied, 1))
