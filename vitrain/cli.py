@@ -42,7 +42,8 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-download", dest="download", action="store_false", default=S,
                    help="never download torchvision sets; fail with a message saying where to put them")
     g.add_argument("--classes", default=S, help="comma-separated subset of classes to train on, e.g. glioma,meningioma")
-    g.add_argument("--val-fraction", type=float, default=S, help="validation share where the data has no val split (0.1)")
+    g.add_argument("--val-fraction", type=float, default=S,
+                   help="validation share where the data has no val split (0.1)")
     g.add_argument("--test-fraction", type=float, default=S, help="test share of a flat folder (0.1)")
     g.add_argument("--split-seed", type=int, default=S, help="seed of those splits, independent of --seed (0)")
     g.add_argument("--channels", type=int, choices=[1, 3], default=S,
@@ -124,7 +125,8 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
                    default=S, help="training augmentation (auto: none for images of at most 16 px, else flip-crop)")
     g.add_argument("--hflip", type=float, default=S, help="horizontal flip probability (0.5; 0 for digits)")
     g.add_argument("--crop", choices=["auto", "resized", "pad"], default=S,
-                   help="the crop of flip-crop: random resized, or pad-and-crop (auto: pad for images of at most 64 px)")
+                   help="the crop of flip-crop: random resized, or pad-and-crop "
+                        "(auto: pad for images of at most 64 px)")
     g.add_argument("--crop-scale", default=S, help="MIN,MAX area of random resized crops (0.08,1)")
     g.add_argument("--crop-ratio", default=S, help="MIN,MAX aspect ratio of random resized crops (0.75,1.333)")
     g.add_argument("--crop-pct", type=float, default=S,
@@ -237,7 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", default="predictions", help="output folder (default ./predictions)")
     pr.add_argument("--top-k", type=int, default=5, help="how many labels per image in the CSV (5)")
     pr.add_argument("--annotate", action="store_true",
-                    help="save copies with the prediction drawn on them (and right/wrong when the folder names the class)")
+                    help="save copies with the prediction drawn on them "
+                         "(and right/wrong when the folder names the class)")
     pr.add_argument("--attention", action="store_true", help="save attention-rollout overlays and raw maps (.npy)")
     _add_running_arguments(pr, data=False)
 
@@ -257,8 +260,8 @@ def _add_running_arguments(p: argparse.ArgumentParser, data: bool) -> None:
         p.add_argument("--data-root", help="where torchvision sets are stored")
         p.add_argument("--no-download", dest="download", action="store_false", help="never download torchvision sets")
         same = "; by default the training run's own when --data names its data, else {}"
-        p.add_argument("--val-fraction", type=float, help="as for train, with --split on a flat folder" + same.format(0.1))
-        p.add_argument("--test-fraction", type=float, help="as for train, with --split on a flat folder" + same.format(0.1))
+        for option in ("--val-fraction", "--test-fraction"):
+            p.add_argument(option, type=float, help="as for train, with --split on a flat folder" + same.format(0.1))
         p.add_argument("--split-seed", type=int, help="as for train, with --split on a flat folder" + same.format(0))
 
 
@@ -296,7 +299,8 @@ def _models_table() -> str:
     from .models.registry import PRESETS, resolve_config
     from .models.vit import VisionTransformer
 
-    lines = [f"{'name':<12} {'params':>8}  {'input':>6}  {'patch':>5}  {'dim':>4}  {'depth':>5}  {'heads':>5}  description"]
+    lines = [f"{'name':<12} {'params':>8}  {'input':>6}  {'patch':>5}  {'dim':>4}  {'depth':>5}  {'heads':>5}  "
+             "description"]
     for name, (_, description) in PRESETS.items():
         cfg = resolve_config(name, num_classes=10)
         with torch.device("meta"):  # counts parameters without allocating or initializing them

@@ -249,7 +249,8 @@ def torchvision_splits(name: str, root: Path, download: bool, val_fraction: floa
     val_idx, train_idx = stratified_split(train_all.targets, [val_fraction], split_seed)
     return DataSplits(name, chosen, train_all.channels, train_all.subset(train_idx), train_all.subset(val_idx),
                       test, native_size=int(train_all.images.shape[-1]), hflip_ok=name.startswith(("cifar", "fashion")),
-                      notes=[f"{name}: validation = {val_fraction:.0%} of the official training set (seed {split_seed})"],
+                      notes=[f"{name}: validation = {val_fraction:.0%} of the official training set "
+                             f"(seed {split_seed})"],
                       split_options={"val_fraction": val_fraction, "split_seed": split_seed})
 
 
@@ -436,7 +437,8 @@ def folder_splits(folder: Path, channels: int | None, classes: Sequence[str] | N
             val_idx, train_idx = stratified_split(train.targets, [val_fraction], split_seed)
             train, val = train.subset(train_idx), train.subset(val_idx)
             options = {"val_fraction": val_fraction, "split_seed": split_seed}
-            notes.append(f"validation = {val_fraction:.0%} of {split_dirs['train'].name}/ (stratified, seed {split_seed})")
+            notes.append(f"validation = {val_fraction:.0%} of {split_dirs['train'].name}/ "
+                         f"(stratified, seed {split_seed})")
         if test is None:
             notes.append("no test split folder: the final evaluation uses the validation split")
     else:

@@ -609,7 +609,8 @@ def train(cfg: TrainConfig, resume: bool = False, log=print,
     total_steps = budget["planned_steps"] if budget else cfg.epochs * steps_per_epoch
     # a budgeted run stops at its plan or, should the machine slow down, at the deadline, which leaves
     # time for the interrupted epoch's validation and checkpoints and the final evaluation
-    budget_end = started + cfg.time_budget * 60 - budget["reserved_final_seconds"] if budget and not resume else math.inf
+    budget_end = (started + cfg.time_budget * 60 - budget["reserved_final_seconds"]
+                  if budget and not resume else math.inf)
     train_end = budget_end - (budget.get("margin_seconds", 0.0) if budget else 0.0)  # when the plan should be done
     deadline = budget_end - (budget["seconds_per_epoch_overhead"] if budget else 0.0)
     if budget:
@@ -760,7 +761,8 @@ def train(cfg: TrainConfig, resume: bool = False, log=print,
                 loss_sum, correct, seen = counts[0], counts[1], int(counts[2])
             if not check_each_step and not bool(finite_flags[:steps].all()):
                 first = int((~finite_flags[:steps]).nonzero()[0])
-                _nonfinite(skipped_batches, 0, epoch, global_step - steps + first + 1, first + 1, float("nan"), out, log)
+                _nonfinite(skipped_batches, 0, epoch, global_step - steps + first + 1, first + 1, float("nan"),
+                           out, log)
             train_loss = float(loss_sum) / max(seen, 1)
             val = evaluate(eval_model, loaders["val"], device, num_classes, amp_dtype, place)
             epoch_seconds = time.perf_counter() - epoch_start
@@ -840,7 +842,8 @@ def _nonfinite(skipped: list[dict[str, Any]], allowed: int, epoch: int, step: in
                out: Path, log, checkpoint: str = "last.safetensors") -> None:
     """A batch gave a NaN/Inf loss or gradient: record it, and stop once more than ``allowed`` have."""
     where = f"epoch {epoch}, step {epoch_step} of the epoch (global step {step})"
-    what = f"the loss was {loss:g}" if not math.isfinite(loss) else f"the loss was {loss:.4g} but the gradient was not finite"
+    what = (f"the loss was {loss:g}" if not math.isfinite(loss)
+            else f"the loss was {loss:.4g} but the gradient was not finite")
     if len(skipped) >= allowed:
         raise TrainingError(f"a non-finite loss or gradient at {where}: {what}; the last good checkpoint is "
                             f"{out / checkpoint} (lower --lr, set --clip-grad, or skip up to N such "

@@ -13,7 +13,8 @@ are still random, and it does not mix instances (``pretrain_mixup``/``pretrain_c
 which made the instance task harder than a short run can learn. Both are flags. And the
 first stage runs at 32 px (``pretrain_img_size``; a 4x4 token grid for a 64 px model): on
 flowers17 it made 3,559 pretraining steps in 7.5 minutes, where a 64 px first stage made
-816 (before this version's faster model). The second stage resamples the position embeddings. On flowers17 (seed 0, 15 minutes) that took the chained
+816 (before this version's faster model). The second stage resamples the position
+embeddings. On flowers17 (seed 0, 15 minutes) that took the chained
 recipe from a tie with training from scratch to 3.7 points ahead of it. A control whose
 first stage trains on the labels at 32 px (``benchmarks/small_data.py --arms labels-first``)
 puts most of the gain in that cheap small-input stage: on flowers17 (seed 0, 15 minutes,
