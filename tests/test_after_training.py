@@ -237,6 +237,22 @@ def test_tools_report_missing_checkpoints_clearly(tmp_path, capsys):
     assert main(["export", str(tmp_path / "nothing"), "--format", "onnx"]) == 2
 
 
+def test_tools_name_an_output_they_cannot_write(trained, tmp_path, capsys):
+    run, data = trained
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder")
+    for command in (["eval", str(run)], ["predict", str(run), str(data / "cat")]):
+        assert main([*command, "--out", str(afile)]) == 2
+        assert f"vitrain: error: --out {afile} is a file, not a folder" in capsys.readouterr().err
+    assert main(["eval", str(run), "--out", str(afile / "sub")]) == 1  # an OSError while writing: no traceback
+    assert f"vitrain: error: [Errno 20] Not a directory: '{afile / 'sub'}'" in capsys.readouterr().err
+    assert main(["export", str(run), "--format", "torchscript", "--out", str(tmp_path)]) == 2
+    assert (f"--out {tmp_path} is a folder; give the file to write, e.g. {tmp_path / 'best.torchscript.pt'}"
+            in capsys.readouterr().err)
+    assert main(["export", str(run), "--format", "torchscript", "--out", str(tmp_path / "new" / "m.pt")]) == 0
+    assert (tmp_path / "new" / "m.pt").is_file()  # the missing folder is made
+
+
 @pytest.mark.parametrize("in_memory", ["on", "off"])
 def test_eval_and_predict_reproduce_the_test_score_on_big_jpegs(in_memory, tmp_path):
     """Big JPEGs decode at reduced size (PIL's draft mode); eval and predict must decode them

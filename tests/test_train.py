@@ -218,7 +218,10 @@ def test_bad_config_file_is_named(tmp_path, capsys):
     assert "not valid YAML" in capsys.readouterr().err
     bad.write_text("epochz: 3\n")
     assert main(["train", "--config", str(bad)]) == 2
-    assert "unknown option(s): epochz" in capsys.readouterr().err
+    assert f"--config {bad}: unknown option(s): epochz" in capsys.readouterr().err
+    bad.write_text("epochs: two\n")
+    assert main(["train", "--config", str(bad)]) == 2
+    assert f"--config {bad}: epochs: expected int, got 'two'" in capsys.readouterr().err
 
 
 def test_python_dash_m_runs_the_default_digits_job_briefly(tmp_path):

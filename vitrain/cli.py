@@ -325,6 +325,8 @@ def _run_tool(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1 (got {args.batch_size})")
+    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ConfigError(f"--out {args.out} is a file, not a folder")
     device = resolve_device(args.device)
     if args.command == "eval":
         from .engine.evaluate import evaluate_checkpoint
@@ -450,6 +452,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (ConfigError, DataError, ArchiveError, ImageReadError, CheckpointError, ExportError, ValueError) as err:
             print(f"vitrain: error: {err}", file=sys.stderr)
             return 2
+        except OSError as err:  # an output that cannot be written: disk full, permissions
+            print(f"vitrain: error: {err}", file=sys.stderr)
+            return 1
 
     from .engine.pretrain import pretrain, pretrain_then_train
     from .engine.train import TrainingError, train

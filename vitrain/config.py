@@ -324,4 +324,9 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"--config {path}: expected a mapping of option: value")
     if isinstance(data.get("train"), dict):
         data = data["train"]
-    return {k.replace("-", "_"): v for k, v in data.items()}
+    values = {str(k).replace("-", "_"): v for k, v in data.items()}
+    try:
+        config_from_dict(values)  # unknown keys and wrong types are named with the file, before flags apply
+    except ConfigError as err:
+        raise ConfigError(f"--config {path}: {err}") from None
+    return values

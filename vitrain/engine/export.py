@@ -78,6 +78,10 @@ def export_model(source: str | Path, fmt: str, out: str | Path | None = None, lo
     model = load_model(checkpoint)
     cfg = model.config
     out = Path(out) if out else checkpoint.with_suffix(".onnx" if fmt == "onnx" else ".torchscript.pt")
+    if out.is_dir():
+        raise ExportError(f"--out {out} is a folder; give the file to write, e.g. {out / checkpoint.stem}"
+                          + (".onnx" if fmt == "onnx" else ".torchscript.pt"))
+    out.parent.mkdir(parents=True, exist_ok=True)
     metadata = _preprocessing(model)
     generator = torch.Generator().manual_seed(0)
     example = torch.randn(2, cfg.in_chans, cfg.img_size, cfg.img_size, generator=generator)
