@@ -151,6 +151,17 @@ def test_resume_refuses_data_whose_images_changed(flat_folder, tmp_path, tiny_ar
     assert main(["train", "--resume", str(run)]) == 0
 
 
+def test_the_last_line_says_when_the_final_score_is_on_validation(flat_folder, tmp_path, tiny_args, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(flat_folder), "--out", str(run), *tiny_args, "--test-fraction", "0"]) == 0
+    done = capsys.readouterr().out.strip().splitlines()[-1]
+    report = json.loads((run / "report.json").read_text())
+    assert report["test"]["split"] == "val"
+    assert done.startswith("done in ") and "test accuracy" not in done
+    assert (f"accuracy on the validation split (no test split; it also chose the best epoch) "
+            f"{report['test']['accuracy']:.4f}") in done
+
+
 def test_existing_run_is_not_overwritten_by_accident(flat_folder, tmp_path, tiny_args, capsys):
     run = tmp_path / "run"
     args = ["train", "--data", str(flat_folder), "--out", str(run), *tiny_args, "--epochs", "1"]

@@ -833,7 +833,9 @@ def train(cfg: TrainConfig, resume: bool = False, log=print,
         report["time_budget"] = {**budget, "done_steps": global_step, "stopped_by": stopped_by}
     report["total_seconds"] = round(time.perf_counter() - started, 2)
     write_report(out / "report.json", report)
-    log(f"done in {report['total_seconds']:.1f}s: test accuracy {report['test']['accuracy']:.4f} "
+    final = ("test accuracy" if report["test"]["split"] == "test"
+             else "accuracy on the validation split (no test split; it also chose the best epoch)")
+    log(f"done in {report['total_seconds']:.1f}s: {final} {report['test']['accuracy']:.4f} "
         f"(best epoch {best['epoch']}, val accuracy {best['val_accuracy']:.4f}); report in {out / 'report.json'}")
     return report
 
