@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -19,6 +20,8 @@ from safetensors.torch import load_file
 import vitrain
 from vitrain.cli import main
 from vitrain.engine import train as train_module
+
+from .conftest import CLASS_COLORS, write_class_folders
 
 RUN_FILES = ["config.yaml", "metrics.csv", "best.safetensors", "last.safetensors", "state.safetensors",
              "report.json", "accuracy.png", "loss.png", "confusion_matrix.png", "samples.png"]
@@ -160,6 +163,57 @@ def test_the_last_line_says_when_the_final_score_is_on_validation(flat_folder, t
     assert done.startswith("done in ") and "test accuracy" not in done
     assert (f"accuracy on the validation split (no test split; it also chose the best epoch) "
             f"{report['test']['accuracy']:.4f}") in done
+
+
+def test_balanced_accuracy_is_the_mean_recall_of_the_classes_present():
+    from sklearn.metrics import balanced_accuracy_score
+
+    from vitrain.engine.evaluate import EvalResult
+    targets = np.array([0, 0, 0, 0, 0, 0, 1, 1])
+    some = EvalResult(0.0, 0.875, None, targets, np.array([0, 0, 0, 0, 0, 0, 0, 1]))
+    assert some.balanced_accuracy == pytest.approx((6 / 6 + 1 / 2) / 2)  # class 2 has no image here
+    always_big = EvalResult(0.0, 0.75, None, targets, np.zeros(8, dtype=np.int64))
+    assert always_big.balanced_accuracy == pytest.approx(0.5)  # accuracy 0.75 by answering the large class
+    for result in (some, always_big):
+        assert result.balanced_accuracy == pytest.approx(balanced_accuracy_score(result.targets, result.predictions))
+
+
+def test_balanced_class_weights_are_images_over_classes_times_class_images():
+    from types import SimpleNamespace
+
+    from vitrain.config import TrainConfig
+    from vitrain.engine.train import class_weights
+    splits = SimpleNamespace(train=SimpleNamespace(targets=[0] * 6 + [1] * 3 + [2]))
+    balanced = TrainConfig(class_weights="balanced", classes=["a", "b", "c"])
+    weights = class_weights(balanced, splits, torch.device("cpu"))
+    assert weights.tolist() == pytest.approx([10 / (3 * 6), 10 / (3 * 3), 10 / (3 * 1)])
+    assert class_weights(TrainConfig(classes=["a", "b", "c"]), splits, torch.device("cpu")) is None
+
+
+def test_imbalanced_data_gets_a_note_balanced_accuracy_and_balanced_training(tmp_path, tiny_args, capsys):
+    data = write_class_folders(tmp_path / "imb", per_class=30, classes={"cat": CLASS_COLORS["cat"]})
+    write_class_folders(data, per_class=6, classes={"dog": CLASS_COLORS["dog"]})
+    runs = {}
+    for weights in ("none", "balanced"):
+        runs[weights] = tmp_path / weights
+        assert main(["train", "--data", str(data), "--out", str(runs[weights]), *tiny_args, "--epochs", "3",
+                     "--class-weights", weights, "--best-metric", "balanced-accuracy"]) == 0
+        log = capsys.readouterr().out
+        assert ("note: imbalanced classes: cat has 24 training images, dog 4; accuracy favours the large classes, "
+                "so the balanced accuracy (the mean per-class recall) is reported too") in log
+        report = json.loads((runs[weights] / "report.json").read_text())
+        recalls = [v for v in report["test"]["per_class"].values()]
+        assert report["test"]["balanced_accuracy"] == pytest.approx(sum(recalls) / len(recalls))
+        assert (f"test accuracy {report['test']['accuracy']:.4f}, balanced accuracy "
+                f"{report['test']['balanced_accuracy']:.4f}") in log.strip().splitlines()[-1]
+        with open(runs[weights] / "metrics.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        best = max(float(r["val_balanced_accuracy"]) for r in rows)
+        assert report["best_epoch"] == next(int(r["epoch"]) for r in rows if float(r["val_balanced_accuracy"]) == best)
+        assert report["val"]["balanced_accuracy"] == pytest.approx(best, abs=1e-6)
+    with open(runs["none"] / "metrics.csv", newline="") as a, open(runs["balanced"] / "metrics.csv", newline="") as b:
+        # same seed, data order and start: only the loss weights differ
+        assert next(csv.DictReader(a))["train_loss"] != next(csv.DictReader(b))["train_loss"]
 
 
 def test_existing_run_is_not_overwritten_by_accident(flat_folder, tmp_path, tiny_args, capsys):

@@ -15,8 +15,8 @@ from .config import (FIRST_STAGE, ConfigError, TrainConfig, comma_list, config_f
 # options that may differ when a run is resumed: they change where and how fast it runs, not what it computes
 RESUME_OVERRIDABLE = {"device", "workers", "progress", "data_root", "download", "compile"}
 # options of `vitrain train` that `vitrain pretrain` (which shares its parser) has no use for
-PRETRAIN_UNUSED = ("ema", "label_smoothing", "dedupe", "augment", "crop", "crop_scale", "crop_ratio", "crop_pct",
-                   "random_erasing", "in_memory", "best_metric", "pretrained", "freeze", "head",
+PRETRAIN_UNUSED = ("ema", "label_smoothing", "class_weights", "dedupe", "augment", "crop", "crop_scale", "crop_ratio",
+                   "crop_pct", "random_erasing", "in_memory", "best_metric", "pretrained", "freeze", "head",
                    "head_lr", "pretrain_share", "pretrain_mixup", "pretrain_cutmix", "pretrain_img_size")
 # options of the instance-discrimination task, which `vitrain train --pretrain labels` has no use for
 INSTANCE_ONLY = ("views", "infonce", "temperature", "instance_smoothing", "instance_init", "pretrain_crop_scale",
@@ -157,6 +157,9 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--gamma", type=float, default=S, help="decay factor of step/multistep (0.1)")
     g.add_argument("--milestones", default=S, help="multistep decay points as fractions of training (0.6,0.85)")
     g.add_argument("--label-smoothing", type=float, default=S, help="(0.1)")
+    g.add_argument("--class-weights", choices=["none", "balanced"], default=S,
+                   help="balanced: weight each class's loss by n / (classes x its training images), for "
+                        "imbalanced data (none)")
     g.add_argument("--clip-grad", type=float, default=S, help="clip the gradient norm at this value (0: off)")
     g.add_argument("--skip-nonfinite", type=int, default=S, metavar="N",
                    help="skip up to N batches whose loss or gradient is NaN/Inf, then stop (0: stop at the first)")
@@ -182,8 +185,9 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--in-memory", choices=["auto", "on", "off"], default=S,
                    help="decode every image once and augment whole batches in memory (auto: when the "
                    "decoded images fit in 2 GiB)")
-    g.add_argument("--best-metric", choices=["accuracy", "loss"], default=S,
-                   help="which validation metric picks best.safetensors (accuracy)")
+    g.add_argument("--best-metric", choices=["accuracy", "balanced-accuracy", "loss"], default=S,
+                   help="which validation metric picks best.safetensors (accuracy); balanced-accuracy: the "
+                        "mean of the per-class recalls, for imbalanced data")
     g.add_argument("--no-progress", dest="progress", action="store_false", default=S,
                    help="no progress bars (one line per epoch only)")
 

@@ -107,6 +107,7 @@ class TrainConfig:
     gamma: float = 0.1
     milestones: list[float] = field(default_factory=lambda: [0.6, 0.85])
     label_smoothing: float = 0.1
+    class_weights: str = "none"  # "balanced": each class's loss weighted by n / (classes x its images)
     clip_grad: float = 0.0
     skip_nonfinite: int = 0  # batches with a NaN/Inf loss or gradient that may be skipped before stopping
     ema: float = 0.0  # decay of an exponential moving average of the weights (0: off), e.g. 0.999
@@ -149,7 +150,9 @@ class TrainConfig:
              f"is more than 4x this machine's {os.cpu_count()} CPUs"),
             (self.in_memory in ("auto", "on", "off"), "--in-memory", "must be auto, on or off"),
             (self.compile in ("auto", "on", "off"), "--compile", "must be auto, on or off"),
-            (self.best_metric in ("accuracy", "loss"), "--best-metric", "must be accuracy or loss"),
+            (self.best_metric in ("accuracy", "balanced-accuracy", "loss"), "--best-metric",
+             "must be accuracy, balanced-accuracy or loss"),
+            (self.class_weights in ("none", "balanced"), "--class-weights", "must be none or balanced"),
             (self.hflip is None or 0 <= self.hflip <= 1, "--hflip", "must be a probability in [0, 1]"),
             (0 <= self.random_erasing <= 1, "--random-erasing", "must be a probability in [0, 1]"),
             (self.mixup >= 0 and self.cutmix >= 0, "--mixup/--cutmix", "alphas must be >= 0 (0 turns them off)"),

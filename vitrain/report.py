@@ -15,7 +15,7 @@ import numpy as np  # noqa: E402
 
 from .checkpoint import atomic_write_bytes  # noqa: E402
 
-METRIC_COLUMNS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr",
+METRIC_COLUMNS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_balanced_accuracy", "lr",
                   "epoch_seconds", "images_per_second"]
 
 

@@ -17,6 +17,9 @@ from torch.utils.data import DataLoader
 from .distributed import Dist, all_sum, gather_in_order
 
 
+IMBALANCE_RATIO = 3  # a largest class with this many times the images of the smallest is called imbalanced
+
+
 @dataclass
 class EvalResult:
     """Predictions and summary metrics of one pass over a split."""
@@ -30,6 +33,13 @@ class EvalResult:
     def confusion(self, num_classes: int) -> np.ndarray:
         """Rows are true classes, columns predicted classes (scikit-learn's convention)."""
         return confusion_matrix(self.targets, self.predictions, labels=list(range(num_classes)))
+
+    @property
+    def balanced_accuracy(self) -> float:
+        """The mean recall of the classes present in the targets (scikit-learn's balanced accuracy):
+        a model that always answers the largest class scores 1 / classes, whatever the class sizes."""
+        recalls = [(self.predictions[self.targets == c] == c).mean() for c in np.unique(self.targets)]
+        return float(np.mean(recalls))
 
     def per_class_accuracy(self, classes: list[str]) -> dict[str, float | None]:
         """Recall of each class (None for a class with no samples in this split)."""
@@ -221,14 +231,18 @@ def evaluate_checkpoint(source: str | Path, data: str | None = None, *, split: s
     report = {
         "checkpoint": str(checkpoint), "data": data, "split": which,
         **({"split_options": used} if used else {}), "images": int(len(result.targets)),
-        "classes": classes, "accuracy": result.accuracy, "top5": result.top5, "loss": result.loss,
+        "classes": classes, "accuracy": result.accuracy, "balanced_accuracy": result.balanced_accuracy,
+        "top5": result.top5, "loss": result.loss,
         "per_class": per_class_report(result, classes), "confusion_matrix": matrix.tolist(),
         "seconds": round(time.perf_counter() - started, 2),
     }
     write_report(out / "report.json", report)
     log(f"{checkpoint} on {data} ({which}, {report['images']} images)")
-    log(f"  accuracy {result.accuracy:.4f}" + (f"  top-5 {result.top5:.4f}" if result.top5 is not None else "")
-        + f"  loss {result.loss:.4f}")
+    support = [row["support"] for row in report["per_class"].values()]
+    imbalanced = max(support) >= IMBALANCE_RATIO * min(support)
+    balanced = f"  balanced accuracy {result.balanced_accuracy:.4f}" if imbalanced else ""
+    log(f"  accuracy {result.accuracy:.4f}" + balanced
+        + (f"  top-5 {result.top5:.4f}" if result.top5 is not None else "") + f"  loss {result.loss:.4f}")
     width = max(len("class"), *(len(c) for c in report["per_class"])) + 2
     log(f"  {'class':<{width}}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}")
     for name, row in report["per_class"].items():

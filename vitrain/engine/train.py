@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -37,7 +38,7 @@ from ..report import metrics_csv_bytes, plot_confusion_matrix, plot_curves, plot
 from . import distributed
 from .device import resolve_device
 from .distributed import Dist
-from .evaluate import evaluate
+from .evaluate import IMBALANCE_RATIO, evaluate
 from .finetune import apply_freeze, train_mode
 from .optim import build_optimizer, build_scheduler, replan
 
@@ -537,6 +538,31 @@ def _first_batches(loader: DataLoader, n: int):
         yield batch
 
 
+def class_weights(cfg: TrainConfig, splits: DataSplits, device: torch.device) -> torch.Tensor | None:
+    """The loss weight of each class for ``--class-weights balanced`` (scikit-learn's "balanced":
+    training images / (classes x the class's images)), else None."""
+    if cfg.class_weights != "balanced":
+        return None
+    from sklearn.utils.class_weight import compute_class_weight
+
+    targets = np.asarray(splits.train.targets)
+    weights = compute_class_weight("balanced", classes=np.arange(len(cfg.classes)), y=targets)
+    return torch.tensor(weights, dtype=torch.float32, device=device)
+
+
+def imbalance_note(splits: DataSplits, classes: list[str]) -> str | None:
+    """A note when the largest training class has :data:`IMBALANCE_RATIO` times the images of the
+    smallest: accuracy then rewards answering the large classes."""
+    counts = np.bincount(np.asarray(splits.train.targets), minlength=len(classes))
+    big, small = int(counts.argmax()), int(counts.argmin())
+    if counts[big] < IMBALANCE_RATIO * max(counts[small], 1):
+        return None
+    return (f"imbalanced classes: {classes[big]} has {counts[big]} training images, {classes[small]} "
+            f"{counts[small]}; accuracy favours the large classes, so the balanced accuracy (the mean "
+            "per-class recall) is reported too; --class-weights balanced and --best-metric balanced-accuracy "
+            "are meant for such data")
+
+
 def build_batch_mix(cfg: TrainConfig, num_classes: int) -> v2.Transform | None:
     """MixUp and/or CutMix (torchvision v2) on whole batches; soft targets come out."""
     mixes = []
@@ -621,9 +647,11 @@ def train(cfg: TrainConfig, resume: bool = False, log=print,
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True) if cfg.ema else None
     eval_model = ema.module if ema is not None else model  # what is validated and checkpointed
     batch_mix = build_batch_mix(cfg, num_classes)
-    higher_is_better = cfg.best_metric == "accuracy"
+    higher_is_better = cfg.best_metric != "loss"
+    loss_weight = class_weights(cfg, splits, device)
     history: list[dict[str, Any]] = []
-    best = {"epoch": 0, "value": -math.inf if higher_is_better else math.inf, "val_accuracy": 0.0, "val_loss": math.inf}
+    best = {"epoch": 0, "value": -math.inf if higher_is_better else math.inf, "val_accuracy": 0.0,
+            "val_balanced_accuracy": 0.0, "val_loss": math.inf}
     skipped_batches: list[dict[str, Any]] = []  # batches with a non-finite loss or gradient (--skip-nonfinite)
     check_each_step = checks_each_step(device, cfg.skip_nonfinite)
     start_epoch, train_seconds, global_step, save_seconds = 1, 0.0, 0, 0.0
@@ -664,6 +692,9 @@ def train(cfg: TrainConfig, resume: bool = False, log=print,
         + ", ".join(f"{k} {v}" for k, v in splits.sizes().items()))
     for note in splits.notes:
         log(f"  note: {note}")
+    imbalanced = imbalance_note(splits, cfg.classes)
+    if imbalanced:
+        log(f"  note: {imbalanced}")
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log(f"model: {cfg.model}  {n_params / 1e6:.2f}M parameters, {cfg.img_size}px input, patch {cfg.patch_size}, "
         f"dim {cfg.embed_dim}, depth {cfg.depth}, heads {cfg.num_heads}"
@@ -719,7 +750,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print,
                     images, targets = batch_mix(images, labels)
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                     logits = step_model(images)
-                    loss = F.cross_entropy(logits, targets, label_smoothing=cfg.label_smoothing)
+                    loss = F.cross_entropy(logits, targets, weight=loss_weight, label_smoothing=cfg.label_smoothing)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 # the norm of the whole gradient (after DDP's all-reduce: the same on every rank),
@@ -768,7 +799,8 @@ def train(cfg: TrainConfig, resume: bool = False, log=print,
             epoch_seconds = time.perf_counter() - epoch_start
             train_seconds += epoch_seconds
             row = {"epoch": epoch, "train_loss": train_loss, "train_accuracy": float(correct) / max(seen, 1),
-                   "val_loss": val.loss, "val_accuracy": val.accuracy, "lr": optimizer.param_groups[0]["lr"],
+                   "val_loss": val.loss, "val_accuracy": val.accuracy,
+                   "val_balanced_accuracy": val.balanced_accuracy, "lr": optimizer.param_groups[0]["lr"],
                    "epoch_seconds": epoch_seconds, "images_per_second": seen / train_time}
             history.append(row)
             if (stopped_by != "deadline" and global_step < total_steps and math.isfinite(train_end)
@@ -787,10 +819,12 @@ def train(cfg: TrainConfig, resume: bool = False, log=print,
                     total_steps, n_epochs = new_total, max(epoch, math.ceil(new_total / steps_per_epoch))
                     replan(scheduler, total_steps)
             save_start = time.perf_counter()
-            value = val.accuracy if higher_is_better else val.loss
+            value = {"accuracy": val.accuracy, "balanced-accuracy": val.balanced_accuracy,
+                     "loss": val.loss}[cfg.best_metric]
             improved = value > best["value"] if higher_is_better else value < best["value"]
             if improved:
-                best = {"epoch": epoch, "value": value, "val_accuracy": val.accuracy, "val_loss": val.loss}
+                best = {"epoch": epoch, "value": value, "val_accuracy": val.accuracy,
+                        "val_balanced_accuracy": val.balanced_accuracy, "val_loss": val.loss}
             if place.main:
                 if improved:
                     files.save_model(out / "best.safetensors", eval_model, epoch=epoch)
@@ -833,10 +867,13 @@ def train(cfg: TrainConfig, resume: bool = False, log=print,
         report["time_budget"] = {**budget, "done_steps": global_step, "stopped_by": stopped_by}
     report["total_seconds"] = round(time.perf_counter() - started, 2)
     write_report(out / "report.json", report)
-    final = ("test accuracy" if report["test"]["split"] == "test"
+    score = ("test accuracy" if report["test"]["split"] == "test"
              else "accuracy on the validation split (no test split; it also chose the best epoch)")
-    log(f"done in {report['total_seconds']:.1f}s: {final} {report['test']['accuracy']:.4f} "
-        f"(best epoch {best['epoch']}, val accuracy {best['val_accuracy']:.4f}); report in {out / 'report.json'}")
+    score += f" {report['test']['accuracy']:.4f}"
+    if imbalanced:
+        score += f", balanced accuracy {report['test']['balanced_accuracy']:.4f}"
+    log(f"done in {report['total_seconds']:.1f}s: {score} (best epoch {best['epoch']}, "
+        f"val accuracy {best['val_accuracy']:.4f}); report in {out / 'report.json'}")
     return report
 
 
@@ -861,6 +898,7 @@ def _log_epoch_scalars(writer, row: dict[str, Any], epoch: int, model: torch.nn.
         writer.add_scalar(f"loss/{key[:-5]}", row[key], epoch)
     for key in ("train_accuracy", "val_accuracy"):
         writer.add_scalar(f"accuracy/{key[:-9]}", row[key], epoch)
+    writer.add_scalar("accuracy/val_balanced", row["val_balanced_accuracy"], epoch)
     writer.add_scalar("lr", row["lr"], epoch)
     writer.add_scalar("images_per_second", row["images_per_second"], epoch)
     writer.add_scalar("param_norm", _param_norm(model), epoch)
@@ -907,8 +945,10 @@ def final_report(cfg: TrainConfig, splits: DataSplits, loaders: dict[str, DataLo
         "best_epoch": int(best["epoch"]),
         "best_metric": cfg.best_metric,
         "epochs": len(history),
-        "val": {"accuracy": best["val_accuracy"], "loss": best["val_loss"]},
+        "val": {"accuracy": best["val_accuracy"], "balanced_accuracy": best.get("val_balanced_accuracy"),
+                "loss": best["val_loss"]},
         "test": {"split": split, "images": int(len(result.targets)), "accuracy": result.accuracy,
+                 "balanced_accuracy": result.balanced_accuracy,
                  "top5": result.top5, "loss": result.loss,
                  "per_class": result.per_class_accuracy(cfg.classes),
                  "confusion_matrix": matrix.tolist()},
