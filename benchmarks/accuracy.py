@@ -16,9 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import random
 import shlex
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 from typing import Sequence
@@ -52,6 +54,30 @@ def train_report(run: Path, flags: list[str], command: str = "train") -> dict:
     print("$", " ".join(command[2:]), flush=True)
     subprocess.run(command, check=True)
     return json.loads((run / "report.json").read_text())
+
+
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def cifar10_sample(target: Path, counts: dict[str, int], datasets: Path = DATASETS) -> Path:
+    """``target/{train,test}/<class>/``: a seeded sample (``random.Random(0)``, classes in sorted order)
+    of ``counts[class]`` CIFAR-10 training images per class, and the whole test set, as symbolic links
+    into one extracted copy of ``datasets/cifar10.tar`` under ``runs/cache`` (built once)."""
+    if (target / "test").is_dir():
+        return target
+    extracted = ROOT / "runs" / "cache" / "cifar10-extracted"
+    if not (extracted / "cifar10").is_dir():
+        extracted.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(datasets / "cifar10.tar") as tar:
+            tar.extractall(extracted, filter="data")
+    rng = random.Random(0)
+    for name in sorted(counts):
+        files = sorted((extracted / "cifar10" / "train" / name).iterdir())
+        (target / "train" / name).mkdir(parents=True, exist_ok=True)
+        for f in rng.sample(files, counts[name]):
+            (target / "train" / name / f.name).symlink_to(f.resolve())
+    (target / "test").symlink_to((extracted / "cifar10" / "test").resolve(), target_is_directory=True)
+    return target
 
 
 def markdown_table(header: list[str], rows: list[list]) -> list[str]:

@@ -33,7 +33,6 @@ On a GPU the runs use it (vitrain's ``--device auto``), and the table's machine 
 from __future__ import annotations
 
 import argparse
-import random
 import shlex
 import statistics
 import sys
@@ -41,7 +40,8 @@ import tarfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from accuracy import DATASETS, ROOT, machine_line, markdown_table, save_results, train_report  # noqa: E402
+from accuracy import (CIFAR10_CLASSES, DATASETS, ROOT, cifar10_sample, machine_line, markdown_table,  # noqa: E402
+                      save_results, train_report)
 
 CACHE = ROOT / "runs" / "cache"
 SUBSET_PER_CLASS = 204
@@ -56,22 +56,7 @@ def cifar10_subset(datasets: Path = DATASETS) -> Path:
     packed = datasets / "cifar10-2040.tar"
     if packed.is_file():
         return packed
-    target = CACHE / "cifar10-2040"
-    if (target / "test").is_dir():
-        return target
-    extracted = CACHE / "cifar10-extracted"
-    if not (extracted / "cifar10").is_dir():
-        extracted.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(datasets / "cifar10.tar") as tar:
-            tar.extractall(extracted, filter="data")
-    rng = random.Random(0)
-    for folder in sorted((extracted / "cifar10" / "train").iterdir()):
-        files = sorted(folder.iterdir())
-        (target / "train" / folder.name).mkdir(parents=True, exist_ok=True)
-        for f in rng.sample(files, SUBSET_PER_CLASS):
-            (target / "train" / folder.name / f.name).symlink_to(f.resolve())
-    (target / "test").symlink_to((extracted / "cifar10" / "test").resolve(), target_is_directory=True)
-    return target
+    return cifar10_sample(CACHE / "cifar10-2040", dict.fromkeys(CIFAR10_CLASSES, SUBSET_PER_CLASS), datasets)
 
 
 def write_subset(path: Path, datasets: Path = DATASETS) -> None:

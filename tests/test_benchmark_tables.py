@@ -33,3 +33,40 @@ def test_a_two_stage_run_lists_its_first_stage_beside_the_second(monkeypatch, tm
     assert "| 148 | 2360 / 2360 |" in table[5]
     assert "| 202 + 69 | 3231 / 3300 + 1096 / 1096 |" in table[6]
     assert table[-1].startswith("Two-stage runs (`--pretrain`)")
+
+
+def _module(name: str):
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_long_tailed_cifar_counts_fall_geometrically_from_largest_to_largest_over_ratio():
+    imbalance = _module("imbalance")
+    counts = imbalance.long_tailed_counts(1000, 20)
+    assert counts[0] == 1000 and counts[-1] == 50 and len(counts) == 10
+    assert all(a > b for a, b in zip(counts, counts[1:]))
+    assert counts[4] == round(1000 * 20 ** (-4 / 9))
+
+
+def test_the_imbalance_table_gives_each_arms_accuracy_and_tail_recall(monkeypatch, tmp_path):
+    imbalance = _module("imbalance")
+    (tmp_path / "cifar10.tar").touch()
+    monkeypatch.setattr(imbalance, "cifar10_long_tailed", lambda largest, ratio, datasets: tmp_path)
+    seen = []
+
+    def report(run, flags):
+        seen.append(flags)
+        balanced = "balanced" in flags
+        recall = {c: (0.5 if balanced else 0.2) if i >= 7 else 0.9 for i, c in enumerate(imbalance.CLASS_ORDER)}
+        return {"test": {"accuracy": 0.6, "balanced_accuracy": 0.6, "per_class": recall, "images": 10000},
+                "best_epoch": 3, "epochs": 4, "splits": {"train": 3064}, "time_budget": {"done_steps": 99},
+                "total_seconds": 1.0}
+
+    monkeypatch.setattr(imbalance, "train_report", report)
+    assert imbalance.main(["--minutes", "1", "--datasets", str(tmp_path), "--out", str(tmp_path / "out")]) == 0
+    assert seen[1][-4:] == ["--class-weights", "balanced", "--best-metric", "balanced-accuracy"]
+    table = (tmp_path / "out" / "imbalance.md").read_text()
+    assert "| default | 0 | 0.6000 | 0.2000 | 0.9000 | 3 / 4 |" in table
+    assert "| balanced (`--class-weights balanced --best-metric balanced-accuracy`) | 0 | 0.6000 | 0.5000 |" in table
