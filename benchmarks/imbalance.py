@@ -13,12 +13,14 @@ Each arm is one ``vitrain train --recipe cifar10-best --time-budget M`` process,
 the other, with the same seed and split:
 
 * ``default``: no extra flag (loss unweighted, best epoch by validation accuracy);
-* ``balanced``: ``--class-weights balanced --best-metric balanced-accuracy``.
+* ``balanced``: ``--class-weights balanced --best-metric balanced-accuracy``;
+* ``weights`` and ``metric`` (``--arms weights,metric``, an ablation): each of the two alone.
 
 The table gives test accuracy, the recall of the three smallest classes (the tail), and the
 recall of the largest class.
 
     python benchmarks/imbalance.py --minutes 8 --seeds 0,1
+    python benchmarks/imbalance.py --minutes 8 --seeds 0,1 --arms weights,metric   # each flag alone
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from accuracy import (CIFAR10_CLASSES, DATASETS, ROOT, cifar10_sample, machine_line, markdown_table,  # noqa: E402
                       save_results, train_report)
 
-ARMS = {"default": [], "balanced": ["--class-weights", "balanced", "--best-metric", "balanced-accuracy"]}
+ARMS = {"default": [], "balanced": ["--class-weights", "balanced", "--best-metric", "balanced-accuracy"],
+        "weights": ["--class-weights", "balanced"], "metric": ["--best-metric", "balanced-accuracy"]}
 CLASS_ORDER = CIFAR10_CLASSES  # CIFAR-10's own class order: the largest class first
 
 
@@ -55,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", default="0", help="comma-separated seeds (0)")
     parser.add_argument("--largest", type=int, default=1000, help="training images of the largest class (1000)")
     parser.add_argument("--ratio", type=float, default=20.0, help="largest class / smallest class (20)")
-    parser.add_argument("--arms", default="default,balanced", help="which of default,balanced to run (both)")
+    parser.add_argument("--arms", default="default,balanced",
+                        help="which of default,balanced,weights,metric to run (default,balanced)")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "benchmarks" / "imbalance")
     parser.add_argument("--datasets", type=Path, default=DATASETS, help="folder of cifar10.tar (../shared/datasets)")
     args = parser.parse_args(argv)
