@@ -74,6 +74,13 @@ def test_eval_on_the_training_folder_scores_only_the_runs_test_split(trained, tm
     assert "was trained on" not in capsys.readouterr().out
     report = json.loads((tmp_path / "all" / "report.json").read_text())
     assert report["split"] == "all images" and report["images"] == 30
+    # a folder of the same name elsewhere (the run moved, or new images): the same default, said differently
+    moved = shutil.copytree(data, tmp_path / "elsewhere" / data.name)
+    assert main(["eval", str(run), "--data", str(moved), "--out", str(tmp_path / "moved")]) == 0
+    assert (f"--data {moved} has the name of the data this checkpoint was trained on ({data}): evaluating the test "
+            "split carved as in training, not the images it would have trained on; if these are new images, "
+            "--split all scores every one") in capsys.readouterr().out
+    assert json.loads((tmp_path / "moved" / "report.json").read_text())["images"] == 3
 
 
 def test_eval_split_all_needs_a_folder_without_split_folders(trained, split_folder, tmp_path, capsys):

@@ -207,11 +207,17 @@ def evaluate_checkpoint(source: str | Path, data: str | None = None, *, split: s
         log(f"classes: the checkpoint's {len(classes)}, in its order, as its training run carved its splits"
             + (f"; leaving out {', '.join(extra)}" if extra else ""))
         dataset, data_classes, which, used = load(classes)
+    if split is None and not own and trained_here and "test_fraction" in used:  # a flat folder, carved
+        trained_on = str(model.meta.get("data"))
+        if Path(trained_on).expanduser().resolve() == Path(data).expanduser().resolve():
+            log(f"--data {data} is the data this checkpoint was trained on: evaluating the run's {which} split, "
+                "not the images it trained on (--split all scores every image)")
+        else:  # a folder of the same name: the run may have been made elsewhere, or these are new images
+            log(f"--data {data} has the name of the data this checkpoint was trained on ({trained_on}): evaluating "
+                f"the {which} split carved as in training, not the images it would have trained on; if these are "
+                "new images, --split all scores every one")
     # only the options that decided this split's images (none for a split folder, an official
     # test set or digits' fixed split) are reported, and named when they are the run's, not defaults
-    if split is None and not own and trained_here and "test_fraction" in used:  # a flat folder, carved
-        log(f"--data {data} is the data this checkpoint was trained on: evaluating the run's {which} split, "
-            "not the images it trained on (--split all scores every image)")
     if from_run and any(used[k] != SPLIT_DEFAULTS[k] for k in used):
         log("split options of the training run: " + " ".join(
             f"--{k.replace('_', '-')} {v}" for k, v in used.items()))
