@@ -138,6 +138,11 @@ def test_empty_class_folder_is_named(flat_folder):
     assert load_data(str(flat_folder), classes=["cat", "dog"]).classes == ["cat", "dog"]
 
 
+def test_a_class_named_twice_in_classes_is_refused_by_name(flat_folder):
+    with pytest.raises(DataError, match="--classes names cat more than once"):
+        load_data(str(flat_folder), classes=["cat", "dog", "cat"])
+
+
 def test_single_class_is_refused(tmp_path):
     write_class_folders(tmp_path / "one", classes={"cat": (1, 2, 3)}, per_class=3)
     write_class_folders(tmp_path / "one", classes={"dog": (3, 2, 1)}, per_class=3)

@@ -166,7 +166,10 @@ def _select_classes(classes: list[str], wanted: Sequence[str] | None, where: str
     unknown = [c for c in wanted if c not in classes]
     if unknown:
         raise DataError(f"--classes: {', '.join(unknown)} not found in {where}; available: {', '.join(classes)}")
-    return list(dict.fromkeys(wanted))
+    twice = [c for c in dict.fromkeys(wanted) if list(wanted).count(c) > 1]
+    if twice:
+        raise DataError(f"--classes names {', '.join(twice)} more than once")
+    return list(wanted)
 
 
 def _check_class_count(classes: list[str], where: str) -> None:

@@ -484,7 +484,7 @@ def pretrain_then_train(cfg: TrainConfig, resume: bool = False, log=print) -> di
     """
     from . import distributed
     from .device import resolve_device
-    from .train import RUN_FILES, _quiet, agree_on_run_dir, check_run_dir, start_run_dir, train
+    from .train import RUN_FILES, quiet, agree_on_run_dir, check_run_dir, start_run_dir, train
 
     if distributed.from_environment().active and cfg.pretrain != "labels":  # before the folder is checked
         raise ConfigError(f"--pretrain {cfg.pretrain} runs in one process; start it without torchrun (or use "
@@ -492,7 +492,7 @@ def pretrain_then_train(cfg: TrainConfig, resume: bool = False, log=print) -> di
     place = distributed.setup(resolve_device(cfg.device))  # the stages find the process group up
     main = place.main
     if not main:
-        log = _quiet  # rank 0 speaks and writes for all
+        log = quiet  # rank 0 speaks and writes for all
     cfg = agree_on_run_dir(cfg, place)
     out = Path(cfg.out)
     first_epochs = max(1, round(cfg.epochs * cfg.pretrain_share))

@@ -329,7 +329,7 @@ def remove_interrupted_writes(out: Path, log=print) -> None:
         log(f"removed {len(stale)} temporary file(s) left by an interrupted write in {out}")
 
 
-def _quiet(*args: Any, **kwargs: Any) -> None:
+def quiet(*args: Any, **kwargs: Any) -> None:
     """The log of ranks other than 0."""
 
 
@@ -590,7 +590,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print,
     place = distributed.setup(device)  # one process unless started by torchrun
     device = distributed.device_for(place, device)
     if not place.main:
-        log = _quiet  # rank 0 speaks and writes for all
+        log = quiet  # rank 0 speaks and writes for all
     cfg = agree_on_run_dir(cfg, place)
     out = check_run_dir(cfg, resume)
     splits = load_data(cfg.data, data_root=cfg.data_root, download=cfg.download, channels=cfg.channels,
