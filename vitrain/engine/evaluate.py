@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -18,6 +18,11 @@ from .distributed import Dist, all_sum, gather_in_order
 
 
 IMBALANCE_RATIO = 3  # a largest class with this many times the images of the smallest is called imbalanced
+
+
+def is_imbalanced(counts: Sequence[int]) -> bool:
+    """Whether the largest of these per-class image counts is :data:`IMBALANCE_RATIO` times the smallest."""
+    return max(counts) >= IMBALANCE_RATIO * max(min(counts), 1)
 
 
 @dataclass
@@ -200,7 +205,7 @@ def evaluate_checkpoint(source: str | Path, data: str | None = None, *, split: s
 
     dataset, data_classes, which, used = load(wanted)
     if (not wanted and data_classes != classes and set(classes) <= set(data_classes)
-            and _same_data(model.meta.get("data"), data)):
+            and trained_here):
         # the run's own data with more classes, or in another order: a run trained with
         # --classes carved its splits from its classes in its order, so evaluate on those
         extra = [c for c in data_classes if c not in classes]
@@ -244,8 +249,7 @@ def evaluate_checkpoint(source: str | Path, data: str | None = None, *, split: s
     }
     write_report(out / "report.json", report)
     log(f"{checkpoint} on {data} ({which}, {report['images']} images)")
-    support = [row["support"] for row in report["per_class"].values()]
-    imbalanced = max(support) >= IMBALANCE_RATIO * min(support)
+    imbalanced = is_imbalanced([row["support"] for row in report["per_class"].values()])
     balanced = f"  balanced accuracy {result.balanced_accuracy:.4f}" if imbalanced else ""
     log(f"  accuracy {result.accuracy:.4f}" + balanced
         + (f"  top-5 {result.top5:.4f}" if result.top5 is not None else "") + f"  loss {result.loss:.4f}")

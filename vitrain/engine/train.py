@@ -38,7 +38,7 @@ from ..report import metrics_csv_bytes, plot_confusion_matrix, plot_curves, plot
 from . import distributed
 from .device import resolve_device
 from .distributed import Dist
-from .evaluate import IMBALANCE_RATIO, evaluate
+from .evaluate import evaluate, is_imbalanced
 from .finetune import apply_freeze, train_mode
 from .optim import build_optimizer, build_scheduler, replan
 
@@ -551,11 +551,11 @@ def class_weights(cfg: TrainConfig, splits: DataSplits, device: torch.device) ->
 
 
 def imbalance_note(splits: DataSplits, classes: list[str]) -> str | None:
-    """A note when the largest training class has :data:`IMBALANCE_RATIO` times the images of the
-    smallest: accuracy then rewards answering the large classes."""
+    """A note when the training split's classes are imbalanced (:func:`~.evaluate.is_imbalanced`):
+    accuracy then rewards answering the large classes."""
     counts = np.bincount(np.asarray(splits.train.targets), minlength=len(classes))
     big, small = int(counts.argmax()), int(counts.argmin())
-    if counts[big] < IMBALANCE_RATIO * max(counts[small], 1):
+    if not is_imbalanced(counts):
         return None
     return (f"imbalanced classes: {classes[big]} has {counts[big]} training images, {classes[small]} "
             f"{counts[small]}; accuracy favours the large classes, so the balanced accuracy (the mean "
