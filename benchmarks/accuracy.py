@@ -124,10 +124,32 @@ def gpu_name() -> str:
     return f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
 
 
+def cpu_flags() -> str:
+    """The CPU's vector and matrix units that decide its float32/bf16 speed, e.g. "AVX2, AVX-512, AVX512-BF16"."""
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split("flags", 1)[1].split("\n", 1)[0].split())
+    except (OSError, IndexError):
+        return "flags unknown"
+    names = {"avx2": "AVX2", "avx512f": "AVX-512", "avx512_bf16": "AVX512-BF16", "amx_bf16": "AMX-BF16"}
+    return ", ".join(name for flag, name in names.items() if flag in flags) or "no AVX2"
+
+
+def code_at() -> str:
+    """The commit the benchmark runs at (short hash), with "+changes" when vitrain/ differs from it."""
+    try:
+        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "vitrain"], capture_output=True,
+                               text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("+changes" if dirty else "")
+
+
 def machine_line() -> str:
-    """The machine and date line every benchmark table starts with."""
-    return (f"Machine: {cpu_name()}, {__import__('os').cpu_count()} CPU cores, {gpu_name()}; "
-            f"date {time.strftime('%Y-%m-%d')}")
+    """The machine, date and code line every benchmark table starts with."""
+    return (f"Machine: {cpu_name()} ({cpu_flags()}), {__import__('os').cpu_count()} CPU cores, {gpu_name()}; "
+            f"date {time.strftime('%Y-%m-%d')}; code at {code_at()}")
 
 
 def save_results(out: Path, name: str, table: str, rows) -> None:

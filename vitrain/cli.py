@@ -56,12 +56,14 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model", default=S, help="auto (default: picked from the image size), a preset "
                    "(see `vitrain models`), or vit (explicit dims only)")
     g.add_argument("--img-size", type=int, default=S, help="input size in pixels (images are resized)")
-    g.add_argument("--patch-size", type=int, default=S)
-    g.add_argument("--embed-dim", type=int, default=S)
+    g.add_argument("--patch-size", type=int, default=S,
+                   help="patch size in pixels (the token grid is img-size / patch-size)")
+    g.add_argument("--embed-dim", type=int, default=S, help="token width")
     g.add_argument("--depth", type=int, default=S, help="number of encoder blocks")
-    g.add_argument("--num-heads", type=int, default=S)
-    g.add_argument("--mlp-dim", type=int, default=S)
-    g.add_argument("--dropout", type=float, default=S)
+    g.add_argument("--num-heads", type=int, default=S, help="attention heads per block")
+    g.add_argument("--mlp-dim", type=int, default=S, help="hidden width of each block's MLP")
+    g.add_argument("--dropout", type=float, default=S,
+                   help="dropout rate of the attention weights, the projections, the MLP and the embeddings")
     g.add_argument("--drop-path", type=float, default=S, help="stochastic depth rate of the last block")
     g.add_argument("--pool", choices=["cls", "avg"], default=S, help="class token or global average pooling")
     g.add_argument("--stem", choices=["patch", "conv"], default=S,
@@ -181,7 +183,7 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--workers", type=int, default=S, help="data-loading processes (auto)")
     g.add_argument("--compile", choices=["auto", "on", "off"], default=S,
                    help="torch.compile the model for training (auto: on for CUDA, with CUDA graphs on one GPU; off on "
-                   "CPU, where it did not pay in BENCHMARKS.md); the first steps are slower while it compiles")
+                   "CPU, where it was measured not to pay); the first steps are slower while it compiles")
     g.add_argument("--in-memory", choices=["auto", "on", "off"], default=S,
                    help="decode every image once and augment whole batches in memory (auto: when the "
                    "decoded images fit in 2 GiB)")
@@ -251,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex = sub.add_parser("export", help="export a checkpoint to ONNX or TorchScript",
                         description="Dynamic batch dimension, preprocessing in the metadata, parity checked.")
     ex.add_argument("checkpoint", help="a .safetensors checkpoint or a run folder (its best.safetensors)")
-    ex.add_argument("--format", choices=["onnx", "torchscript"], required=True)
+    ex.add_argument("--format", choices=["onnx", "torchscript"], required=True, help="the file format to write")
     ex.add_argument("--out", help="output file (default beside the checkpoint)")
     return parser
 
