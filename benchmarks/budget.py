@@ -8,12 +8,14 @@ and ``budget.png`` (test accuracy against minutes, one line per seed) into ``--o
 
     python benchmarks/budget.py                                       # digits, 0.25 to 2 minutes
     python benchmarks/budget.py --budgets 0.25,0.5,1,2 --seeds 0,1
-    python benchmarks/budget.py --data ../shared/datasets/cifar10.tar --recipe cifar10-best --budgets 2,4,8,15
+    python benchmarks/budget.py --data ../shared/datasets/cifar10.tar --recipe cifar10-best --budgets 1,2,4,8,15
+    python benchmarks/budget.py --out runs/benchmarks/budget --replot     # redraw the plot from budget.json
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 import time
@@ -49,7 +51,7 @@ def plot(rows: list[dict], title: str, path: Path) -> None:
         ax.plot(*zip(*points), marker="o", label=f"seed {seed}")
     ax.set_xscale("log", base=2)
     ax.set_xticks(sorted({r["minutes"] for r in rows}), [f"{m:g}" for m in sorted({r["minutes"] for r in rows})])
-    ax.set_xlabel("time budget (minutes, from process start)")
+    ax.set_xlabel("--time-budget (minutes)")
     ax.set_ylabel("test accuracy")
     ax.set_title(title, fontsize=10)
     ax.grid(True, alpha=0.3)
@@ -57,6 +59,10 @@ def plot(rows: list[dict], title: str, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def _title(data: str, recipe: str) -> str:
+    return f"{Path(data).name}, " + ("default settings" if recipe == "default" else f"--recipe {recipe}")
 
 
 def markdown(rows: list[dict], argv: list[str]) -> str:
@@ -76,7 +82,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", default="0", help="comma-separated seeds (0)")
     parser.add_argument("--flags", default="", help="extra vitrain train flags for every run")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "benchmarks" / "budget")
+    parser.add_argument("--replot", action="store_true", help="only redraw budget.png from --out's budget.json")
     args = parser.parse_args(argv)
+    if args.replot:
+        rows = json.loads((args.out / "budget.json").read_text())
+        plot(rows, _title(rows[0]["data"], rows[0]["recipe"]), args.out / "budget.png")
+        return 0
     try:
         budgets = [float(b) for b in args.budgets.split(",")]
         seeds = [int(s) for s in args.seeds.split(",")]
@@ -87,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [run_point(args.data, args.recipe, minutes, seed, shlex.split(args.flags), args.out)
             for seed in seeds for minutes in budgets]
     save_results(args.out, "budget", markdown(rows, argv), rows)
-    plot(rows, f"{Path(args.data).name}, {args.recipe or 'default settings'}", args.out / "budget.png")
+    plot(rows, _title(args.data, args.recipe or "default"), args.out / "budget.png")
     print(f"plot: {args.out / 'budget.png'}")
     return 0
 

@@ -17,7 +17,7 @@ evaluated on the full 10,000-image test set; the subset is built once, as symbol
 into an extracted copy of ``../shared/datasets/cifar10.tar`` under ``runs/cache`` (ignored
 by git). ``--write-subset FILE`` packs that subset (the same image files) into one tar of about
 30 MiB; a folder given as ``--datasets`` that holds ``cifar10-2040.tar`` uses it as it
-is, so a machine that cannot hold the whole cifar10.tar (a lent GPU) runs the same subset.
+is, so a machine that cannot hold the whole cifar10.tar (a remote GPU machine) runs the same subset.
 On a GPU the runs use it (vitrain's ``--device auto``), and the table's machine line says so.
 
     python benchmarks/small_data.py --minutes 30
@@ -26,7 +26,7 @@ On a GPU the runs use it (vitrain's ``--device auto``), and the table's machine 
         --pretrain-flags="--pretrain-img-size 64"     # an ablation of the recipe's first stage
     python benchmarks/small_data.py --minutes 15 --flags="--stem patch"   # both arms: a plain ViT
     python benchmarks/small_data.py --minutes 15 --arms scratch,pretrain,labels-first   # and the control
-    python benchmarks/small_data.py --write-subset gpu/cifar10-2040.tar    # then, on the GPU machine:
+    python benchmarks/small_data.py --write-subset gpu/cifar10-2040.tar    # then, on a GPU machine:
     python benchmarks/small_data.py --minutes 4 --only cifar10-2040 --datasets gpu
 """
 

@@ -17,7 +17,7 @@ augmented views. Labels are never read. Here:
 * ``--instance-smoothing E`` smooths the instance targets (label smoothing, as the paper
   does); ``--instance-init features`` starts the classifier's rows as the images'
   projections by the untrained backbone instead of random vectors (both ablations, off by
-  default: neither beat the recipe end to end, BENCHMARKS.md);
+  default: neither beat the recipe end to end, docs/benchmarks/small-data.md);
 * ``--infonce W`` adds W x InfoNCE between the first two views: cosine similarities over
   the temperature, each view's positive is the other view of its image and the other
   images of the batch are the negatives (an ablation; off by default);

@@ -341,7 +341,7 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 
 def use_compile(setting: str, device: torch.device) -> bool:
     """Whether ``--compile`` compiles the training step: on for CUDA by default (fixed batch shapes
-    there make it pay), off on CPU, where BENCHMARKS.md measured it."""
+    there make it pay), off on CPU, where it was measured not to pay (docs/benchmarks/throughput.md)."""
     return setting == "on" or (setting == "auto" and device.type == "cuda")
 
 
@@ -350,7 +350,7 @@ def writes_behind(device: torch.device) -> bool:
 
     On a GPU: the CPU mostly waits for the device, so serializing, syncing and renaming the files
     on a thread should cost training little, where in the loop they hold up the next kernel
-    launches (reasoned, not measured: no GPU was available). On the CPU, training already keeps
+    launches (reasoned, not measured on a GPU). On the CPU, training already keeps
     every core busy, and the thread's work slowed the steps about as much as it saved
     (``benchmarks/checkpoint_writes.py``: 0.96x to 1.04x per epoch on a 2-core CPU), so the
     files are written in the loop.

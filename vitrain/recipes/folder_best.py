@@ -1,6 +1,6 @@
 """vitrain's own recipe for a folder of images (a few thousand, any size) on a short budget.
 
-The CIFAR-10 findings carried to folders (BENCHMARKS.md): a small ViT with a
+What works on CIFAR-10 at short budgets, carried to folders: a small ViT with a
 convolutional stem, at 64 px input with a patch-8 grid (64 tokens), so a CPU sees many
 epochs in minutes. Random resized crops (35-100% of the image) and flips, since a folder
 of a few thousand images is a small-data problem; stochastic depth 0.1 for the same reason.
@@ -13,8 +13,7 @@ RECIPE = Recipe(
     summary="64 px, conv stem + patch-8 grid, 6 layers x 128 dim, random resized crops + flips, AdamW 1e-3, cosine",
     reference="at 64 px, 15 minutes on a 2-core CPU: brain-tumor-mri 0.9077 test accuracy (deduped; folder-vit-b16: "
               "0.8405), flowers17 0.7426 (folder-vit-b16: 0.5147), measured by "
-              "`python benchmarks/accuracy.py --budget 15` at commit 5b2d3fd (BENCHMARKS.md has the exact commands; "
-              "0.8799 and 0.7426 at b728736, before the model speed-ups)",
+              "`python benchmarks/accuracy.py --budget 15` (docs/benchmarks/accuracy.md)",
     command="vitrain train --recipe folder-best --data brain-tumor-mri.tar --time-budget 15",
     config=dict(
         val_fraction=0.15,

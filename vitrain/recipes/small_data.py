@@ -10,17 +10,13 @@ Two departures from the paper, for CPU budgets of minutes rather than hundreds o
 epochs: the first stage adds InfoNCE between the two views (``infonce=1``), whose
 in-batch negatives give a signal from the first step while the N-way classifier's weights
 are still random, and it does not mix instances (``pretrain_mixup``/``pretrain_cutmix`` 0),
-which made the instance task harder than a short run can learn. Both are flags. And the
-first stage runs at 32 px (``pretrain_img_size``; a 4x4 token grid for a 64 px model): on
-flowers17 it made 3,559 pretraining steps in 7.5 minutes, where a 64 px first stage made
-816 (before this version's faster model). The second stage resamples the position
-embeddings. On flowers17 (seed 0, 15 minutes) that took the chained
-recipe from a tie with training from scratch to 3.7 points ahead of it. A control whose
-first stage trains on the labels at 32 px (``benchmarks/small_data.py --arms labels-first``)
-puts most of the gain in that cheap small-input stage: on flowers17 (seed 0, 15 minutes,
-the same evening) scratch 0.7426, labels first 0.7941, this recipe 0.8088; with seed 1,
-labels first 0.8015, this recipe 0.7868. ``--recipe small-data --pretrain labels`` runs
-that control as one command (a supervised first stage at ``pretrain_img_size``).
+which makes the instance task harder than a short run can learn. Both are flags. And the
+first stage runs at 32 px (``pretrain_img_size``; a 4x4 token grid for a 64 px model), which
+makes several times the pretraining steps of a 64 px first stage in the same time; the
+second stage resamples the position embeddings. Most of the recipe's gain over training
+from scratch comes from that cheap small-input stage: ``--recipe small-data --pretrain
+labels`` runs the same two stages with a supervised first stage, and is worth trying first.
+docs/benchmarks/small-data.md has the measurements.
 """
 
 from . import Recipe
@@ -32,8 +28,7 @@ RECIPE = Recipe(
     reference="30 minutes on a 2-core CPU, test accuracy vs the same recipe with --pretrain none: flowers17 "
               "0.8529 vs 0.8015 (seed 0), 0.8382 vs 0.8088 (seeds 1 and 2), CIFAR-10 2,040-image subset 0.5458 vs "
               "0.5255 (seed 0), 0.5201 vs 0.5159 (seed 1) and 0.5095 vs 0.5442 (seed 2) "
-              "(`python benchmarks/small_data.py --minutes 30`, "
-              "BENCHMARKS.md)",
+              "(`python benchmarks/small_data.py --minutes 30`, docs/benchmarks/small-data.md)",
     command="vitrain train --recipe small-data --data flowers17.tar --time-budget 30",
     config=dict(
         pretrain="instance-discrimination", pretrain_share=0.5, views=2, temperature=0.2, infonce=1.0,

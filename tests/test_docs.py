@@ -1,0 +1,77 @@
+"""The docs site's generated reference pages cover the whole command line and every config key."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from vitrain.cli import build_parser, main
+from vitrain.config import TrainConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _reference_module():
+    spec = importlib.util.spec_from_file_location("docs_reference", ROOT / "docs" / "hooks" / "reference.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_subcommand_and_option_is_in_the_generated_cli_reference():
+    reference = _reference_module()
+    page = reference.cli_reference_markdown()
+    commands = reference.subcommands(build_parser())
+    assert {"train", "pretrain", "eval", "predict", "export", "models", "recipes", "bench"} <= set(commands)
+    for name, parser in commands.items():
+        section = page.split(f"## `vitrain {name}`\n", 1)[1].split("\n## ", 1)[0]
+        for action in parser._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            for option in action.option_strings:
+                assert re.search(rf"`{re.escape(option)}`", section), f"vitrain {name} {option} is not in the reference"
+            if not action.option_strings:
+                assert f"`{action.metavar or action.dest}`" in section, f"vitrain {name}: {action.dest} is missing"
+
+
+def test_the_reference_gives_train_options_the_config_defaults():
+    page = _reference_module().cli_reference_markdown()
+    train = page.split("## `vitrain train`\n", 1)[1].split("\n## ", 1)[0]
+    assert f"| `--epochs` `EPOCHS` | `{TrainConfig().epochs}` |" in train
+    assert "| `--no-progress` | off |" in train
+    assert "| `--crop-scale` `CROP_SCALE` | `0.08,1` |" in train
+
+
+def test_every_config_key_is_in_the_generated_config_reference():
+    page = _reference_module().config_reference_markdown()
+    keys = re.findall(r"^\| `(\w+)` \|", page, flags=re.M)
+    assert keys == [f.name for f in dataclasses.fields(TrainConfig)]
+
+
+def test_the_pages_hold_the_markers_the_hook_fills():
+    reference = _reference_module()
+    assert reference.CLI_MARKER in (ROOT / "docs" / "reference" / "cli.md").read_text()
+    assert reference.CONFIG_MARKER in (ROOT / "docs" / "reference" / "config.md").read_text()
+
+
+@pytest.fixture
+def tiny_run(flat_folder, tmp_path, tiny_args) -> Path:
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(flat_folder), "--out", str(run), *tiny_args, "--time-budget", "0.2"]) == 0
+    return run
+
+
+def test_every_report_json_key_of_a_run_is_in_the_schema_page(tiny_run):
+    page = (ROOT / "docs" / "reference" / "run-folder.md").read_text()
+    report = json.loads((tiny_run / "report.json").read_text())
+    for key in [*report, *(f"test.{k}" for k in report["test"]), *(f"val.{k}" for k in report["val"])]:
+        assert f"`{key.split('.')[-1]}`" in page, f"report.json key {key} is not documented"
+    for name in (p.name for p in tiny_run.iterdir()):
+        if not name.startswith("."):
+            assert f"`{name}" in page, f"run folder file {name} is not documented"
