@@ -10,6 +10,7 @@ and ``budget.png`` (test accuracy against minutes, one line per seed) into ``--o
     python benchmarks/budget.py --budgets 0.25,0.5,1,2 --seeds 0,1
     python benchmarks/budget.py --data ../shared/datasets/cifar10.tar --recipe cifar10-best --budgets 1,2,4,8,15
     python benchmarks/budget.py --out runs/benchmarks/budget --replot     # redraw the plot from budget.json
+    python benchmarks/budget.py --budgets 0.25,0.5,1,2,4 --reuse          # run only the points not yet in --out
 """
 
 from __future__ import annotations
@@ -25,17 +26,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from accuracy import ROOT, machine_line, markdown_table, save_results, train_report  # noqa: E402
 
 
-def run_point(data: str, recipe: str | None, minutes: float, seed: int, flags: list[str], out: Path) -> dict:
-    """One budgeted run; its row of the table."""
+def run_point(data: str, recipe: str | None, minutes: float, seed: int, flags: list[str], out: Path,
+              reuse: bool = False) -> dict:
+    """One budgeted run; its row of the table (also written to the run folder's point.json).
+
+    With ``reuse``, a point whose run folder already holds a point.json is not run again.
+    """
     run = out / f"{Path(data).stem}-{recipe or 'default'}-{minutes:g}min-seed{seed}"
+    if reuse and (run / "point.json").is_file():
+        print(f"reusing {run / 'point.json'}", flush=True)
+        return json.loads((run / "point.json").read_text())
     started = time.perf_counter()
     given = ["--data", data, *(["--recipe", recipe] if recipe else []), "--time-budget", str(minutes),
              "--seed", str(seed), *flags]
     report = train_report(run, given)
-    return {"data": data, "recipe": recipe or "default", "minutes": minutes, "seed": seed,
-            "test_accuracy": report["test"]["accuracy"], "test_images": report["test"]["images"],
-            "epochs": report["epochs"], "steps": report["time_budget"]["done_steps"],
-            "wall_seconds": round(time.perf_counter() - started, 1)}
+    row = {"data": data, "recipe": recipe or "default", "minutes": minutes, "seed": seed,
+           "test_accuracy": report["test"]["accuracy"], "test_images": report["test"]["images"],
+           "epochs": report["epochs"], "steps": report["time_budget"]["done_steps"],
+           "wall_seconds": round(time.perf_counter() - started, 1)}
+    (run / "point.json").write_text(json.dumps(row, indent=2))
+    return row
 
 
 def plot(rows: list[dict], title: str, path: Path) -> None:
@@ -83,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--flags", default="", help="extra vitrain train flags for every run")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "benchmarks" / "budget")
     parser.add_argument("--replot", action="store_true", help="only redraw budget.png from --out's budget.json")
+    parser.add_argument("--reuse", action="store_true",
+                        help="keep the points already run in --out (their point.json) and run only the missing ones")
     args = parser.parse_args(argv)
     if args.replot:
         rows = json.loads((args.out / "budget.json").read_text())
@@ -95,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--budgets {args.budgets!r} / --seeds {args.seeds!r}: comma-separated numbers expected")
     if any(b <= 0 for b in budgets):
         parser.error(f"--budgets {args.budgets}: every budget must be a positive number of minutes")
-    rows = [run_point(args.data, args.recipe, minutes, seed, shlex.split(args.flags), args.out)
+    rows = [run_point(args.data, args.recipe, minutes, seed, shlex.split(args.flags), args.out, args.reuse)
             for seed in seeds for minutes in budgets]
     save_results(args.out, "budget", markdown(rows, argv), rows)
     plot(rows, _title(args.data, args.recipe or "default"), args.out / "budget.png")

@@ -75,3 +75,46 @@ def test_every_report_json_key_of_a_run_is_in_the_schema_page(tiny_run):
     for name in (p.name for p in tiny_run.iterdir()):
         if not name.startswith("."):
             assert f"`{name}" in page, f"run folder file {name} is not documented"
+
+
+def _quoted_commands() -> list[tuple[str, str]]:
+    """Every ``vitrain ...`` command line in the README's and the docs' code blocks, with its page."""
+    found = []
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]:
+        in_code, pending = False, ""
+        for line in page.read_text().splitlines():
+            if line.lstrip().startswith("```"):
+                in_code, pending = not in_code, ""
+                continue
+            if not in_code:
+                continue
+            line = pending + line.strip()
+            pending = ""
+            if line.endswith("\\"):  # a command continued on the next line
+                pending = line[:-1] + " "
+                continue
+            command = line.removeprefix("$ ").split(" #", 1)[0].strip()
+            for prefix in ("torchrun ", ".venv/bin/"):
+                if command.startswith(prefix) and " vitrain " in f" {command} ":
+                    command = command[command.index("vitrain "):] if prefix == ".venv/bin/" else \
+                        "vitrain " + command.split(" -m vitrain ", 1)[1]
+            synopsis = "[" in command or "CKPT" in command  # a usage line, not a command to run
+            if command.startswith("vitrain ") and "..." not in command and "&&" not in command and not synopsis:
+                found.append((page.relative_to(ROOT).as_posix(), command))
+    return found
+
+
+def test_every_vitrain_command_quoted_in_the_docs_is_one_the_parser_accepts(capsys):
+    import shlex
+
+    commands = _quoted_commands()
+    assert len(commands) > 40  # the README's tour and the guides' examples
+    parser = build_parser()
+    refused = []
+    for page, command in commands:
+        try:
+            parser.parse_args(shlex.split(command)[1:])
+        except SystemExit as exit:
+            if exit.code:
+                refused.append(f"{page}: `{command}`: {capsys.readouterr().err.strip().splitlines()[-1]}")
+    assert not refused, "\n".join(refused)

@@ -6,7 +6,7 @@
 set -euo pipefail
 out=runs/transcripts
 data=../shared/datasets
-rm -rf "$out" && mkdir -p "$out"
+rm -rf "$out" runs/imbalanced-flowers && mkdir -p "$out"
 say() { echo "\$ $*" | tee "$out/$name.txt"; "$@" 2>&1 | tee -a "$out/$name.txt"; }
 { lscpu | grep -E "Model name|^CPU\(s\)|Flags"; git rev-parse --short HEAD; date -u +%F; } > "$out/machine.txt"
 
@@ -29,5 +29,20 @@ name=torchscript say vitrain export runs/digits --format torchscript
 name=folder      say vitrain train --data $data/flowers17.tar --recipe folder-best --time-budget 2 --no-progress --out runs/flowers
 name=finetune    say vitrain train --data $data/brain-tumor-mri.tar --pretrained runs/flowers --dedupe --time-budget 1 --no-progress --out runs/mri-from-flowers
 name=torchrun    say torchrun --standalone --nproc-per-node 2 -m vitrain train --epochs 2 --no-progress --device cpu --out runs/digits-ddp
+python - <<'PY'
+# an imbalanced folder: three flowers17 classes with 80, 40 and 16 images
+import tarfile
+from pathlib import Path
+keep = {"bluebell": 80, "crocus": 40, "daisy": 16}
+with tarfile.open("../shared/datasets/flowers17.tar") as tar:
+    members = sorted((m for m in tar.getmembers() if m.isfile()), key=lambda m: m.name)
+    for name, count in keep.items():
+        chosen = [m for m in members if m.name.split("/")[-2] == name][:count]
+        for m in chosen:
+            target = Path("runs/imbalanced-flowers") / name / Path(m.name).name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(tar.extractfile(m).read())
+PY
+name=imbalanced  say vitrain train --data runs/imbalanced-flowers --model vit-mini4 --img-size 32 --epochs 3 --no-progress --out runs/imbalanced
 name=models      say vitrain models
 name=recipes     say vitrain recipes
