@@ -83,7 +83,8 @@ def cifar10_sample(target: Path, counts: dict[str, int], datasets: Path = DATASE
 def markdown_table(header: list[str], rows: list[list]) -> list[str]:
     """A Markdown table: the header line, the rule, a line per row."""
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
-        "| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+        "| " + " | ".join(str(cell) for cell in row) + " |" for row in rows
+    ]
 
 
 def run_one(dataset: str, recipe: str, budget: float, out: Path, flags: Sequence[str] = ()) -> dict:
@@ -91,20 +92,31 @@ def run_one(dataset: str, recipe: str, budget: float, out: Path, flags: Sequence
     extra = [*extra, *flags]
     started = time.perf_counter()
     folder = out / f"{dataset}-{recipe}{''.join(flags).replace('-', '')}"
-    report = train_report(folder, ["--recipe", recipe, "--data", str(DATASETS / archive),
-                                   "--time-budget", str(budget), *extra])
+    report = train_report(
+        folder, ["--recipe", recipe, "--data", str(DATASETS / archive), "--time-budget", str(budget), *extra]
+    )
     row = {
-        "dataset": dataset, "recipe": recipe, "budget_minutes": budget, "extra_flags": " ".join(extra),
-        "test_accuracy": report["test"]["accuracy"], "test_images": report["test"]["images"],
-        "val_accuracy": report["val"]["accuracy"], "epochs": report["epochs"],
-        "planned_steps": report["time_budget"]["planned_steps"], "done_steps": report["time_budget"]["done_steps"],
-        "parameters": report["model"]["parameters"], "wall_seconds": round(time.perf_counter() - started, 1),
+        "dataset": dataset,
+        "recipe": recipe,
+        "budget_minutes": budget,
+        "extra_flags": " ".join(extra),
+        "test_accuracy": report["test"]["accuracy"],
+        "test_images": report["test"]["images"],
+        "val_accuracy": report["val"]["accuracy"],
+        "epochs": report["epochs"],
+        "planned_steps": report["time_budget"]["planned_steps"],
+        "done_steps": report["time_budget"]["done_steps"],
+        "parameters": report["model"]["parameters"],
+        "wall_seconds": round(time.perf_counter() - started, 1),
     }
     if "pretraining" in report:  # a two-stage run (--pretrain): its first stage's share of the work
         first = report["pretraining"]
-        row["first_stage"] = {"epochs": first["epochs"], "planned_steps": first["time_budget"]["planned_steps"],
-                              "done_steps": first["time_budget"]["done_steps"],
-                              "test_accuracy": first.get("test", {}).get("accuracy")}
+        row["first_stage"] = {
+            "epochs": first["epochs"],
+            "planned_steps": first["time_budget"]["planned_steps"],
+            "done_steps": first["time_budget"]["done_steps"],
+            "test_accuracy": first.get("test", {}).get("accuracy"),
+        }
     return row
 
 
@@ -137,10 +149,12 @@ def cpu_flags() -> str:
 def code_at() -> str:
     """The commit the benchmark runs at (short hash), with "+changes" when vitrain/ differs from it."""
     try:
-        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "vitrain"], capture_output=True,
-                               text=True, check=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "vitrain"], capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return commit + ("+changes" if dirty else "")
@@ -148,8 +162,10 @@ def code_at() -> str:
 
 def machine_line() -> str:
     """The machine, date and code line every benchmark table starts with."""
-    return (f"Machine: {cpu_name()} ({cpu_flags()}), {__import__('os').cpu_count()} CPU cores, {gpu_name()}; "
-            f"date {time.strftime('%Y-%m-%d')}; code at {code_at()}")
+    return (
+        f"Machine: {cpu_name()} ({cpu_flags()}), {__import__('os').cpu_count()} CPU cores, {gpu_name()}; "
+        f"date {time.strftime('%Y-%m-%d')}; code at {code_at()}"
+    )
 
 
 def save_results(out: Path, name: str, table: str, rows) -> None:
@@ -161,14 +177,38 @@ def save_results(out: Path, name: str, table: str, rows) -> None:
 
 
 def markdown(rows: list[dict], budget: float, argv: list[str]) -> str:
-    lines = [f"Command: `python benchmarks/accuracy.py {shlex.join(argv)}`  ",
-             f"{machine_line()}; budget {budget:g} min per run.", ""]
+    lines = [
+        f"Command: `python benchmarks/accuracy.py {shlex.join(argv)}`  ",
+        f"{machine_line()}; budget {budget:g} min per run.",
+        "",
+    ]
     lines += markdown_table(
-        ["dataset", "recipe", "extra flags", "test accuracy", "test images", "epochs", "steps done / planned",
-         "params", "wall s"],
-        [[r["dataset"], r["recipe"], r["extra_flags"] or "-", f"{r['test_accuracy']:.4f}", r["test_images"],
-          _stages(r, "epochs"), _stages(r, "done_steps", "planned_steps"), f"{r['parameters'] / 1e6:.2f}M",
-          r["wall_seconds"]] for r in rows])
+        [
+            "dataset",
+            "recipe",
+            "extra flags",
+            "test accuracy",
+            "test images",
+            "epochs",
+            "steps done / planned",
+            "params",
+            "wall s",
+        ],
+        [
+            [
+                r["dataset"],
+                r["recipe"],
+                r["extra_flags"] or "-",
+                f"{r['test_accuracy']:.4f}",
+                r["test_images"],
+                _stages(r, "epochs"),
+                _stages(r, "done_steps", "planned_steps"),
+                f"{r['parameters'] / 1e6:.2f}M",
+                r["wall_seconds"],
+            ]
+            for r in rows
+        ],
+    )
     if any("first_stage" in r for r in rows):
         lines += ["", "Two-stage runs (`--pretrain`): epochs and steps of the first stage + the second."]
     return "\n".join(lines) + "\n"
@@ -180,8 +220,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=float, default=15.0, help="minutes per run (15)")
     parser.add_argument("--only", choices=list(COMPARISONS), action="append", help="datasets to run (all)")
     parser.add_argument("--recipes", help="comma-separated subset of each comparison's recipes")
-    parser.add_argument("--flags", default="",
-                        help="extra vitrain train flags for every run (an option on top of the recipes; in the table)")
+    parser.add_argument(
+        "--flags",
+        default="",
+        help="extra vitrain train flags for every run (an option on top of the recipes; in the table)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "benchmarks" / "accuracy")
     args = parser.parse_args(argv)
     if not DATASETS.is_dir():

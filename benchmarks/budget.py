@@ -26,8 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from accuracy import ROOT, machine_line, markdown_table, save_results, train_report  # noqa: E402
 
 
-def run_point(data: str, recipe: str | None, minutes: float, seed: int, flags: list[str], out: Path,
-              reuse: bool = False) -> dict:
+def run_point(
+    data: str, recipe: str | None, minutes: float, seed: int, flags: list[str], out: Path, reuse: bool = False
+) -> dict:
     """One budgeted run; its row of the table (also written to the run folder's point.json).
 
     With ``reuse``, a point whose run folder already holds a point.json is not run again.
@@ -37,13 +38,28 @@ def run_point(data: str, recipe: str | None, minutes: float, seed: int, flags: l
         print(f"reusing {run / 'point.json'}", flush=True)
         return json.loads((run / "point.json").read_text())
     started = time.perf_counter()
-    given = ["--data", data, *(["--recipe", recipe] if recipe else []), "--time-budget", str(minutes),
-             "--seed", str(seed), *flags]
+    given = [
+        "--data",
+        data,
+        *(["--recipe", recipe] if recipe else []),
+        "--time-budget",
+        str(minutes),
+        "--seed",
+        str(seed),
+        *flags,
+    ]
     report = train_report(run, given)
-    row = {"data": data, "recipe": recipe or "default", "minutes": minutes, "seed": seed,
-           "test_accuracy": report["test"]["accuracy"], "test_images": report["test"]["images"],
-           "epochs": report["epochs"], "steps": report["time_budget"]["done_steps"],
-           "wall_seconds": round(time.perf_counter() - started, 1)}
+    row = {
+        "data": data,
+        "recipe": recipe or "default",
+        "minutes": minutes,
+        "seed": seed,
+        "test_accuracy": report["test"]["accuracy"],
+        "test_images": report["test"]["images"],
+        "epochs": report["epochs"],
+        "steps": report["time_budget"]["done_steps"],
+        "wall_seconds": round(time.perf_counter() - started, 1),
+    }
     (run / "point.json").write_text(json.dumps(row, indent=2))
     return row
 
@@ -77,9 +93,21 @@ def _title(data: str, recipe: str) -> str:
 
 def markdown(rows: list[dict], argv: list[str]) -> str:
     lines = [f"Command: `python benchmarks/budget.py {shlex.join(argv)}`  ", f"{machine_line()}.", ""]
-    lines += markdown_table(["budget (min)", "seed", "test accuracy", "test images", "epochs", "steps", "wall s"],
-                            [[f"{r['minutes']:g}", r["seed"], f"{r['test_accuracy']:.4f}", r["test_images"],
-                              r["epochs"], r["steps"], r["wall_seconds"]] for r in rows])
+    lines += markdown_table(
+        ["budget (min)", "seed", "test accuracy", "test images", "epochs", "steps", "wall s"],
+        [
+            [
+                f"{r['minutes']:g}",
+                r["seed"],
+                f"{r['test_accuracy']:.4f}",
+                r["test_images"],
+                r["epochs"],
+                r["steps"],
+                r["wall_seconds"],
+            ]
+            for r in rows
+        ],
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -93,8 +121,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--flags", default="", help="extra vitrain train flags for every run")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "benchmarks" / "budget")
     parser.add_argument("--replot", action="store_true", help="only redraw budget.png from --out's budget.json")
-    parser.add_argument("--reuse", action="store_true",
-                        help="keep the points already run in --out (their point.json) and run only the missing ones")
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="keep the points already run in --out (their point.json) and run only the missing ones",
+    )
     args = parser.parse_args(argv)
     if args.replot:
         rows = json.loads((args.out / "budget.json").read_text())
@@ -107,8 +138,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--budgets {args.budgets!r} / --seeds {args.seeds!r}: comma-separated numbers expected")
     if any(b <= 0 for b in budgets):
         parser.error(f"--budgets {args.budgets}: every budget must be a positive number of minutes")
-    rows = [run_point(args.data, args.recipe, minutes, seed, shlex.split(args.flags), args.out, args.reuse)
-            for seed in seeds for minutes in budgets]
+    rows = [
+        run_point(args.data, args.recipe, minutes, seed, shlex.split(args.flags), args.out, args.reuse)
+        for seed in seeds
+        for minutes in budgets
+    ]
     save_results(args.out, "budget", markdown(rows, argv), rows)
     plot(rows, _title(args.data, args.recipe or "default"), args.out / "budget.png")
     print(f"plot: {args.out / 'budget.png'}")

@@ -37,16 +37,15 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from accuracy import DATASETS, ROOT, machine_line, markdown_table, save_results  # noqa: E402
-
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from accuracy import DATASETS, ROOT, machine_line, markdown_table, save_results  # noqa: E402
 
 import vitrain.engine.train as train_module  # noqa: E402
 from vitrain.checkpoint import CheckpointWriter  # noqa: E402
 from vitrain.cli import main as vitrain_main  # noqa: E402
 from vitrain.models import create_model  # noqa: E402
-from vitrain.models.vit import ViTConfig, VisionTransformer  # noqa: E402
+from vitrain.models.vit import VisionTransformer, ViTConfig  # noqa: E402
 from vitrain.recipes import get_recipe  # noqa: E402
 from vitrain.report import metrics_csv_bytes  # noqa: E402
 
@@ -58,9 +57,17 @@ def cycle_setup(data: str) -> tuple[torch.nn.Module, int, int, int, int]:
     if data == "digits":  # vitrain train's defaults: 1,257 training images
         return create_model("vit-digits", num_classes=10), 1, 8, 32, 40
     c = get_recipe("small-data").config  # at 32 px: 1,730 training images
-    arch = ViTConfig(img_size=32, patch_size=c["patch_size"], embed_dim=c["embed_dim"], depth=c["depth"],
-                     num_heads=c["num_heads"], mlp_dim=c["mlp_dim"], stem=c["stem"], num_classes=10,
-                     drop_path=c["drop_path"])
+    arch = ViTConfig(
+        img_size=32,
+        patch_size=c["patch_size"],
+        embed_dim=c["embed_dim"],
+        depth=c["depth"],
+        num_heads=c["num_heads"],
+        mlp_dim=c["mlp_dim"],
+        stem=c["stem"],
+        num_classes=10,
+        drop_path=c["drop_path"],
+    )
     return VisionTransformer(arch), 3, 32, c["batch_size"], 1730 // c["batch_size"]
 
 
@@ -70,16 +77,28 @@ def cycles(data: str, rounds: int, history_rows: int) -> dict[str, list[float]]:
     model, chans, size, batch, steps = cycle_setup(data)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     images, labels = torch.randn(batch, chans, size, size), torch.randint(0, 10, (batch,))
-    history = [{"epoch": i + 1, "train_loss": 1.0 + 1 / (i + 1), "train_accuracy": 0.5, "val_loss": 1.2,
-                "val_accuracy": 0.45, "lr": 1e-3, "epoch_seconds": 2.0, "images_per_second": 800.0}
-               for i in range(history_rows)]
+    history = [
+        {
+            "epoch": i + 1,
+            "train_loss": 1.0 + 1 / (i + 1),
+            "train_accuracy": 0.5,
+            "val_loss": 1.2,
+            "val_accuracy": 0.45,
+            "lr": 1e-3,
+            "epoch_seconds": 2.0,
+            "images_per_second": 800.0,
+        }
+        for i in range(history_rows)
+    ]
 
     def epoch(files: CheckpointWriter, out: Path) -> float:
         start = time.perf_counter()
         files.save_model(out / "best.safetensors", model, epoch=1)
         files.save_model(out / "last.safetensors", model, epoch=1)
-        files.save_state(out / "state.safetensors", {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                                     "history": history})
+        files.save_state(
+            out / "state.safetensors",
+            {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "history": history},
+        )
         files.write_bytes(out / "metrics.csv", metrics_csv_bytes(history))
         model.train()
         for _ in range(steps):
@@ -106,8 +125,19 @@ def run_flags(data: str, epochs: int, datasets: Path) -> list[str]:
     if data == "digits":
         return ["--data", "digits", "--epochs", str(epochs)]
     from small_data import cifar10_subset
-    return ["--recipe", "small-data", "--pretrain", "none", "--data", str(cifar10_subset(datasets)), "--img-size", "32",
-            "--epochs", str(epochs)]
+
+    return [
+        "--recipe",
+        "small-data",
+        "--pretrain",
+        "none",
+        "--data",
+        str(cifar10_subset(datasets)),
+        "--img-size",
+        "32",
+        "--epochs",
+        str(epochs),
+    ]
 
 
 def one_run(flags: list[str], out: Path, background: bool) -> dict:
@@ -123,8 +153,12 @@ def one_run(flags: list[str], out: Path, background: bool) -> dict:
     if code != 0:
         raise SystemExit(f"vitrain train {' '.join(flags)} failed with exit code {code}")
     report = json.loads((out / "report.json").read_text())
-    return {"seconds": seconds, "epochs": report["epochs"], "test_accuracy": report["test"]["accuracy"],
-            "epoch_seconds": report["train_seconds"]}
+    return {
+        "seconds": seconds,
+        "epochs": report["epochs"],
+        "test_accuracy": report["test"]["accuracy"],
+        "epoch_seconds": report["train_seconds"],
+    }
 
 
 def cycles_table(args: argparse.Namespace, header: list[str]) -> tuple[str, dict]:
@@ -132,14 +166,21 @@ def cycles_table(args: argparse.Namespace, header: list[str]) -> tuple[str, dict
     times = cycles(args.data, args.rounds or 40, args.history)
     pairs = [a / b for a, b in zip(*times.values())]
     quartiles = statistics.quantiles(pairs, n=4)
-    rows = [[name, args.data, len(t), f"{statistics.median(t):.3f}", f"{statistics.mean(t):.3f}"]
-            for name, t in times.items()]
+    rows = [
+        [name, args.data, len(t), f"{statistics.median(t):.3f}", f"{statistics.mean(t):.3f}"]
+        for name, t in times.items()
+    ]
     means = statistics.mean(times["in the loop"]) / statistics.mean(times["background thread"])
-    return "\n".join([
-        *header,
-        *markdown_table(["checkpoint writes", "data", "cycles", "median seconds per cycle", "mean"], rows), "",
-        f"In the loop / on the thread, paired cycle by cycle: median {statistics.median(pairs):.3f}x "
-        f"(quartiles {quartiles[0]:.3f}x-{quartiles[2]:.3f}x); ratio of the means {means:.3f}x.", ""]), times
+    return "\n".join(
+        [
+            *header,
+            *markdown_table(["checkpoint writes", "data", "cycles", "median seconds per cycle", "mean"], rows),
+            "",
+            f"In the loop / on the thread, paired cycle by cycle: median {statistics.median(pairs):.3f}x "
+            f"(quartiles {quartiles[0]:.3f}x-{quartiles[2]:.3f}x); ratio of the means {means:.3f}x.",
+            "",
+        ]
+    ), times
 
 
 def end_to_end_table(args: argparse.Namespace, header: list[str]) -> tuple[str, dict]:
@@ -152,8 +193,10 @@ def end_to_end_table(args: argparse.Namespace, header: list[str]) -> tuple[str, 
         for name, background in (("in the loop", False), ("background thread", True)):
             result = one_run(flags, args.out / f"{args.data}-{'thread' if background else 'loop'}", background)
             results[name].append(result)
-            print(f"round {r + 1}: {name}: {result['seconds']:.2f}s, test accuracy {result['test_accuracy']:.4f}",
-                  flush=True)
+            print(
+                f"round {r + 1}: {name}: {result['seconds']:.2f}s, test accuracy {result['test_accuracy']:.4f}",
+                flush=True,
+            )
     accuracies = {res["test_accuracy"] for runs in results.values() for res in runs}
     if len(accuracies) != 1 and not torch.cuda.is_available():
         raise SystemExit(f"the runs disagree ({sorted(accuracies)}): the writes changed training")
@@ -161,23 +204,47 @@ def end_to_end_table(args: argparse.Namespace, header: list[str]) -> tuple[str, 
     def outside(res: dict) -> float:  # setup, checkpoints between epochs, final evaluation
         return res["seconds"] - res["epoch_seconds"]
 
-    rows = [[name, args.data, args.epochs, " / ".join(f"{res['seconds']:.2f}" for res in runs),
-             f"{statistics.median(res['seconds'] for res in runs):.2f}",
-             " / ".join(f"{outside(res):.2f}" for res in runs), f"{statistics.median(map(outside, runs)):.2f}",
-             " / ".join(f"{res['test_accuracy']:.4f}" for res in runs)]
-            for name, runs in results.items()]
+    rows = [
+        [
+            name,
+            args.data,
+            args.epochs,
+            " / ".join(f"{res['seconds']:.2f}" for res in runs),
+            f"{statistics.median(res['seconds'] for res in runs):.2f}",
+            " / ".join(f"{outside(res):.2f}" for res in runs),
+            f"{statistics.median(map(outside, runs)):.2f}",
+            " / ".join(f"{res['test_accuracy']:.4f}" for res in runs),
+        ]
+        for name, runs in results.items()
+    ]
     loop, thread = results.values()
     given_back = [outside(a) - outside(b) for a, b in zip(loop, thread)]  # paired by round
     wall = [a["seconds"] / b["seconds"] for a, b in zip(loop, thread)]
-    return "\n".join([
-        *header,
-        *markdown_table(["checkpoint writes", "data", "epochs", "wall seconds, by round", "median",
-                         "seconds outside epochs, by round", "median", "test accuracy, by round"], rows), "",
-        "Seconds outside epochs = wall - the epochs' own seconds (training + validation): setup, the checkpoint "
-        "writes between epochs, the final evaluation. Given back per round (in the loop - on the thread): "
-        + ", ".join(f"{g:.2f}s" for g in given_back)
-        + f"; median {statistics.median(given_back) / args.epochs * 1000:.0f} ms per epoch. Wall time in the loop / "
-        "on the thread, by round: " + ", ".join(f"{w:.3f}x" for w in wall) + ".", ""]), results
+    return "\n".join(
+        [
+            *header,
+            *markdown_table(
+                [
+                    "checkpoint writes",
+                    "data",
+                    "epochs",
+                    "wall seconds, by round",
+                    "median",
+                    "seconds outside epochs, by round",
+                    "median",
+                    "test accuracy, by round",
+                ],
+                rows,
+            ),
+            "",
+            "Seconds outside epochs = wall - the epochs' own seconds (training + validation): setup, the checkpoint "
+            "writes between epochs, the final evaluation. Given back per round (in the loop - on the thread): "
+            + ", ".join(f"{g:.2f}s" for g in given_back)
+            + f"; median {statistics.median(given_back) / args.epochs * 1000:.0f} ms per epoch. "
+            "Wall time in the loop / on the thread, by round: " + ", ".join(f"{w:.3f}x" for w in wall) + ".",
+            "",
+        ]
+    ), results
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -185,12 +252,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", choices=DATA, default="cifar10-2040")
     parser.add_argument("--end-to-end", action="store_true", help="whole training runs instead of epoch cycles")
     parser.add_argument("--epochs", type=int, default=30, help="epochs per run (--end-to-end)")
-    parser.add_argument("--rounds", type=int, default=None,
-                        help="alternating pairs (40 cycles, or 3 runs with --end-to-end)")
+    parser.add_argument(
+        "--rounds", type=int, default=None, help="alternating pairs (40 cycles, or 3 runs with --end-to-end)"
+    )
     parser.add_argument("--history", type=int, default=800, help="history rows in the state (800)")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "benchmarks" / "checkpoint_writes")
-    parser.add_argument("--datasets", type=Path, default=DATASETS,
-                        help="where cifar10.tar (or cifar10-2040.tar) is, for --data cifar10-2040 --end-to-end")
+    parser.add_argument(
+        "--datasets",
+        type=Path,
+        default=DATASETS,
+        help="where cifar10.tar (or cifar10-2040.tar) is, for --data cifar10-2040 --end-to-end",
+    )
     args = parser.parse_args(argv)
     command = "python benchmarks/checkpoint_writes.py " + " ".join(argv if argv is not None else sys.argv[1:])
     header = [f"Command: `{command.strip()}`  ", machine_line(), ""]

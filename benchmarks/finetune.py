@@ -23,16 +23,31 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from accuracy import DATASETS, ROOT, machine_line, markdown_table, save_results, train_report  # noqa: E402
 
-FLAGS = ["--recipe", "cifar10-best", "--img-size", "64", "--crop", "resized", "--crop-scale", "0.35,1",
-         "--val-fraction", "0.15"]
+FLAGS = [
+    "--recipe",
+    "cifar10-best",
+    "--img-size",
+    "64",
+    "--crop",
+    "resized",
+    "--crop-scale",
+    "0.35,1",
+    "--val-fraction",
+    "0.15",
+]
 
 
 def train(run: Path, budget: float, extra: list[str]) -> dict:
-    report = train_report(run, ["--data", str(DATASETS / "flowers17.tar"), *FLAGS, "--time-budget", str(budget),
-                                *extra])
-    return {"test_accuracy": report["test"]["accuracy"], "test_images": report["test"]["images"],
-            "epochs": report["epochs"], "done_steps": report["time_budget"]["done_steps"],
-            "total_seconds": report["total_seconds"]}
+    report = train_report(
+        run, ["--data", str(DATASETS / "flowers17.tar"), *FLAGS, "--time-budget", str(budget), *extra]
+    )
+    return {
+        "test_accuracy": report["test"]["accuracy"],
+        "test_images": report["test"]["images"],
+        "epochs": report["epochs"],
+        "done_steps": report["time_budget"]["done_steps"],
+        "total_seconds": report["total_seconds"],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,18 +60,31 @@ def main(argv: list[str] | None = None) -> int:
     if not DATASETS.is_dir():
         print(f"benchmarks/finetune.py needs the archives in {DATASETS}", file=sys.stderr)
         return 2
-    checkpoint = args.checkpoint or ROOT / "runs" / "benchmarks" / "accuracy" / "cifar10-cifar10-best" / "best.safetensors"
+    checkpoint = (
+        args.checkpoint or ROOT / "runs" / "benchmarks" / "accuracy" / "cifar10-cifar10-best" / "best.safetensors"
+    )
     if not checkpoint.is_file():
         cifar = args.out / "cifar10-best"
-        train_report(cifar, ["--recipe", "cifar10-best", "--data", str(DATASETS / "cifar10.tar"), "--time-budget", "15"])
+        train_report(
+            cifar, ["--recipe", "cifar10-best", "--data", str(DATASETS / "cifar10.tar"), "--time-budget", "15"]
+        )
         checkpoint = cifar / "best.safetensors"
-    rows = {"scratch": train(args.out / "scratch", args.budget, []),
-            "fine-tuned from CIFAR-10": train(args.out / "pretrained", args.budget, ["--pretrained", str(checkpoint)])}
-    lines = [f"Command: `python benchmarks/finetune.py {shlex.join(argv)}`  ",
-             f"{machine_line()}; {args.budget:g} min per flowers17 run; checkpoint {checkpoint}", "",
-             *markdown_table(["flowers17 at 64 px", "test accuracy", "test images", "epochs", "steps", "seconds"],
-                             [[name, f"{r['test_accuracy']:.4f}", r["test_images"], r["epochs"], r["done_steps"],
-                               r["total_seconds"]] for name, r in rows.items()])]
+    rows = {
+        "scratch": train(args.out / "scratch", args.budget, []),
+        "fine-tuned from CIFAR-10": train(args.out / "pretrained", args.budget, ["--pretrained", str(checkpoint)]),
+    }
+    lines = [
+        f"Command: `python benchmarks/finetune.py {shlex.join(argv)}`  ",
+        f"{machine_line()}; {args.budget:g} min per flowers17 run; checkpoint {checkpoint}",
+        "",
+        *markdown_table(
+            ["flowers17 at 64 px", "test accuracy", "test images", "epochs", "steps", "seconds"],
+            [
+                [name, f"{r['test_accuracy']:.4f}", r["test_images"], r["epochs"], r["done_steps"], r["total_seconds"]]
+                for name, r in rows.items()
+            ],
+        ),
+    ]
     save_results(args.out, "finetune", "\n".join(lines) + "\n", rows)
     return 0
 

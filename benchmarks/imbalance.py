@@ -32,11 +32,23 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from accuracy import (CIFAR10_CLASSES, DATASETS, ROOT, cifar10_sample, machine_line, markdown_table,  # noqa: E402
-                      save_results, train_report)
+from accuracy import (  # noqa: E402
+    CIFAR10_CLASSES,
+    DATASETS,
+    ROOT,
+    cifar10_sample,
+    machine_line,
+    markdown_table,
+    save_results,
+    train_report,
+)
 
-ARMS = {"default": [], "balanced": ["--class-weights", "balanced", "--best-metric", "balanced-accuracy"],
-        "weights": ["--class-weights", "balanced"], "metric": ["--best-metric", "balanced-accuracy"]}
+ARMS = {
+    "default": [],
+    "balanced": ["--class-weights", "balanced", "--best-metric", "balanced-accuracy"],
+    "weights": ["--class-weights", "balanced"],
+    "metric": ["--best-metric", "balanced-accuracy"],
+}
 CLASS_ORDER = CIFAR10_CLASSES  # CIFAR-10's own class order: the largest class first
 
 
@@ -58,8 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", default="0", help="comma-separated seeds (0)")
     parser.add_argument("--largest", type=int, default=1000, help="training images of the largest class (1000)")
     parser.add_argument("--ratio", type=float, default=20.0, help="largest class / smallest class (20)")
-    parser.add_argument("--arms", default="default,balanced",
-                        help="which of default,balanced,weights,metric to run (default,balanced)")
+    parser.add_argument(
+        "--arms", default="default,balanced", help="which of default,balanced,weights,metric to run (default,balanced)"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "benchmarks" / "imbalance")
     parser.add_argument("--datasets", type=Path, default=DATASETS, help="folder of cifar10.tar (../shared/datasets)")
     args = parser.parse_args(argv)
@@ -73,36 +86,89 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for seed in [int(s) for s in args.seeds.split(",")]:
         for arm in args.arms.split(","):
-            report = train_report(args.out / f"{arm}-seed{seed}",
-                                  ["--recipe", "cifar10-best", "--data", str(data), "--time-budget", str(args.minutes),
-                                   "--seed", str(seed), *ARMS[arm]])
+            report = train_report(
+                args.out / f"{arm}-seed{seed}",
+                [
+                    "--recipe",
+                    "cifar10-best",
+                    "--data",
+                    str(data),
+                    "--time-budget",
+                    str(args.minutes),
+                    "--seed",
+                    str(seed),
+                    *ARMS[arm],
+                ],
+            )
             recall = report["test"]["per_class"]
-            rows.append({"arm": arm, "flags": " ".join(ARMS[arm]), "seed": seed,
-                         "test_accuracy": report["test"]["accuracy"],
-                         "test_balanced_accuracy": report["test"]["balanced_accuracy"],
-                         "tail_recall": statistics.mean(recall[c] for c in tail),
-                         "largest_recall": recall[CLASS_ORDER[0]],
-                         "best_epoch": report["best_epoch"], "epochs": report["epochs"],
-                         "train_images": report["splits"]["train"], "test_images": report["test"]["images"],
-                         "steps": report["time_budget"]["done_steps"], "seconds": report["total_seconds"]})
+            rows.append(
+                {
+                    "arm": arm,
+                    "flags": " ".join(ARMS[arm]),
+                    "seed": seed,
+                    "test_accuracy": report["test"]["accuracy"],
+                    "test_balanced_accuracy": report["test"]["balanced_accuracy"],
+                    "tail_recall": statistics.mean(recall[c] for c in tail),
+                    "largest_recall": recall[CLASS_ORDER[0]],
+                    "best_epoch": report["best_epoch"],
+                    "epochs": report["epochs"],
+                    "train_images": report["splits"]["train"],
+                    "test_images": report["test"]["images"],
+                    "steps": report["time_budget"]["done_steps"],
+                    "seconds": report["total_seconds"],
+                }
+            )
     counts = long_tailed_counts(args.largest, args.ratio)
-    lines = [f"Command: `python benchmarks/imbalance.py {shlex.join(argv)}`  ",
-             f"{machine_line()}; {args.minutes:g} min per run", "",
-             f"Training images per class before the validation split ({', '.join(CLASS_ORDER)}): "
-             f"{', '.join(map(str, counts))}", "",
-             *markdown_table(
-                 ["arm", "seed", "test accuracy", f"tail recall ({', '.join(tail)})", f"{CLASS_ORDER[0]} recall",
-                  "best epoch / epochs", "train images", "test images", "steps", "seconds"],
-                 [[r["arm"] + (f" (`{r['flags']}`)" if r["flags"] else ""), r["seed"], f"{r['test_accuracy']:.4f}",
-                   f"{r['tail_recall']:.4f}", f"{r['largest_recall']:.4f}", f"{r['best_epoch']} / {r['epochs']}",
-                   r["train_images"], r["test_images"], r["steps"], r["seconds"]] for r in rows])]
+    lines = [
+        f"Command: `python benchmarks/imbalance.py {shlex.join(argv)}`  ",
+        f"{machine_line()}; {args.minutes:g} min per run",
+        "",
+        f"Training images per class before the validation split ({', '.join(CLASS_ORDER)}): "
+        f"{', '.join(map(str, counts))}",
+        "",
+        *markdown_table(
+            [
+                "arm",
+                "seed",
+                "test accuracy",
+                f"tail recall ({', '.join(tail)})",
+                f"{CLASS_ORDER[0]} recall",
+                "best epoch / epochs",
+                "train images",
+                "test images",
+                "steps",
+                "seconds",
+            ],
+            [
+                [
+                    r["arm"] + (f" (`{r['flags']}`)" if r["flags"] else ""),
+                    r["seed"],
+                    f"{r['test_accuracy']:.4f}",
+                    f"{r['tail_recall']:.4f}",
+                    f"{r['largest_recall']:.4f}",
+                    f"{r['best_epoch']} / {r['epochs']}",
+                    r["train_images"],
+                    r["test_images"],
+                    r["steps"],
+                    r["seconds"],
+                ]
+                for r in rows
+            ],
+        ),
+    ]
     arms = list(dict.fromkeys(r["arm"] for r in rows))
     if len(arms) > 1:
-        means = {a: {k: statistics.mean(r[k] for r in rows if r["arm"] == a) for k in ("test_accuracy", "tail_recall")}
-                 for a in arms}
-        lines.append("\nMeans over the seeds: " + "; ".join(
-            f"{a}: test accuracy {m['test_accuracy']:.4f}, tail recall {m['tail_recall']:.4f}"
-            for a, m in means.items()))
+        means = {
+            a: {k: statistics.mean(r[k] for r in rows if r["arm"] == a) for k in ("test_accuracy", "tail_recall")}
+            for a in arms
+        }
+        lines.append(
+            "\nMeans over the seeds: "
+            + "; ".join(
+                f"{a}: test accuracy {m['test_accuracy']:.4f}, tail recall {m['tail_recall']:.4f}"
+                for a, m in means.items()
+            )
+        )
     save_results(args.out, "imbalance", "\n".join(lines) + "\n", rows)
     return 0
 

@@ -48,6 +48,7 @@ def _timed(fn):
         start = time.perf_counter()
         fn()
         return time.perf_counter() - start
+
     return run
 
 
@@ -62,8 +63,12 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.manual_seed(0)
     ours = create_model("vit-ti16", num_classes=1000).eval()
-    ours.meta.update(classes=[f"class{i}" for i in range(1000)], mean=[0.485, 0.456, 0.406],
-                     std=[0.229, 0.224, 0.225], crop_pct=0.875)
+    ours.meta.update(
+        classes=[f"class{i}" for i in range(1000)],
+        mean=[0.485, 0.456, 0.406],
+        std=[0.229, 0.224, 0.225],
+        crop_pct=0.875,
+    )
     theirs = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=1000).eval()
     theirs.load_state_dict(ours.state_dict())
     work = Path(tempfile.mkdtemp(prefix="vitrain-latency-"))
@@ -90,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         def run() -> None:
             with torch.inference_mode():
                 model(x)
+
         return run
 
     pairs = {"forward": (forward(ours), forward(theirs)), "file -> top-5": (ours_file, theirs_file)}
@@ -104,22 +110,50 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name, (a, b) in times.items():
         ours_ms, theirs_ms = 1000 * statistics.median(a), 1000 * statistics.median(b)
-        rows.append({"measure": name, "vitrain_ms": round(ours_ms, 2), "timm_ms": round(theirs_ms, 2),
-                     "timm_over_vitrain": round(theirs_ms / ours_ms, 3)})
+        rows.append(
+            {
+                "measure": name,
+                "vitrain_ms": round(ours_ms, 2),
+                "timm_ms": round(theirs_ms, 2),
+                "timm_over_vitrain": round(theirs_ms / ours_ms, 3),
+            }
+        )
     cli, floor = [], []
     for _ in range(args.cli_repeats):  # interleaved, like the in-process timings
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "vitrain", "predict", str(checkpoint), str(image),
-                        "--out", str(work / "predictions")], check=True, capture_output=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "vitrain",
+                "predict",
+                str(checkpoint),
+                str(image),
+                "--out",
+                str(work / "predictions"),
+            ],
+            check=True,
+            capture_output=True,
+        )
         cli.append(time.perf_counter() - start)
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-c", "import torch, torchvision.transforms.v2, PIL.Image"], check=True,
-                       capture_output=True)
+        subprocess.run(
+            [sys.executable, "-c", "import torch, torchvision.transforms.v2, PIL.Image"],
+            check=True,
+            capture_output=True,
+        )
         floor.append(time.perf_counter() - start)
-    result = {"model": "vit-ti16 (5.7M parameters, 1000 classes), 224 px, batch 1", "threads": torch.get_num_threads(),
-              "torch": torch.__version__, "timm": timm.__version__, "max_logit_diff": diff, "repeats": args.repeats,
-              "rows": rows, "predict_command_seconds": round(statistics.median(cli), 2),
-              "import_floor_seconds": round(statistics.median(floor), 2)}
+    result = {
+        "model": "vit-ti16 (5.7M parameters, 1000 classes), 224 px, batch 1",
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "max_logit_diff": diff,
+        "repeats": args.repeats,
+        "rows": rows,
+        "predict_command_seconds": round(statistics.median(cli), 2),
+        "import_floor_seconds": round(statistics.median(floor), 2),
+    }
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -127,9 +161,11 @@ def main(argv: list[str] | None = None) -> int:
     print("| measure | vitrain ms | timm ms | timm / vitrain |\n|---|---|---|---|")
     for r in rows:
         print(f"| {r['measure']} | {r['vitrain_ms']} | {r['timm_ms']} | {r['timm_over_vitrain']:.2f}x |")
-    print(f"`vitrain predict CKPT FILE` as a command, start-up included: {result['predict_command_seconds']} s "
-          f"(median of {args.cli_repeats}); importing torch, torchvision's transforms and PIL alone: "
-          f"{result['import_floor_seconds']} s")
+    print(
+        f"`vitrain predict CKPT FILE` as a command, start-up included: {result['predict_command_seconds']} s "
+        f"(median of {args.cli_repeats}); importing torch, torchvision's transforms and PIL alone: "
+        f"{result['import_floor_seconds']} s"
+    )
     return 0
 
 

@@ -38,8 +38,11 @@ from vitrain.recipes import get_recipe  # noqa: E402
 
 ARCHIVE = ROOT.parent / "shared" / "datasets" / "cifar10.tar"
 MEAN, STD = [0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]
-POLICIES = {"flip-crop": None, "autoaugment": lambda: v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10),
-            "randaugment": v2.RandAugment}
+POLICIES = {
+    "flip-crop": None,
+    "autoaugment": lambda: v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10),
+    "randaugment": v2.RandAugment,
+}
 
 
 def torchvision_loader(root: Path, augment: str, batch_size: int, workers: int) -> DataLoader:
@@ -100,23 +103,37 @@ def main(argv: list[str] | None = None) -> int:
         aug = memory.BatchAugment(32, augment, MEAN, STD, resized_crop=False)
         ours = memory.MemoryLoader(images, targets, args.batch_size, shuffle=True, mean=MEAN, std=STD, augment=aug)
         theirs = torchvision_loader(root, augment, args.batch_size, workers)
-        rows.append({"augment": augment, "vitrain_images_per_s": images_per_second(ours, args.batches),
-                     "torchvision_images_per_s": images_per_second(theirs, args.batches)})
+        rows.append(
+            {
+                "augment": augment,
+                "vitrain_images_per_s": images_per_second(ours, args.batches),
+                "torchvision_images_per_s": images_per_second(theirs, args.batches),
+            }
+        )
     model = model_images_per_second(64)
-    result = {"machine": f"{os.cpu_count()} CPU cores, torch {torch.__version__}", "images": len(targets),
-              "decode_seconds": round(decode_seconds, 2), "model_train_images_per_s": round(model, 1),
-              "batch_size": args.batch_size, "rows": rows}
+    result = {
+        "machine": f"{os.cpu_count()} CPU cores, torch {torch.__version__}",
+        "images": len(targets),
+        "decode_seconds": round(decode_seconds, 2),
+        "model_train_images_per_s": round(model, 1),
+        "batch_size": args.batch_size,
+        "rows": rows,
+    }
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    print(f"decode once: {len(targets)} images in {decode_seconds:.1f}s; cifar10-best model trains at "
-          f"{model:.0f} images/s (batch 64)\n")
+    print(
+        f"decode once: {len(targets)} images in {decode_seconds:.1f}s; cifar10-best model trains at "
+        f"{model:.0f} images/s (batch 64)\n"
+    )
     print("| augmentation | vitrain in-memory img/s | torchvision DataLoader + PIL img/s | ratio | vitrain / model |")
     print("|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['augment']} | {r['vitrain_images_per_s']:.0f} | {r['torchvision_images_per_s']:.0f} | "
-              f"{r['vitrain_images_per_s'] / r['torchvision_images_per_s']:.1f}x | "
-              f"{r['vitrain_images_per_s'] / model:.1f}x |")
+        print(
+            f"| {r['augment']} | {r['vitrain_images_per_s']:.0f} | {r['torchvision_images_per_s']:.0f} | "
+            f"{r['vitrain_images_per_s'] / r['torchvision_images_per_s']:.1f}x | "
+            f"{r['vitrain_images_per_s'] / model:.1f}x |"
+        )
     return 0
 
 

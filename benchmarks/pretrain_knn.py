@@ -36,7 +36,6 @@ from vitrain.data import memory  # noqa: E402
 from vitrain.data.sources import load_split  # noqa: E402
 from vitrain.engine.pretrain import backbone_features, knn_predict  # noqa: E402
 
-
 HELDOUT_PER_CLASS = 500
 
 
@@ -87,12 +86,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=5.0, help="minutes per pretraining run (5)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", choices=["flowers17", "cifar10-2040"], action="append")
-    parser.add_argument("--variants", default="",
-                        help="'|'-separated extra `vitrain pretrain` flags, one run each ('' is the recipe as is)")
+    parser.add_argument(
+        "--variants",
+        default="",
+        help="'|'-separated extra `vitrain pretrain` flags, one run each ('' is the recipe as is)",
+    )
     parser.add_argument("--knn-every", type=int, default=5, help="kNN report every N epochs (5)")
-    parser.add_argument("--score", type=Path, action="append", metavar="CHECKPOINT",
-                        help="instead: score these checkpoints or run folders of models trained on the CIFAR-10 "
-                        "subset (a supervised model, say) by the same held-out kNN; no training")
+    parser.add_argument(
+        "--score",
+        type=Path,
+        action="append",
+        metavar="CHECKPOINT",
+        help="instead: score these checkpoints or run folders of models trained on the CIFAR-10 "
+        "subset (a supervised model, say) by the same held-out kNN; no training",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "benchmarks" / "pretrain_knn")
     args = parser.parse_args(argv)
     if not DATASETS.is_dir():
@@ -100,9 +107,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.score:
         rows = [{"checkpoint": str(path), "heldout_knn": round(heldout_knn(path), 4)} for path in args.score]
-        lines = [f"Command: `python benchmarks/pretrain_knn.py {shlex.join(argv)}`  ", machine_line(), "",
-                 *markdown_table(["checkpoint", "kNN acc., 5,000 held-out CIFAR-10 images"],
-                                 [[f"`{r['checkpoint']}`", r["heldout_knn"]] for r in rows])]
+        lines = [
+            f"Command: `python benchmarks/pretrain_knn.py {shlex.join(argv)}`  ",
+            machine_line(),
+            "",
+            *markdown_table(
+                ["checkpoint", "kNN acc., 5,000 held-out CIFAR-10 images"],
+                [[f"`{r['checkpoint']}`", r["heldout_knn"]] for r in rows],
+            ),
+        ]
         save_results(args.out, "knn_scores", "\n".join(lines) + "\n", rows)
         return 0
     datasets = {"flowers17": lambda: DATASETS / "flowers17.tar", "cifar10-2040": cifar10_subset}
@@ -110,26 +123,71 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.only or list(datasets):
         data = datasets[name]()
         for i, variant in enumerate(args.variants.split("|")):
-            flags = ["--recipe", "small-data", "--data", str(data), "--time-budget", str(args.minutes),
-                     "--seed", str(args.seed), "--knn-every", str(args.knn_every), *shlex.split(variant)]
+            flags = [
+                "--recipe",
+                "small-data",
+                "--data",
+                str(data),
+                "--time-budget",
+                str(args.minutes),
+                "--seed",
+                str(args.seed),
+                "--knn-every",
+                str(args.knn_every),
+                *shlex.split(variant),
+            ]
             report = train_report(args.out / f"{name}-{i}", flags, command="pretrain")
             knn = report["knn"]
-            rows.append({"dataset": name, "flags": variant.strip(), "steps": report["steps"],
-                         "final_loss": round(report["final_loss"], 4),
-                         "instance_accuracy": round(report["instance_accuracy"], 4),
-                         "knn_before": round(knn["before"], 4), "knn_after": round(knn["val_accuracy"], 4),
-                         "val_images": knn["val_images"], "seconds": report["total_seconds"],
-                         "heldout_knn": round(heldout_knn(args.out / f"{name}-{i}" / "backbone.safetensors"), 4)
-                         if name == "cifar10-2040" else None})
-    lines = [f"Command: `python benchmarks/pretrain_knn.py {shlex.join(argv)}`  ",
-             f"{machine_line()}; {args.minutes:g} min per run, seed {args.seed}", "",
-             *markdown_table(["dataset", "extra flags", "steps", "final loss", "instance acc.",
-                              "kNN val acc. untrained", "kNN val acc. pretrained", "val images",
-                              "kNN acc., 5,000 held-out images", "seconds"],
-                             [[r["dataset"], f"`{r['flags']}`" if r["flags"] else "(recipe)", r["steps"],
-                               r["final_loss"], r["instance_accuracy"], r["knn_before"], r["knn_after"],
-                               r["val_images"], "-" if r["heldout_knn"] is None else r["heldout_knn"], r["seconds"]]
-                              for r in rows])]
+            rows.append(
+                {
+                    "dataset": name,
+                    "flags": variant.strip(),
+                    "steps": report["steps"],
+                    "final_loss": round(report["final_loss"], 4),
+                    "instance_accuracy": round(report["instance_accuracy"], 4),
+                    "knn_before": round(knn["before"], 4),
+                    "knn_after": round(knn["val_accuracy"], 4),
+                    "val_images": knn["val_images"],
+                    "seconds": report["total_seconds"],
+                    "heldout_knn": round(heldout_knn(args.out / f"{name}-{i}" / "backbone.safetensors"), 4)
+                    if name == "cifar10-2040"
+                    else None,
+                }
+            )
+    lines = [
+        f"Command: `python benchmarks/pretrain_knn.py {shlex.join(argv)}`  ",
+        f"{machine_line()}; {args.minutes:g} min per run, seed {args.seed}",
+        "",
+        *markdown_table(
+            [
+                "dataset",
+                "extra flags",
+                "steps",
+                "final loss",
+                "instance acc.",
+                "kNN val acc. untrained",
+                "kNN val acc. pretrained",
+                "val images",
+                "kNN acc., 5,000 held-out images",
+                "seconds",
+            ],
+            [
+                [
+                    r["dataset"],
+                    f"`{r['flags']}`" if r["flags"] else "(recipe)",
+                    r["steps"],
+                    r["final_loss"],
+                    r["instance_accuracy"],
+                    r["knn_before"],
+                    r["knn_after"],
+                    r["val_images"],
+                    "-" if r["heldout_knn"] is None else r["heldout_knn"],
+                    r["seconds"],
+                ]
+                for r in rows
+            ],
+        ),
+    ]
     save_results(args.out, "pretrain_knn", "\n".join(lines) + "\n", rows)
     return 0
 

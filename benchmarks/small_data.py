@@ -40,8 +40,16 @@ import tarfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from accuracy import (CIFAR10_CLASSES, DATASETS, ROOT, cifar10_sample, machine_line, markdown_table,  # noqa: E402
-                      save_results, train_report)
+from accuracy import (  # noqa: E402
+    CIFAR10_CLASSES,
+    DATASETS,
+    ROOT,
+    cifar10_sample,
+    machine_line,
+    markdown_table,
+    save_results,
+    train_report,
+)
 
 CACHE = ROOT / "runs" / "cache"
 SUBSET_PER_CLASS = 204
@@ -72,25 +80,36 @@ def write_subset(path: Path, datasets: Path = DATASETS) -> None:
 
 def _columns(report: dict) -> dict:
     """What every arm reports, from the report.json of its last (supervised) stage."""
-    return {"test_accuracy": report["test"]["accuracy"], "test_images": report["test"]["images"],
-            "total_seconds": report["total_seconds"], "train_images": report["splits"]["train"],
-            "fine_tune_steps": report["time_budget"]["done_steps"]}
+    return {
+        "test_accuracy": report["test"]["accuracy"],
+        "test_images": report["test"]["images"],
+        "total_seconds": report["total_seconds"],
+        "train_images": report["splits"]["train"],
+        "fine_tune_steps": report["time_budget"]["done_steps"],
+    }
 
 
 def run(data: Path, recipe: str, minutes: float, seed: int, extra: list[str], out: Path) -> dict:
     """One ``vitrain train`` run in a fresh process; its test accuracy and sizes from report.json."""
-    report = train_report(out, ["--recipe", recipe, "--data", str(data), "--time-budget", str(minutes),
-                                "--seed", str(seed), *extra])
+    report = train_report(
+        out, ["--recipe", recipe, "--data", str(data), "--time-budget", str(minutes), "--seed", str(seed), *extra]
+    )
     result = _columns(report)
     stage = report.get("pretraining")
     if stage is not None and "instance_accuracy" in stage:
-        result.update(pretrain_steps=stage["steps"], pretrain_loss=round(stage["final_loss"], 4),
-                      instance_accuracy=round(stage["instance_accuracy"], 4))
+        result.update(
+            pretrain_steps=stage["steps"],
+            pretrain_loss=round(stage["final_loss"], 4),
+            instance_accuracy=round(stage["instance_accuracy"], 4),
+        )
         if "knn" in stage:  # --pretrain-flags="--knn-every N"
             result.update(knn_before=round(stage["knn"]["before"], 4), knn_after=round(stage["knn"]["val_accuracy"], 4))
     elif stage is not None:  # a first stage on the labels (--pretrain labels)
-        result.update(first_steps=stage["time_budget"]["done_steps"], first_img_size=stage["model"]["img_size"],
-                      first_val_accuracy=round(stage["val"]["accuracy"], 4))
+        result.update(
+            first_steps=stage["time_budget"]["done_steps"],
+            first_img_size=stage["model"]["img_size"],
+            first_val_accuracy=round(stage["val"]["accuracy"], 4),
+        )
     return result
 
 
@@ -100,20 +119,40 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=30.0, help="total minutes per run (30)")
     parser.add_argument("--seeds", default="0", help="comma-separated seeds (0)")
     parser.add_argument("--only", choices=["flowers17", "cifar10-2040"], action="append")
-    parser.add_argument("--arms", default="scratch,pretrain",
-                        help="which of scratch,pretrain,labels-first to run (scratch,pretrain); labels-first is "
-                             "the control: both stages supervised, the first at --labels-first-img-size")
-    parser.add_argument("--labels-first-img-size", type=int, default=32, metavar="PX",
-                        help="the labels-first arm's first-stage input (32, the recipe's --pretrain-img-size)")
-    parser.add_argument("--pretrain-flags", default="",
-                        help="extra vitrain train flags for the pretrain arm (an ablation; named in the table)")
-    parser.add_argument("--flags", default="",
-                        help="extra vitrain train flags for both arms (a model change, say; named in the table)")
+    parser.add_argument(
+        "--arms",
+        default="scratch,pretrain",
+        help="which of scratch,pretrain,labels-first to run (scratch,pretrain); labels-first is "
+        "the control: both stages supervised, the first at --labels-first-img-size",
+    )
+    parser.add_argument(
+        "--labels-first-img-size",
+        type=int,
+        default=32,
+        metavar="PX",
+        help="the labels-first arm's first-stage input (32, the recipe's --pretrain-img-size)",
+    )
+    parser.add_argument(
+        "--pretrain-flags",
+        default="",
+        help="extra vitrain train flags for the pretrain arm (an ablation; named in the table)",
+    )
+    parser.add_argument(
+        "--flags", default="", help="extra vitrain train flags for both arms (a model change, say; named in the table)"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "benchmarks" / "small_data")
-    parser.add_argument("--datasets", type=Path, default=DATASETS,
-                        help="folder of flowers17.tar and cifar10.tar (or cifar10-2040.tar) (../shared/datasets)")
-    parser.add_argument("--write-subset", type=Path, metavar="FILE",
-                        help="only pack the CIFAR-10 subset into FILE (a tar), for --datasets elsewhere")
+    parser.add_argument(
+        "--datasets",
+        type=Path,
+        default=DATASETS,
+        help="folder of flowers17.tar and cifar10.tar (or cifar10-2040.tar) (../shared/datasets)",
+    )
+    parser.add_argument(
+        "--write-subset",
+        type=Path,
+        metavar="FILE",
+        help="only pack the CIFAR-10 subset into FILE (a tar), for --datasets elsewhere",
+    )
     args = parser.parse_args(argv)
     if args.write_subset:
         write_subset(args.write_subset, args.datasets)
@@ -123,10 +162,15 @@ def main(argv: list[str] | None = None) -> int:
     if not args.datasets.is_dir():
         print(f"benchmarks/small_data.py needs the archives in {args.datasets}", file=sys.stderr)
         return 2
-    datasets = {"flowers17": (lambda: args.datasets / "flowers17.tar", ["--img-size", "64"]),
-                "cifar10-2040": (lambda: cifar10_subset(args.datasets), ["--img-size", "32"])}
-    arms = {"scratch": ["--pretrain", "none"], "pretrain": args.pretrain_flags.split(),
-            "labels-first": ["--pretrain", "labels", "--pretrain-img-size", str(args.labels_first_img_size)]}
+    datasets = {
+        "flowers17": (lambda: args.datasets / "flowers17.tar", ["--img-size", "64"]),
+        "cifar10-2040": (lambda: cifar10_subset(args.datasets), ["--img-size", "32"]),
+    }
+    arms = {
+        "scratch": ["--pretrain", "none"],
+        "pretrain": args.pretrain_flags.split(),
+        "labels-first": ["--pretrain", "labels", "--pretrain-img-size", str(args.labels_first_img_size)],
+    }
     rows = []
     for name in args.only or list(datasets):
         source, extra = datasets[name]
@@ -141,28 +185,62 @@ def main(argv: list[str] | None = None) -> int:
                     shown.append(f"--labels-first-img-size {args.labels_first_img_size}")
                 result = run(data, "small-data", args.minutes, seed, [*extra, *flags], folder)
                 rows.append({"dataset": name, "method": label, "flags": " ".join(shown), "seed": seed, **result})
-    lines = [f"Command: `python benchmarks/small_data.py {shlex.join(argv)}`  ",
-             f"{machine_line()}; {args.minutes:g} min per run in all", "",
-             *markdown_table(
-                 ["dataset", "method", "seed", "test accuracy", "train images", "test images",
-                  "pretraining steps (final loss, instance acc.)", "supervised steps", "seconds"],
-                 [[r["dataset"], r["method"] + (f" (`{r['flags']}`)" if r["flags"] else ""), r["seed"],
-                   f"{r['test_accuracy']:.4f}", r["train_images"], r["test_images"],
-                   f"{r['pretrain_steps']} ({r['pretrain_loss']}, {r['instance_accuracy']}"
-                   + (f"; kNN {r['knn_before']} -> {r['knn_after']})" if "knn_after" in r else ")")
-                   if "pretrain_steps" in r else
-                   f"{r['first_steps']} supervised at {r['first_img_size']} px (val acc. {r['first_val_accuracy']})"
-                   if "first_steps" in r else "-", r["fine_tune_steps"], r["total_seconds"]] for r in rows])]
+    lines = [
+        f"Command: `python benchmarks/small_data.py {shlex.join(argv)}`  ",
+        f"{machine_line()}; {args.minutes:g} min per run in all",
+        "",
+        *markdown_table(
+            [
+                "dataset",
+                "method",
+                "seed",
+                "test accuracy",
+                "train images",
+                "test images",
+                "pretraining steps (final loss, instance acc.)",
+                "supervised steps",
+                "seconds",
+            ],
+            [
+                [
+                    r["dataset"],
+                    r["method"] + (f" (`{r['flags']}`)" if r["flags"] else ""),
+                    r["seed"],
+                    f"{r['test_accuracy']:.4f}",
+                    r["train_images"],
+                    r["test_images"],
+                    f"{r['pretrain_steps']} ({r['pretrain_loss']}, {r['instance_accuracy']}"
+                    + (f"; kNN {r['knn_before']} -> {r['knn_after']})" if "knn_after" in r else ")")
+                    if "pretrain_steps" in r
+                    else (
+                        f"{r['first_steps']} supervised at {r['first_img_size']} px "
+                        f"(val acc. {r['first_val_accuracy']})"
+                    )
+                    if "first_steps" in r
+                    else "-",
+                    r["fine_tune_steps"],
+                    r["total_seconds"],
+                ]
+                for r in rows
+            ],
+        ),
+    ]
     for name in dict.fromkeys(r["dataset"] for r in rows):
         ran = [label for label in ARMS.values() if any(r["dataset"] == name and r["method"] == label for r in rows)]
         if len(ran) < 2:
             continue
-        means = {m: statistics.mean(r["test_accuracy"] for r in rows if r["dataset"] == name and r["method"] == m)
-                 for m in ran}
+        means = {
+            m: statistics.mean(r["test_accuracy"] for r in rows if r["dataset"] == name and r["method"] == m)
+            for m in ran
+        }
         base = ran[0]
-        lines.append(f"\n{name}: mean test accuracy, " + ", ".join(
-            f"{m} {means[m]:.4f}" + (f" ({100 * (means[m] - means[base]):+.1f} points)" if m != base else "")
-            for m in ran))
+        lines.append(
+            f"\n{name}: mean test accuracy, "
+            + ", ".join(
+                f"{m} {means[m]:.4f}" + (f" ({100 * (means[m] - means[base]):+.1f} points)" if m != base else "")
+                for m in ran
+            )
+        )
     save_results(args.out, "small_data", "\n".join(lines) + "\n", rows)
     return 0
 

@@ -27,8 +27,8 @@ sys.path.insert(0, str(ROOT))
 from vitrain.config import config_from_dict  # noqa: E402
 from vitrain.data import memory  # noqa: E402
 from vitrain.engine.bench import _sync, _time  # noqa: E402
-from vitrain.engine.optim import build_optimizer, build_scheduler  # noqa: E402
 from vitrain.engine.distributed import Dist  # noqa: E402
+from vitrain.engine.optim import build_optimizer, build_scheduler  # noqa: E402
 from vitrain.engine.train import autocast_dtype, model_arch, resolve_device, use_cuda_graphs  # noqa: E402
 from vitrain.models.vit import VisionTransformer  # noqa: E402
 from vitrain.recipes import get_recipe  # noqa: E402
@@ -42,18 +42,20 @@ def _timed(fn, steps: int, device: torch.device) -> float:
     return _time(fn, steps, device)
 
 
-def measure(recipe: str, batch_size: int, device: torch.device, compiled: bool, steps: int,
-            profile: bool) -> dict:
+def measure(recipe: str, batch_size: int, device: torch.device, compiled: bool, steps: int, profile: bool) -> dict:
     """Seconds per batch of the loader, the step and both, for ``recipe``'s model at ``batch_size``."""
-    cfg = config_from_dict({**get_recipe(recipe).config, "batch_size": batch_size, "channels": 3,
-                            "classes": [str(c) for c in range(10)]})
+    cfg = config_from_dict(
+        {**get_recipe(recipe).config, "batch_size": batch_size, "channels": 3, "classes": [str(c) for c in range(10)]}
+    )
     torch.manual_seed(0)
     images = torch.randint(0, 256, (45_000, 3, cfg.img_size, cfg.img_size), dtype=torch.uint8)
     targets = torch.randint(0, 10, (45_000,))
-    augment = memory.BatchAugment(cfg.img_size, cfg.augment, MEAN, STD, resized_crop=False, hflip=cfg.hflip,
-                                  random_erasing=cfg.random_erasing)
-    loader = memory.MemoryLoader(images, targets, batch_size, shuffle=True, mean=MEAN, std=STD, augment=augment,
-                                 device=device, drop_last=True)
+    augment = memory.BatchAugment(
+        cfg.img_size, cfg.augment, MEAN, STD, resized_crop=False, hflip=cfg.hflip, random_erasing=cfg.random_erasing
+    )
+    loader = memory.MemoryLoader(
+        images, targets, batch_size, shuffle=True, mean=MEAN, std=STD, augment=augment, device=device, drop_last=True
+    )
     model = VisionTransformer(model_arch(cfg)).to(device).train()
     graphs = use_cuda_graphs("on" if compiled else "off", device, Dist())  # as vitrain train decides (one process)
     step_model = torch.compile(model, mode="reduce-overhead" if graphs else None) if compiled else model
@@ -86,14 +88,20 @@ def measure(recipe: str, batch_size: int, device: torch.device, compiled: bool, 
         return grad_norm
 
     fixed = next_batch()
-    result = {"recipe": recipe, "batch_size": batch_size, "device": str(device), "compiled": compiled,
-              "loader_s": _timed(next_batch, steps, device),
-              "step_s": _timed(lambda: step(*fixed), steps, device),
-              "loop_s": _timed(lambda: step(*next_batch()), steps, device)}
+    result = {
+        "recipe": recipe,
+        "batch_size": batch_size,
+        "device": str(device),
+        "compiled": compiled,
+        "loader_s": _timed(next_batch, steps, device),
+        "step_s": _timed(lambda: step(*fixed), steps, device),
+        "loop_s": _timed(lambda: step(*next_batch()), steps, device),
+    }
     result["loop_images_per_s"] = batch_size / result["loop_s"]
     if profile:
         activities = [torch.profiler.ProfilerActivity.CPU] + (
-            [torch.profiler.ProfilerActivity.CUDA] if device.type == "cuda" else [])
+            [torch.profiler.ProfilerActivity.CUDA] if device.type == "cuda" else []
+        )
         with torch.profiler.profile(activities=activities) as prof:
             for _ in range(20):
                 step(*next_batch())
@@ -120,9 +128,12 @@ def main() -> None:
         for compiled in modes:
             row = measure(args.recipe, batch_size, device, compiled, args.steps, args.profile and compiled == modes[-1])
             rows.append(row)
-            print(f"batch {batch_size:5d} compile {'on ' if compiled else 'off'}  loader {row['loader_s'] * 1e3:7.2f} ms"
-                  f"  step {row['step_s'] * 1e3:7.2f} ms  loader+step {row['loop_s'] * 1e3:7.2f} ms"
-                  f"  = {row['loop_images_per_s']:9.0f} img/s", flush=True)
+            print(
+                f"batch {batch_size:5d} compile {'on ' if compiled else 'off'}  loader {row['loader_s'] * 1e3:7.2f} ms"
+                f"  step {row['step_s'] * 1e3:7.2f} ms  loader+step {row['loop_s'] * 1e3:7.2f} ms"
+                f"  = {row['loop_images_per_s']:9.0f} img/s",
+                flush=True,
+            )
     if args.json:
         print(json.dumps(rows, indent=2))
 

@@ -11,8 +11,15 @@ from PIL import Image
 SHARED_DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
 # a 2-block, 32-dim ViT on 16 px images: trains a step in milliseconds
-TINY_MODEL = {"model": "vit", "img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2,
-              "mlp_dim": 64}
+TINY_MODEL = {
+    "model": "vit",
+    "img_size": 16,
+    "patch_size": 4,
+    "embed_dim": 32,
+    "depth": 2,
+    "num_heads": 2,
+    "mlp_dim": 64,
+}
 
 
 def make_image(color: tuple[int, int, int], seed: int, size: int = 20, mode: str = "RGB") -> Image.Image:
@@ -20,7 +27,7 @@ def make_image(color: tuple[int, int, int], seed: int, size: int = 20, mode: str
     rng = np.random.default_rng(seed)
     arr = np.clip(np.array(color)[None, None] + rng.normal(0, 25, (size, size, 3)), 0, 255).astype(np.uint8)
     offset = (sum(color) // 100) % (size // 2)
-    arr[offset:offset + size // 3, offset:offset + size // 3] = 255
+    arr[offset : offset + size // 3, offset : offset + size // 3] = 255
     img = Image.fromarray(arr, "RGB")
     return img if mode == "RGB" else img.convert(mode)
 
@@ -28,8 +35,9 @@ def make_image(color: tuple[int, int, int], seed: int, size: int = 20, mode: str
 CLASS_COLORS = {"cat": (200, 40, 40), "dog": (40, 200, 40), "fox": (40, 40, 200)}
 
 
-def write_class_folders(root: Path, per_class: int = 8, classes: dict | None = None, start: int = 0,
-                        ext: str = ".png") -> Path:
+def write_class_folders(
+    root: Path, per_class: int = 8, classes: dict | None = None, start: int = 0, ext: str = ".png"
+) -> Path:
     """root/<class>/<i>.png for each class; returns root."""
     for c, (name, color) in enumerate((classes or CLASS_COLORS).items()):
         folder = root / name

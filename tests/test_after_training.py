@@ -26,8 +26,22 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
     """(run folder, data folder): a tiny model trained a few epochs on 3 classes."""
     root = tmp_path_factory.mktemp("after")
     data = write_class_folders(root / "pets", per_class=10)
-    args = ["train", "--data", str(data), "--out", str(root / "run"), "--epochs", "4", "--batch-size", "8",
-            "--lr", "3e-3", "--no-progress", "--workers", "0"]
+    args = [
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(root / "run"),
+        "--epochs",
+        "4",
+        "--batch-size",
+        "8",
+        "--lr",
+        "3e-3",
+        "--no-progress",
+        "--workers",
+        "0",
+    ]
     for key, value in TINY_MODEL.items():
         args += [f"--{key.replace('_', '-')}", str(value)]
     assert main(args) == 0
@@ -64,8 +78,10 @@ def test_eval_on_the_training_folder_scores_only_the_runs_test_split(trained, tm
     # the run trained on 24 of these 30 images: by default they are not scored, --split all scores them
     run, data = trained
     assert main(["eval", str(run), "--data", str(data), "--out", str(tmp_path / "ev")]) == 0
-    assert (f"--data {data} is the data this checkpoint was trained on: evaluating the run's test split, "
-            "not the images it trained on (--split all scores every image)") in capsys.readouterr().out
+    assert (
+        f"--data {data} is the data this checkpoint was trained on: evaluating the run's test split, "
+        "not the images it trained on (--split all scores every image)"
+    ) in capsys.readouterr().out
     report = json.loads((tmp_path / "ev" / "report.json").read_text())
     training = json.loads((run / "report.json").read_text())
     assert report["split"] == "test" and report["images"] == training["test"]["images"] == 3
@@ -77,9 +93,11 @@ def test_eval_on_the_training_folder_scores_only_the_runs_test_split(trained, tm
     # a folder of the same name elsewhere (the run moved, or new images): the same default, said differently
     moved = shutil.copytree(data, tmp_path / "elsewhere" / data.name)
     assert main(["eval", str(run), "--data", str(moved), "--out", str(tmp_path / "moved")]) == 0
-    assert (f"--data {moved} has the name of the data this checkpoint was trained on ({data}): evaluating the test "
-            "split carved as in training, not the images it would have trained on; if these are new images, "
-            "--split all scores every one") in capsys.readouterr().out
+    assert (
+        f"--data {moved} has the name of the data this checkpoint was trained on ({data}): evaluating the test "
+        "split carved as in training, not the images it would have trained on; if these are new images, "
+        "--split all scores every one"
+    ) in capsys.readouterr().out
     assert json.loads((tmp_path / "moved" / "report.json").read_text())["images"] == 3
 
 
@@ -87,8 +105,10 @@ def test_eval_split_all_needs_a_folder_without_split_folders(trained, split_fold
     run, _ = trained
     for data in (str(split_folder), "digits"):
         assert main(["eval", str(run), "--data", data, "--split", "all", "--out", str(tmp_path / "ev")]) == 2
-        assert (f"--split all means every image of a folder without split folders, and --data {data} has split "
-                "folders or is a built-in set: give --split train, val or test") in capsys.readouterr().err
+        assert (
+            f"--split all means every image of a folder without split folders, and --data {data} has split "
+            "folders or is a built-in set: give --split train, val or test"
+        ) in capsys.readouterr().err
 
 
 def test_eval_split_matches_the_training_report(trained, tmp_path):
@@ -121,8 +141,9 @@ def test_eval_matches_classes_by_name_for_a_reordered_subset(trained, tmp_path):
 
 def test_eval_refuses_unknown_classes_listing_them(trained, tmp_path, capsys):
     run, data = trained
-    other = write_class_folders(tmp_path / "zoo", per_class=2, classes={"cat": (1, 2, 3), "emu": (9, 9, 9),
-                                                                          "yak": (5, 5, 5)})
+    other = write_class_folders(
+        tmp_path / "zoo", per_class=2, classes={"cat": (1, 2, 3), "emu": (9, 9, 9), "yak": (5, 5, 5)}
+    )
     assert main(["eval", str(run), "--data", str(other), "--out", str(tmp_path / "ev")]) == 2
     err = capsys.readouterr().err
     assert "classes the checkpoint does not know: emu, yak" in err and "checkpoint classes: cat, dog, fox" in err
@@ -136,18 +157,40 @@ def test_predict_files_folders_and_globs_with_annotations(trained, tmp_path, cap
     broken = loose / "broken.jpg"
     broken.write_bytes(b"not an image")
     out = tmp_path / "pred"
-    code = main(["predict", str(run), str(data / "cat"), str(data / "fox" / "00*.png"), str(loose / "unknown-animal.png"),
-                 str(broken), str(tmp_path / "missing.png"), "--out", str(out), "--top-k", "2", "--annotate"])
+    code = main(
+        [
+            "predict",
+            str(run),
+            str(data / "cat"),
+            str(data / "fox" / "00*.png"),
+            str(loose / "unknown-animal.png"),
+            str(broken),
+            str(tmp_path / "missing.png"),
+            "--out",
+            str(out),
+            "--top-k",
+            "2",
+            "--annotate",
+        ]
+    )
     assert code == 1  # some inputs failed
     captured = capsys.readouterr()
     assert "broken.jpg" in captured.err and "missing.png: no such file" in captured.err
     assert "accuracy" in captured.out
     rows = _read_csv(out / "predictions.csv")
     assert len(rows) == 10 + 10 + 1
-    assert list(rows[0])[:7] == ["path", "label", "probability", "top1_label", "top1_probability", "top2_label",
-                                 "top2_probability"]
-    assert all(r["label"] == r["top1_label"] and float(r["top1_probability"]) >= float(r["top2_probability"])
-               for r in rows)
+    assert list(rows[0])[:7] == [
+        "path",
+        "label",
+        "probability",
+        "top1_label",
+        "top1_probability",
+        "top2_label",
+        "top2_probability",
+    ]
+    assert all(
+        r["label"] == r["top1_label"] and float(r["top1_probability"]) >= float(r["top2_probability"]) for r in rows
+    )
     cats = [r for r in rows if "/cat/" in r["path"]]
     assert all(r["true_label"] == "cat" and r["correct"] == str(r["label"] == "cat").lower() for r in cats)
     loose_row = next(r for r in rows if "unknown-animal" in r["path"])
@@ -160,9 +203,11 @@ def test_predict_files_folders_and_globs_with_annotations(trained, tmp_path, cap
 def test_predict_says_when_its_accuracy_is_on_the_training_data(trained, tmp_path, capsys):
     run, data = trained
     assert main(["predict", str(run), str(data), "--out", str(tmp_path / "p1")]) == 0
-    assert (f"note: 30 of them lie in {data.resolve()}, the data this checkpoint was trained on, outside any test "
-            "or validation folder: it may have trained on them, so this is not a held-out accuracy "
-            f"(vitrain eval {run} scores the run's test split)") in capsys.readouterr().out
+    assert (
+        f"note: 30 of them lie in {data.resolve()}, the data this checkpoint was trained on, outside any test "
+        "or validation folder: it may have trained on them, so this is not a held-out accuracy "
+        f"(vitrain eval {run} scores the run's test split)"
+    ) in capsys.readouterr().out
     copy = shutil.copytree(data, tmp_path / "new-pets")
     assert main(["predict", str(run), str(copy), "--out", str(tmp_path / "p2")]) == 0
     assert "accuracy" in (out := capsys.readouterr().out) and "trained on" not in out
@@ -170,8 +215,13 @@ def test_predict_says_when_its_accuracy_is_on_the_training_data(trained, tmp_pat
 
 def test_images_under_a_held_out_split_folder_are_not_counted_as_training_data(tmp_path):
     from vitrain.engine.predict import in_training_data
-    paths = [tmp_path / "Training" / "cat" / "1.png", tmp_path / "Testing" / "cat" / "2.png",
-             tmp_path / "valid" / "dog" / "3.png", tmp_path / "elsewhere.png"]
+
+    paths = [
+        tmp_path / "Training" / "cat" / "1.png",
+        tmp_path / "Testing" / "cat" / "2.png",
+        tmp_path / "valid" / "dog" / "3.png",
+        tmp_path / "elsewhere.png",
+    ]
     (tmp_path / "Training").mkdir()  # only the training folder must exist
     assert in_training_data(paths, {"data": str(tmp_path)}) == (tmp_path.resolve(), 2)
     assert in_training_data(paths, {"data": str(tmp_path / "Training")}) == ((tmp_path / "Training").resolve(), 1)
@@ -254,8 +304,10 @@ def test_tools_name_an_output_they_cannot_write(trained, tmp_path, capsys):
     assert main(["eval", str(run), "--out", str(afile / "sub")]) == 1  # an OSError while writing: no traceback
     assert f"vitrain: error: [Errno 20] Not a directory: '{afile / 'sub'}'" in capsys.readouterr().err
     assert main(["export", str(run), "--format", "torchscript", "--out", str(tmp_path)]) == 2
-    assert (f"--out {tmp_path} is a folder; give the file to write, e.g. {tmp_path / 'best.torchscript.pt'}"
-            in capsys.readouterr().err)
+    assert (
+        f"--out {tmp_path} is a folder; give the file to write, e.g. {tmp_path / 'best.torchscript.pt'}"
+        in capsys.readouterr().err
+    )
     assert main(["export", str(run), "--format", "torchscript", "--out", str(tmp_path / "new" / "m.pt")]) == 0
     assert (tmp_path / "new" / "m.pt").is_file()  # the missing folder is made
 
@@ -265,6 +317,7 @@ def test_eval_and_predict_reproduce_the_test_score_on_big_jpegs(in_memory, tmp_p
     """Big JPEGs decode at reduced size (PIL's draft mode); eval and predict must decode them
     exactly as training's evaluation did, or the same checkpoint scores differently."""
     from .conftest import CLASS_COLORS, make_image
+
     data = tmp_path / "photos"
     for c, (name, color) in enumerate(CLASS_COLORS.items()):
         (data / name).mkdir(parents=True)
@@ -272,8 +325,25 @@ def test_eval_and_predict_reproduce_the_test_score_on_big_jpegs(in_memory, tmp_p
             make_image(color, seed=c * 1000 + i, size=320).save(data / name / f"{i:03d}.jpg", quality=90)
     run = tmp_path / "run"
     split = ["--test-fraction", "0.2", "--val-fraction", "0.2"]
-    args = ["train", "--data", str(data), "--out", str(run), "--epochs", "3", "--batch-size", "8", "--lr", "3e-3",
-            "--no-progress", "--workers", "0", "--in-memory", in_memory, *split]
+    args = [
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(run),
+        "--epochs",
+        "3",
+        "--batch-size",
+        "8",
+        "--lr",
+        "3e-3",
+        "--no-progress",
+        "--workers",
+        "0",
+        "--in-memory",
+        in_memory,
+        *split,
+    ]
     for key, value in TINY_MODEL.items():
         args += [f"--{key.replace('_', '-')}", str(value)]
     assert main(args) == 0
@@ -290,13 +360,15 @@ def test_eval_and_predict_reproduce_the_test_score_on_big_jpegs(in_memory, tmp_p
     assert report["confusion_matrix"] == training["confusion_matrix"]
 
     from vitrain.data.sources import load_data
+
     test_files = [str(p) for p in load_data(str(data), val_fraction=0.2, test_fraction=0.2).test.paths]
     assert main(["predict", str(run), *test_files, "--top-k", "3", "--out", str(tmp_path / "p")]) == 0
     rows = _read_csv(tmp_path / "p" / "predictions.csv")
     assert len(rows) == 6
     assert sum(r["correct"] == "true" for r in rows) / 6 == pytest.approx(training["accuracy"])
-    true_probability = [float(next(r[f"top{i}_probability"] for i in (1, 2, 3) if r[f"top{i}_label"] == r["true_label"]))
-                        for r in rows]
+    true_probability = [
+        float(next(r[f"top{i}_probability"] for i in (1, 2, 3) if r[f"top{i}_label"] == r["true_label"])) for r in rows
+    ]
     assert -np.log(true_probability).mean() == pytest.approx(training["loss"], rel=1e-4)
 
 
@@ -317,19 +389,27 @@ def test_eval_without_data_needs_the_training_data_where_the_checkpoint_says(tra
 
 def test_eval_split_options_come_from_the_run_unless_given_or_the_data_differs():
     from vitrain.engine.evaluate import SPLIT_DEFAULTS, split_options
+
     run = {"val_fraction": 0.15, "test_fraction": 0.1, "split_seed": 3}
     meta = {"data": "~/data/flowers17.tar", "split": run}
     nothing = dict.fromkeys(SPLIT_DEFAULTS)
     assert split_options(meta, "/elsewhere/flowers17.tar", nothing) == (run, True)
     assert split_options(meta, "~/data/flowers17.tar", {**nothing, "split_seed": 1}) == ({**run, "split_seed": 1}, True)
-    assert split_options(meta, "~/data/flowers17.tar", {**run, "val_fraction": 0.2}) == ({**run, "val_fraction": 0.2}, False)
+    assert split_options(meta, "~/data/flowers17.tar", {**run, "val_fraction": 0.2}) == (
+        {**run, "val_fraction": 0.2},
+        False,
+    )
     assert split_options(meta, "~/data/butterflies", nothing) == (SPLIT_DEFAULTS, False)
-    assert split_options({"data": "digits"}, "digits", nothing) == (SPLIT_DEFAULTS, False)  # older checkpoints have no "split"
+    assert split_options({"data": "digits"}, "digits", nothing) == (
+        SPLIT_DEFAULTS,
+        False,
+    )  # older checkpoints have no "split"
 
 
 @pytest.mark.parametrize("true_label", ["bluebell", "a flower with a very long class name indeed"])
 def test_annotation_text_fits_inside_a_portrait_image(tmp_path, true_label):
     from vitrain.engine.predict import Prediction, annotate
+
     Image.new("RGB", (500, 700), "white").save(tmp_path / "tall.png")
     annotate(Prediction(tmp_path / "tall.png", [("crocus", 0.19)], true_label), tmp_path / "out.png")
     with Image.open(tmp_path / "out.png") as img:
@@ -344,8 +424,24 @@ def test_annotation_text_fits_inside_a_portrait_image(tmp_path, true_label):
 def test_eval_of_a_run_trained_on_some_classes_uses_its_classes_and_test_split(tmp_path, capsys):
     data = write_class_folders(tmp_path / "pets", per_class=10)
     run = tmp_path / "run"
-    args = ["train", "--data", str(data), "--classes", "fox,cat", "--test-fraction", "0.2", "--out", str(run),
-            "--epochs", "2", "--batch-size", "8", "--no-progress", "--workers", "0"]
+    args = [
+        "train",
+        "--data",
+        str(data),
+        "--classes",
+        "fox,cat",
+        "--test-fraction",
+        "0.2",
+        "--out",
+        str(run),
+        "--epochs",
+        "2",
+        "--batch-size",
+        "8",
+        "--no-progress",
+        "--workers",
+        "0",
+    ]
     for key, value in TINY_MODEL.items():
         args += [f"--{key.replace('_', '-')}", str(value)]
     assert main(args) == 0
@@ -362,17 +458,41 @@ def test_eval_of_a_run_trained_on_some_classes_uses_its_classes_and_test_split(t
     assert main(["eval", str(run), "--data", str(other), "--split", "test"]) == 2
     err = capsys.readouterr().err
     assert "does not know: dog" in err and "with --classes fox,cat" in err  # the run's order carves its splits
-    assert main(["eval", str(run), "--data", str(other), "--split", "test", "--classes", "fox,cat",
-                 "--test-fraction", "0.2", "--out", str(tmp_path / "given")]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(run),
+                "--data",
+                str(other),
+                "--split",
+                "test",
+                "--classes",
+                "fox,cat",
+                "--test-fraction",
+                "0.2",
+                "--out",
+                str(tmp_path / "given"),
+            ]
+        )
+        == 0
+    )
     given = json.loads((tmp_path / "given" / "report.json").read_text())
     assert given["confusion_matrix"] == training["confusion_matrix"]
 
 
 def test_eval_on_digits_does_not_claim_split_options_it_ignores(tmp_path, capsys):
     from vitrain.models import create_model
+
     model = create_model("vit-digits", num_classes=10)
-    model.meta = {"classes": [str(i) for i in range(10)], "mean": [0.3], "std": [0.2], "crop_pct": 1.0,
-                  "data": "digits", "split": {"val_fraction": 0.25, "test_fraction": 0.3, "split_seed": 4}}
+    model.meta = {
+        "classes": [str(i) for i in range(10)],
+        "mean": [0.3],
+        "std": [0.2],
+        "crop_pct": 1.0,
+        "data": "digits",
+        "split": {"val_fraction": 0.25, "test_fraction": 0.3, "split_seed": 4},
+    }
     save_model(tmp_path / "digits.safetensors", model)
     assert main(["eval", str(tmp_path / "digits.safetensors"), "--data", "digits", "--out", str(tmp_path / "ev")]) == 0
     assert "split options" not in capsys.readouterr().out  # digits has one fixed 70/10/20 split
@@ -384,9 +504,16 @@ def test_eval_reports_only_the_split_options_that_carved_the_split(split_folder,
     # Training/ and Testing/ folders: the test split is Testing/ whatever the options; the validation
     # split is carved from Training/ by --val-fraction and --split-seed (never --test-fraction)
     from vitrain.models import create_model
+
     model = create_model("vit", **{k: v for k, v in TINY_MODEL.items() if k != "model"}, num_classes=3)
-    model.meta = {"classes": ["cat", "dog", "fox"], "mean": [0.5] * 3, "std": [0.25] * 3, "crop_pct": 1.0,
-                  "data": str(split_folder), "split": {"val_fraction": 0.3, "test_fraction": 0.2, "split_seed": 2}}
+    model.meta = {
+        "classes": ["cat", "dog", "fox"],
+        "mean": [0.5] * 3,
+        "std": [0.25] * 3,
+        "crop_pct": 1.0,
+        "data": str(split_folder),
+        "split": {"val_fraction": 0.3, "test_fraction": 0.2, "split_seed": 2},
+    }
     save_model(tmp_path / "m.safetensors", model)
     assert main(["eval", str(tmp_path / "m.safetensors"), "--split", "test", "--out", str(tmp_path / "test")]) == 0
     assert "split options" not in capsys.readouterr().out

@@ -12,8 +12,18 @@ from vitrain.models import create_model
 
 def _tiny(pool: str):
     torch.manual_seed(0)
-    return create_model("vit", img_size=8, patch_size=2, in_chans=1, num_classes=3, embed_dim=16, depth=3,
-                        num_heads=2, mlp_dim=32, pool=pool).eval()
+    return create_model(
+        "vit",
+        img_size=8,
+        patch_size=2,
+        in_chans=1,
+        num_classes=3,
+        embed_dim=16,
+        depth=3,
+        num_heads=2,
+        mlp_dim=32,
+        pool=pool,
+    ).eval()
 
 
 def _direct_attention(model, x: torch.Tensor) -> list[np.ndarray]:
@@ -25,7 +35,7 @@ def _direct_attention(model, x: torch.Tensor) -> list[np.ndarray]:
         w, b = block.attn.qkv.weight, block.attn.qkv.bias
         dim, heads = h.shape[-1], block.attn.num_heads
         q = (h @ w[:dim].T + b[:dim]).reshape(*h.shape[:2], heads, -1).transpose(1, 2)
-        k = (h @ w[dim:2 * dim].T + b[dim:2 * dim]).reshape(*h.shape[:2], heads, -1).transpose(1, 2)
+        k = (h @ w[dim : 2 * dim].T + b[dim : 2 * dim]).reshape(*h.shape[:2], heads, -1).transpose(1, 2)
         scores = (q @ k.transpose(-1, -2)).numpy() / np.sqrt(q.shape[-1])
         e = np.exp(scores - scores.max(-1, keepdims=True))
         maps.append(e / e.sum(-1, keepdims=True))

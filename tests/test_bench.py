@@ -10,8 +10,9 @@ import torch
 from vitrain.cli import main
 from vitrain.engine import bench
 
-TINY = bench.BenchConfig("tiny", img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2, mlp_dim=64,
-                         batch_size=4)
+TINY = bench.BenchConfig(
+    "tiny", img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2, mlp_dim=64, batch_size=4
+)
 
 
 def test_timm_and_torchvision_get_vitrains_weights_and_agree():

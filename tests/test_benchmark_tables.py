@@ -16,17 +16,27 @@ def _accuracy_module():
 
 
 def _report(epochs: int, done: int, planned: int, **more) -> dict:
-    return {"test": {"accuracy": 0.5, "images": 10}, "val": {"accuracy": 0.4}, "epochs": epochs,
-            "time_budget": {"planned_steps": planned, "done_steps": done}, "model": {"parameters": 840_000}, **more}
+    return {
+        "test": {"accuracy": 0.5, "images": 10},
+        "val": {"accuracy": 0.4},
+        "epochs": epochs,
+        "time_budget": {"planned_steps": planned, "done_steps": done},
+        "model": {"parameters": 840_000},
+        **more,
+    }
 
 
 def test_a_two_stage_run_lists_its_first_stage_beside_the_second(monkeypatch, tmp_path):
     accuracy = _accuracy_module()
-    reports = {"folder-best": _report(148, 2360, 2360),
-               "folder-bestpretrainlabels": _report(69, 1096, 1096, pretraining=_report(202, 3231, 3300))}
+    reports = {
+        "folder-best": _report(148, 2360, 2360),
+        "folder-bestpretrainlabels": _report(69, 1096, 1096, pretraining=_report(202, 3231, 3300)),
+    }
     monkeypatch.setattr(accuracy, "train_report", lambda run, flags: reports[run.name.split("-", 1)[1]])
-    rows = [accuracy.run_one("flowers17", "folder-best", 15, tmp_path),
-            accuracy.run_one("flowers17", "folder-best", 15, tmp_path, ["--pretrain", "labels"])]
+    rows = [
+        accuracy.run_one("flowers17", "folder-best", 15, tmp_path),
+        accuracy.run_one("flowers17", "folder-best", 15, tmp_path, ["--pretrain", "labels"]),
+    ]
     assert "first_stage" not in rows[0]
     assert rows[1]["first_stage"] == {"epochs": 202, "planned_steps": 3300, "done_steps": 3231, "test_accuracy": 0.5}
     table = accuracy.markdown(rows, 15, ["--only", "flowers17"]).splitlines()
@@ -60,9 +70,14 @@ def test_the_imbalance_table_gives_each_arms_accuracy_and_tail_recall(monkeypatc
         seen.append(flags)
         balanced = "balanced" in flags
         recall = {c: (0.5 if balanced else 0.2) if i >= 7 else 0.9 for i, c in enumerate(imbalance.CLASS_ORDER)}
-        return {"test": {"accuracy": 0.6, "balanced_accuracy": 0.6, "per_class": recall, "images": 10000},
-                "best_epoch": 3, "epochs": 4, "splits": {"train": 3064}, "time_budget": {"done_steps": 99},
-                "total_seconds": 1.0}
+        return {
+            "test": {"accuracy": 0.6, "balanced_accuracy": 0.6, "per_class": recall, "images": 10000},
+            "best_epoch": 3,
+            "epochs": 4,
+            "splits": {"train": 3064},
+            "time_budget": {"done_steps": 99},
+            "total_seconds": 1.0,
+        }
 
     monkeypatch.setattr(imbalance, "train_report", report)
     assert imbalance.main(["--minutes", "1", "--datasets", str(tmp_path), "--out", str(tmp_path / "out")]) == 0

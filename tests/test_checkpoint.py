@@ -22,7 +22,9 @@ from vitrain.checkpoint import (
     save_model,
     save_state,
 )
+from vitrain.checkpoint import load_model as checkpoint_load_model
 from vitrain.models import create_model
+from vitrain.models.pretrained import PretrainedError
 
 
 def _trained_like_model():
@@ -58,14 +60,20 @@ def test_run_folder_loads_best_checkpoint(tmp_path):
 def test_foreign_or_broken_files_are_clear_errors(tmp_path):
     save_file({"w": torch.zeros(2)}, str(tmp_path / "foreign.safetensors"))
     with pytest.raises(CheckpointError, match="without vitrain metadata"):
-        vitrain.load_model(tmp_path / "foreign.safetensors")
+        checkpoint_load_model(tmp_path / "foreign.safetensors")
+    with pytest.raises(PretrainedError, match=r"foreign.safetensors: not a ViT state dict"):
+        vitrain.load_model(tmp_path / "foreign.safetensors")  # neither vitrain's nor a known layout
     (tmp_path / "junk.safetensors").write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="not a readable safetensors"):
         read_model_checkpoint(tmp_path / "junk.safetensors")
-    (tmp_path / "model.pth").write_bytes(b"\x80\x04")
+    (tmp_path / "model.pth").write_bytes(b"\x80\x04")  # a pickle cut off after its first bytes
     with pytest.raises(CheckpointError, match="unknown checkpoint format"):
+        checkpoint_load_model(tmp_path / "model.pth")
+    with pytest.raises(PretrainedError, match=r"model.pth: cannot be read as plain tensors"):
         vitrain.load_model(tmp_path / "model.pth")
     with pytest.raises(CheckpointError, match="no such checkpoint"):
+        checkpoint_load_model(tmp_path / "missing")
+    with pytest.raises(PretrainedError, match="missing: no such file"):
         vitrain.load_model(tmp_path / "missing")
 
 
@@ -95,8 +103,13 @@ def test_training_state_round_trips_optimizer_and_nested_values(tmp_path):
     opt = torch.optim.AdamW(model.parameters(), lr=0.1)
     model(torch.randn(4, 3)).sum().backward()
     opt.step()
-    state = {"optimizer": opt.state_dict(), "epoch": 3, "best": {"value": -float("inf")},
-             "history": [{"epoch": 1, "loss": 0.5}], "model": model.state_dict()}
+    state = {
+        "optimizer": opt.state_dict(),
+        "epoch": 3,
+        "best": {"value": -float("inf")},
+        "history": [{"epoch": 1, "loss": 0.5}],
+        "model": model.state_dict(),
+    }
     save_state(tmp_path / "state.safetensors", state)
     back = load_state(tmp_path / "state.safetensors")
     assert back["epoch"] == 3 and back["best"]["value"] == -float("inf") and back["history"][0]["loss"] == 0.5
@@ -119,8 +132,7 @@ def test_background_writer_writes_the_same_files_as_the_direct_calls(tmp_path):
         files.save_state(tmp_path / "behind-state.safetensors", state)
         files.write_bytes(tmp_path / "notes.txt", b"epoch 1\n")
     assert (tmp_path / "behind.safetensors").read_bytes() == (tmp_path / "direct.safetensors").read_bytes()
-    assert (tmp_path / "behind-state.safetensors").read_bytes() == \
-        (tmp_path / "direct-state.safetensors").read_bytes()
+    assert (tmp_path / "behind-state.safetensors").read_bytes() == (tmp_path / "direct-state.safetensors").read_bytes()
     assert (tmp_path / "notes.txt").read_bytes() == b"epoch 1\n"
 
 

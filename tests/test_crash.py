@@ -39,15 +39,40 @@ KILLS = 10
 
 
 def _start(args: list[str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-u", "-c", CHILD, *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-u", "-c", CHILD, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 def test_sigkill_at_random_moments_then_resume_ends_identical(tmp_path):
     data = write_class_folders(tmp_path / "data", per_class=10)
-    common = ["--data", str(data), "--model", "vit", "--img-size", "16", "--patch-size", "4", "--embed-dim", "32",
-              "--depth", "2", "--num-heads", "2", "--mlp-dim", "64", "--batch-size", "8", "--workers", "0",
-              "--epochs", "60", "--ema", "0.9", "--no-progress"]
+    common = [
+        "--data",
+        str(data),
+        "--model",
+        "vit",
+        "--img-size",
+        "16",
+        "--patch-size",
+        "4",
+        "--embed-dim",
+        "32",
+        "--depth",
+        "2",
+        "--num-heads",
+        "2",
+        "--mlp-dim",
+        "64",
+        "--batch-size",
+        "8",
+        "--workers",
+        "0",
+        "--epochs",
+        "60",
+        "--ema",
+        "0.9",
+        "--no-progress",
+    ]
     assert main(["train", "--out", str(tmp_path / "reference"), *common]) == 0
 
     run = tmp_path / "killed"
@@ -57,8 +82,9 @@ def test_sigkill_at_random_moments_then_resume_ends_identical(tmp_path):
         resuming = (run / "state.safetensors").is_file()
         if not resuming and kills:
             restarts_from_scratch += 1
-        proc = _start(["train", "--resume", str(run)] if resuming else
-                      ["train", "--out", str(run), "--overwrite", *common])
+        proc = _start(
+            ["train", "--resume", str(run)] if resuming else ["train", "--out", str(run), "--overwrite", *common]
+        )
         if kills < KILLS:
             # wait until training has started, then kill after a random delay
             for line in proc.stdout:
@@ -85,8 +111,10 @@ def test_sigkill_at_random_moments_then_resume_ends_identical(tmp_path):
     reference = load_file(str(tmp_path / "reference" / "last.safetensors"))
     final = load_file(str(run / "last.safetensors"))
     assert reference.keys() == final.keys() and all(torch.equal(reference[k], final[k]) for k in reference)
-    assert vitrain.load_model(run / "best.safetensors").meta["epoch"] == \
-        vitrain.load_model(tmp_path / "reference" / "best.safetensors").meta["epoch"]
+    assert (
+        vitrain.load_model(run / "best.safetensors").meta["epoch"]
+        == vitrain.load_model(tmp_path / "reference" / "best.safetensors").meta["epoch"]
+    )
     # nothing half-written is left, and every file reads back
     assert not list(run.glob(".*.tmp"))
     report = json.loads((run / "report.json").read_text())
@@ -120,9 +148,34 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypa
         return real_save(self, path, model, **kwargs)
 
     monkeypatch.setattr(CheckpointWriter, "save_model", save_model)
-    args = ["train", "--data", str(data), "--out", str(run), "--model", "vit", "--img-size", "16", "--patch-size",
-            "4", "--embed-dim", "32", "--depth", "2", "--num-heads", "2", "--mlp-dim", "64", "--batch-size", "8",
-            "--workers", "0", "--epochs", "3", "--no-progress"]
+    args = [
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(run),
+        "--model",
+        "vit",
+        "--img-size",
+        "16",
+        "--patch-size",
+        "4",
+        "--embed-dim",
+        "32",
+        "--depth",
+        "2",
+        "--num-heads",
+        "2",
+        "--mlp-dim",
+        "64",
+        "--batch-size",
+        "8",
+        "--workers",
+        "0",
+        "--epochs",
+        "3",
+        "--no-progress",
+    ]
     assert main(args) == 1
     monkeypatch.setattr(os, "fsync", real_fsync)
     err = capsys.readouterr().err

@@ -19,18 +19,54 @@ from vitrain.config import TrainConfig
 from vitrain.engine import train as train_module
 from vitrain.engine.distributed import Dist
 
-COMMON = ["--model", "vit", "--img-size", "16", "--patch-size", "4", "--embed-dim", "32", "--depth", "2",
-          "--num-heads", "2", "--mlp-dim", "64", "--augment", "none", "--dropout", "0", "--workers", "0",
-          "--device", "cpu", "--no-progress", "--warmup-epochs", "0"]
+COMMON = [
+    "--model",
+    "vit",
+    "--img-size",
+    "16",
+    "--patch-size",
+    "4",
+    "--embed-dim",
+    "32",
+    "--depth",
+    "2",
+    "--num-heads",
+    "2",
+    "--mlp-dim",
+    "64",
+    "--augment",
+    "none",
+    "--dropout",
+    "0",
+    "--workers",
+    "0",
+    "--device",
+    "cpu",
+    "--no-progress",
+    "--warmup-epochs",
+    "0",
+]
 
 
-def _torchrun(args: list[str], tmp_path: Path, processes: int = 2, succeeds: bool = True,
-              entry: tuple[str, ...] = ("-m", "vitrain")) -> subprocess.CompletedProcess:
+def _torchrun(
+    args: list[str],
+    tmp_path: Path,
+    processes: int = 2,
+    succeeds: bool = True,
+    entry: tuple[str, ...] = ("-m", "vitrain"),
+) -> subprocess.CompletedProcess:
     """``torchrun ... -m vitrain ARGS`` (or ``ENTRY ARGS``), checked to succeed (or, with ``succeeds=False``,
     to fail)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
-               *entry, *args]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={processes}",
+        *entry,
+        *args,
+    ]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert (done.returncode == 0) == succeeds, done.stdout[-3000:] + done.stderr[-3000:]
     return done
@@ -116,27 +152,56 @@ def test_a_labels_first_chain_on_two_processes_matches_one_process(flat_folder, 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        data = ["--data", str(flat_folder), *COMMON, "--epochs", "4", "--pretrain", "labels",
-                "--pretrain-img-size", "8"]
+        data = [
+            "--data",
+            str(flat_folder),
+            *COMMON,
+            "--epochs",
+            "4",
+            "--pretrain",
+            "labels",
+            "--pretrain-img-size",
+            "8",
+        ]
         assert main(["train", *data, "--batch-size", "8", "--out", str(tmp_path / "one")]) == 0
         done = _torchrun(["train", *data, "--batch-size", "4", "--out", str(tmp_path / "two")], tmp_path)
     finally:
         torch.set_num_threads(threads)
     assert done.stdout.count("done in ") == 2  # rank 0 alone reports each stage
     for stage in ("pretrain", "."):
-        assert _weight_difference(tmp_path / "one" / stage / "last.safetensors",
-                                  tmp_path / "two" / stage / "last.safetensors") < 1e-5
+        assert (
+            _weight_difference(
+                tmp_path / "one" / stage / "last.safetensors", tmp_path / "two" / stage / "last.safetensors"
+            )
+            < 1e-5
+        )
     report = json.loads((tmp_path / "two" / "report.json").read_text())
     assert report["processes"] == 2 and report["pretraining"]["processes"] == 2
     assert report["model"]["img_size"] == 16 and report["pretraining"]["model"]["img_size"] == 8
     assert report["total_seconds"] >= report["fine_tuning_seconds"] > 0
-    assert report["test"]["confusion_matrix"] == json.loads((tmp_path / "one" / "report.json").read_text())[
-        "test"]["confusion_matrix"]
+    assert (
+        report["test"]["confusion_matrix"]
+        == json.loads((tmp_path / "one" / "report.json").read_text())["test"]["confusion_matrix"]
+    )
 
 
 def test_instance_pretraining_under_torchrun_is_refused_before_anything_is_written(flat_folder, tmp_path):
-    done = _torchrun(["train", "--data", str(flat_folder), *COMMON, "--epochs", "2", "--pretrain",
-                      "instance-discrimination", "--out", str(tmp_path / "run")], tmp_path, succeeds=False)
+    done = _torchrun(
+        [
+            "train",
+            "--data",
+            str(flat_folder),
+            *COMMON,
+            "--epochs",
+            "2",
+            "--pretrain",
+            "instance-discrimination",
+            "--out",
+            str(tmp_path / "run"),
+        ],
+        tmp_path,
+        succeeds=False,
+    )
     assert "--pretrain instance-discrimination runs in one process; start it without torchrun" in done.stderr
     assert not (tmp_path / "run").exists()
 
@@ -157,15 +222,30 @@ def test_ranks_use_rank_0s_default_run_folder(flat_folder, tmp_path):
     stage's weights on every rank, from the folder rank 0 wrote, so all ranks must take rank 0's name."""
     script = tmp_path / "late_clock.py"
     script.write_text(LATE_CLOCK)
-    _torchrun(["train", "--data", str(flat_folder), *COMMON, "--epochs", "2", "--batch-size", "4", "--pretrain",
-               "labels", "--pretrain-img-size", "8"], tmp_path, entry=(str(script),))
+    _torchrun(
+        [
+            "train",
+            "--data",
+            str(flat_folder),
+            *COMMON,
+            "--epochs",
+            "2",
+            "--batch-size",
+            "4",
+            "--pretrain",
+            "labels",
+            "--pretrain-img-size",
+            "8",
+        ],
+        tmp_path,
+        entry=(str(script),),
+    )
     runs = list((tmp_path / "runs").iterdir())
     assert len(runs) == 1 and not runs[0].name.endswith("-a-second-later")
     assert json.loads((runs[0] / "report.json").read_text())["pretraining"]["processes"] == 2
 
 
-def test_a_global_batch_larger_than_the_training_split_is_refused_before_an_old_run_is_replaced(flat_folder,
-                                                                                               tmp_path):
+def test_a_global_batch_larger_than_the_training_split_is_refused_before_an_old_run_is_replaced(flat_folder, tmp_path):
     """Incomplete global batches are dropped under torchrun, so 2 x 16 > 24 images would make no step at all."""
     run = tmp_path / "run"
     data = ["--data", str(flat_folder), *COMMON, "--epochs", "1", "--out", str(run)]
@@ -183,19 +263,36 @@ def test_a_global_batch_that_leaves_a_tenth_of_the_split_out_of_each_epoch_is_na
     two = Dist(rank=0, world=2)
     cfg = TrainConfig(batch_size=10, data="flowers")
     train_module.check_global_batch(cfg, 24, two, said.append)
-    assert said == ["warning: --batch-size 10 x 2 processes = 20 images per step leaves 4 of the 24 training "
-                    "images out of each epoch (17%; incomplete global batches are dropped under torchrun); "
-                    "--batch-size 6 would leave 0 out"]  # not 9, 8 or 7: 2 x 7 = 14 would leave 10 out
+    assert said == [
+        "warning: --batch-size 10 x 2 processes = 20 images per step leaves 4 of the 24 training "
+        "images out of each epoch (17%; incomplete global batches are dropped under torchrun); "
+        "--batch-size 6 would leave 0 out"
+    ]  # not 9, 8 or 7: 2 x 7 = 14 would leave 10 out
     said.clear()
     train_module.check_global_batch(cfg, 41, two, said.append)  # 1 of 41 left out: no warning
     train_module.check_global_batch(cfg, 24, Dist(), said.append)  # one process keeps every image
     assert said == []
     train_module.check_global_batch(TrainConfig(batch_size=2, data="flowers"), 7, Dist(rank=0, world=3), said.append)
-    assert said == ["warning: --batch-size 2 x 3 processes = 6 images per step leaves 1 of the 7 training images "
-                    "out of each epoch (14%; incomplete global batches are dropped under torchrun)"]  # no batch fits
+    assert said == [
+        "warning: --batch-size 2 x 3 processes = 6 images per step leaves 1 of the 7 training images "
+        "out of each epoch (14%; incomplete global batches are dropped under torchrun)"
+    ]  # no batch fits
 
 
 def test_the_dropped_images_warning_reaches_the_torchrun_log(flat_folder, tmp_path):
-    done = _torchrun(["train", "--data", str(flat_folder), *COMMON, "--epochs", "1", "--batch-size", "10",
-                      "--out", str(tmp_path / "run")], tmp_path)
+    done = _torchrun(
+        [
+            "train",
+            "--data",
+            str(flat_folder),
+            *COMMON,
+            "--epochs",
+            "1",
+            "--batch-size",
+            "10",
+            "--out",
+            str(tmp_path / "run"),
+        ],
+        tmp_path,
+    )
     assert done.stdout.count("leaves 4 of the 24 training images out of each epoch") == 1  # rank 0 only

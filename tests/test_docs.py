@@ -96,8 +96,11 @@ def _quoted_commands() -> list[tuple[str, str]]:
             command = line.removeprefix("$ ").split(" #", 1)[0].strip()
             for prefix in ("torchrun ", ".venv/bin/"):
                 if command.startswith(prefix) and " vitrain " in f" {command} ":
-                    command = command[command.index("vitrain "):] if prefix == ".venv/bin/" else \
-                        "vitrain " + command.split(" -m vitrain ", 1)[1]
+                    command = (
+                        command[command.index("vitrain ") :]
+                        if prefix == ".venv/bin/"
+                        else "vitrain " + command.split(" -m vitrain ", 1)[1]
+                    )
             synopsis = "[" in command or "CKPT" in command  # a usage line, not a command to run
             if command.startswith("vitrain ") and "..." not in command and "&&" not in command and not synopsis:
                 found.append((page.relative_to(ROOT).as_posix(), command))

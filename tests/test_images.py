@@ -18,8 +18,15 @@ def _save(tmp_path, img: Image.Image, name: str):
 @pytest.mark.parametrize("channels", [1, 3])
 @pytest.mark.parametrize(
     "mode, name",
-    [("RGB", "rgb.jpg"), ("L", "gray.png"), ("RGBA", "rgba.png"), ("P", "palette.png"), ("LA", "la.png"),
-     ("CMYK", "cmyk.jpg"), ("1", "bilevel.png")],
+    [
+        ("RGB", "rgb.jpg"),
+        ("L", "gray.png"),
+        ("RGBA", "rgba.png"),
+        ("P", "palette.png"),
+        ("LA", "la.png"),
+        ("CMYK", "cmyk.jpg"),
+        ("1", "bilevel.png"),
+    ],
 )
 def test_every_mode_converts_to_the_requested_channels(tmp_path, mode, name, channels):
     img = Image.new("RGB", (12, 10), (120, 60, 30)).convert(mode)
@@ -52,8 +59,7 @@ def test_gray_to_rgb_replicates_and_rgb_to_gray_uses_luma(tmp_path):
 
 @pytest.mark.parametrize(
     "content, reason",
-    [(b"", "empty file"), (b"this is not an image at all", "cannot identify"),
-     (None, "truncated")],
+    [(b"", "empty file"), (b"this is not an image at all", "cannot identify"), (None, "truncated")],
 )
 def test_unreadable_files_name_the_file(tmp_path, content, reason):
     path = tmp_path / "bad.jpg"
@@ -77,6 +83,7 @@ def test_reduced_size_decoding_keeps_the_shorter_side_large_enough(tmp_path):
 def test_phone_photos_stored_sideways_are_read_upright(tmp_path, max_side):
     """EXIF orientation 6: the camera stored the picture turned; viewers rotate it 90 degrees clockwise."""
     from vitrain.engine.predict import _display_copy
+
     stored = Image.new("RGB", (800, 400), (0, 0, 255))
     stored.paste((255, 0, 0), (0, 0, 400, 400))  # left half red: the top once upright
     exif = Image.Exif()

@@ -31,7 +31,7 @@ def test_pad_crop_is_a_shifted_window_of_the_zero_padded_image_and_flip_mirrors_
     padded = torch.nn.functional.pad(images, (2, 2, 2, 2))  # 16 // 8
     flips = 0
     for i in range(len(images)):
-        windows = [padded[i, :, y:y + 16, x:x + 16] for y in range(5) for x in range(5)]
+        windows = [padded[i, :, y : y + 16, x : x + 16] for y in range(5) for x in range(5)]
         plain = any(torch.equal(out[i], w) for w in windows)
         mirrored = any(torch.equal(out[i], w.flip(-1)) for w in windows)
         assert plain or mirrored, f"image {i} is not a window of its padded original"
@@ -60,8 +60,9 @@ def test_random_crop_boxes_fall_back_to_the_center_or_to_nothing():
 
 def test_resized_crop_of_the_whole_image_is_a_plain_resize():
     images = torch.arange(8 * 8, dtype=torch.uint8).view(1, 1, 8, 8).repeat(2, 3, 1, 1) * 3
-    aug = memory.BatchAugment(8, "flip-crop", MEAN, STD, resized_crop=True, hflip=0.0, crop_scale=(1.0, 1.0),
-                              crop_ratio=(1.0, 1.0))
+    aug = memory.BatchAugment(
+        8, "flip-crop", MEAN, STD, resized_crop=True, hflip=0.0, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0)
+    )
     assert torch.equal(_undo(aug(images, torch.Generator())), images)
 
 
@@ -107,8 +108,23 @@ def test_training_in_memory_and_from_files_both_work_and_say_which(flat_folder, 
     accuracies = {}
     for mode in ("on", "off"):
         out = tmp_path / mode
-        assert main(["train", "--data", str(flat_folder), "--out", str(out), "--in-memory", mode, "--epochs", "2",
-                     *tiny_args]) == 0
+        assert (
+            main(
+                [
+                    "train",
+                    "--data",
+                    str(flat_folder),
+                    "--out",
+                    str(out),
+                    "--in-memory",
+                    mode,
+                    "--epochs",
+                    "2",
+                    *tiny_args,
+                ]
+            )
+            == 0
+        )
         accuracies[mode] = json.loads((out / "report.json").read_text())["test"]["accuracy"]
     log = capsys.readouterr().out
     assert log.count("in memory:") == 1

@@ -37,8 +37,7 @@ def test_weight_decay_only_on_matrices_and_not_on_embeddings():
 
 def test_sgd_and_adamw_settings_reach_the_optimizer():
     model = torch.nn.Linear(2, 2)
-    sgd = build_optimizer(model, TrainConfig(optimizer="sgd", lr=0.1, momentum=0.8, nesterov=True),
-                          torch.device("cpu"))
+    sgd = build_optimizer(model, TrainConfig(optimizer="sgd", lr=0.1, momentum=0.8, nesterov=True), torch.device("cpu"))
     assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["momentum"] == 0.8 and sgd.defaults["nesterov"]
     adamw = build_optimizer(model, TrainConfig(betas=[0.9, 0.95], eps=1e-5), torch.device("cpu"))
     assert isinstance(adamw, torch.optim.AdamW) and adamw.defaults["betas"] == (0.9, 0.95)
@@ -53,8 +52,9 @@ def test_step_schedule_decays_every_step_size_epochs():
 
 
 def test_multistep_decays_at_fractions_of_training():
-    lrs = _lrs(TrainConfig(lr=1.0, epochs=20, schedule="multistep", milestones=[0.6, 0.85], gamma=0.1,
-                           warmup_epochs=0), 10)
+    lrs = _lrs(
+        TrainConfig(lr=1.0, epochs=20, schedule="multistep", milestones=[0.6, 0.85], gamma=0.1, warmup_epochs=0), 10
+    )
     assert lrs[119] == 1.0 and lrs[120] == pytest.approx(0.1)
     assert lrs[169] == pytest.approx(0.1) and lrs[170] == pytest.approx(0.01)
 

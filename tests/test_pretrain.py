@@ -113,8 +113,19 @@ def test_strong_augmentation_is_per_image_and_reproducible():
 
 def test_pretrain_then_fine_tune_from_the_backbone(flat_folder, tmp_path, tiny_args):
     pre = tmp_path / "pre"
-    args = ["--data", str(flat_folder), *tiny_args, "--epochs", "2", "--mixup", "0.8", "--cutmix", "1.0",
-            "--infonce", "0.5"]
+    args = [
+        "--data",
+        str(flat_folder),
+        *tiny_args,
+        "--epochs",
+        "2",
+        "--mixup",
+        "0.8",
+        "--cutmix",
+        "1.0",
+        "--infonce",
+        "0.5",
+    ]
     assert main(["pretrain", *args, "--out", str(pre)]) == 0
     report = json.loads((pre / "report.json").read_text())
     assert report["method"] == "instance-discrimination" and report["images"] == 24  # the training split only
@@ -126,8 +137,23 @@ def test_pretrain_then_fine_tune_from_the_backbone(flat_folder, tmp_path, tiny_a
     assert all(torch.equal(backbone[k], again[k]) for k in backbone)
     # fine-tuning starts from it: with the backbone frozen, the blocks stay exactly the pretrained ones
     run = tmp_path / "run"
-    assert main(["train", "--data", str(flat_folder), *tiny_args, "--init", str(pre), "--freeze", "backbone",
-                 "--out", str(run)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(flat_folder),
+                *tiny_args,
+                "--init",
+                str(pre),
+                "--freeze",
+                "backbone",
+                "--out",
+                str(run),
+            ]
+        )
+        == 0
+    )
     tuned = load_file(str(run / "best.safetensors"))
     assert torch.equal(tuned["blocks.1.mlp.fc2.weight"], backbone["blocks.1.mlp.fc2.weight"])
     assert not torch.equal(tuned["head.weight"], backbone["head.weight"])
@@ -135,8 +161,23 @@ def test_pretrain_then_fine_tune_from_the_backbone(flat_folder, tmp_path, tiny_a
 
 def test_one_command_chains_pretraining_and_fine_tuning(flat_folder, tmp_path, tiny_args):
     run = tmp_path / "run"
-    assert main(["train", "--data", str(flat_folder), *tiny_args, "--epochs", "4", "--pretrain",
-                 "instance-discrimination", "--out", str(run)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(flat_folder),
+                *tiny_args,
+                "--epochs",
+                "4",
+                "--pretrain",
+                "instance-discrimination",
+                "--out",
+                str(run),
+            ]
+        )
+        == 0
+    )
     assert (run / "pretrain" / "backbone.safetensors").is_file()
     report = json.loads((run / "report.json").read_text())
     assert report["pretraining"]["epochs"] == 2 and report["epochs"] == 2  # --pretrain-share 0.5 of 4 epochs
@@ -147,9 +188,27 @@ def test_one_command_chains_pretraining_and_fine_tuning(flat_folder, tmp_path, t
 def test_the_first_stage_can_run_at_a_smaller_input_size(flat_folder, tmp_path, tiny_args, capsys):
     # pretrain at 8 px (a 2x2 grid), fine-tune at 16 px (4x4): the position embeddings are resampled
     run = tmp_path / "run"
-    assert main(["train", "--data", str(flat_folder), *tiny_args, "--epochs", "2", "--pretrain",
-                 "instance-discrimination", "--pretrain-img-size", "8", "--freeze", "backbone",
-                 "--out", str(run)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(flat_folder),
+                *tiny_args,
+                "--epochs",
+                "2",
+                "--pretrain",
+                "instance-discrimination",
+                "--pretrain-img-size",
+                "8",
+                "--freeze",
+                "backbone",
+                "--out",
+                str(run),
+            ]
+        )
+        == 0
+    )
     report = json.loads((run / "report.json").read_text())
     assert report["pretraining"]["model"]["img_size"] == 8 and report["model"]["img_size"] == 16
     backbone = load_file(str(run / "pretrain" / "backbone.safetensors"))
@@ -160,43 +219,123 @@ def test_the_first_stage_can_run_at_a_smaller_input_size(flat_folder, tmp_path, 
     torch.testing.assert_close(tuned["pos_embed"], resample_pos_embed(backbone["pos_embed"], 4, 1))
     assert torch.equal(tuned["blocks.0.attn.qkv.weight"], backbone["blocks.0.attn.qkv.weight"])
     # a larger first stage is honoured as given, with a note (a recipe's 32 px with --img-size 16, say)
-    assert main(["train", "--data", str(flat_folder), *tiny_args, "--epochs", "2", "--pretrain",
-                 "instance-discrimination", "--pretrain-img-size", "32", "--out", str(tmp_path / "larger")]) == 0
-    assert "note: the pretraining stage runs at --pretrain-img-size 32, larger than --img-size 16" in \
-        capsys.readouterr().out
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(flat_folder),
+                *tiny_args,
+                "--epochs",
+                "2",
+                "--pretrain",
+                "instance-discrimination",
+                "--pretrain-img-size",
+                "32",
+                "--out",
+                str(tmp_path / "larger"),
+            ]
+        )
+        == 0
+    )
+    assert (
+        "note: the pretraining stage runs at --pretrain-img-size 32, larger than --img-size 16"
+        in capsys.readouterr().out
+    )
 
 
 def test_a_labels_first_stage_trains_small_then_fine_tunes_at_full_size(flat_folder, tmp_path, tiny_args, capsys):
     # --pretrain labels: the first stage is supervised training at 8 px, the second continues it at 16 px
     run = tmp_path / "run"
-    assert main(["train", "--data", str(flat_folder), *tiny_args, "--epochs", "4", "--pretrain", "labels",
-                 "--pretrain-img-size", "8", "--out", str(run)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(flat_folder),
+                *tiny_args,
+                "--epochs",
+                "4",
+                "--pretrain",
+                "labels",
+                "--pretrain-img-size",
+                "8",
+                "--out",
+                str(run),
+            ]
+        )
+        == 0
+    )
     report = json.loads((run / "report.json").read_text())
     first = report["pretraining"]
     assert first["model"]["img_size"] == 8 and report["model"]["img_size"] == 16
     assert first["epochs"] == 2 and report["epochs"] == 2 and 0 <= first["test"]["accuracy"] <= 1
-    assert (run / "pretrain" / "best.safetensors").is_file() and not (run / "pretrain" / "backbone.safetensors").exists()
+    assert (run / "pretrain" / "best.safetensors").is_file() and not (
+        run / "pretrain" / "backbone.safetensors"
+    ).exists()
     assert f"pretrained: {run / 'pretrain'}" in (run / "config.yaml").read_text()
     first_weights = load_file(str(run / "pretrain" / "best.safetensors"))
     tuned = load_file(str(run / "best.safetensors"))
     assert first_weights["pos_embed"].shape == (1, 1 + 2 * 2, 32) and tuned["pos_embed"].shape == (1, 1 + 4 * 4, 32)
     assert "note: the first (labels) stage runs at --img-size" not in capsys.readouterr().out
     # the options of the instance task are refused by name, not ignored
-    assert main(["train", "--data", str(flat_folder), *tiny_args, "--pretrain", "labels", "--views", "4",
-                 "--pretrain-mixup", "0.2", "--out", str(tmp_path / "x")]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(flat_folder),
+                *tiny_args,
+                "--pretrain",
+                "labels",
+                "--views",
+                "4",
+                "--pretrain-mixup",
+                "0.2",
+                "--out",
+                str(tmp_path / "x"),
+            ]
+        )
+        == 2
+    )
     assert "--views, --pretrain-mixup only apply to --pretrain instance-discrimination" in capsys.readouterr().err
     # and vitrain pretrain has one method
     (tmp_path / "labels.yaml").write_text("pretrain: labels\n")
-    assert main(["pretrain", "--data", str(flat_folder), *tiny_args, "--config", str(tmp_path / "labels.yaml"),
-                 "--out", str(tmp_path / "y")]) == 2
+    assert (
+        main(
+            [
+                "pretrain",
+                "--data",
+                str(flat_folder),
+                *tiny_args,
+                "--config",
+                str(tmp_path / "labels.yaml"),
+                "--out",
+                str(tmp_path / "y"),
+            ]
+        )
+        == 2
+    )
     assert "a first stage on the labels is vitrain train --pretrain labels" in capsys.readouterr().err
 
 
 def test_a_preset_model_fine_tunes_at_its_own_size_after_a_smaller_first_stage(flat_folder, tmp_path):
     # a preset name is the first stage's model; the second stage takes its weights (no "leave --model
     # out" refusal after a whole first stage) and, without --img-size, the preset's own input size
-    args = ["train", "--data", str(flat_folder), "--model", "vit-digits", "--epochs", "2", "--batch-size", "8",
-            "--workers", "0", "--no-progress"]
+    args = [
+        "train",
+        "--data",
+        str(flat_folder),
+        "--model",
+        "vit-digits",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "8",
+        "--workers",
+        "0",
+        "--no-progress",
+    ]
     for method in ("labels", "instance-discrimination"):
         run = tmp_path / method
         assert main([*args, "--pretrain", method, "--pretrain-img-size", "4", "--out", str(run)]) == 0, method
@@ -219,11 +358,12 @@ def test_a_first_stage_of_another_kind_leaves_nothing_behind(flat_folder, tmp_pa
 
 
 def test_a_dynamic_size_model_is_the_model_built_for_that_size():
-    from vitrain.models.vit import ViTConfig, VisionTransformer
+    from vitrain.models.vit import VisionTransformer, ViTConfig
 
     torch.manual_seed(0)
-    model = VisionTransformer(ViTConfig(img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2, mlp_dim=64,
-                                        num_classes=3, stem="conv")).eval()
+    model = VisionTransformer(
+        ViTConfig(img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2, mlp_dim=64, num_classes=3, stem="conv")
+    ).eval()
     small = torch.randn(2, 3, 8, 8)
     with pytest.raises(ValueError, match=r"expected input of shape \(B, 3, 16, 16\)"):
         model(small)  # off unless asked for
@@ -252,28 +392,129 @@ def test_multi_crop_pretraining_adds_small_crops(flat_folder, tmp_path, tiny_arg
 
 
 def test_pretraining_options_are_checked(flat_folder, tmp_path, tiny_args, capsys):
-    assert main(["pretrain", "--data", str(flat_folder), *tiny_args, "--views", "1", "--infonce", "1",
-                 "--out", str(tmp_path / "x")]) == 2
+    assert (
+        main(
+            [
+                "pretrain",
+                "--data",
+                str(flat_folder),
+                *tiny_args,
+                "--views",
+                "1",
+                "--infonce",
+                "1",
+                "--out",
+                str(tmp_path / "x"),
+            ]
+        )
+        == 2
+    )
     assert "--views must be at least 1 (2 with --infonce)" in capsys.readouterr().err
-    assert main(["train", "--data", str(flat_folder), *tiny_args, "--pretrain", "instance-discrimination",
-                 "--pretrain-img-size", "10", "--out", str(tmp_path / "y")]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(flat_folder),
+                *tiny_args,
+                "--pretrain",
+                "instance-discrimination",
+                "--pretrain-img-size",
+                "10",
+                "--out",
+                str(tmp_path / "y"),
+            ]
+        )
+        == 2
+    )
     assert "--pretrain-img-size must be a positive multiple of --patch-size (4)" in capsys.readouterr().err
-    assert main(["pretrain", "--data", str(flat_folder), *tiny_args, "--local-crops", "2", "--local-crop-size", "6",
-                 "--out", str(tmp_path / "z")]) == 2
+    assert (
+        main(
+            [
+                "pretrain",
+                "--data",
+                str(flat_folder),
+                *tiny_args,
+                "--local-crops",
+                "2",
+                "--local-crop-size",
+                "6",
+                "--out",
+                str(tmp_path / "z"),
+            ]
+        )
+        == 2
+    )
     assert "--local-crop-size must be a positive multiple of --patch-size (4)" in capsys.readouterr().err
-    assert main(["pretrain", "--data", str(flat_folder), *tiny_args, "--local-crop-scale", "0.5,0.1",
-                 "--out", str(tmp_path / "w")]) == 2
+    assert (
+        main(
+            [
+                "pretrain",
+                "--data",
+                str(flat_folder),
+                *tiny_args,
+                "--local-crop-scale",
+                "0.5,0.1",
+                "--out",
+                str(tmp_path / "w"),
+            ]
+        )
+        == 2
+    )
     assert "--local-crop-scale needs MIN,MAX with 0 < MIN <= MAX <= 1" in capsys.readouterr().err
-    assert main(["pretrain", "--data", str(flat_folder), *tiny_args, "--instance-smoothing", "1",
-                 "--out", str(tmp_path / "t")]) == 2
+    assert (
+        main(
+            [
+                "pretrain",
+                "--data",
+                str(flat_folder),
+                *tiny_args,
+                "--instance-smoothing",
+                "1",
+                "--out",
+                str(tmp_path / "t"),
+            ]
+        )
+        == 2
+    )
     assert "--instance-smoothing must be in [0, 1)" in capsys.readouterr().err
     # options of training that pretraining has no use for are refused, not silently ignored
-    assert main(["pretrain", "--data", str(flat_folder), *tiny_args, "--ema", "0.99", "--label-smoothing", "0.1",
-                 "--out", str(tmp_path / "v")]) == 2
+    assert (
+        main(
+            [
+                "pretrain",
+                "--data",
+                str(flat_folder),
+                *tiny_args,
+                "--ema",
+                "0.99",
+                "--label-smoothing",
+                "0.1",
+                "--out",
+                str(tmp_path / "v"),
+            ]
+        )
+        == 2
+    )
     assert "vitrain pretrain does not use --ema, --label-smoothing" in capsys.readouterr().err
     # and the other way round: first-stage options without a first stage
-    assert main(["train", "--data", str(flat_folder), *tiny_args, "--views", "4", "--knn-every", "1",
-                 "--out", str(tmp_path / "u")]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(flat_folder),
+                *tiny_args,
+                "--views",
+                "4",
+                "--knn-every",
+                "1",
+                "--out",
+                str(tmp_path / "u"),
+            ]
+        )
+        == 2
+    )
     assert "--views, --knn-every only apply to pretraining" in capsys.readouterr().err
 
 
@@ -289,16 +530,48 @@ def test_vitrain_pretrain_runs_a_recipes_first_stage(flat_folder, tmp_path, tiny
     cfg = config("--img-size", "48", "--mixup", "0.4")  # flags still win
     assert (cfg.img_size, cfg.mixup, cfg.cutmix) == (48, 0.4, 0.0)
     run = tmp_path / "pre"
-    assert main(["pretrain", "--data", str(flat_folder), *tiny_args, "--instance-init", "features",
-                 "--instance-smoothing", "0.1", "--out", str(run)]) == 0
+    assert (
+        main(
+            [
+                "pretrain",
+                "--data",
+                str(flat_folder),
+                *tiny_args,
+                "--instance-init",
+                "features",
+                "--instance-smoothing",
+                "0.1",
+                "--out",
+                str(run),
+            ]
+        )
+        == 0
+    )
     report = json.loads((run / "report.json").read_text())
     assert report["instance_init"] == "features" and report["instance_smoothing"] == 0.1
 
 
 def test_pretrain_none_drops_the_first_stage_of_a_recipe(flat_folder, tmp_path, tiny_args):
     run = tmp_path / "run"
-    assert main(["train", "--recipe", "small-data", "--data", str(flat_folder), *tiny_args, "--epochs", "2",
-                 "--pretrain", "none", "--out", str(run)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--recipe",
+                "small-data",
+                "--data",
+                str(flat_folder),
+                *tiny_args,
+                "--epochs",
+                "2",
+                "--pretrain",
+                "none",
+                "--out",
+                str(run),
+            ]
+        )
+        == 0
+    )
     assert not (run / "pretrain").exists()
     report = json.loads((run / "report.json").read_text())
     assert "pretraining" not in report and report["epochs"] == 2
@@ -341,8 +614,7 @@ def _interrupt_at(monkeypatch, module, name: str, call: int) -> None:
     monkeypatch.setattr(module, name, interrupted)
 
 
-def test_an_interrupted_pretraining_resumes_to_the_same_backbone(flat_folder, tmp_path, tiny_args, monkeypatch,
-                                                                    capsys):
+def test_an_interrupted_pretraining_resumes_to_the_same_backbone(flat_folder, tmp_path, tiny_args, monkeypatch, capsys):
     import shutil
 
     from vitrain.engine import pretrain as pretrain_module
@@ -387,10 +659,14 @@ def test_a_chained_run_resumes_in_either_stage(flat_folder, tmp_path, tiny_args,
     reference = load_file(str(tmp_path / "reference" / "last.safetensors"))
 
     interrupts = {  # (module, function, which call raises); train writes metrics.csv once per epoch
-        "instance-discrimination": {"first": (pretrain_module, "instance_loss", 5),  # pretraining epoch 2
-                                    "second": (train_module, "metrics_csv_bytes", 1)},  # after epoch 1
-        "labels": {"first": (train_module, "metrics_csv_bytes", 2),  # the first stage's epoch 2
-                   "second": (train_module, "metrics_csv_bytes", 3)},  # the second stage's epoch 1
+        "instance-discrimination": {
+            "first": (pretrain_module, "instance_loss", 5),  # pretraining epoch 2
+            "second": (train_module, "metrics_csv_bytes", 1),
+        },  # after epoch 1
+        "labels": {
+            "first": (train_module, "metrics_csv_bytes", 2),  # the first stage's epoch 2
+            "second": (train_module, "metrics_csv_bytes", 3),
+        },  # the second stage's epoch 1
     }[method]
     for stage, (module, name, call) in interrupts.items():
         run = tmp_path / stage
@@ -413,19 +689,37 @@ def test_pretraining_compiles_the_backbone_when_asked(flat_folder, tmp_path, tin
         return lambda *a, **k: model(*a, **k)
 
     monkeypatch.setattr(torch, "compile", fake_compile)
-    assert main(["pretrain", "--data", str(flat_folder), *tiny_args, "--compile", "on",
-                 "--out", str(tmp_path / "run")]) == 0
+    assert (
+        main(["pretrain", "--data", str(flat_folder), *tiny_args, "--compile", "on", "--out", str(tmp_path / "run")])
+        == 0
+    )
     assert compiled == ["VisionTransformer"] and ", torch.compile" in capsys.readouterr().out
 
 
-def test_the_compiling_first_epoch_does_not_shrink_the_pretraining_plan(flat_folder, tmp_path, tiny_args,
-                                                                        monkeypatch):
+def test_the_compiling_first_epoch_does_not_shrink_the_pretraining_plan(flat_folder, tmp_path, tiny_args, monkeypatch):
     from .test_train import slow_first_call_compile
 
     monkeypatch.setattr(torch, "compile", slow_first_call_compile(3.0))
     run = tmp_path / "run"
-    assert main(["pretrain", "--data", str(flat_folder), *tiny_args, "--epochs", "100000", "--time-budget", "0.2",
-                 "--compile", "on", "--out", str(run)]) == 0
+    assert (
+        main(
+            [
+                "pretrain",
+                "--data",
+                str(flat_folder),
+                *tiny_args,
+                "--epochs",
+                "100000",
+                "--time-budget",
+                "0.2",
+                "--compile",
+                "on",
+                "--out",
+                str(run),
+            ]
+        )
+        == 0
+    )
     budget = json.loads((run / "report.json").read_text())["time_budget"]
     assert budget["replans"] and all(r["after_epoch"] >= 2 for r in budget["replans"])
     # no plan read the 3 s epoch as a speed (over a second per step of this tiny model)

@@ -54,8 +54,7 @@ def test_timm_weights_from_pth_and_safetensors_give_the_same_logits(tmp_path):
 @torch.no_grad()
 def test_timm_deit_with_a_distillation_token(tmp_path):
     torch.manual_seed(0)
-    source = timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False, img_size=32,
-                               num_classes=5).eval()
+    source = timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False, img_size=32, num_classes=5).eval()
     torch.save(source.state_dict(), tmp_path / "deit.pth")
     found = load_pretrained(str(tmp_path / "deit.pth"))
     assert found.arch["distilled"] and found.arch["num_heads"] == 3  # DeiT-tiny: 192 dims, 64 per head
@@ -67,8 +66,9 @@ def test_timm_deit_with_a_distillation_token(tmp_path):
 @torch.no_grad()
 def test_torchvision_weights(tmp_path):
     torch.manual_seed(0)
-    source = torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2,
-                                                  hidden_dim=64, mlp_dim=128, num_classes=5).eval()
+    source = torchvision.models.VisionTransformer(
+        image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=64, mlp_dim=128, num_classes=5
+    ).eval()
     torch.save(source.state_dict(), tmp_path / "tv.pth")
     found = load_pretrained(str(tmp_path / "tv.pth"), num_heads=2)
     assert found.layout == "torchvision"
@@ -80,15 +80,23 @@ def test_torchvision_weights(tmp_path):
 def test_hugging_face_folders_with_their_config(tmp_path, kind):
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
-    settings = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
-                    image_size=32, patch_size=8, num_labels=5)
+    settings = dict(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=128,
+        image_size=32,
+        patch_size=8,
+        num_labels=5,
+    )
     if kind == "vit":
         source = transformers.ViTForImageClassification(transformers.ViTConfig(**settings))
     else:
         source = transformers.DeiTForImageClassificationWithTeacher(transformers.DeiTConfig(**settings))
     source.eval().save_pretrained(tmp_path / "hf")
-    (tmp_path / "hf" / "preprocessor_config.json").write_text(json.dumps(
-        {"image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "do_center_crop": False, "size": 32}))
+    (tmp_path / "hf" / "preprocessor_config.json").write_text(
+        json.dumps({"image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "do_center_crop": False, "size": 32})
+    )
     found = load_pretrained(str(tmp_path / "hf"))  # the folder: config.json says 2 heads and eps 1e-12
     assert found.layout == "huggingface" and found.arch["num_heads"] == 2 and found.arch["norm_eps"] == 1e-12
     assert found.mean == [0.5, 0.5, 0.5] and found.crop_pct == 1.0
@@ -100,16 +108,27 @@ def test_hugging_face_folders_with_their_config(tmp_path, kind):
 def test_hugging_face_hub_key_names_are_read_too():
     # Hub checkpoints written by transformers < 5 name things encoder.layer.N.attention.attention.query ...
     dim, hidden = 8, 16
-    sd = {"vit.embeddings.cls_token": torch.zeros(1, 1, dim), "vit.embeddings.position_embeddings": torch.zeros(1, 5, dim),
-          "vit.embeddings.patch_embeddings.projection.weight": torch.zeros(dim, 3, 4, 4),
-          "vit.embeddings.patch_embeddings.projection.bias": torch.zeros(dim),
-          "vit.layernorm.weight": torch.ones(dim), "vit.layernorm.bias": torch.zeros(dim),
-          "classifier.weight": torch.zeros(3, dim), "classifier.bias": torch.zeros(3),
-          "vit.pooler.dense.weight": torch.zeros(dim, dim)}
-    for part, shape in {"attention.attention.query": (dim, dim), "attention.attention.key": (dim, dim),
-                        "attention.attention.value": (dim, dim), "attention.output.dense": (dim, dim),
-                        "intermediate.dense": (hidden, dim), "output.dense": (dim, hidden),
-                        "layernorm_before": (dim,), "layernorm_after": (dim,)}.items():
+    sd = {
+        "vit.embeddings.cls_token": torch.zeros(1, 1, dim),
+        "vit.embeddings.position_embeddings": torch.zeros(1, 5, dim),
+        "vit.embeddings.patch_embeddings.projection.weight": torch.zeros(dim, 3, 4, 4),
+        "vit.embeddings.patch_embeddings.projection.bias": torch.zeros(dim),
+        "vit.layernorm.weight": torch.ones(dim),
+        "vit.layernorm.bias": torch.zeros(dim),
+        "classifier.weight": torch.zeros(3, dim),
+        "classifier.bias": torch.zeros(3),
+        "vit.pooler.dense.weight": torch.zeros(dim, dim),
+    }
+    for part, shape in {
+        "attention.attention.query": (dim, dim),
+        "attention.attention.key": (dim, dim),
+        "attention.attention.value": (dim, dim),
+        "attention.output.dense": (dim, dim),
+        "intermediate.dense": (hidden, dim),
+        "output.dense": (dim, hidden),
+        "layernorm_before": (dim,),
+        "layernorm_after": (dim,),
+    }.items():
         sd[f"vit.encoder.layer.0.{part}.weight"] = torch.randn(shape)
         sd[f"vit.encoder.layer.0.{part}.bias"] = torch.randn(shape[0])
     out, layout = convert.to_vitrain(sd)
@@ -125,8 +144,13 @@ def test_vitrain_checkpoints_and_run_folders_carry_their_preprocessing(tmp_path)
     from vitrain.checkpoint import save_model
 
     model = create_model("vit-digits", num_classes=10, stem="conv")
-    model.meta = {"classes": [str(i) for i in range(10)], "mean": [0.3], "std": [0.2], "crop_pct": 1.0,
-                  "data": "digits"}
+    model.meta = {
+        "classes": [str(i) for i in range(10)],
+        "mean": [0.3],
+        "std": [0.2],
+        "crop_pct": 1.0,
+        "data": "digits",
+    }
     (tmp_path / "run").mkdir()
     save_model(tmp_path / "run" / "best.safetensors", model)
     found = load_pretrained(str(tmp_path / "run"))
@@ -210,8 +234,9 @@ def test_a_pickle_that_would_run_code_is_refused_and_never_runs(tmp_path):
 
 
 def test_offline_downloads_fail_at_once_and_say_how_to_pass_a_file(monkeypatch, tmp_path):
-    import huggingface_hub.constants
     import urllib.error
+
+    import huggingface_hub.constants
 
     from vitrain.models import pretrained
 
@@ -268,9 +293,32 @@ def test_fine_tune_from_a_timm_file_end_to_end(flat_folder, tmp_path):
     source = _timm_vit()
     torch.save(source.state_dict(), tmp_path / "timm.pth")
     run = tmp_path / "run"
-    args = ["train", "--data", str(flat_folder), "--pretrained", str(tmp_path / "timm.pth"), "--num-heads", "2",
-            "--img-size", "16", "--freeze", "backbone", "--head", "mlp:32:0.3", "--optimizer", "adam",
-            "--epochs", "2", "--batch-size", "8", "--workers", "0", "--out", str(run), "--no-progress"]
+    args = [
+        "train",
+        "--data",
+        str(flat_folder),
+        "--pretrained",
+        str(tmp_path / "timm.pth"),
+        "--num-heads",
+        "2",
+        "--img-size",
+        "16",
+        "--freeze",
+        "backbone",
+        "--head",
+        "mlp:32:0.3",
+        "--optimizer",
+        "adam",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "8",
+        "--workers",
+        "0",
+        "--out",
+        str(run),
+        "--no-progress",
+    ]
     assert main(args) == 0
     report = json.loads((run / "report.json").read_text())
     assert report["model"]["head_hidden"] == 32 and report["model"]["img_size"] == 16
@@ -288,8 +336,20 @@ def test_fine_tune_from_a_timm_file_end_to_end(flat_folder, tmp_path):
 def test_pretrained_weights_fix_the_width(flat_folder, tmp_path, capsys):
     source = _timm_vit()
     torch.save(source.state_dict(), tmp_path / "timm.pth")
-    code = main(["train", "--data", str(flat_folder), "--pretrained", str(tmp_path / "timm.pth"),
-                 "--embed-dim", "32", "--out", str(tmp_path / "run"), "--no-progress"])
+    code = main(
+        [
+            "train",
+            "--data",
+            str(flat_folder),
+            "--pretrained",
+            str(tmp_path / "timm.pth"),
+            "--embed-dim",
+            "32",
+            "--out",
+            str(tmp_path / "run"),
+            "--no-progress",
+        ]
+    )
     assert code == 2
     assert "--embed-dim 32: the weights of --pretrained" in capsys.readouterr().err
 
@@ -300,9 +360,29 @@ def test_the_deit_tutorial_recipe_runs_with_a_local_file(flat_folder, tmp_path):
     torch.save(deit.state_dict(), tmp_path / "deit_tiny_patch16_224.pth")
     run = tmp_path / "run"
     # the recipe names timm:deit_tiny_patch16_224; offline, the saved file stands in for it
-    assert main(["train", "--recipe", "finetune-deit", "--data", str(flat_folder), "--pretrained",
-                 str(tmp_path / "deit_tiny_patch16_224.pth"), "--img-size", "32", "--epochs", "1", "--workers", "0",
-                 "--out", str(run), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--recipe",
+                "finetune-deit",
+                "--data",
+                str(flat_folder),
+                "--pretrained",
+                str(tmp_path / "deit_tiny_patch16_224.pth"),
+                "--img-size",
+                "32",
+                "--epochs",
+                "1",
+                "--workers",
+                "0",
+                "--out",
+                str(run),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     import yaml
 
     cfg = yaml.safe_load((run / "config.yaml").read_text())["train"]

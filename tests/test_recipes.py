@@ -18,7 +18,14 @@ def test_every_recipe_is_a_valid_config_with_provenance():
 
 def test_the_cifar10_tutorial_recipe_is_the_tutorial():
     cfg = layered_config({"recipe": "cifar10-vit-tutorial"})
-    assert (cfg.img_size, cfg.patch_size, cfg.embed_dim, cfg.mlp_dim, cfg.num_heads, cfg.depth) == (32, 4, 256, 512, 8, 6)
+    assert (cfg.img_size, cfg.patch_size, cfg.embed_dim, cfg.mlp_dim, cfg.num_heads, cfg.depth) == (
+        32,
+        4,
+        256,
+        512,
+        8,
+        6,
+    )
     assert cfg.dropout == 0.2 and cfg.lr == 3e-4 and cfg.weight_decay == 0.01 and cfg.clip_grad == 1.0
     assert cfg.schedule == "multistep" and cfg.milestones == [0.6, 0.85] and cfg.gamma == 0.1
     assert cfg.crop == "resized" and cfg.crop_scale == [0.8, 1.0] and cfg.crop_ratio == [0.9, 1.1]
@@ -27,7 +34,13 @@ def test_the_cifar10_tutorial_recipe_is_the_tutorial():
 
 def test_the_other_tutorial_recipes():
     vit224 = layered_config({"recipe": "cifar10-vit224"})
-    assert (vit224.img_size, vit224.patch_size, vit224.embed_dim, vit224.mlp_dim, vit224.num_heads) == (224, 16, 288, 1152, 6)
+    assert (vit224.img_size, vit224.patch_size, vit224.embed_dim, vit224.mlp_dim, vit224.num_heads) == (
+        224,
+        16,
+        288,
+        1152,
+        6,
+    )
     assert vit224.augment == "autoaugment" and vit224.betas == [0.9, 0.95] and vit224.eps == 1e-5
     assert vit224.schedule == "step" and vit224.step_size == 10 and vit224.epochs == 50 and vit224.lr == 5e-4
     b16 = layered_config({"recipe": "folder-vit-b16"})
@@ -48,9 +61,33 @@ def test_unknown_recipe_lists_the_known_ones(capsys):
 
 def test_training_with_a_recipe_records_it(flat_folder, tmp_path):
     run = tmp_path / "run"
-    assert main(["train", "--recipe", "cifar10-vit-tutorial", "--data", str(flat_folder), "--out", str(run),
-                 "--img-size", "16", "--embed-dim", "32", "--mlp-dim", "64", "--depth", "2", "--epochs", "2",
-                 "--batch-size", "8", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--recipe",
+                "cifar10-vit-tutorial",
+                "--data",
+                str(flat_folder),
+                "--out",
+                str(run),
+                "--img-size",
+                "16",
+                "--embed-dim",
+                "32",
+                "--mlp-dim",
+                "64",
+                "--depth",
+                "2",
+                "--epochs",
+                "2",
+                "--batch-size",
+                "8",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     saved = yaml.safe_load((run / "config.yaml").read_text())["train"]
     assert saved["recipe"] == "cifar10-vit-tutorial" and saved["lr"] == 3e-4 and saved["crop"] == "resized"
     assert saved["schedule"] == "multistep" and saved["img_size"] == 16 and saved["num_heads"] == 8

@@ -12,8 +12,9 @@ from vitrain.data.sources import load_data
 
 from .conftest import SHARED_DATASETS
 
-pytestmark = pytest.mark.skipif(not SHARED_DATASETS.is_dir(),
-                                reason=f"{SHARED_DATASETS} is absent (it ships beside CI, not with the code)")
+pytestmark = pytest.mark.skipif(
+    not SHARED_DATASETS.is_dir(), reason=f"{SHARED_DATASETS} is absent (it ships beside CI, not with the code)"
+)
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +23,12 @@ def cache(tmp_path_factory):
 
 
 def test_brain_tumor_three_class_subset_from_the_kaggle_layout(cache):
-    splits = load_data(str(SHARED_DATASETS / "brain-tumor-mri.tar"), classes=["glioma", "meningioma", "pituitary"],
-                       cache_dir=cache, val_fraction=0.15)
+    splits = load_data(
+        str(SHARED_DATASETS / "brain-tumor-mri.tar"),
+        classes=["glioma", "meningioma", "pituitary"],
+        cache_dir=cache,
+        val_fraction=0.15,
+    )
     assert splits.classes == ["glioma", "meningioma", "pituitary"]
     assert len(splits.test) == 300 + 306 + 300  # Testing/ without notumor
     assert set(Counter(splits.test.targets)) == {0, 1, 2}
@@ -48,9 +53,25 @@ def test_cifar10_jpeg_archive_has_the_official_test_set(cache):
 def test_training_on_the_real_mri_archive(cache, tmp_path, monkeypatch, tiny_args):
     monkeypatch.setenv("VITRAIN_CACHE", str(cache))
     run = tmp_path / "mri"
-    assert main(["train", "--data", str(SHARED_DATASETS / "brain-tumor-mri.tar"), "--classes",
-                 "glioma,meningioma,pituitary", "--out", str(run), *tiny_args, "--epochs", "1",
-                 "--batch-size", "64"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(SHARED_DATASETS / "brain-tumor-mri.tar"),
+                "--classes",
+                "glioma,meningioma,pituitary",
+                "--out",
+                str(run),
+                *tiny_args,
+                "--epochs",
+                "1",
+                "--batch-size",
+                "64",
+            ]
+        )
+        == 0
+    )
     report = json.loads((run / "report.json").read_text())
     assert report["classes"] == ["glioma", "meningioma", "pituitary"]
     assert report["test"]["images"] == sum(map(sum, report["test"]["confusion_matrix"]))

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vitrain.data.images import ImageReadError
 from vitrain.data import sources
+from vitrain.data.images import ImageReadError
 from vitrain.data.sources import DataError, load_data, stratified_split
 
 from .conftest import CLASS_COLORS, make_image, write_class_folders
@@ -111,12 +111,15 @@ def test_images_outside_the_class_folders_are_left_out_with_a_note(flat_folder, 
         shutil.copy(next((folder / "cat").glob("*.png")), folder / "stray.png")
     splits = load_data(str(flat_folder))
     assert sum(splits.sizes().values()) == 30
-    assert (f"left out 1 image(s) lying directly in {flat_folder}, outside any class folder "
-            "(a class folder names its images' label)") in splits.notes
+    assert (
+        f"left out 1 image(s) lying directly in {flat_folder}, outside any class folder "
+        "(a class folder names its images' label)"
+    ) in splits.notes
     splits = load_data(str(split_folder))
     assert [n for n in splits.notes if n.startswith("left out")] == [
         f"left out 1 image(s) lying directly in {split_folder / 'my-dataset' / 'Training'}, outside any class "
-        "folder (a class folder names its images' label)"]
+        "folder (a class folder names its images' label)"
+    ]
 
 
 def test_images_in_nested_folders_belong_to_their_class(flat_folder):
@@ -156,8 +159,11 @@ def test_images_without_class_folders_are_told_where_to_go(tmp_path):
     loose.mkdir()
     for path in sorted((tmp_path / "x").rglob("*.png")):
         shutil.copy(path, loose / f"{path.parent.name}-{path.name}")
-    with pytest.raises(DataError, match=r"found 0 class \(none\); a classifier needs at least 2 class folders; its 6 "
-                       r"image\(s\) lie directly in it, .* sub-folder named after the class \(.*loose/CLASS/IMAGE\)"):
+    with pytest.raises(
+        DataError,
+        match=r"found 0 class \(none\); a classifier needs at least 2 class folders; its 6 "
+        r"image\(s\) lie directly in it, .* sub-folder named after the class \(.*loose/CLASS/IMAGE\)",
+    ):
         load_data(str(loose))
 
 
@@ -235,8 +241,11 @@ def test_skip_bad_images_leaves_unreadable_files_out_and_lists_them(flat_folder,
     if workers:  # big sets are checked in DataLoader workers; the same errors and skips must come back
         monkeypatch.setattr(sources, "PARALLEL_CHECK_MIN", 0)
     _add_bad_files(flat_folder)
-    with pytest.raises(ImageReadError, match=r"(empty\.png: empty file|notes\.png: cannot identify).*"
-                                             r"\(--skip-bad-images leaves unreadable images out\)"):
+    with pytest.raises(
+        ImageReadError,
+        match=r"(empty\.png: empty file|notes\.png: cannot identify).*"
+        r"\(--skip-bad-images leaves unreadable images out\)",
+    ):
         load_data(str(flat_folder))
     splits = load_data(str(flat_folder), skip_bad_images=True)
     assert sum(splits.sizes().values()) == 30

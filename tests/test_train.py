@@ -23,8 +23,18 @@ from vitrain.engine import train as train_module
 
 from .conftest import CLASS_COLORS, write_class_folders
 
-RUN_FILES = ["config.yaml", "metrics.csv", "best.safetensors", "last.safetensors", "state.safetensors",
-             "report.json", "accuracy.png", "loss.png", "confusion_matrix.png", "samples.png"]
+RUN_FILES = [
+    "config.yaml",
+    "metrics.csv",
+    "best.safetensors",
+    "last.safetensors",
+    "state.safetensors",
+    "report.json",
+    "accuracy.png",
+    "loss.png",
+    "confusion_matrix.png",
+    "samples.png",
+]
 
 
 def _metrics(run: Path) -> list[dict[str, str]]:
@@ -72,8 +82,9 @@ def test_train_on_a_folder_writes_the_whole_run_folder(flat_folder, tmp_path, ti
 
 def test_best_checkpoint_is_the_best_validation_epoch(flat_folder, tmp_path, tiny_args):
     run = tmp_path / "run"
-    assert main(["train", "--data", str(flat_folder), "--out", str(run), *tiny_args, "--epochs", "4",
-                 "--lr", "3e-3"]) == 0
+    assert (
+        main(["train", "--data", str(flat_folder), "--out", str(run), *tiny_args, "--epochs", "4", "--lr", "3e-3"]) == 0
+    )
     rows = _metrics(run)
     report = json.loads((run / "report.json").read_text())
     best_acc = max(float(r["val_accuracy"]) for r in rows)
@@ -85,8 +96,25 @@ def test_best_checkpoint_is_the_best_validation_epoch(flat_folder, tmp_path, tin
 
 def test_same_seed_same_numbers(flat_folder, tmp_path, tiny_args):
     for name in ("a", "b"):
-        assert main(["train", "--data", str(flat_folder), "--out", str(tmp_path / name), *tiny_args,
-                     "--augment", "randaugment", "--dropout", "0.1", "--seed", "3"]) == 0
+        assert (
+            main(
+                [
+                    "train",
+                    "--data",
+                    str(flat_folder),
+                    "--out",
+                    str(tmp_path / name),
+                    *tiny_args,
+                    "--augment",
+                    "randaugment",
+                    "--dropout",
+                    "0.1",
+                    "--seed",
+                    "3",
+                ]
+            )
+            == 0
+        )
     assert _without_timing(_metrics(tmp_path / "a")) == _without_timing(_metrics(tmp_path / "b"))
     a, b = (load_file(str(tmp_path / n / "last.safetensors")) for n in "ab")
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -117,9 +145,27 @@ def _interrupt_then_resume(common: list[str], tmp_path: Path, monkeypatch) -> No
 
 @pytest.mark.parametrize("in_memory", ["on", "off"])  # batched in-memory augmentation, and the per-image DataLoader
 def test_resume_ends_identical_to_an_uninterrupted_run(flat_folder, tmp_path, tiny_args, monkeypatch, in_memory):
-    _interrupt_then_resume(["--data", str(flat_folder), *tiny_args, "--epochs", "3", "--augment", "trivialaugment",
-                            "--dropout", "0.1", "--drop-path", "0.1", "--warmup-epochs", "1", "--in-memory", in_memory],
-                           tmp_path, monkeypatch)
+    _interrupt_then_resume(
+        [
+            "--data",
+            str(flat_folder),
+            *tiny_args,
+            "--epochs",
+            "3",
+            "--augment",
+            "trivialaugment",
+            "--dropout",
+            "0.1",
+            "--drop-path",
+            "0.1",
+            "--warmup-epochs",
+            "1",
+            "--in-memory",
+            in_memory,
+        ],
+        tmp_path,
+        monkeypatch,
+    )
     full_report = json.loads((tmp_path / "full" / "report.json").read_text())
     cut_report = json.loads((tmp_path / "cut" / "report.json").read_text())
     assert full_report["test"] == cut_report["test"]
@@ -142,9 +188,11 @@ def test_resume_refuses_data_whose_images_changed(flat_folder, tmp_path, tiny_ar
     first = sorted((flat_folder / "cat").iterdir())[0]
     shutil.copy(first, flat_folder / "cat" / "extra.png")
     assert main(["train", "--resume", str(run)]) == 2
-    assert (f"--resume {run}: the images of --data {flat_folder} changed since the run started (train/val/test "
-            "images: 24/3/3 then, 25/3/3 now): the splits would differ, and images the run trained on could land "
-            "in its test split; restore the data as it was, or start again with --overwrite") in capsys.readouterr().err
+    assert (
+        f"--resume {run}: the images of --data {flat_folder} changed since the run started (train/val/test "
+        "images: 24/3/3 then, 25/3/3 now): the splits would differ, and images the run trained on could land "
+        "in its test split; restore the data as it was, or start again with --overwrite"
+    ) in capsys.readouterr().err
     (flat_folder / "cat" / "extra.png").unlink()
     first.rename(first.with_name("renamed.png"))
     assert main(["train", "--resume", str(run)]) == 2
@@ -161,14 +209,17 @@ def test_the_last_line_says_when_the_final_score_is_on_validation(flat_folder, t
     report = json.loads((run / "report.json").read_text())
     assert report["test"]["split"] == "val"
     assert done.startswith("done in ") and "test accuracy" not in done
-    assert (f"accuracy on the validation split (no test split; it also chose the best epoch) "
-            f"{report['test']['accuracy']:.4f}") in done
+    assert (
+        f"accuracy on the validation split (no test split; it also chose the best epoch) "
+        f"{report['test']['accuracy']:.4f}"
+    ) in done
 
 
 def test_balanced_accuracy_is_the_mean_recall_of_the_classes_present():
     from sklearn.metrics import balanced_accuracy_score
 
     from vitrain.engine.evaluate import EvalResult
+
     targets = np.array([0, 0, 0, 0, 0, 0, 1, 1])
     some = EvalResult(0.0, 0.875, None, targets, np.array([0, 0, 0, 0, 0, 0, 0, 1]))
     assert some.balanced_accuracy == pytest.approx((6 / 6 + 1 / 2) / 2)  # class 2 has no image here
@@ -183,6 +234,7 @@ def test_balanced_class_weights_are_images_over_classes_times_class_images():
 
     from vitrain.config import TrainConfig
     from vitrain.engine.train import class_weights
+
     splits = SimpleNamespace(train=SimpleNamespace(targets=[0] * 6 + [1] * 3 + [2]))
     balanced = TrainConfig(class_weights="balanced", classes=["a", "b", "c"])
     weights = class_weights(balanced, splits, torch.device("cpu"))
@@ -196,16 +248,37 @@ def test_imbalanced_data_gets_a_note_balanced_accuracy_and_balanced_training(tmp
     runs = {}
     for weights in ("none", "balanced"):
         runs[weights] = tmp_path / weights
-        assert main(["train", "--data", str(data), "--out", str(runs[weights]), *tiny_args, "--epochs", "3",
-                     "--class-weights", weights, "--best-metric", "balanced-accuracy"]) == 0
+        assert (
+            main(
+                [
+                    "train",
+                    "--data",
+                    str(data),
+                    "--out",
+                    str(runs[weights]),
+                    *tiny_args,
+                    "--epochs",
+                    "3",
+                    "--class-weights",
+                    weights,
+                    "--best-metric",
+                    "balanced-accuracy",
+                ]
+            )
+            == 0
+        )
         log = capsys.readouterr().out
-        assert ("note: imbalanced classes: cat has 24 training images, dog 4; accuracy favours the large classes, "
-                "so the balanced accuracy (the mean per-class recall) is reported too") in log
+        assert (
+            "note: imbalanced classes: cat has 24 training images, dog 4; accuracy favours the large classes, "
+            "so the balanced accuracy (the mean per-class recall) is reported too"
+        ) in log
         report = json.loads((runs[weights] / "report.json").read_text())
         recalls = [v for v in report["test"]["per_class"].values()]
         assert report["test"]["balanced_accuracy"] == pytest.approx(sum(recalls) / len(recalls))
-        assert (f"test accuracy {report['test']['accuracy']:.4f}, balanced accuracy "
-                f"{report['test']['balanced_accuracy']:.4f}") in log.strip().splitlines()[-1]
+        assert (
+            f"test accuracy {report['test']['accuracy']:.4f}, balanced accuracy "
+            f"{report['test']['balanced_accuracy']:.4f}"
+        ) in log.strip().splitlines()[-1]
         with open(runs[weights] / "metrics.csv", newline="") as f:
             rows = list(csv.DictReader(f))
         best = max(float(r["val_balanced_accuracy"]) for r in rows)
@@ -235,8 +308,19 @@ def test_existing_run_is_not_overwritten_by_accident(flat_folder, tmp_path, tiny
 
 def test_config_file_holds_flags_and_flags_win(flat_folder, tmp_path, tiny_args):
     config = tmp_path / "exp.yaml"
-    config.write_text(yaml.safe_dump({"data": str(flat_folder), "epochs": 1, "lr": 0.002, "label-smoothing": 0.2,
-                                      "classes": ["cat", "fox"], "schedule": "step", "betas": [0.9, 0.95]}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "data": str(flat_folder),
+                "epochs": 1,
+                "lr": 0.002,
+                "label-smoothing": 0.2,
+                "classes": ["cat", "fox"],
+                "schedule": "step",
+                "betas": [0.9, 0.95],
+            }
+        )
+    )
     run = tmp_path / "run"
     assert main(["train", "--config", str(config), "--out", str(run), *tiny_args, "--epochs", "2"]) == 0
     saved = yaml.safe_load((run / "config.yaml").read_text())["train"]
@@ -267,8 +351,10 @@ def test_bad_options_exit_2_with_a_message_naming_them(tmp_path, flags, message,
     assert not (tmp_path / "run").exists()  # nothing is created for a run that never started
 
 
-@pytest.mark.parametrize("flags, message", [(["--channels", "2"], "--channels: invalid choice: 2"),
-                                            (["--epochs", "many"], "--epochs: invalid int value")])
+@pytest.mark.parametrize(
+    "flags, message",
+    [(["--channels", "2"], "--channels: invalid choice: 2"), (["--epochs", "many"], "--epochs: invalid int value")],
+)
 def test_malformed_option_values_are_named_by_the_parser(tmp_path, flags, message, capsys):
     with pytest.raises(SystemExit) as info:
         main(["train", "--out", str(tmp_path / "run"), *flags])
@@ -291,8 +377,12 @@ def test_bad_config_file_is_named(tmp_path, capsys):
 
 def test_python_dash_m_runs_the_default_digits_job_briefly(tmp_path):
     run = tmp_path / "digits"
-    result = subprocess.run([sys.executable, "-m", "vitrain", "train", "--epochs", "2", "--out", str(run),
-                             "--no-progress"], capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "vitrain", "train", "--epochs", "2", "--out", str(run), "--no-progress"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     assert "model: vit-digits" in result.stdout and "test accuracy" in result.stdout
     report = json.loads((run / "report.json").read_text())
@@ -315,7 +405,8 @@ def test_default_job_reaches_95_percent_on_digits(tmp_path):
 
 
 def test_nonfinite_loss_stops_naming_the_epoch_and_keeps_the_last_good_checkpoint(
-        flat_folder, tmp_path, tiny_args, monkeypatch, capsys):
+    flat_folder, tmp_path, tiny_args, monkeypatch, capsys
+):
     real = train_module.F.cross_entropy
     calls = {"n": 0}
 
@@ -335,8 +426,9 @@ def test_nonfinite_loss_stops_naming_the_epoch_and_keeps_the_last_good_checkpoin
 
 
 @pytest.mark.parametrize("allowed", [1, 2])
-def test_skip_nonfinite_skips_up_to_n_bad_batches_then_stops(flat_folder, tmp_path, tiny_args, monkeypatch,
-                                                             capsys, allowed):
+def test_skip_nonfinite_skips_up_to_n_bad_batches_then_stops(
+    flat_folder, tmp_path, tiny_args, monkeypatch, capsys, allowed
+):
     real = train_module.F.cross_entropy
     calls = {"n": 0}
 
@@ -347,11 +439,25 @@ def test_skip_nonfinite_skips_up_to_n_bad_batches_then_stops(flat_folder, tmp_pa
 
     monkeypatch.setattr(train_module.F, "cross_entropy", inf_twice)
     run = tmp_path / "run"
-    code = main(["train", "--data", str(flat_folder), "--out", str(run), *tiny_args, "--epochs", "3",
-                 "--skip-nonfinite", str(allowed)])
+    code = main(
+        [
+            "train",
+            "--data",
+            str(flat_folder),
+            "--out",
+            str(run),
+            *tiny_args,
+            "--epochs",
+            "3",
+            "--skip-nonfinite",
+            str(allowed),
+        ]
+    )
     captured = capsys.readouterr()
-    assert "skipped a batch at epoch 2, step 1 of the epoch (global step 4): the loss was inf (1 of " \
-           f"--skip-nonfinite {allowed})" in captured.out
+    assert (
+        "skipped a batch at epoch 2, step 1 of the epoch (global step 4): the loss was inf (1 of "
+        f"--skip-nonfinite {allowed})" in captured.out
+    )
     if allowed == 1:
         assert code == 1 and "at epoch 2, step 2 of the epoch (global step 5)" in captured.err
         return
@@ -367,8 +473,12 @@ def test_sigterm_saves_and_says_how_to_resume(tmp_path):
     import time
 
     run = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "vitrain", "train", "--epochs", "500", "--out", str(run),
-                             "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vitrain", "train", "--epochs", "500", "--out", str(run), "--no-progress"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 120
     while not (run / "metrics.csv").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
@@ -381,8 +491,25 @@ def test_sigterm_saves_and_says_how_to_resume(tmp_path):
 
 def test_mixup_cutmix_and_ema_train_and_resume_exactly(flat_folder, tmp_path, tiny_args, monkeypatch):
     # 24 training images in batches of 7: the last batch has 3, and MixUp/CutMix must cope
-    _interrupt_then_resume(["--data", str(flat_folder), *tiny_args, "--epochs", "3", "--batch-size", "7",
-                            "--mixup", "0.8", "--cutmix", "1.0", "--ema", "0.9"], tmp_path, monkeypatch)
+    _interrupt_then_resume(
+        [
+            "--data",
+            str(flat_folder),
+            *tiny_args,
+            "--epochs",
+            "3",
+            "--batch-size",
+            "7",
+            "--mixup",
+            "0.8",
+            "--cutmix",
+            "1.0",
+            "--ema",
+            "0.9",
+        ],
+        tmp_path,
+        monkeypatch,
+    )
     # checkpoints hold the EMA weights, which differ from the raw weights in the state
     from vitrain.checkpoint import load_state
 
@@ -394,8 +521,23 @@ def test_mixup_cutmix_and_ema_train_and_resume_exactly(flat_folder, tmp_path, ti
 
 def test_time_budget_plans_the_steps_and_reports_them(flat_folder, tmp_path, tiny_args):
     run = tmp_path / "run"
-    assert main(["train", "--data", str(flat_folder), "--out", str(run), *tiny_args, "--epochs", "100000",
-                 "--time-budget", "0.25"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(flat_folder),
+                "--out",
+                str(run),
+                *tiny_args,
+                "--epochs",
+                "100000",
+                "--time-budget",
+                "0.25",
+            ]
+        )
+        == 0
+    )
     report = json.loads((run / "report.json").read_text())
     budget = report["time_budget"]
     assert budget["minutes"] == 0.25 and budget["planned_steps"] > 3
@@ -419,8 +561,23 @@ def test_a_wrong_first_plan_is_corrected_from_the_measured_epochs(flat_folder, t
 
     monkeypatch.setattr(engine, "plan_budget", overoptimistic)
     run = tmp_path / "run"
-    assert main(["train", "--data", str(flat_folder), "--out", str(run), *tiny_args, "--epochs", "100000",
-                 "--time-budget", "0.25"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(flat_folder),
+                "--out",
+                str(run),
+                *tiny_args,
+                "--epochs",
+                "100000",
+                "--time-budget",
+                "0.25",
+            ]
+        )
+        == 0
+    )
     report = json.loads((run / "report.json").read_text())
     budget = report["time_budget"]
     assert budget["replans"] and budget["replans"][0]["from"] == budget["first_plan"]
@@ -433,6 +590,7 @@ def test_a_wrong_first_plan_is_corrected_from_the_measured_epochs(flat_folder, t
 def slow_first_call_compile(seconds: float):
     """A stand-in for torch.compile whose first call takes ``seconds``, as a real compilation
     does on a GPU (20 s and more there), without paying for one on the CPU."""
+
     def fake_compile(model, **kwargs):
         calls = []
 
@@ -441,7 +599,9 @@ def slow_first_call_compile(seconds: float):
                 time.sleep(seconds)
             calls.append(1)
             return model(*args, **kw)
+
         return compiled
+
     return fake_compile
 
 
@@ -452,8 +612,25 @@ def test_the_compiling_first_epoch_does_not_shrink_the_plan(flat_folder, tmp_pat
     # is not a speed measurement: the probe's plan stands until epoch 2 has been timed.
     monkeypatch.setattr(torch, "compile", slow_first_call_compile(3.0))
     run = tmp_path / "run"
-    assert main(["train", "--data", str(flat_folder), "--out", str(run), *tiny_args, "--epochs", "100000",
-                 "--time-budget", "0.2", "--compile", "on"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(flat_folder),
+                "--out",
+                str(run),
+                *tiny_args,
+                "--epochs",
+                "100000",
+                "--time-budget",
+                "0.2",
+                "--compile",
+                "on",
+            ]
+        )
+        == 0
+    )
     budget = json.loads((run / "report.json").read_text())["time_budget"]
     assert budget["replans"] and all(r["after_epoch"] >= 2 for r in budget["replans"])
     # no plan read the 3 s epoch as a speed (over a second per step of this tiny model)
@@ -499,8 +676,10 @@ def test_dedupe_that_empties_a_split_is_handled_before_training(tmp_path, tiny_a
         (same / name).mkdir(parents=True)
         for i in range(6):
             (same / name / f"{i}.png").write_bytes((data / "train" / name / "000.png").read_bytes())
-    assert main(["train", "--data", str(same), *tiny_args, "--epochs", "1", "--dedupe",
-                 "--out", str(tmp_path / "none")]) == 2
+    assert (
+        main(["train", "--data", str(same), *tiny_args, "--epochs", "1", "--dedupe", "--out", str(tmp_path / "none")])
+        == 2
+    )
     assert "--dedupe: all 3 validation images are identical to training images" in capsys.readouterr().err
     assert not (tmp_path / "none" / "last.safetensors").exists()
 
@@ -515,10 +694,12 @@ def test_steps_that_fit_pays_a_full_overhead_for_a_partial_epoch():
     assert steps_that_fit(0.5, 0.1, 1.0, 10) == 0
     # long epochs are measured alone; short ones are pooled until 20 s
     assert recent_speed([(100, 10.0, 1.0), (100, 30.0, 2.0)]) == pytest.approx((0.3, 2.0))
-    assert recent_speed([(100, 30.0, 9.0), (10, 5.0, 0.5), (10, 5.0, 0.1), (10, 15.0, 0.3)]) == \
-        pytest.approx((20 / 20, 0.2))
-    assert recent_speed([(100, 30.0, 3.0), (10, 5.0, 0.0), (10, 5.0, 0.0), (10, 5.0, 0.0)]) == \
-        pytest.approx((45 / 130, 0.75))
+    assert recent_speed([(100, 30.0, 9.0), (10, 5.0, 0.5), (10, 5.0, 0.1), (10, 15.0, 0.3)]) == pytest.approx(
+        (20 / 20, 0.2)
+    )
+    assert recent_speed([(100, 30.0, 3.0), (10, 5.0, 0.0), (10, 5.0, 0.0), (10, 5.0, 0.0)]) == pytest.approx(
+        (45 / 130, 0.75)
+    )
 
 
 def test_replanning_from_pooled_overheads_does_not_swing_with_alternating_checkpoint_costs():
@@ -543,8 +724,7 @@ def test_replanning_from_pooled_overheads_does_not_swing_with_alternating_checkp
     assert budget["planned_steps"] == pytest.approx(28 * 2300 / 2.2, rel=0.01)
 
 
-def test_a_file_that_fails_mid_epoch_in_a_worker_is_named_without_a_traceback(flat_folder, tmp_path, tiny_args,
-                                                                               capsys):
+def test_a_file_that_fails_mid_epoch_in_a_worker_is_named_without_a_traceback(flat_folder, tmp_path, tiny_args, capsys):
     # the header is whole, so only decoding finds the cut: in the file pipeline that happens in a
     # DataLoader worker, mid-epoch, which re-raises with the worker's traceback as the message
     from .test_sources import _add_bad_files
@@ -552,8 +732,25 @@ def test_a_file_that_fails_mid_epoch_in_a_worker_is_named_without_a_traceback(fl
     cut = _add_bad_files(flat_folder)
     for name in ("empty.png", "notes.png"):
         (flat_folder / "dog" / name).unlink()
-    assert main(["train", "--data", str(flat_folder), *tiny_args, "--epochs", "1", "--in-memory", "off",
-                 "--workers", "1", "--out", str(tmp_path / "run")]) == 2  # the last --workers wins
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(flat_folder),
+                *tiny_args,
+                "--epochs",
+                "1",
+                "--in-memory",
+                "off",
+                "--workers",
+                "1",
+                "--out",
+                str(tmp_path / "run"),
+            ]
+        )
+        == 2
+    )  # the last --workers wins
     err = capsys.readouterr().err
     assert f"cannot read image {cut}" in err and "--skip-bad-images" in err
     assert "Traceback" not in err and "worker" not in err
@@ -570,8 +767,11 @@ def test_skip_bad_images_trains_on_the_rest_and_counts_them_in_the_report(flat_f
     assert main([*args, "--out", str(tmp_path / "run"), "--skip-bad-images"]) == 0
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["skipped_images"]["count"] == 3
-    assert sorted(Path(f).name for f in report["skipped_images"]["files"]) == ["empty.png", "notes.png",
-                                                                                "truncated.jpg"]
+    assert sorted(Path(f).name for f in report["skipped_images"]["files"]) == [
+        "empty.png",
+        "notes.png",
+        "truncated.jpg",
+    ]
     assert sum(report["splits"].values()) == 30
 
 

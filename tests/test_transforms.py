@@ -19,8 +19,9 @@ from vitrain.data.transforms import (
 @pytest.mark.parametrize("augment", AUGMENTATIONS)
 @pytest.mark.parametrize("channels, native, size", [(3, 32, 32), (1, 8, 8), (3, 300, 64)])
 def test_every_augmentation_gives_the_model_input(augment, channels, native, size):
-    tf = build_train_transform(size, augment, [0.5] * channels, [0.25] * channels, native_size=native,
-                               random_erasing=0.5)
+    tf = build_train_transform(
+        size, augment, [0.5] * channels, [0.25] * channels, native_size=native, random_erasing=0.5
+    )
     image = torch.randint(0, 256, (channels, native, int(native * 1.5)), dtype=torch.uint8)
     out = tf(image)
     assert out.shape == (channels, size, size) and out.dtype == torch.float32
@@ -33,8 +34,10 @@ def test_small_images_use_pad_and_crop_and_large_ones_random_resized_crop():
     assert any(isinstance(t, v2.RandomResizedCrop) for t in large.transforms)
 
 
-@pytest.mark.parametrize("augment, policy", [("autoaugment", v2.AutoAugment), ("randaugment", v2.RandAugment),
-                                             ("trivialaugment", v2.TrivialAugmentWide)])
+@pytest.mark.parametrize(
+    "augment, policy",
+    [("autoaugment", v2.AutoAugment), ("randaugment", v2.RandAugment), ("trivialaugment", v2.TrivialAugmentWide)],
+)
 def test_policies_are_the_torchvision_ones(augment, policy):
     tf = build_train_transform(32, augment, [0.5] * 3, [0.2] * 3, native_size=32)
     found = [t for t in tf.transforms if isinstance(t, policy)]
@@ -76,8 +79,16 @@ def test_named_normalizations():
 
 
 def test_crop_choice_overrides_the_size_rule():
-    resized = build_train_transform(32, "flip-crop", [0.5] * 3, [0.2] * 3, native_size=32, crop="resized",
-                                    crop_scale=(0.8, 1.0), crop_ratio=(0.9, 1.1))
+    resized = build_train_transform(
+        32,
+        "flip-crop",
+        [0.5] * 3,
+        [0.2] * 3,
+        native_size=32,
+        crop="resized",
+        crop_scale=(0.8, 1.0),
+        crop_ratio=(0.9, 1.1),
+    )
     rrc = [t for t in resized.transforms if isinstance(t, v2.RandomResizedCrop)]
     assert rrc and rrc[0].scale == (0.8, 1.0) and rrc[0].ratio == (0.9, 1.1)
     padded = build_train_transform(224, "flip-crop", [0.5] * 3, [0.2] * 3, native_size=500, crop="pad")

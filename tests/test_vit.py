@@ -38,8 +38,18 @@ def test_vit_base_parameter_count_matches_torchvision():
 @pytest.mark.parametrize("in_chans", [1, 3])
 @pytest.mark.parametrize("pool", ["cls", "avg"])
 def test_any_size_patch_channels_and_pooling(in_chans, pool):
-    model = create_model("vit", img_size=40, patch_size=8, in_chans=in_chans, num_classes=3, embed_dim=32,
-                         depth=2, num_heads=4, mlp_dim=64, pool=pool)
+    model = create_model(
+        "vit",
+        img_size=40,
+        patch_size=8,
+        in_chans=in_chans,
+        num_classes=3,
+        embed_dim=32,
+        depth=2,
+        num_heads=4,
+        mlp_dim=64,
+        pool=pool,
+    )
     out = model(torch.randn(3, in_chans, 40, 40))
     assert out.shape == (3, 3)
     assert (model.cls_token is None) == (pool == "avg")
@@ -159,8 +169,10 @@ def _timm_vit_tiny():
 
 @pytest.mark.parametrize(
     "build_reference, fmt, preset, convert",
-    [(_torchvision_vit_b_16, "torchvision", "vit-b16", from_torchvision),
-     (_timm_vit_tiny, "timm", "vit-ti16", from_timm)],
+    [
+        (_torchvision_vit_b_16, "torchvision", "vit-b16", from_torchvision),
+        (_timm_vit_tiny, "timm", "vit-ti16", from_timm),
+    ],
     ids=["torchvision-vit_b_16", "timm-vit_tiny_patch16_224"],
 )
 def test_parity_with_reference_implementations(build_reference, fmt, preset, convert):

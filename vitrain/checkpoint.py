@@ -21,7 +21,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
-from .models.vit import ViTConfig, VisionTransformer
+from .models.vit import VisionTransformer, ViTConfig
 
 FORMAT = "vitrain"
 FORMAT_VERSION = 1
@@ -91,8 +91,15 @@ def _read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
 def model_metadata(model: VisionTransformer, **meta: Any) -> dict[str, Any]:
     """The metadata dict for ``model``: its architecture plus ``meta`` (classes, preprocessing)."""
     cfg = model.config
-    return {"format": FORMAT, "format_version": FORMAT_VERSION, "arch": cfg.to_dict(),
-            "img_size": cfg.img_size, "in_chans": cfg.in_chans, **model.meta, **meta}
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "arch": cfg.to_dict(),
+        "img_size": cfg.img_size,
+        "in_chans": cfg.in_chans,
+        **model.meta,
+        **meta,
+    }
 
 
 def _model_file(model: VisionTransformer, meta: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -110,11 +117,13 @@ def read_model_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], di
     if "vitrain" not in raw:
         raise CheckpointError(
             f"{path}: a safetensors file without vitrain metadata (not written by vitrain); "
-            "foreign ViT weights are loaded through their converters instead")
+            "foreign ViT weights are loaded through their converters instead"
+        )
     meta = json.loads(raw["vitrain"])
     if meta.get("format") != FORMAT or int(meta.get("format_version", 0)) > FORMAT_VERSION:
-        raise CheckpointError(f"{path}: unsupported checkpoint format {meta.get('format')!r} "
-                              f"version {meta.get('format_version')!r}")
+        raise CheckpointError(
+            f"{path}: unsupported checkpoint format {meta.get('format')!r} version {meta.get('format_version')!r}"
+        )
     return tensors, meta
 
 
@@ -123,8 +132,11 @@ def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], source: 
     own = model.state_dict()
     missing = sorted(set(own) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(own))
-    wrong = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
-             for k in sorted(set(own) & set(state_dict)) if own[k].shape != state_dict[k].shape]
+    wrong = [
+        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in sorted(set(own) & set(state_dict))
+        if own[k].shape != state_dict[k].shape
+    ]
     if missing or unexpected or wrong:
         parts = []
         if wrong:
@@ -176,6 +188,7 @@ def load_model(source: str | Path) -> VisionTransformer:
 
 
 # ------------------------------------------------------------------ resumable training state
+
 
 def _flatten(obj: Any, tensors: dict[str, torch.Tensor], prefix: str) -> Any:
     """Replace every tensor in a nested structure by a reference into ``tensors``."""
@@ -309,5 +322,14 @@ class CheckpointWriter:
             self.close_after_error()
 
 
-__all__ = ["CheckpointError", "CheckpointWriter", "load_model", "load_state", "model_from_checkpoint",
-           "read_model_checkpoint", "resolve_checkpoint_path", "save_model", "save_state"]
+__all__ = [
+    "CheckpointError",
+    "CheckpointWriter",
+    "load_model",
+    "load_state",
+    "model_from_checkpoint",
+    "read_model_checkpoint",
+    "resolve_checkpoint_path",
+    "save_model",
+    "save_state",
+]

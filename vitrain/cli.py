@@ -9,25 +9,7 @@ from pathlib import Path
 from typing import Sequence
 
 from . import __version__
-from .config import (FIRST_STAGE, ConfigError, TrainConfig, comma_list, config_from_dict, layered_config,
-                     load_config_file)
-
-# options that may differ when a run is resumed: they change where and how fast it runs, not what it computes
-RESUME_OVERRIDABLE = {"device", "workers", "progress", "data_root", "download", "compile"}
-# options of `vitrain train` that `vitrain pretrain` (which shares its parser) has no use for
-PRETRAIN_UNUSED = ("ema", "label_smoothing", "class_weights", "dedupe", "augment", "crop", "crop_scale", "crop_ratio",
-                   "crop_pct", "random_erasing", "in_memory", "best_metric", "pretrained", "freeze", "head",
-                   "head_lr", "pretrain_share", "pretrain_mixup", "pretrain_cutmix", "pretrain_img_size")
-# options of the instance-discrimination task, which `vitrain train --pretrain labels` has no use for
-INSTANCE_ONLY = ("views", "infonce", "temperature", "instance_smoothing", "instance_init", "pretrain_crop_scale",
-                 "local_crops", "local_crop_size", "local_crop_scale", "knn_every", "pretrain_mixup", "pretrain_cutmix")
-# options of the first stage that `vitrain train` without --pretrain has no use for
-PRETRAIN_ONLY = ("pretrain_share", *INSTANCE_ONLY, "pretrain_img_size")
-
-
-def _given(args: argparse.Namespace, names: Sequence[str]) -> str:
-    """Those of ``names`` given on the command line, as flags (``--views, --knn-every``), or ""."""
-    return ", ".join("--" + name.replace("_", "-") for name in names if name in vars(args))
+from .config import ConfigError, TrainConfig, comma_list
 
 
 def _add_train_arguments(p: argparse.ArgumentParser) -> None:
@@ -35,110 +17,216 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--recipe", default=S, help="start from a named recipe (see `vitrain recipes`); flags still win")
     g = p.add_argument_group("data")
-    g.add_argument("--data", default=S, help="digits (default), cifar10, cifar100, mnist, fashion-mnist, "
-                   "a folder of class folders, or a .zip/.tar of one")
-    g.add_argument("--data-root", default=S, help="where torchvision sets are stored/downloaded "
-                   "(default ~/.cache/vitrain/datasets)")
-    g.add_argument("--no-download", dest="download", action="store_false", default=S,
-                   help="never download torchvision sets; fail with a message saying where to put them")
+    g.add_argument(
+        "--data",
+        default=S,
+        help="digits (default), cifar10, cifar100, mnist, fashion-mnist, "
+        "a folder of class folders, or a .zip/.tar of one",
+    )
+    g.add_argument(
+        "--data-root",
+        default=S,
+        help="where torchvision sets are stored/downloaded (default ~/.cache/vitrain/datasets)",
+    )
+    g.add_argument(
+        "--no-download",
+        dest="download",
+        action="store_false",
+        default=S,
+        help="never download torchvision sets; fail with a message saying where to put them",
+    )
     g.add_argument("--classes", default=S, help="comma-separated subset of classes to train on, e.g. glioma,meningioma")
-    g.add_argument("--val-fraction", type=float, default=S,
-                   help="validation share where the data has no val split (0.1)")
+    g.add_argument(
+        "--val-fraction", type=float, default=S, help="validation share where the data has no val split (0.1)"
+    )
     g.add_argument("--test-fraction", type=float, default=S, help="test share of a flat folder (0.1)")
     g.add_argument("--split-seed", type=int, default=S, help="seed of those splits, independent of --seed (0)")
-    g.add_argument("--channels", type=int, choices=[1, 3], default=S,
-                   help="convert images to 1 or 3 channels (default: 1 if every image is grayscale)")
+    g.add_argument(
+        "--channels",
+        type=int,
+        choices=[1, 3],
+        default=S,
+        help="convert images to 1 or 3 channels (default: 1 if every image is grayscale)",
+    )
 
-    g.add_argument("--skip-bad-images", action="store_true", default=S,
-                   help="decode every image before training and leave out the unreadable ones (counted in "
-                   "report.json) instead of stopping at the first")
+    g.add_argument(
+        "--skip-bad-images",
+        action="store_true",
+        default=S,
+        help="decode every image before training and leave out the unreadable ones (counted in "
+        "report.json) instead of stopping at the first",
+    )
     g = p.add_argument_group("model")
-    g.add_argument("--model", default=S, help="auto (default: picked from the image size), a preset "
-                   "(see `vitrain models`), or vit (explicit dims only)")
+    g.add_argument(
+        "--model",
+        default=S,
+        help="auto (default: picked from the image size), a preset (see `vitrain models`), or vit (explicit dims only)",
+    )
     g.add_argument("--img-size", type=int, default=S, help="input size in pixels (images are resized)")
-    g.add_argument("--patch-size", type=int, default=S,
-                   help="patch size in pixels (the token grid is img-size / patch-size)")
+    g.add_argument(
+        "--patch-size", type=int, default=S, help="patch size in pixels (the token grid is img-size / patch-size)"
+    )
     g.add_argument("--embed-dim", type=int, default=S, help="token width")
     g.add_argument("--depth", type=int, default=S, help="number of encoder blocks")
     g.add_argument("--num-heads", type=int, default=S, help="attention heads per block")
     g.add_argument("--mlp-dim", type=int, default=S, help="hidden width of each block's MLP")
-    g.add_argument("--dropout", type=float, default=S,
-                   help="dropout rate of the attention weights, the projections, the MLP and the embeddings")
+    g.add_argument(
+        "--dropout",
+        type=float,
+        default=S,
+        help="dropout rate of the attention weights, the projections, the MLP and the embeddings",
+    )
     g.add_argument("--drop-path", type=float, default=S, help="stochastic depth rate of the last block")
     g.add_argument("--pool", choices=["cls", "avg"], default=S, help="class token or global average pooling")
-    g.add_argument("--stem", choices=["patch", "conv"], default=S,
-                   help="patch: one patchifying convolution (standard ViT); conv: stride-2 3x3 convolutions "
-                   "(better on small data and short budgets)")
+    g.add_argument(
+        "--stem",
+        choices=["patch", "conv"],
+        default=S,
+        help="patch: one patchifying convolution (standard ViT); conv: stride-2 3x3 convolutions "
+        "(better on small data and short budgets)",
+    )
 
     g = p.add_argument_group("fine-tuning")
-    g.add_argument("--pretrained", default=S, metavar="SOURCE",
-                   help="start from pretrained ViT/DeiT weights: timm:NAME, torchvision:NAME, hf:ORG/NAME, a "
-                   ".safetensors/.pth/.bin file (timm, torchvision, Hugging Face or vitrain layout) or a run folder")
-    g.add_argument("--freeze", default=S, help="none (default), backbone (train the head only), or N (train the "
-                   "last N blocks and the head)")
+    g.add_argument(
+        "--pretrained",
+        default=S,
+        metavar="SOURCE",
+        help="start from pretrained ViT/DeiT weights: timm:NAME, torchvision:NAME, hf:ORG/NAME, a "
+        ".safetensors/.pth/.bin file (timm, torchvision, Hugging Face or vitrain layout) or a run folder",
+    )
+    g.add_argument(
+        "--freeze",
+        default=S,
+        help="none (default), backbone (train the head only), or N (train the last N blocks and the head)",
+    )
     g.add_argument("--head", default=S, help="linear (default) or mlp:HIDDEN[:DROPOUT], e.g. mlp:512:0.3")
-    g.add_argument("--layer-decay", type=float, default=S,
-                   help="layer-wise learning-rate decay, e.g. 0.75: each block down from the head gets x0.75 (1: off)")
+    g.add_argument(
+        "--layer-decay",
+        type=float,
+        default=S,
+        help="layer-wise learning-rate decay, e.g. 0.75: each block down from the head gets x0.75 (1: off)",
+    )
     g.add_argument("--head-lr", type=float, default=S, help="learning rate of the head (default --lr)")
-    g.add_argument("--init", dest="pretrained", default=S, metavar="DIR",
-                   help="start from a `vitrain pretrain` folder (or any run): the same as --pretrained DIR")
+    g.add_argument(
+        "--init",
+        dest="pretrained",
+        default=S,
+        metavar="DIR",
+        help="start from a `vitrain pretrain` folder (or any run): the same as --pretrained DIR",
+    )
 
     g = p.add_argument_group("small-data pretraining (see `vitrain pretrain`)")
-    g.add_argument("--pretrain", choices=["instance-discrimination", "labels", "none"], default=S,
-                   help="a first stage before training, in the same run: instance-discrimination pretrains on the "
-                   "training images without labels; labels trains on the labels at --pretrain-img-size (a cheap "
-                   "small-input stage); the second stage fine-tunes that model at --img-size. none: skip that "
-                   "stage, e.g. to compare with --recipe small-data")
-    g.add_argument("--pretrain-share", type=float, default=S,
-                   help="the first stage's share of --time-budget, or of --epochs (0.5)")
+    g.add_argument(
+        "--pretrain",
+        choices=["instance-discrimination", "labels", "none"],
+        default=S,
+        help="a first stage before training, in the same run: instance-discrimination pretrains on the "
+        "training images without labels; labels trains on the labels at --pretrain-img-size (a cheap "
+        "small-input stage); the second stage fine-tunes that model at --img-size. none: skip that "
+        "stage, e.g. to compare with --recipe small-data",
+    )
+    g.add_argument(
+        "--pretrain-share", type=float, default=S, help="the first stage's share of --time-budget, or of --epochs (0.5)"
+    )
     g.add_argument("--views", type=int, default=S, help="augmented views of each image per pretraining step (2)")
-    g.add_argument("--infonce", type=float, default=S,
-                   help="weight of an InfoNCE term between two views, with in-batch negatives (0: off)")
+    g.add_argument(
+        "--infonce",
+        type=float,
+        default=S,
+        help="weight of an InfoNCE term between two views, with in-batch negatives (0: off)",
+    )
     g.add_argument("--temperature", type=float, default=S, help="of the cosine instance classifier and InfoNCE (0.2)")
-    g.add_argument("--instance-smoothing", type=float, default=S,
-                   help="label smoothing of the instance targets (0: off)")
-    g.add_argument("--instance-init", choices=["random", "features"], default=S,
-                   help="the instance classifier's starting weights: random, or features: each image's projection "
-                   "by the untrained backbone, so the first steps already discriminate (random)")
+    g.add_argument(
+        "--instance-smoothing", type=float, default=S, help="label smoothing of the instance targets (0: off)"
+    )
+    g.add_argument(
+        "--instance-init",
+        choices=["random", "features"],
+        default=S,
+        help="the instance classifier's starting weights: random, or features: each image's projection "
+        "by the untrained backbone, so the first steps already discriminate (random)",
+    )
     g.add_argument("--pretrain-crop-scale", default=S, help="MIN,MAX area of the pretraining crops (0.08,1)")
-    g.add_argument("--local-crops", type=int, default=S, metavar="N",
-                   help="multi-crop: N extra small crops of each image per pretraining step, at --local-crop-size, "
-                   "each labelled with its image (0: off)")
-    g.add_argument("--local-crop-size", type=int, default=S, metavar="PX",
-                   help="input size of the local crops (default: half the pretraining input, a multiple of the patch)")
+    g.add_argument(
+        "--local-crops",
+        type=int,
+        default=S,
+        metavar="N",
+        help="multi-crop: N extra small crops of each image per pretraining step, at --local-crop-size, "
+        "each labelled with its image (0: off)",
+    )
+    g.add_argument(
+        "--local-crop-size",
+        type=int,
+        default=S,
+        metavar="PX",
+        help="input size of the local crops (default: half the pretraining input, a multiple of the patch)",
+    )
     g.add_argument("--local-crop-scale", default=S, help="MIN,MAX area of the local crops (0.05,0.4)")
-    g.add_argument("--knn-every", type=int, default=S, metavar="N",
-                   help="every N pretraining epochs and after the last, report the validation split's "
-                   "20-nearest-neighbour accuracy on the backbone's features; labels are read for this report "
-                   "only (0: off, the default)")
-    g.add_argument("--pretrain-mixup", type=float, default=S,
-                   help="MixUp alpha between instances in the first stage of --pretrain (0: off; `vitrain "
-                   "pretrain` uses --mixup)")
-    g.add_argument("--pretrain-cutmix", type=float, default=S,
-                   help="CutMix alpha between instances in the first stage of --pretrain (0: off; `vitrain "
-                   "pretrain` uses --cutmix)")
-    g.add_argument("--pretrain-img-size", type=int, default=S, metavar="PX",
-                   help="input size of the first stage of --pretrain, instance-discrimination or labels (default: "
-                   "--img-size); the second stage "
-                   "resamples the position embeddings to --img-size (`vitrain pretrain` uses --img-size)")
+    g.add_argument(
+        "--knn-every",
+        type=int,
+        default=S,
+        metavar="N",
+        help="every N pretraining epochs and after the last, report the validation split's "
+        "20-nearest-neighbour accuracy on the backbone's features; labels are read for this report "
+        "only (0: off, the default)",
+    )
+    g.add_argument(
+        "--pretrain-mixup",
+        type=float,
+        default=S,
+        help="MixUp alpha between instances in the first stage of --pretrain (0: off; `vitrain pretrain` uses --mixup)",
+    )
+    g.add_argument(
+        "--pretrain-cutmix",
+        type=float,
+        default=S,
+        help="CutMix alpha between instances in the first stage of --pretrain (0: off; `vitrain "
+        "pretrain` uses --cutmix)",
+    )
+    g.add_argument(
+        "--pretrain-img-size",
+        type=int,
+        default=S,
+        metavar="PX",
+        help="input size of the first stage of --pretrain, instance-discrimination or labels (default: "
+        "--img-size); the second stage "
+        "resamples the position embeddings to --img-size (`vitrain pretrain` uses --img-size)",
+    )
 
     g = p.add_argument_group("augmentation and preprocessing")
-    g.add_argument("--augment", choices=["auto", "none", "flip-crop", "autoaugment", "randaugment", "trivialaugment"],
-                   default=S, help="training augmentation (auto: none for images of at most 16 px, else flip-crop)")
+    g.add_argument(
+        "--augment",
+        choices=["auto", "none", "flip-crop", "autoaugment", "randaugment", "trivialaugment"],
+        default=S,
+        help="training augmentation (auto: none for images of at most 16 px, else flip-crop)",
+    )
     g.add_argument("--hflip", type=float, default=S, help="horizontal flip probability (0.5; 0 for digits)")
-    g.add_argument("--crop", choices=["auto", "resized", "pad"], default=S,
-                   help="the crop of flip-crop: random resized, or pad-and-crop "
-                        "(auto: pad for images of at most 64 px)")
+    g.add_argument(
+        "--crop",
+        choices=["auto", "resized", "pad"],
+        default=S,
+        help="the crop of flip-crop: random resized, or pad-and-crop (auto: pad for images of at most 64 px)",
+    )
     g.add_argument("--crop-scale", default=S, help="MIN,MAX area of random resized crops (0.08,1)")
     g.add_argument("--crop-ratio", default=S, help="MIN,MAX aspect ratio of random resized crops (0.75,1.333)")
-    g.add_argument("--crop-pct", type=float, default=S,
-                   help="evaluation center-crop fraction (1.0; with --pretrained, the weights' own)")
+    g.add_argument(
+        "--crop-pct",
+        type=float,
+        default=S,
+        help="evaluation center-crop fraction (1.0; with --pretrained, the weights' own)",
+    )
     g.add_argument("--random-erasing", type=float, default=S, help="random erasing probability (0)")
     g.add_argument("--mixup", type=float, default=S, help="MixUp alpha on training batches (0: off)")
     g.add_argument("--cutmix", type=float, default=S, help="CutMix alpha (0: off); with --mixup each batch uses one")
-    g.add_argument("--normalize", choices=["auto", "dataset", "imagenet", "none"], default=S,
-                   help="auto (default): the pretrained weights' statistics with --pretrained, else the dataset's; "
-                   "or dataset, imagenet, none")
+    g.add_argument(
+        "--normalize",
+        choices=["auto", "dataset", "imagenet", "none"],
+        default=S,
+        help="auto (default): the pretrained weights' statistics with --pretrained, else the dataset's; "
+        "or dataset, imagenet, none",
+    )
     g.add_argument("--mean", default=S, help="comma-separated per-channel mean (with --std)")
     g.add_argument("--std", default=S, help="comma-separated per-channel std (with --mean)")
 
@@ -159,17 +247,34 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--gamma", type=float, default=S, help="decay factor of step/multistep (0.1)")
     g.add_argument("--milestones", default=S, help="multistep decay points as fractions of training (0.6,0.85)")
     g.add_argument("--label-smoothing", type=float, default=S, help="(0.1)")
-    g.add_argument("--class-weights", choices=["none", "balanced"], default=S,
-                   help="balanced: weight each class's loss by n / (classes x its training images), for "
-                        "imbalanced data (none)")
+    g.add_argument(
+        "--class-weights",
+        choices=["none", "balanced"],
+        default=S,
+        help="balanced: weight each class's loss by n / (classes x its training images), for imbalanced data (none)",
+    )
     g.add_argument("--clip-grad", type=float, default=S, help="clip the gradient norm at this value (0: off)")
-    g.add_argument("--skip-nonfinite", type=int, default=S, metavar="N",
-                   help="skip up to N batches whose loss or gradient is NaN/Inf, then stop (0: stop at the first)")
-    g.add_argument("--ema", type=float, default=S,
-                   help="keep an exponential moving average of the weights with this decay, e.g. 0.999; "
-                   "it is what is validated and checkpointed (0: off)")
-    g.add_argument("--time-budget", type=float, default=S, metavar="MINUTES",
-                   help="fit the run into this wall-clock time: measure speed, plan the steps, scale the schedule")
+    g.add_argument(
+        "--skip-nonfinite",
+        type=int,
+        default=S,
+        metavar="N",
+        help="skip up to N batches whose loss or gradient is NaN/Inf, then stop (0: stop at the first)",
+    )
+    g.add_argument(
+        "--ema",
+        type=float,
+        default=S,
+        help="keep an exponential moving average of the weights with this decay, e.g. 0.999; "
+        "it is what is validated and checkpointed (0: off)",
+    )
+    g.add_argument(
+        "--time-budget",
+        type=float,
+        default=S,
+        metavar="MINUTES",
+        help="fit the run into this wall-clock time: measure speed, plan the steps, scale the schedule",
+    )
 
     g = p.add_argument_group("running")
     g.add_argument("--config", help="YAML file with any of these options (flags given here win)")
@@ -177,21 +282,41 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--resume", metavar="DIR", help="continue the run in DIR after its last completed epoch")
     g.add_argument("--overwrite", action="store_true", default=S, help="replace a run already in --out")
     g.add_argument("--seed", type=int, default=S, help="(0)")
-    g.add_argument("--dedupe", action="store_true", default=S,
-                   help="drop validation/test images identical to a training image (they are always counted)")
+    g.add_argument(
+        "--dedupe",
+        action="store_true",
+        default=S,
+        help="drop validation/test images identical to a training image (they are always counted)",
+    )
     g.add_argument("--device", default=S, help="auto (default), cpu, cuda or cuda:N")
     g.add_argument("--workers", type=int, default=S, help="data-loading processes (auto)")
-    g.add_argument("--compile", choices=["auto", "on", "off"], default=S,
-                   help="torch.compile the model for training (auto: on for CUDA, with CUDA graphs on one GPU; off on "
-                   "CPU, where it was measured not to pay); the first steps are slower while it compiles")
-    g.add_argument("--in-memory", choices=["auto", "on", "off"], default=S,
-                   help="decode every image once and augment whole batches in memory (auto: when the "
-                   "decoded images fit in 2 GiB)")
-    g.add_argument("--best-metric", choices=["accuracy", "balanced-accuracy", "loss"], default=S,
-                   help="which validation metric picks best.safetensors (accuracy); balanced-accuracy: the "
-                        "mean of the per-class recalls, for imbalanced data")
-    g.add_argument("--no-progress", dest="progress", action="store_false", default=S,
-                   help="no progress bars (one line per epoch only)")
+    g.add_argument(
+        "--compile",
+        choices=["auto", "on", "off"],
+        default=S,
+        help="torch.compile the model for training (auto: on for CUDA, with CUDA graphs on one GPU; off on "
+        "CPU, where it was measured not to pay); the first steps are slower while it compiles",
+    )
+    g.add_argument(
+        "--in-memory",
+        choices=["auto", "on", "off"],
+        default=S,
+        help="decode every image once and augment whole batches in memory (auto: when the decoded images fit in 2 GiB)",
+    )
+    g.add_argument(
+        "--best-metric",
+        choices=["accuracy", "balanced-accuracy", "loss"],
+        default=S,
+        help="which validation metric picks best.safetensors (accuracy); balanced-accuracy: the "
+        "mean of the per-class recalls, for imbalanced data",
+    )
+    g.add_argument(
+        "--no-progress",
+        dest="progress",
+        action="store_false",
+        default=S,
+        help="no progress bars (one line per epoch only)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -199,59 +324,96 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vitrain", description="Train Vision Transformers on your images.")
     parser.add_argument("--version", action="version", version=f"vitrain {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    train = sub.add_parser("train", help="train a ViT (default data: digits)",
-                           description="Train a Vision Transformer and write a run folder.")
+    train = sub.add_parser(
+        "train",
+        help="train a ViT (default data: digits)",
+        description="Train a Vision Transformer and write a run folder.",
+    )
     _add_train_arguments(train)
-    pre = sub.add_parser("pretrain", help="pretrain a ViT on images without their labels (small data)",
-                         description="Instance-discrimination pretraining: every training image is its own class. "
-                         "Writes backbone.safetensors for `vitrain train --init DIR`.")
+    pre = sub.add_parser(
+        "pretrain",
+        help="pretrain a ViT on images without their labels (small data)",
+        description="Instance-discrimination pretraining: every training image is its own class. "
+        "Writes backbone.safetensors for `vitrain train --init DIR`.",
+    )
     _add_train_arguments(pre)
-    pre.add_argument("--method", dest="pretrain", choices=["instance-discrimination"], default=argparse.SUPPRESS,
-                     help="the pretraining method (instance-discrimination)")
+    pre.add_argument(
+        "--method",
+        dest="pretrain",
+        choices=["instance-discrimination"],
+        default=argparse.SUPPRESS,
+        help="the pretraining method (instance-discrimination)",
+    )
     sub.add_parser("models", help="list the named model sizes")
     sub.add_parser("recipes", help="list the training recipes, what each reaches, and the command")
-    bench = sub.add_parser("bench", help="training/inference throughput vs timm and torchvision (needs timm)",
-                           description="Time vitrain's, timm's and torchvision's ViT with the same weights, "
-                           "interleaved, and print medians, ratios and MFU.")
-    bench.add_argument("--configs", default="all",
-                       help="comma-separated subset of cifar10-tutorial, vit-ti16, vit-b16 (all)")
+    bench = sub.add_parser(
+        "bench",
+        help="training/inference throughput vs timm and torchvision (needs timm)",
+        description="Time vitrain's, timm's and torchvision's ViT with the same weights, "
+        "interleaved, and print medians, ratios and MFU.",
+    )
+    bench.add_argument(
+        "--configs", default="all", help="comma-separated subset of cifar10-tutorial, vit-ti16, vit-b16 (all)"
+    )
     bench.add_argument("--repeats", type=int, default=5, help="interleaved repetitions; the median is kept (5)")
     bench.add_argument("--steps", type=int, default=3, help="steps timed per repetition (3)")
     bench.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     bench.add_argument("--json", action="store_true", help="print the results as JSON")
-    bench.add_argument("--compile", action="store_true",
-                       help="also time torch.compile(vitrain's model) (compilation itself is not timed)")
+    bench.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time torch.compile(vitrain's model) (compilation itself is not timed)",
+    )
 
-    ev = sub.add_parser("eval", help="evaluate a checkpoint or run folder on any --data source",
-                        description="Top-1/top-5, loss, per-class precision/recall/F1, confusion matrices.")
+    ev = sub.add_parser(
+        "eval",
+        help="evaluate a checkpoint or run folder on any --data source",
+        description="Top-1/top-5, loss, per-class precision/recall/F1, confusion matrices.",
+    )
     ev.add_argument("checkpoint", help="a .safetensors checkpoint or a run folder (its best.safetensors)")
-    ev.add_argument("--data", help="as for train; a folder without split folders means all of it, unless it is "
-                                   "the checkpoint's training data (default: the checkpoint's training data, its "
-                                   "splits carved as in training)")
-    ev.add_argument("--split", choices=["all", "train", "val", "test"],
-                    help="which split (default: test, or val where there is none; all images of a flat folder "
-                         "given as --data that the checkpoint was not trained on); all: every image of a flat "
-                         "folder")
+    ev.add_argument(
+        "--data",
+        help="as for train; a folder without split folders means all of it, unless it is "
+        "the checkpoint's training data (default: the checkpoint's training data, its "
+        "splits carved as in training)",
+    )
+    ev.add_argument(
+        "--split",
+        choices=["all", "train", "val", "test"],
+        help="which split (default: test, or val where there is none; all images of a flat folder "
+        "given as --data that the checkpoint was not trained on); all: every image of a flat "
+        "folder",
+    )
     ev.add_argument("--out", help="folder for report.json and the plots (default CHECKPOINT_DIR/eval/DATA-SPLIT)")
-    ev.add_argument("--classes", type=comma_list,
-                    help="only these classes of the data, as for train (default: all; without --data, the "
-                         "checkpoint's)")
+    ev.add_argument(
+        "--classes",
+        type=comma_list,
+        help="only these classes of the data, as for train (default: all; without --data, the checkpoint's)",
+    )
     _add_running_arguments(ev, data=True)
 
-    pr = sub.add_parser("predict", help="classify image files, folders or glob patterns",
-                        description="Write predictions.csv; optionally annotated copies and attention maps.")
+    pr = sub.add_parser(
+        "predict",
+        help="classify image files, folders or glob patterns",
+        description="Write predictions.csv; optionally annotated copies and attention maps.",
+    )
     pr.add_argument("checkpoint", help="a .safetensors checkpoint or a run folder (its best.safetensors)")
     pr.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (recursive) or glob patterns")
     pr.add_argument("--out", default="predictions", help="output folder (default ./predictions)")
     pr.add_argument("--top-k", type=int, default=5, help="how many labels per image in the CSV (5)")
-    pr.add_argument("--annotate", action="store_true",
-                    help="save copies with the prediction drawn on them "
-                         "(and right/wrong when the folder names the class)")
+    pr.add_argument(
+        "--annotate",
+        action="store_true",
+        help="save copies with the prediction drawn on them (and right/wrong when the folder names the class)",
+    )
     pr.add_argument("--attention", action="store_true", help="save attention-rollout overlays and raw maps (.npy)")
     _add_running_arguments(pr, data=False)
 
-    ex = sub.add_parser("export", help="export a checkpoint to ONNX or TorchScript",
-                        description="Dynamic batch dimension, preprocessing in the metadata, parity checked.")
+    ex = sub.add_parser(
+        "export",
+        help="export a checkpoint to ONNX or TorchScript",
+        description="Dynamic batch dimension, preprocessing in the metadata, parity checked.",
+    )
     ex.add_argument("checkpoint", help="a .safetensors checkpoint or a run folder (its best.safetensors)")
     ex.add_argument("--format", choices=["onnx", "torchscript"], required=True, help="the file format to write")
     ex.add_argument("--out", help="output file (default beside the checkpoint)")
@@ -271,32 +433,16 @@ def _add_running_arguments(p: argparse.ArgumentParser, data: bool) -> None:
         p.add_argument("--split-seed", type=int, help="as for train, with --split on a flat folder" + same.format(0))
 
 
+def _given(args: argparse.Namespace) -> dict:
+    """The options given on the command line (the parser leaves out those that were not), by field name."""
+    return {k: v for k, v in vars(args).items() if k not in ("command", "config", "resume")}
+
+
 def train_config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
     """Merge defaults < recipe < --config file < flags (or the resumed run's saved config); returns (config, resume)."""
-    given = {k: v for k, v in vars(args).items() if k not in ("command", "config", "resume")}
-    if args.resume:
-        saved = Path(args.resume) / "config.yaml"
-        if not saved.is_file():
-            raise ConfigError(f"--resume {args.resume}: no config.yaml there, so it is not a vitrain run folder")
-        fixed = sorted(set(given) - RESUME_OVERRIDABLE - {"out"})
-        if fixed:
-            raise ConfigError("--resume continues the saved configuration; these options cannot change: "
-                              + ", ".join("--" + k.replace("_", "-") for k in fixed))
-        base = config_from_dict(load_config_file(saved))
-        return config_from_dict({**given, "out": str(args.resume)}, base), True
-    from .engine.train import default_run_dir
+    from .engine.launch import resolve_config
 
-    file_values = load_config_file(args.config) if args.config else {}
-    cfg = layered_config(file_values, given)
-    if args.command == "pretrain":  # a recipe's first-stage settings are this command's own, unless set
-        for own, first_stage in FIRST_STAGE.items():
-            if own not in given and own not in file_values and getattr(cfg, first_stage) is not None:
-                setattr(cfg, own, getattr(cfg, first_stage))
-    if cfg.pretrain == "none":
-        cfg.pretrain = None
-    if cfg.out is None:
-        cfg.out = default_run_dir(cfg.data)
-    return cfg, False
+    return resolve_config(_given(args), config_file=args.config, resume=args.resume, command=args.command)
 
 
 def _models_table() -> str:
@@ -305,14 +451,17 @@ def _models_table() -> str:
     from .models.registry import PRESETS, resolve_config
     from .models.vit import VisionTransformer
 
-    lines = [f"{'name':<12} {'params':>8}  {'input':>6}  {'patch':>5}  {'dim':>4}  {'depth':>5}  {'heads':>5}  "
-             "description"]
+    lines = [
+        f"{'name':<12} {'params':>8}  {'input':>6}  {'patch':>5}  {'dim':>4}  {'depth':>5}  {'heads':>5}  description"
+    ]
     for name, (_, description) in PRESETS.items():
         cfg = resolve_config(name, num_classes=10)
         with torch.device("meta"):  # counts parameters without allocating or initializing them
             params = sum(p.numel() for p in VisionTransformer(cfg).parameters())
-        lines.append(f"{name:<12} {params / 1e6:>7.2f}M  {cfg.img_size:>4}px  {cfg.patch_size:>5}  {cfg.embed_dim:>4}  "
-                     f"{cfg.depth:>5}  {cfg.num_heads:>5}  {description}")
+        lines.append(
+            f"{name:<12} {params / 1e6:>7.2f}M  {cfg.img_size:>4}px  {cfg.patch_size:>5}  {cfg.embed_dim:>4}  "
+            f"{cfg.depth:>5}  {cfg.num_heads:>5}  {description}"
+        )
     lines.append("vit          explicit dims only: --img-size --patch-size --embed-dim --depth --num-heads --mlp-dim")
     lines.append("(parameter counts with a 10-class head)")
     return "\n".join(lines)
@@ -328,46 +477,53 @@ def _run_tool(args: argparse.Namespace) -> int:
         export_model(args.checkpoint, args.format, args.out)
         return 0
     from .engine.device import resolve_device
+    from .engine.launch import check_tool_options
 
-    if args.batch_size < 1:
-        raise ConfigError(f"--batch-size must be at least 1 (got {args.batch_size})")
-    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
-        raise ConfigError(f"--out {args.out} is a file, not a folder")
+    check_tool_options(args.batch_size, args.out)
     device = resolve_device(args.device)
     if args.command == "eval":
         from .engine.evaluate import evaluate_checkpoint
 
-        evaluate_checkpoint(args.checkpoint, args.data, split=args.split, out=args.out, batch_size=args.batch_size,
-                            workers=args.workers, device=device, data_root=args.data_root, download=args.download,
-                            val_fraction=args.val_fraction, test_fraction=args.test_fraction,
-                            split_seed=args.split_seed, classes=args.classes)
+        evaluate_checkpoint(
+            args.checkpoint,
+            args.data,
+            split=args.split,
+            out=args.out,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            device=device,
+            data_root=args.data_root,
+            download=args.download,
+            val_fraction=args.val_fraction,
+            test_fraction=args.test_fraction,
+            split_seed=args.split_seed,
+            classes=args.classes,
+        )
         return 0
     return _predict(args, device)
 
 
 def _predict(args: argparse.Namespace, device) -> int:
-    from .engine.predict import (annotate, in_training_data, output_names, predict_files, save_attention,
-                                 write_predictions_csv)
+    from .engine.predict import in_training_data, predict_files, write_outputs
 
     if args.top_k < 1:
         raise ConfigError(f"--top-k must be at least 1 (got {args.top_k})")
-    result = predict_files(args.checkpoint, args.inputs, top_k=args.top_k, batch_size=args.batch_size,
-                           attention=args.attention, device=device)
-    crop_pct = result.meta.get("crop_pct", 1.0)
+    result = predict_files(
+        args.checkpoint,
+        args.inputs,
+        top_k=args.top_k,
+        batch_size=args.batch_size,
+        attention=args.attention,
+        device=device,
+    )
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_predictions_csv(out / "predictions.csv", result, args.top_k)
-    names = output_names([p.path for p in result.predictions])
+    write_outputs(result, out, args.top_k, annotated=args.annotate, attention=args.attention)
     width = min(max((len(str(p.path)) for p in result.predictions), default=4), 60)
     print(f"{'image':<{width}}  {'prediction':<20} {'prob':>6}  true")
     for p in result.predictions:
-        shown = str(p.path) if len(str(p.path)) <= width else "..." + str(p.path)[-(width - 3):]
+        shown = str(p.path) if len(str(p.path)) <= width else "..." + str(p.path)[-(width - 3) :]
         mark = "" if p.correct is None else f"{p.true_label} ({'right' if p.correct else 'wrong'})"
         print(f"{shown:<{width}}  {p.label:<20} {p.probability:>6.1%}  {mark}")
-        if args.annotate:
-            annotate(p, (out / "annotated" / names[p.path]).with_suffix(".png"))
-        if args.attention:
-            save_attention(p, (out / "attention" / names[p.path]).with_suffix(".png"), crop_pct)
     accuracy = result.accuracy()
     judged = sum(p.correct is not None for p in result.predictions)
     summary = f"{len(result.predictions)} image(s) classified"
@@ -376,9 +532,11 @@ def _predict(args: argparse.Namespace, device) -> int:
     print(summary + f"; results in {out / 'predictions.csv'}")
     seen = in_training_data([p.path for p in result.predictions if p.correct is not None], result.meta)
     if seen:
-        print(f"note: {seen[1]} of them lie in {seen[0]}, the data this checkpoint was trained on, outside any "
-              "test or validation folder: it may have trained on them, so this is not a held-out accuracy "
-              f"(vitrain eval {args.checkpoint} scores the run's test split)")
+        print(
+            f"note: {seen[1]} of them lie in {seen[0]}, the data this checkpoint was trained on, outside any "
+            "test or validation folder: it may have trained on them, so this is not a held-out accuracy "
+            f"(vitrain eval {args.checkpoint} scores the run's test split)"
+        )
     for item, reason in result.failed:
         print(f"vitrain: skipped {item}: {reason}", file=sys.stderr)
     if result.failed:
@@ -404,9 +562,14 @@ def _bench(args: argparse.Namespace) -> int:
         import timm  # noqa: F401
     except ImportError:
         raise ConfigError("vitrain bench compares against timm: pip install timm") from None
-    result = run_benchmark(tuple(c for c in CONFIGS if c.name in wanted), args.repeats, args.steps,
-                           resolve_device(args.device), log=(lambda *a: None) if args.json else print,
-                           compiled=args.compile)
+    result = run_benchmark(
+        tuple(c for c in CONFIGS if c.name in wanted),
+        args.repeats,
+        args.steps,
+        resolve_device(args.device),
+        log=(lambda *a: None) if args.json else print,
+        compiled=args.compile,
+    )
     if args.json:
         print(json.dumps(result, indent=2))
     return 0
@@ -462,36 +625,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"vitrain: error: {err}", file=sys.stderr)
             return 1
 
-    from .engine.pretrain import pretrain, pretrain_then_train
-    from .engine.train import TrainingError, train
+    from .engine.launch import launch
+    from .engine.train import TrainingError
 
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)  # stop like Ctrl-C: the last epoch is saved
     out = None
     try:
         cfg, resume = train_config_from_args(args)
         out = cfg.out
-        if args.command == "pretrain":
-            unused = _given(args, PRETRAIN_UNUSED)
-            if unused:
-                raise ConfigError(f"vitrain pretrain does not use {unused} (options of vitrain train; the "
-                                  "pretraining crops are --pretrain-crop-scale, its input size --img-size)")
-            if cfg.pretrain == "labels":
-                raise ConfigError("vitrain pretrain's method is instance-discrimination; a first stage on the "
-                                  "labels is vitrain train --pretrain labels")
-            pretrain(cfg, resume=resume)
-        elif cfg.pretrain:
-            unused = _given(args, INSTANCE_ONLY) if cfg.pretrain == "labels" else ""
-            if unused:
-                raise ConfigError(f"{unused} only apply to --pretrain instance-discrimination; --pretrain labels "
-                                  "trains its first stage with the training options (--mixup, --crop-scale, ...) "
-                                  "at --pretrain-img-size")
-            pretrain_then_train(cfg, resume=resume)
-        else:
-            unused = _given(args, PRETRAIN_ONLY)
-            if unused:
-                raise ConfigError(f"{unused} only apply to pretraining: add --pretrain instance-discrimination, "
-                                  "or use vitrain pretrain")
-            train(cfg, resume=resume)
+        launch(args.command, cfg, resume, _given(args))
     except ImageReadError as err:  # a file that passed the header check but does not decode, mid-epoch
         message = _worker_message(err)
         if SKIP_BAD_IMAGES_HINT not in message:
@@ -510,8 +652,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         where = f" --resume {out}" if out else " --resume RUN_FOLDER"
-        print(f"\nvitrain: interrupted; every completed epoch is saved. Continue with: vitrain {args.command}{where}",
-              file=sys.stderr)
+        print(
+            f"\nvitrain: interrupted; every completed epoch is saved. Continue with: vitrain {args.command}{where}",
+            file=sys.stderr,
+        )
         return 130
     finally:
         from .engine.distributed import shutdown

@@ -15,8 +15,17 @@ import numpy as np  # noqa: E402
 
 from .checkpoint import atomic_write_bytes  # noqa: E402
 
-METRIC_COLUMNS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_balanced_accuracy", "lr",
-                  "epoch_seconds", "images_per_second"]
+METRIC_COLUMNS = [
+    "epoch",
+    "train_loss",
+    "train_accuracy",
+    "val_loss",
+    "val_accuracy",
+    "val_balanced_accuracy",
+    "lr",
+    "epoch_seconds",
+    "images_per_second",
+]
 
 
 def metrics_csv_bytes(history: Sequence[dict[str, Any]]) -> bytes:
@@ -50,8 +59,9 @@ def plot_curves(history: Sequence[dict[str, Any]], out_dir: Path, labels: dict[s
     for metric, filename, ylabel in (("accuracy", "accuracy.png", "accuracy"), ("loss", "loss.png", "loss")):
         fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
         for split, style in (("train", "-o"), ("val", "-s")):
-            points = [(row["epoch"], row[f"{split}_{metric}"]) for row in history
-                      if row.get(f"{split}_{metric}") is not None]
+            points = [
+                (row["epoch"], row[f"{split}_{metric}"]) for row in history if row.get(f"{split}_{metric}") is not None
+            ]
             if not points:
                 continue
             ax.plot(*zip(*points), style, markersize=3, label=names[split])
@@ -67,8 +77,9 @@ def plot_curves(history: Sequence[dict[str, Any]], out_dir: Path, labels: dict[s
         plt.close(fig)
 
 
-def plot_confusion_matrix(matrix: np.ndarray, classes: Sequence[str], path: Path, title: str,
-                          normalized: bool = False) -> None:
+def plot_confusion_matrix(
+    matrix: np.ndarray, classes: Sequence[str], path: Path, title: str, normalized: bool = False
+) -> None:
     """A confusion matrix colored by row-normalized rate, with counts (or the rates) in the cells."""
     n = len(classes)
     size = min(4 + 0.45 * n, 22)
@@ -83,9 +94,15 @@ def plot_confusion_matrix(matrix: np.ndarray, classes: Sequence[str], path: Path
     if n <= 40:
         for i in range(n):
             for j in range(n):
-                ax.text(j, i, f"{rates[i, j]:.2f}" if normalized else str(int(matrix[i, j])),
-                        ha="center", va="center", fontsize=8,
-                        color="white" if rates[i, j] > 0.5 else "black")
+                ax.text(
+                    j,
+                    i,
+                    f"{rates[i, j]:.2f}" if normalized else str(int(matrix[i, j])),
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if rates[i, j] > 0.5 else "black",
+                )
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
     fig.tight_layout()
     fig.savefig(path)
@@ -97,16 +114,21 @@ def write_report(path: Path, report: dict[str, Any]) -> None:
     atomic_write_bytes(path, (json.dumps(report, indent=2) + "\n").encode())
 
 
-def plot_samples(images: Sequence[np.ndarray], true: Sequence[int], predicted: Sequence[int],
-                 classes: Sequence[str], path: Path, per_class: int) -> None:
+def plot_samples(
+    images: Sequence[np.ndarray],
+    true: Sequence[int],
+    predicted: Sequence[int],
+    classes: Sequence[str],
+    path: Path,
+    per_class: int,
+) -> None:
     """A grid of validation images, a row per class, titled with the prediction; wrong ones in red.
 
     ``images`` are (C, H, W) uint8 arrays in row order (``per_class`` per row, fewer where a
     class has fewer images).
     """
     rows = sorted(set(true), key=list(true).index)
-    fig, axes = plt.subplots(len(rows), per_class, figsize=(1.6 * per_class, 1.75 * len(rows)), dpi=110,
-                             squeeze=False)
+    fig, axes = plt.subplots(len(rows), per_class, figsize=(1.6 * per_class, 1.75 * len(rows)), dpi=110, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     counts = {r: 0 for r in rows}
@@ -115,14 +137,18 @@ def plot_samples(images: Sequence[np.ndarray], true: Sequence[int], predicted: S
         counts[t] += 1
         ax = axes[row][col]
         picture = image.transpose(1, 2, 0)
-        ax.imshow(picture[..., 0] if picture.shape[2] == 1 else picture, cmap="gray", vmin=0, vmax=255,
-                  interpolation="nearest")
+        ax.imshow(
+            picture[..., 0] if picture.shape[2] == 1 else picture,
+            cmap="gray",
+            vmin=0,
+            vmax=255,
+            interpolation="nearest",
+        )
         wrong = p != t
         ax.set_title(("x " if wrong else "") + classes[p], fontsize=8, color="red" if wrong else "green")
         if col == 0:
             ax.text(-0.1, 0.5, classes[t], transform=ax.transAxes, ha="right", va="center", fontsize=8)
-    fig.suptitle("validation samples: predicted label above each image (red x = wrong); true class at left",
-                 fontsize=9)
+    fig.suptitle("validation samples: predicted label above each image (red x = wrong); true class at left", fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

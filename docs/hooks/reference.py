@@ -147,8 +147,10 @@ def config_reference_markdown() -> str:
     for f in dataclasses.fields(TrainConfig):
         flag, text = helps.get(f.name, ("", ""))
         flag_cell = f"`{flag}`" if flag else "(set from the weights or the data)"
-        rows.append(f"| `{f.name}` | {flag_cell} | {_type_name(hints[f.name])} | {_literal(defaults.get(f.name))} "
-                    f"| {_cell(text)} |")
+        rows.append(
+            f"| `{f.name}` | {flag_cell} | {_type_name(hints[f.name])} | {_literal(defaults.get(f.name))} "
+            f"| {_cell(text)} |"
+        )
     return "\n".join(rows)
 
 

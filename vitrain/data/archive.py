@@ -69,7 +69,7 @@ def _remove_dead_extractions(cache_dir: Path, prefix: str) -> None:
     so a concurrent extraction (another rank, another run) keeps its folder.
     """
     for folder in cache_dir.glob(f"{prefix}*-*"):
-        pid = folder.name[len(prefix):].split("-", 1)[0]
+        pid = folder.name[len(prefix) :].split("-", 1)[0]
         if not pid.isdigit():
             continue
         try:

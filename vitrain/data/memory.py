@@ -65,8 +65,9 @@ class _Squared(Dataset):
         return self.square(image), target
 
 
-def decode_all(dataset: Dataset, side: int, crop_pct: float = 1.0, workers: int = 0,
-               indices: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def decode_all(
+    dataset: Dataset, side: int, crop_pct: float = 1.0, workers: int = 0, indices: Sequence[int] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Every image of ``dataset`` (or those at ``indices``) as one (N, C, side, side) uint8 tensor, plus the labels.
 
     Each image's shorter side is resized to ``side / crop_pct`` and its central square kept.
@@ -84,8 +85,8 @@ def decode_all(dataset: Dataset, side: int, crop_pct: float = 1.0, workers: int 
     loader = DataLoader(_Squared(dataset, side, crop_pct), batch_size=256, num_workers=workers if n > 2048 else 0)
     start = 0
     for batch, labels in loader:
-        images[start:start + len(labels)] = batch
-        targets[start:start + len(labels)] = labels
+        images[start : start + len(labels)] = batch
+        targets[start : start + len(labels)] = labels
         start += len(labels)
     return images, targets
 
@@ -100,9 +101,19 @@ class BatchAugment:
     flip probability, policy, random erasing), drawn independently for every image.
     """
 
-    def __init__(self, img_size: int, augment: str, mean: Sequence[float], std: Sequence[float], *,
-                 resized_crop: bool, hflip: float = 0.5, crop_scale: tuple[float, float] = (0.08, 1.0),
-                 crop_ratio: tuple[float, float] = (3 / 4, 4 / 3), random_erasing: float = 0.0) -> None:
+    def __init__(
+        self,
+        img_size: int,
+        augment: str,
+        mean: Sequence[float],
+        std: Sequence[float],
+        *,
+        resized_crop: bool,
+        hflip: float = 0.5,
+        crop_scale: tuple[float, float] = (0.08, 1.0),
+        crop_ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        random_erasing: float = 0.0,
+    ) -> None:
         self.img_size = img_size
         self.augment = augment
         self.mean, self.std = list(mean), list(std)
@@ -120,8 +131,9 @@ class BatchAugment:
                 flip = to_device(torch.rand(images.shape[0], generator=generator) < self.hflip, images.device)
                 images = torch.where(flip[:, None, None, None], images.flip(-1), images)
             if self.policy is not None:
-                images = torch.cat([self.policy(images[i:i + POLICY_GROUP])
-                                    for i in range(0, images.shape[0], POLICY_GROUP)])
+                images = torch.cat(
+                    [self.policy(images[i : i + POLICY_GROUP]) for i in range(0, images.shape[0], POLICY_GROUP)]
+                )
         out = to_float(images, self.mean, self.std)
         if self.erasing > 0:
             out = self._erase(out, generator)
@@ -154,17 +166,31 @@ class BatchAugment:
 
     def _resized_crop(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Random resized crops (area fraction in ``crop_scale``, aspect ratio in ``crop_ratio``) for the batch."""
-        boxes, _ = random_crop_boxes(images.shape[0], images.shape[-2], images.shape[-1], self.crop_scale,
-                                  self.crop_ratio, generator)
+        boxes, _ = random_crop_boxes(
+            images.shape[0], images.shape[-2], images.shape[-1], self.crop_scale, self.crop_ratio, generator
+        )
         rois = torch.cat([torch.arange(images.shape[0], dtype=torch.float32)[:, None], boxes], 1)
-        crops = roi_align(images.float(), to_device(rois, images.device), self.img_size, spatial_scale=1.0,
-                          sampling_ratio=-1, aligned=True)
+        crops = roi_align(
+            images.float(),
+            to_device(rois, images.device),
+            self.img_size,
+            spatial_scale=1.0,
+            sampling_ratio=-1,
+            aligned=True,
+        )
         return crops.round_().clamp_(0, 255).to(torch.uint8)
 
 
-def random_crop_boxes(n: int, height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float],
-                      generator: torch.Generator, tries: int = 10,
-                      fallback: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def random_crop_boxes(
+    n: int,
+    height: int,
+    width: int,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+    generator: torch.Generator,
+    tries: int = 10,
+    fallback: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(n, 4) boxes ``x1, y1, x2, y2`` drawn like torchvision's RandomResizedCrop, and which were found.
 
     Up to ``tries`` (area, log-ratio) draws per image; the first that fits is used. With
@@ -227,9 +253,20 @@ class MemoryLoader:
     disjoint shard ``rank::world``.
     """
 
-    def __init__(self, images: torch.Tensor, targets: torch.Tensor, batch_size: int, *, shuffle: bool,
-                 mean: Sequence[float], std: Sequence[float], augment: BatchAugment | None = None,
-                 device: torch.device | None = None, drop_last: bool = False, place=None) -> None:
+    def __init__(
+        self,
+        images: torch.Tensor,
+        targets: torch.Tensor,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        mean: Sequence[float],
+        std: Sequence[float],
+        augment: BatchAugment | None = None,
+        device: torch.device | None = None,
+        drop_last: bool = False,
+        place=None,
+    ) -> None:
         from ..engine.distributed import Dist
 
         device = device or torch.device("cpu")
@@ -257,19 +294,20 @@ class MemoryLoader:
         if not self.place.active:
             order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
             for start in range(0, len(self) * self.batch_size, self.batch_size):
-                yield order[start:start + self.batch_size], self.generator
+                yield order[start : start + self.batch_size], self.generator
         elif self.shuffle:
             order = torch.randperm(n, generator=self.generator)  # the same on every rank
-            mine = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,), generator=self.generator))
-                                                 + self.place.rank)
+            mine = torch.Generator().manual_seed(
+                int(torch.randint(0, 2**62, (1,), generator=self.generator)) + self.place.rank
+            )
             size = self.batch_size * self.place.world
             for step in range(len(self)):
                 start = step * size + self.place.rank * self.batch_size
-                yield order[start:start + self.batch_size], mine
+                yield order[start : start + self.batch_size], mine
         else:
             order = torch.arange(self.place.rank, n, self.place.world)
             for start in range(0, len(order), self.batch_size):
-                yield order[start:start + self.batch_size], self.generator
+                yield order[start : start + self.batch_size], self.generator
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for index, generator in self._batches():

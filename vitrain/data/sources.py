@@ -30,9 +30,13 @@ from .images import ImageReadError, image_mode, is_image_file, read_image
 BUILTIN = ("digits", "cifar10", "cifar100", "mnist", "fashion-mnist")
 SKIP_BAD_IMAGES_HINT = "--skip-bad-images leaves unreadable images out"  # appended to unreadable-image errors
 SPLIT_NAMES = {
-    "train": "train", "training": "train",
-    "val": "val", "valid": "val", "validation": "val",
-    "test": "test", "testing": "test",
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+    "testing": "test",
 }
 _IGNORED_DIRS = {"__MACOSX"}
 PARALLEL_CHECK_MIN = 2048  # more files than this are checked in worker processes
@@ -67,8 +71,9 @@ class ArrayImageDataset(Dataset):
 class FileImageDataset(Dataset):
     """Images decoded from files on every access."""
 
-    def __init__(self, paths: Sequence[Path], targets: Sequence[int], channels: int,
-                 max_side: int | None = None) -> None:
+    def __init__(
+        self, paths: Sequence[Path], targets: Sequence[int], channels: int, max_side: int | None = None
+    ) -> None:
         self.paths = list(paths)
         self.targets = [int(t) for t in targets]
         self.channels = channels
@@ -81,8 +86,9 @@ class FileImageDataset(Dataset):
         return read_image(self.paths[index], self.channels, self.max_side), self.targets[index]
 
     def subset(self, indices: Sequence[int]) -> "FileImageDataset":
-        return FileImageDataset([self.paths[i] for i in indices], [self.targets[i] for i in indices],
-                                self.channels, self.max_side)
+        return FileImageDataset(
+            [self.paths[i] for i in indices], [self.targets[i] for i in indices], self.channels, self.max_side
+        )
 
 
 def convert_tensor_channels(image: torch.Tensor, channels: int) -> torch.Tensor:
@@ -154,7 +160,7 @@ def stratified_split(targets: Sequence[int], fractions: Sequence[float], seed: i
             if fraction > 0 and n == 0:
                 n = 1  # tiny classes still get one image in every requested split
             n = min(n, len(idx) - start - 1)
-            part.extend(idx[start:start + max(n, 0)].tolist())
+            part.extend(idx[start : start + max(n, 0)].tolist())
             start += max(n, 0)
         parts[-1].extend(idx[start:].tolist())
     return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
@@ -175,14 +181,20 @@ def _select_classes(classes: list[str], wanted: Sequence[str] | None, where: str
 def _check_class_count(classes: list[str], where: str) -> None:
     if len(classes) < 2:
         loose = _loose_images(Path(where))
-        hint = (f"; its {loose} image(s) lie directly in it, and class folders are what name the labels: "
-                f"put each class's images in a sub-folder named after the class ({where}/CLASS/IMAGE)"
-                if loose else "")
-        raise DataError(f"{where}: found {len(classes)} class ({', '.join(classes) or 'none'}); "
-                        "a classifier needs at least 2 class folders" + hint)
+        hint = (
+            f"; its {loose} image(s) lie directly in it, and class folders are what name the labels: "
+            f"put each class's images in a sub-folder named after the class ({where}/CLASS/IMAGE)"
+            if loose
+            else ""
+        )
+        raise DataError(
+            f"{where}: found {len(classes)} class ({', '.join(classes) or 'none'}); "
+            "a classifier needs at least 2 class folders" + hint
+        )
 
 
 # ---------------------------------------------------------------------------- built-in sets
+
 
 def digits_splits(channels: int | None = None, classes: Sequence[str] | None = None) -> DataSplits:
     """scikit-learn's 1,797 8x8 digits, split 70/10/20 (train/val/test) with a fixed seed."""
@@ -194,13 +206,22 @@ def digits_splits(channels: int | None = None, classes: Sequence[str] | None = N
     dataset = ArrayImageDataset(images, bunch.target.tolist(), channels or 1)
     dataset, names = _filter_array_classes(dataset, names, classes, "digits")
     test_idx, val_idx, train_idx = stratified_split(dataset.targets, [0.2, 0.1], seed=0)
-    return DataSplits("digits", names, dataset.channels, dataset.subset(train_idx), dataset.subset(val_idx),
-                      dataset.subset(test_idx), native_size=8, hflip_ok=False,
-                      notes=["digits: fixed stratified split 70/10/20 (seed 0)"])
+    return DataSplits(
+        "digits",
+        names,
+        dataset.channels,
+        dataset.subset(train_idx),
+        dataset.subset(val_idx),
+        dataset.subset(test_idx),
+        native_size=8,
+        hflip_ok=False,
+        notes=["digits: fixed stratified split 70/10/20 (seed 0)"],
+    )
 
 
-def _filter_array_classes(dataset: ArrayImageDataset, names: list[str], wanted: Sequence[str] | None,
-                          where: str) -> tuple[ArrayImageDataset, list[str]]:
+def _filter_array_classes(
+    dataset: ArrayImageDataset, names: list[str], wanted: Sequence[str] | None, where: str
+) -> tuple[ArrayImageDataset, list[str]]:
     chosen = _select_classes(names, wanted, where)
     if chosen == names:
         return dataset, names
@@ -211,8 +232,15 @@ def _filter_array_classes(dataset: ArrayImageDataset, names: list[str], wanted: 
     return subset, chosen
 
 
-def torchvision_splits(name: str, root: Path, download: bool, val_fraction: float, split_seed: int,
-                       channels: int | None = None, classes: Sequence[str] | None = None) -> DataSplits:
+def torchvision_splits(
+    name: str,
+    root: Path,
+    download: bool,
+    val_fraction: float,
+    split_seed: int,
+    channels: int | None = None,
+    classes: Sequence[str] | None = None,
+) -> DataSplits:
     """CIFAR-10/100, MNIST or Fashion-MNIST from torchvision, held in memory.
 
     The official test set is the test split; the validation split is carved (stratified)
@@ -220,18 +248,21 @@ def torchvision_splits(name: str, root: Path, download: bool, val_fraction: floa
     """
     import torchvision.datasets as tvd
 
-    cls = {"cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100, "mnist": tvd.MNIST,
-           "fashion-mnist": tvd.FashionMNIST}[name]
-    files = {"cifar10": "cifar-10-python.tar.gz (or its extracted cifar-10-batches-py/)",
-             "cifar100": "cifar-100-python.tar.gz (or its extracted cifar-100-python/)",
-             "mnist": "MNIST/raw/ with the four uncompressed *-ubyte files",
-             "fashion-mnist": "FashionMNIST/raw/ with the four uncompressed *-ubyte files"}[name]
+    cls = {"cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100, "mnist": tvd.MNIST, "fashion-mnist": tvd.FashionMNIST}[
+        name
+    ]
+    files = {
+        "cifar10": "cifar-10-python.tar.gz (or its extracted cifar-10-batches-py/)",
+        "cifar100": "cifar-100-python.tar.gz (or its extracted cifar-100-python/)",
+        "mnist": "MNIST/raw/ with the four uncompressed *-ubyte files",
+        "fashion-mnist": "FashionMNIST/raw/ with the four uncompressed *-ubyte files",
+    }[name]
     root = Path(root).expanduser()
     try:
         train_set = cls(str(root), train=True, download=download)
         test_set = cls(str(root), train=False, download=download)
     except (RuntimeError, OSError) as err:
-        how = ("downloading failed" if download else "downloading is off (--no-download)")
+        how = "downloading failed" if download else "downloading is off (--no-download)"
         raise DataError(
             f"--data {name}: not found under --data-root {root} and {how} ({err}). "
             f"Put {files} in {root}, or run once with internet access."
@@ -250,18 +281,27 @@ def torchvision_splits(name: str, root: Path, download: bool, val_fraction: floa
     train_all, chosen = _filter_array_classes(train_all, names, classes, name)
     test, _ = _filter_array_classes(test, names, classes, name)
     val_idx, train_idx = stratified_split(train_all.targets, [val_fraction], split_seed)
-    return DataSplits(name, chosen, train_all.channels, train_all.subset(train_idx), train_all.subset(val_idx),
-                      test, native_size=int(train_all.images.shape[-1]), hflip_ok=name.startswith(("cifar", "fashion")),
-                      notes=[f"{name}: validation = {val_fraction:.0%} of the official training set "
-                             f"(seed {split_seed})"],
-                      split_options={"val_fraction": val_fraction, "split_seed": split_seed})
+    return DataSplits(
+        name,
+        chosen,
+        train_all.channels,
+        train_all.subset(train_idx),
+        train_all.subset(val_idx),
+        test,
+        native_size=int(train_all.images.shape[-1]),
+        hflip_ok=name.startswith(("cifar", "fashion")),
+        notes=[f"{name}: validation = {val_fraction:.0%} of the official training set (seed {split_seed})"],
+        split_options={"val_fraction": val_fraction, "split_seed": split_seed},
+    )
 
 
 # ---------------------------------------------------------------------------- image folders
 
+
 def _subdirs(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir()
-                  if p.is_dir() and not p.name.startswith(".") and p.name not in _IGNORED_DIRS)
+    return sorted(
+        p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name not in _IGNORED_DIRS
+    )
 
 
 def _has_images(folder: Path) -> bool:
@@ -281,8 +321,13 @@ def find_dataset_root(folder: Path) -> Path:
     """
     while True:
         subdirs = _subdirs(folder)
-        if (len(subdirs) == 1 and not _has_images(folder) and subdirs[0].name.lower() not in SPLIT_NAMES
-                and _subdirs(subdirs[0]) and not _has_images(subdirs[0])):
+        if (
+            len(subdirs) == 1
+            and not _has_images(folder)
+            and subdirs[0].name.lower() not in SPLIT_NAMES
+            and _subdirs(subdirs[0])
+            and not _has_images(subdirs[0])
+        ):
             folder = subdirs[0]
         else:
             return folder
@@ -303,8 +348,10 @@ def _scan_classes(folder: Path) -> tuple[dict[str, list[Path]], int]:
 def _check_nonempty(found: dict[str, list[Path]], classes: list[str], folder: Path) -> None:
     empty = [c for c in classes if not found.get(c)]
     if empty:
-        raise DataError(f"{folder}: class folder(s) {', '.join(empty)} contain no images "
-                        "(remove them, or pick classes with --classes)")
+        raise DataError(
+            f"{folder}: class folder(s) {', '.join(empty)} contain no images "
+            "(remove them, or pick classes with --classes)"
+        )
 
 
 class _FileCheck(Dataset):
@@ -375,8 +422,9 @@ def _typical_size(paths: Sequence[Path], sample: int = 32) -> int:
     return int(np.median(sides))
 
 
-def _flat_dataset(root: Path, channels: int | None, classes: Sequence[str] | None,
-                  min_classes: int, skip_bad: bool = False) -> tuple[FileImageDataset, list[str], int, dict[Path, str]]:
+def _flat_dataset(
+    root: Path, channels: int | None, classes: Sequence[str] | None, min_classes: int, skip_bad: bool = False
+) -> tuple[FileImageDataset, list[str], int, dict[Path, str]]:
     """Every image below ``root``'s class folders as one dataset; also the classes, the ignored-file
     count and the unreadable files skipped (see :func:`_check_files`).
 
@@ -394,9 +442,15 @@ def _flat_dataset(root: Path, channels: int | None, classes: Sequence[str] | Non
     return FileImageDataset([p for p, _ in items], [t for _, t in items], channels or inferred), chosen, ignored, bad
 
 
-def folder_splits(folder: Path, channels: int | None, classes: Sequence[str] | None,
-                  val_fraction: float, test_fraction: float, split_seed: int,
-                  skip_bad_images: bool = False) -> DataSplits:
+def folder_splits(
+    folder: Path,
+    channels: int | None,
+    classes: Sequence[str] | None,
+    val_fraction: float,
+    test_fraction: float,
+    split_seed: int,
+    skip_bad_images: bool = False,
+) -> DataSplits:
     """A folder of class folders, flat or with split folders; ``skip_bad_images`` leaves unreadable files out."""
     root = find_dataset_root(folder)
     subdirs = _subdirs(root)
@@ -417,11 +471,13 @@ def folder_splits(folder: Path, channels: int | None, classes: Sequence[str] | N
                 raise DataError(
                     f"{root}: split folders have different classes: {d.name}/ "
                     + (f"lacks {', '.join(missing)}" if missing else f"has extra {', '.join(extra)}")
-                    + f" compared to {split_dirs['train'].name}/ (use --classes to pick common ones)")
+                    + f" compared to {split_dirs['train'].name}/ (use --classes to pick common ones)"
+                )
         _check_class_count(chosen, str(split_dirs["train"]))
         ignored = sum(n for _, n in scans.values())
-        inferred, bad = _check_files([p for found, _ in scans.values() for c in chosen for p in found[c]],
-                                     skip_bad_images)
+        inferred, bad = _check_files(
+            [p for found, _ in scans.values() for c in chosen for p in found[c]], skip_bad_images
+        )
         scans = {split: (_drop_bad(found, bad), n) for split, (found, n) in scans.items()}
         for split, (found, _) in scans.items():
             _check_nonempty(found, chosen, split_dirs[split])
@@ -440,8 +496,9 @@ def folder_splits(folder: Path, channels: int | None, classes: Sequence[str] | N
             val_idx, train_idx = stratified_split(train.targets, [val_fraction], split_seed)
             train, val = train.subset(train_idx), train.subset(val_idx)
             options = {"val_fraction": val_fraction, "split_seed": split_seed}
-            notes.append(f"validation = {val_fraction:.0%} of {split_dirs['train'].name}/ "
-                         f"(stratified, seed {split_seed})")
+            notes.append(
+                f"validation = {val_fraction:.0%} of {split_dirs['train'].name}/ (stratified, seed {split_seed})"
+            )
         if test is None:
             notes.append("no test split folder: the final evaluation uses the validation split")
     else:
@@ -454,28 +511,52 @@ def folder_splits(folder: Path, channels: int | None, classes: Sequence[str] | N
         if len(test) == 0:
             test = None
         options = {"val_fraction": val_fraction, "test_fraction": test_fraction, "split_seed": split_seed}
-        notes.append(f"flat folder: stratified split {1 - val_fraction - test_fraction:.0%}/"
-                     f"{val_fraction:.0%}/{test_fraction:.0%} (train/val/test, seed {split_seed})")
+        notes.append(
+            f"flat folder: stratified split {1 - val_fraction - test_fraction:.0%}/"
+            f"{val_fraction:.0%}/{test_fraction:.0%} (train/val/test, seed {split_seed})"
+        )
     in_splits = list(split_dirs.values()) if split_dirs and "train" in split_dirs else []
     for place in [root, *in_splits]:
         if loose := _loose_images(place):
-            notes.append(f"left out {loose} image(s) lying directly in {place}, outside any class folder "
-                         "(a class folder names its images' label)")
+            notes.append(
+                f"left out {loose} image(s) lying directly in {place}, outside any class folder "
+                "(a class folder names its images' label)"
+            )
     if ignored:
         notes.append(f"ignored {ignored} non-image file(s)")
     notes += _skip_note(bad)
     if len(val) == 0:
         raise DataError(f"{root}: the validation split is empty; add images or raise --val-fraction")
-    return DataSplits(str(folder), chosen, ch, train, val, test, native_size=_typical_size(all_paths), notes=notes,
-                      skipped={str(p): reason for p, reason in bad.items()}, split_options=options)
+    return DataSplits(
+        str(folder),
+        chosen,
+        ch,
+        train,
+        val,
+        test,
+        native_size=_typical_size(all_paths),
+        notes=notes,
+        skipped={str(p): reason for p, reason in bad.items()},
+        split_options=options,
+    )
 
 
 # ---------------------------------------------------------------------------- entry point
 
-def load_data(data: str, *, data_root: str | Path | None = None, download: bool = True,
-              channels: int | None = None, classes: Sequence[str] | None = None,
-              val_fraction: float = 0.1, test_fraction: float = 0.1, split_seed: int = 0,
-              cache_dir: Path | None = None, skip_bad_images: bool = False) -> DataSplits:
+
+def load_data(
+    data: str,
+    *,
+    data_root: str | Path | None = None,
+    download: bool = True,
+    channels: int | None = None,
+    classes: Sequence[str] | None = None,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    split_seed: int = 0,
+    cache_dir: Path | None = None,
+    skip_bad_images: bool = False,
+) -> DataSplits:
     """Resolve a ``--data`` value into :class:`DataSplits`.
 
     Args:
@@ -518,10 +599,20 @@ def class_counts(dataset: Dataset) -> Counter:
     return Counter(dataset.targets)
 
 
-def load_split(data: str, split: str | None = None, *, channels: int | None = None, data_root: str | Path | None = None,
-               download: bool = True, val_fraction: float = 0.1, test_fraction: float = 0.1, split_seed: int = 0,
-               cache_dir: Path | None = None, whole_flat_folder: bool = True,
-               classes: Sequence[str] | None = None) -> tuple[Dataset, list[str], str, dict[str, Any]]:
+def load_split(
+    data: str,
+    split: str | None = None,
+    *,
+    channels: int | None = None,
+    data_root: str | Path | None = None,
+    download: bool = True,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    split_seed: int = 0,
+    cache_dir: Path | None = None,
+    whole_flat_folder: bool = True,
+    classes: Sequence[str] | None = None,
+) -> tuple[Dataset, list[str], str, dict[str, Any]]:
     """One split of ``data`` to evaluate: (dataset, class names, which split it is, the split
     options that carved it), with only ``classes`` (in that order, as ``--classes`` does for
     training) when given.
@@ -543,11 +634,21 @@ def load_split(data: str, split: str | None = None, *, channels: int | None = No
             dataset, names, _, _ = _flat_dataset(root, channels, classes, min_classes=1)
             return dataset, names, "all images", {}
     if split == "all":
-        raise DataError(f"--split all means every image of a folder without split folders, and --data {data} "
-                        "has split folders or is a built-in set: give --split train, val or test")
-    splits = load_data(data, data_root=data_root, download=download, channels=channels, classes=classes,
-                       val_fraction=val_fraction, test_fraction=test_fraction, split_seed=split_seed,
-                       cache_dir=cache_dir)
+        raise DataError(
+            f"--split all means every image of a folder without split folders, and --data {data} "
+            "has split folders or is a built-in set: give --split train, val or test"
+        )
+    splits = load_data(
+        data,
+        data_root=data_root,
+        download=download,
+        channels=channels,
+        classes=classes,
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+        split_seed=split_seed,
+        cache_dir=cache_dir,
+    )
     chosen = split or ("test" if splits.test is not None else "val")
     dataset = getattr(splits, chosen)
     if dataset is None:

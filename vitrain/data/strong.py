@@ -34,8 +34,12 @@ def _gray(x: torch.Tensor) -> torch.Tensor:
     return torch.einsum("bchw,c->bhw", x, _LUMA.to(x))[:, None]
 
 
-def color_jitter(x: torch.Tensor, generator: torch.Generator, p: float = 0.8,
-                 strength: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)) -> torch.Tensor:
+def color_jitter(
+    x: torch.Tensor,
+    generator: torch.Generator,
+    p: float = 0.8,
+    strength: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1),
+) -> torch.Tensor:
     """Per-image brightness, contrast, saturation and hue jitter on (B, C, H, W) floats in [0, 1]."""
     b = x.shape[0]
     on = torch.rand(b, generator=generator) < p
@@ -69,8 +73,9 @@ def random_grayscale(x: torch.Tensor, generator: torch.Generator, p: float = 0.2
     return torch.where(chosen, _gray(x).expand_as(x), x)
 
 
-def random_blur(x: torch.Tensor, generator: torch.Generator, p: float = 0.5,
-                sigma: tuple[float, float] = (0.1, 2.0)) -> torch.Tensor:
+def random_blur(
+    x: torch.Tensor, generator: torch.Generator, p: float = 0.5, sigma: tuple[float, float] = (0.1, 2.0)
+) -> torch.Tensor:
     """Gaussian blur with a per-image sigma in ``sigma`` (pixels), each image with probability ``p``."""
     b, c, h, w = x.shape
     if p <= 0:
@@ -93,12 +98,28 @@ def random_blur(x: torch.Tensor, generator: torch.Generator, p: float = 0.5,
 class StrongAugment:
     """Views for instance discrimination: resized crop + flip, color distortion, grayscale, blur."""
 
-    def __init__(self, img_size: int, mean: Sequence[float], std: Sequence[float], *,
-                 crop_scale: tuple[float, float] = (0.08, 1.0), hflip: float = 0.5, color: float = 0.8,
-                 gray: float = 0.2, blur: float = 0.5) -> None:
+    def __init__(
+        self,
+        img_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        *,
+        crop_scale: tuple[float, float] = (0.08, 1.0),
+        hflip: float = 0.5,
+        color: float = 0.8,
+        gray: float = 0.2,
+        blur: float = 0.5,
+    ) -> None:
         channels = len(mean)
-        self.crop = BatchAugment(img_size, "flip-crop", [0.0] * channels, [1.0] * channels, resized_crop=True,
-                                 hflip=hflip, crop_scale=crop_scale)
+        self.crop = BatchAugment(
+            img_size,
+            "flip-crop",
+            [0.0] * channels,
+            [1.0] * channels,
+            resized_crop=True,
+            hflip=hflip,
+            crop_scale=crop_scale,
+        )
         self.mean, self.std = list(mean), list(std)
         self.color, self.gray, self.blur = color, gray, blur
         self.sigma = (0.1 * img_size / 224, 2.0 * img_size / 224)

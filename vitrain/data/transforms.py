@@ -82,8 +82,11 @@ def build_train_transform(
         if uses_resized_crop(native_size, crop):
             steps.append(v2.RandomResizedCrop(img_size, scale=crop_scale, ratio=crop_ratio, antialias=True))
         else:
-            steps += [v2.Resize(img_size, antialias=True), v2.CenterCrop(img_size),
-                      v2.RandomCrop(img_size, padding=max(1, img_size // 8))]
+            steps += [
+                v2.Resize(img_size, antialias=True),
+                v2.CenterCrop(img_size),
+                v2.RandomCrop(img_size, padding=max(1, img_size // 8)),
+            ]
         if hflip > 0:
             steps.append(v2.RandomHorizontalFlip(hflip))
         policy = policy_transform(augment)
@@ -95,8 +98,9 @@ def build_train_transform(
     return v2.Compose(steps)
 
 
-def build_eval_transform(img_size: int, mean: Sequence[float], std: Sequence[float],
-                         crop_pct: float = 1.0) -> v2.Compose:
+def build_eval_transform(
+    img_size: int, mean: Sequence[float], std: Sequence[float], crop_pct: float = 1.0
+) -> v2.Compose:
     """Resize (shorter side to ``img_size / crop_pct``), center crop, normalize."""
     return v2.Compose(resize_and_center(img_size, crop_pct) + _to_float_normalized(mean, std))
 

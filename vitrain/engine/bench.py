@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models.convert import from_torchvision
-from ..models.vit import ViTConfig, VisionTransformer
+from ..models.vit import VisionTransformer, ViTConfig
 from .train import autocast_dtype
 
 
@@ -56,20 +56,42 @@ def build_models(cfg: BenchConfig, device: torch.device) -> dict[str, nn.Module]
     import torchvision.models.vision_transformer as tv_vit
 
     torch.manual_seed(0)
-    ours = VisionTransformer(ViTConfig(img_size=cfg.img_size, patch_size=cfg.patch_size, embed_dim=cfg.embed_dim,
-                                       depth=cfg.depth, num_heads=cfg.num_heads, mlp_dim=cfg.mlp_dim,
-                                       num_classes=NUM_CLASSES))
+    ours = VisionTransformer(
+        ViTConfig(
+            img_size=cfg.img_size,
+            patch_size=cfg.patch_size,
+            embed_dim=cfg.embed_dim,
+            depth=cfg.depth,
+            num_heads=cfg.num_heads,
+            mlp_dim=cfg.mlp_dim,
+            num_classes=NUM_CLASSES,
+        )
+    )
     timm_model = timm_vit.VisionTransformer(
-        img_size=cfg.img_size, patch_size=cfg.patch_size, embed_dim=cfg.embed_dim, depth=cfg.depth,
-        num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_dim / cfg.embed_dim, num_classes=NUM_CLASSES,
-        global_pool="token", qkv_bias=True)
+        img_size=cfg.img_size,
+        patch_size=cfg.patch_size,
+        embed_dim=cfg.embed_dim,
+        depth=cfg.depth,
+        num_heads=cfg.num_heads,
+        mlp_ratio=cfg.mlp_dim / cfg.embed_dim,
+        num_classes=NUM_CLASSES,
+        global_pool="token",
+        qkv_bias=True,
+    )
     timm_model.load_state_dict(ours.state_dict())
-    tv_model = tv_vit.VisionTransformer(image_size=cfg.img_size, patch_size=cfg.patch_size, num_layers=cfg.depth,
-                                        num_heads=cfg.num_heads, hidden_dim=cfg.embed_dim, mlp_dim=cfg.mlp_dim,
-                                        num_classes=NUM_CLASSES)
+    tv_model = tv_vit.VisionTransformer(
+        image_size=cfg.img_size,
+        patch_size=cfg.patch_size,
+        num_layers=cfg.depth,
+        num_heads=cfg.num_heads,
+        hidden_dim=cfg.embed_dim,
+        mlp_dim=cfg.mlp_dim,
+        num_classes=NUM_CLASSES,
+    )
     # torchvision's names map onto vitrain's; load ours into it through the inverse of that map
-    mapping = {tv_key: our_key for tv_key, our_key in zip(tv_model.state_dict(),
-                                                          from_torchvision(tv_model.state_dict()))}
+    mapping = {
+        tv_key: our_key for tv_key, our_key in zip(tv_model.state_dict(), from_torchvision(tv_model.state_dict()))
+    }
     ours_state = ours.state_dict()
     tv_model.load_state_dict({tv_key: ours_state[our_key] for tv_key, our_key in mapping.items()})
     return {name: m.to(device) for name, m in (("vitrain", ours), ("timm", timm_model), ("torchvision", tv_model))}
@@ -98,8 +120,10 @@ def max_gradient_difference(models: dict[str, nn.Module], cfg: BenchConfig, devi
         F.cross_entropy(model(x), y).backward()
         grads[name] = {k: p.grad for k, p in model.named_parameters()}
     grads["torchvision"] = from_torchvision(grads["torchvision"])
-    return {name: max(float((g - grads[name][k]).abs().max()) for k, g in grads["vitrain"].items())
-            for name in ("timm", "torchvision")}
+    return {
+        name: max(float((g - grads[name][k]).abs().max()) for k, g in grads["vitrain"].items())
+        for name in ("timm", "torchvision")
+    }
 
 
 def forward_flops(cfg: BenchConfig) -> float:
@@ -171,8 +195,14 @@ def _time(fn: Callable[[], None], steps: int, device: torch.device) -> float:
     return (time.perf_counter() - start) / steps
 
 
-def run_benchmark(configs: tuple[BenchConfig, ...] = CONFIGS, repeats: int = 5, steps: int = 3,
-                  device: torch.device | None = None, log=print, compiled: bool = False) -> dict[str, Any]:
+def run_benchmark(
+    configs: tuple[BenchConfig, ...] = CONFIGS,
+    repeats: int = 5,
+    steps: int = 3,
+    device: torch.device | None = None,
+    log=print,
+    compiled: bool = False,
+) -> dict[str, Any]:
     """Time every config's train step and inference for each implementation; return medians and ratios.
 
     With ``compiled``, ``torch.compile`` of vitrain's model is timed too (as ``vitrain+compile``;
@@ -189,9 +219,11 @@ def run_benchmark(configs: tuple[BenchConfig, ...] = CONFIGS, repeats: int = 5, 
             models["vitrain+compile"] = torch.compile(copy.deepcopy(models["vitrain"]))
         diffs = max_logit_difference(models, cfg, device)
         grad_diff = max_gradient_difference(models, cfg, device)
-        log(f"{cfg.name}: logits differ from timm's by at most {diffs['timm']:.1e}, from torchvision's by at "
+        log(
+            f"{cfg.name}: logits differ from timm's by at most {diffs['timm']:.1e}, from torchvision's by at "
             f"most {diffs['torchvision']:.1e}; training gradients from timm's by at most {grad_diff['timm']:.1e}, "
-            f"from torchvision's by at most {grad_diff['torchvision']:.1e}")
+            f"from torchvision's by at most {grad_diff['torchvision']:.1e}"
+        )
         for mode, make in (("train", _train_step_fn), ("inference", _infer_fn)):
             fns = {name: make(m, cfg, device) for name, m in models.items()}
             for fn in fns.values():  # warm-up: one-time allocations, kernel selection, compilation
@@ -203,21 +235,35 @@ def run_benchmark(configs: tuple[BenchConfig, ...] = CONFIGS, repeats: int = 5, 
                     seconds[name].append(_time(fn, steps, device))
             ips = {name: cfg.batch_size / statistics.median(s) for name, s in seconds.items()}
             flops = forward_flops(cfg) * (3 if mode == "train" else 1)
-            row = {"config": cfg.name, "mode": mode, "batch_size": cfg.batch_size,
-                   "images_per_second": {k: round(v, 2) for k, v in ips.items()},
-                   "vitrain_vs_timm": round(ips["vitrain"] / ips["timm"], 3),
-                   "vitrain_vs_torchvision": round(ips["vitrain"] / ips["torchvision"], 3),
-                   **({"compiled_vs_timm": round(ips["vitrain+compile"] / ips["timm"], 3)} if compiled else {}),
-                   "mfu": {k: round(v * flops / peak, 3) for k, v in ips.items()},
-                   "max_logit_diff": diffs, "max_grad_diff": grad_diff}
+            row = {
+                "config": cfg.name,
+                "mode": mode,
+                "batch_size": cfg.batch_size,
+                "images_per_second": {k: round(v, 2) for k, v in ips.items()},
+                "vitrain_vs_timm": round(ips["vitrain"] / ips["timm"], 3),
+                "vitrain_vs_torchvision": round(ips["vitrain"] / ips["torchvision"], 3),
+                **({"compiled_vs_timm": round(ips["vitrain+compile"] / ips["timm"], 3)} if compiled else {}),
+                "mfu": {k: round(v * flops / peak, 3) for k, v in ips.items()},
+                "max_logit_diff": diffs,
+                "max_grad_diff": grad_diff,
+            }
             results.append(row)
-            log(f"{cfg.name:17s} {mode:9s} batch {cfg.batch_size:3d}  " + "  ".join(
-                f"{k} {v:8.1f} img/s" for k, v in ips.items())
+            log(
+                f"{cfg.name:17s} {mode:9s} batch {cfg.batch_size:3d}  "
+                + "  ".join(f"{k} {v:8.1f} img/s" for k, v in ips.items())
                 + f"  vitrain/timm {row['vitrain_vs_timm']:.2f}x  vitrain/torchvision "
                 f"{row['vitrain_vs_torchvision']:.2f}x  MFU vitrain {row['mfu']['vitrain']:.1%}"
-                + (f"  compiled/timm {row['compiled_vs_timm']:.2f}x" if compiled else ""))
+                + (f"  compiled/timm {row['compiled_vs_timm']:.2f}x" if compiled else "")
+            )
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else None
-    return {"device": str(device), **({"gpu": name} if name else {}), "precision": precision,
-            "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "matmul_peak_gflops": round(peak / 1e9, 1), "repeats": repeats, "steps_per_repeat": steps,
-            "results": results}
+    return {
+        "device": str(device),
+        **({"gpu": name} if name else {}),
+        "precision": precision,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "matmul_peak_gflops": round(peak / 1e9, 1),
+        "repeats": repeats,
+        "steps_per_repeat": steps,
+        "results": results,
+    }

@@ -113,7 +113,7 @@ def gather_in_order(values: list, place: Dist) -> list:
     dist.all_gather_object(shards, values)
     merged: list = [None] * sum(len(s) for s in shards)
     for rank, shard in enumerate(shards):
-        merged[rank::place.world] = shard
+        merged[rank :: place.world] = shard
     return merged
 
 
@@ -127,12 +127,12 @@ def gather_rows(part: torch.Tensor, total: int, place: Dist, device: torch.devic
         return part
     rows = -(-total // place.world)
     padded = torch.zeros((rows, *part.shape[1:]), dtype=part.dtype, device=device)
-    padded[:len(part)] = part.to(device)
+    padded[: len(part)] = part.to(device)
     parts = [torch.empty_like(padded) for _ in range(place.world)]
     dist.all_gather(parts, padded)
     whole = torch.empty((total, *part.shape[1:]), dtype=part.dtype, device=device)
     for rank, shard in enumerate(parts):
-        whole[rank::place.world] = shard[:len(range(rank, total, place.world))]
+        whole[rank :: place.world] = shard[: len(range(rank, total, place.world))]
     return whole
 
 
@@ -175,4 +175,4 @@ class GlobalBatchSampler(Sampler[list[int]]):
         size = self.batch_size * self.place.world
         for step in range(len(self)):
             start = step * size + self.place.rank * self.batch_size
-            yield order[start:start + self.batch_size]
+            yield order[start : start + self.batch_size]

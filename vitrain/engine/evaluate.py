@@ -16,7 +16,6 @@ from torch.utils.data import DataLoader
 
 from .distributed import Dist, all_sum, gather_in_order
 
-
 IMBALANCE_RATIO = 3  # a largest class with this many times the images of the smallest is called imbalanced
 
 
@@ -54,8 +53,14 @@ class EvalResult:
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, num_classes: int,
-             amp_dtype: torch.dtype | None = None, place: Dist | None = None) -> EvalResult:
+def evaluate(
+    model: nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    num_classes: int,
+    amp_dtype: torch.dtype | None = None,
+    place: Dist | None = None,
+) -> EvalResult:
     """Run ``model`` over ``loader`` once; losses are plain cross entropy (no smoothing).
 
     With ``place`` of several ranks, ``loader`` holds this rank's shard ``rank::world``; sums
@@ -109,8 +114,10 @@ def match_classes(model_classes: list[str], data_classes: list[str]) -> list[int
     if unknown:
         known = [c for c in model_classes if c in data_classes]  # the checkpoint's order, as its splits were carved
         hint = f"; evaluate on the ones it knows with --classes {','.join(known)}" if known else ""
-        raise ValueError(f"the data has classes the checkpoint does not know: {', '.join(unknown)} "
-                         f"(checkpoint classes: {', '.join(model_classes)}){hint}")
+        raise ValueError(
+            f"the data has classes the checkpoint does not know: {', '.join(unknown)} "
+            f"(checkpoint classes: {', '.join(model_classes)}){hint}"
+        )
     return [model_classes.index(c) for c in data_classes]
 
 
@@ -118,9 +125,12 @@ def per_class_report(result: EvalResult, classes: list[str]) -> dict[str, dict[s
     """Precision, recall, F1 and support of every class present in the data (scikit-learn)."""
     present = sorted(set(result.targets.tolist()))
     precision, recall, f1, support = precision_recall_fscore_support(
-        result.targets, result.predictions, labels=present, zero_division=0)
-    return {classes[c]: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
-            for c, p, r, f, s in zip(present, precision, recall, f1, support)}
+        result.targets, result.predictions, labels=present, zero_division=0
+    )
+    return {
+        classes[c]: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+        for c, p, r, f, s in zip(present, precision, recall, f1, support)
+    }
 
 
 SPLIT_DEFAULTS = {"val_fraction": 0.1, "test_fraction": 0.1, "split_seed": 0}
@@ -157,15 +167,23 @@ def trained_data(meta: dict[str, Any], checkpoint: Path) -> str:
     if not isinstance(data, str) or not data:
         raise DataError(f"{checkpoint}: the checkpoint does not record its training data; give --data")
     if data.lower() not in BUILTIN and not Path(data).expanduser().exists():
-        raise DataError(f"{checkpoint} was trained on --data {data}, which is not found from "
-                         f"{Path.cwd()}; give --data")
+        raise DataError(f"{checkpoint} was trained on --data {data}, which is not found from {Path.cwd()}; give --data")
     return data
 
 
-def evaluate_checkpoint(source: str | Path, data: str | None = None, *, split: str | None = None,
-                        out: str | Path | None = None, batch_size: int = 64, workers: int = 0,
-                        device: torch.device | None = None, classes: list[str] | None = None, log=print,
-                        **data_options: Any) -> dict[str, Any]:
+def evaluate_checkpoint(
+    source: str | Path,
+    data: str | None = None,
+    *,
+    split: str | None = None,
+    out: str | Path | None = None,
+    batch_size: int = 64,
+    workers: int = 0,
+    device: torch.device | None = None,
+    classes: list[str] | None = None,
+    log=print,
+    **data_options: Any,
+) -> dict[str, Any]:
     """``vitrain eval``: evaluate a checkpoint (or run folder) on one split of any ``--data`` source.
 
     Without ``data``, the checkpoint's own training data restricted to its classes (as a
@@ -200,59 +218,84 @@ def evaluate_checkpoint(source: str | Path, data: str | None = None, *, split: s
     trained_here = own or _same_data(model.meta.get("data"), data)
 
     def load(keep: list[str] | None) -> tuple[Any, list[str], str, dict[str, Any]]:
-        return load_split(data, split, channels=model.config.in_chans, classes=keep,
-                          whole_flat_folder=not trained_here, **{**data_options, **options})
+        return load_split(
+            data,
+            split,
+            channels=model.config.in_chans,
+            classes=keep,
+            whole_flat_folder=not trained_here,
+            **{**data_options, **options},
+        )
 
     dataset, data_classes, which, used = load(wanted)
-    if (not wanted and data_classes != classes and set(classes) <= set(data_classes)
-            and trained_here):
+    if not wanted and data_classes != classes and set(classes) <= set(data_classes) and trained_here:
         # the run's own data with more classes, or in another order: a run trained with
         # --classes carved its splits from its classes in its order, so evaluate on those
         extra = [c for c in data_classes if c not in classes]
-        log(f"classes: the checkpoint's {len(classes)}, in its order, as its training run carved its splits"
-            + (f"; leaving out {', '.join(extra)}" if extra else ""))
+        log(
+            f"classes: the checkpoint's {len(classes)}, in its order, as its training run carved its splits"
+            + (f"; leaving out {', '.join(extra)}" if extra else "")
+        )
         dataset, data_classes, which, used = load(classes)
     if split is None and not own and trained_here and "test_fraction" in used:  # a flat folder, carved
         trained_on = str(model.meta.get("data"))
         if Path(trained_on).expanduser().resolve() == Path(data).expanduser().resolve():
-            log(f"--data {data} is the data this checkpoint was trained on: evaluating the run's {which} split, "
-                "not the images it trained on (--split all scores every image)")
+            log(
+                f"--data {data} is the data this checkpoint was trained on: evaluating the run's {which} split, "
+                "not the images it trained on (--split all scores every image)"
+            )
         else:  # a folder of the same name: the run may have been made elsewhere, or these are new images
-            log(f"--data {data} has the name of the data this checkpoint was trained on ({trained_on}): evaluating "
+            log(
+                f"--data {data} has the name of the data this checkpoint was trained on ({trained_on}): evaluating "
                 f"the {which} split carved as in training, not the images it would have trained on; if these are "
-                "new images, --split all scores every one")
+                "new images, --split all scores every one"
+            )
     # only the options that decided this split's images (none for a split folder, an official
     # test set or digits' fixed split) are reported, and named when they are the run's, not defaults
     if from_run and any(used[k] != SPLIT_DEFAULTS[k] for k in used):
-        log("split options of the training run: " + " ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in used.items()))
+        log("split options of the training run: " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in used.items()))
     target_map = match_classes(classes, data_classes)
     if hasattr(dataset, "max_side"):  # big JPEGs decode as in training's evaluation
         dataset.max_side = eval_decode_side_for(model.meta, model.config.img_size)
-    loader = DataLoader(TransformedDataset(dataset, eval_transform_for(model.meta, model.config.img_size), target_map),
-                        batch_size=batch_size, num_workers=workers)
+    loader = DataLoader(
+        TransformedDataset(dataset, eval_transform_for(model.meta, model.config.img_size), target_map),
+        batch_size=batch_size,
+        num_workers=workers,
+    )
     result = evaluate(model, loader, device, len(classes))
     matrix = result.confusion(len(classes))
     out = Path(out) if out else checkpoint.parent / "eval" / f"{Path(data).stem or 'data'}-{which.replace(' ', '-')}"
     out.mkdir(parents=True, exist_ok=True)
     title = f"{Path(data).name} ({which}): accuracy {result.accuracy:.3f}"
     plot_confusion_matrix(matrix, classes, out / "confusion_matrix.png", title)
-    plot_confusion_matrix(matrix, classes, out / "confusion_matrix_normalized.png", title + ", row-normalized",
-                          normalized=True)
+    plot_confusion_matrix(
+        matrix, classes, out / "confusion_matrix_normalized.png", title + ", row-normalized", normalized=True
+    )
     report = {
-        "checkpoint": str(checkpoint), "data": data, "split": which,
-        **({"split_options": used} if used else {}), "images": int(len(result.targets)),
-        "classes": classes, "accuracy": result.accuracy, "balanced_accuracy": result.balanced_accuracy,
-        "top5": result.top5, "loss": result.loss,
-        "per_class": per_class_report(result, classes), "confusion_matrix": matrix.tolist(),
+        "checkpoint": str(checkpoint),
+        "data": data,
+        "split": which,
+        **({"split_options": used} if used else {}),
+        "images": int(len(result.targets)),
+        "classes": classes,
+        "accuracy": result.accuracy,
+        "balanced_accuracy": result.balanced_accuracy,
+        "top5": result.top5,
+        "loss": result.loss,
+        "per_class": per_class_report(result, classes),
+        "confusion_matrix": matrix.tolist(),
         "seconds": round(time.perf_counter() - started, 2),
     }
     write_report(out / "report.json", report)
     log(f"{checkpoint} on {data} ({which}, {report['images']} images)")
     imbalanced = is_imbalanced([row["support"] for row in report["per_class"].values()])
     balanced = f"  balanced accuracy {result.balanced_accuracy:.4f}" if imbalanced else ""
-    log(f"  accuracy {result.accuracy:.4f}" + balanced
-        + (f"  top-5 {result.top5:.4f}" if result.top5 is not None else "") + f"  loss {result.loss:.4f}")
+    log(
+        f"  accuracy {result.accuracy:.4f}"
+        + balanced
+        + (f"  top-5 {result.top5:.4f}" if result.top5 is not None else "")
+        + f"  loss {result.loss:.4f}"
+    )
     width = max(len("class"), *(len(c) for c in report["per_class"])) + 2
     log(f"  {'class':<{width}}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}")
     for name, row in report["per_class"].items():

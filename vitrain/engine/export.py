@@ -24,16 +24,23 @@ def _preprocessing(model) -> dict:
     cfg = model.config
     side = eval_decode_side_for(model.meta, cfg.img_size)
     return {
-        "input": f"float32 (batch, {cfg.in_chans}, {cfg.img_size}, {cfg.img_size}), RGB order" if cfg.in_chans == 3
+        "input": f"float32 (batch, {cfg.in_chans}, {cfg.img_size}, {cfg.img_size}), RGB order"
+        if cfg.in_chans == 3
         else f"float32 (batch, 1, {cfg.img_size}, {cfg.img_size}), grayscale",
-        "steps": [f"decode JPEGs with Pillow's draft mode, img.draft(None, ({side}, {side})), as vitrain does "
-                  "(a full decode gives slightly different pixels)",
-                  "turn the image upright as its EXIF orientation tag says (PIL.ImageOps.exif_transpose)",
-                  f"resize the shorter side to {round(cfg.img_size / model.meta.get('crop_pct', 1.0))} px (bilinear)",
-                  f"center-crop {cfg.img_size}x{cfg.img_size}", "scale pixel values to [0, 1]",
-                  "subtract mean and divide by std per channel"],
-        "mean": model.meta["mean"], "std": model.meta["std"], "crop_pct": model.meta.get("crop_pct", 1.0),
-        "classes": model.meta["classes"], "output": "logits (batch, num_classes); softmax gives probabilities",
+        "steps": [
+            f"decode JPEGs with Pillow's draft mode, img.draft(None, ({side}, {side})), as vitrain does "
+            "(a full decode gives slightly different pixels)",
+            "turn the image upright as its EXIF orientation tag says (PIL.ImageOps.exif_transpose)",
+            f"resize the shorter side to {round(cfg.img_size / model.meta.get('crop_pct', 1.0))} px (bilinear)",
+            f"center-crop {cfg.img_size}x{cfg.img_size}",
+            "scale pixel values to [0, 1]",
+            "subtract mean and divide by std per channel",
+        ],
+        "mean": model.meta["mean"],
+        "std": model.meta["std"],
+        "crop_pct": model.meta.get("crop_pct", 1.0),
+        "classes": model.meta["classes"],
+        "output": "logits (batch, num_classes); softmax gives probabilities",
         "arch": cfg.to_dict(),
     }
 
@@ -46,8 +53,16 @@ def _export_onnx(model, example: torch.Tensor, out: Path, metadata: dict) -> Non
     batch = torch.export.Dim("batch", min=1, max=65536)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (example,), str(out), input_names=["images"], output_names=["logits"],
-                          dynamo=True, dynamic_shapes={"x": {0: batch}}, verbose=False)
+        torch.onnx.export(
+            model,
+            (example,),
+            str(out),
+            input_names=["images"],
+            output_names=["logits"],
+            dynamo=True,
+            dynamic_shapes={"x": {0: batch}},
+            verbose=False,
+        )
     proto = onnx.load(str(out))
     entry = proto.metadata_props.add()
     entry.key, entry.value = "vitrain", json.dumps(metadata)
@@ -79,8 +94,10 @@ def export_model(source: str | Path, fmt: str, out: str | Path | None = None, lo
     cfg = model.config
     out = Path(out) if out else checkpoint.with_suffix(".onnx" if fmt == "onnx" else ".torchscript.pt")
     if out.is_dir():
-        raise ExportError(f"--out {out} is a folder; give the file to write, e.g. {out / checkpoint.stem}"
-                          + (".onnx" if fmt == "onnx" else ".torchscript.pt"))
+        raise ExportError(
+            f"--out {out} is a folder; give the file to write, e.g. {out / checkpoint.stem}"
+            + (".onnx" if fmt == "onnx" else ".torchscript.pt")
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     metadata = _preprocessing(model)
     generator = torch.Generator().manual_seed(0)

@@ -21,8 +21,13 @@ def layer_id(name: str, depth: int) -> int:
     return depth + 1
 
 
-def param_groups(model: nn.Module, weight_decay: float, lr: float | None = None, layer_decay: float = 1.0,
-                 head_lr: float | None = None) -> list[dict]:
+def param_groups(
+    model: nn.Module,
+    weight_decay: float,
+    lr: float | None = None,
+    layer_decay: float = 1.0,
+    head_lr: float | None = None,
+) -> list[dict]:
     """Parameter groups: weight decay only on matrices and kernels (ndim >= 2), never biases,
     norms or position embeddings; frozen parameters left out.
 
@@ -97,12 +102,13 @@ class Schedule:
         if self.kind == "multistep":
             # milestones are fractions of the whole run, counted after the warmup like every schedule
             passed = sum(done >= max(1, int(round(m * self.total)) - warmup) for m in self.milestones)
-            return self.gamma ** passed
+            return self.gamma**passed
         return 1.0
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int,
-                    total_steps: int | None = None) -> lr_scheduler.LambdaLR:
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int, total_steps: int | None = None
+) -> lr_scheduler.LambdaLR:
     """A schedule stepped once per optimizer step, over ``total_steps`` (default ``cfg.epochs * steps_per_epoch``).
 
     * ``cosine``: cosine decay from ``lr`` to ``min_lr``;
@@ -113,8 +119,16 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_pe
     ``warmup_epochs`` > 0 prepends a linear warmup from ``lr / 1000`` for any of them. The
     length can be changed later with :func:`replan`.
     """
-    schedule = Schedule(cfg.schedule, total_steps or cfg.epochs * steps_per_epoch, cfg.epochs, cfg.warmup_epochs,
-                        cfg.step_size, cfg.gamma, list(cfg.milestones), cfg.min_lr / cfg.lr)
+    schedule = Schedule(
+        cfg.schedule,
+        total_steps or cfg.epochs * steps_per_epoch,
+        cfg.epochs,
+        cfg.warmup_epochs,
+        cfg.step_size,
+        cfg.gamma,
+        list(cfg.milestones),
+        cfg.min_lr / cfg.lr,
+    )
     return lr_scheduler.LambdaLR(optimizer, schedule)
 
 

@@ -77,8 +77,15 @@ def collect_inputs(inputs: Sequence[str]) -> tuple[list[Path], list[tuple[str, s
     return list(dict.fromkeys(found)), missing
 
 
-def predict_files(source: str | Path, inputs: Sequence[str], *, top_k: int = 5, batch_size: int = 32,
-                  attention: bool = False, device: torch.device | None = None) -> PredictResult:
+def predict_files(
+    source: str | Path,
+    inputs: Sequence[str],
+    *,
+    top_k: int = 5,
+    batch_size: int = 32,
+    attention: bool = False,
+    device: torch.device | None = None,
+) -> PredictResult:
     """Classify every image in ``inputs`` with the checkpoint (or run folder) ``source``.
 
     Unreadable files are recorded in ``result.failed`` and skipped.
@@ -93,7 +100,7 @@ def predict_files(source: str | Path, inputs: Sequence[str], *, top_k: int = 5, 
     result = PredictResult(failed=failed, meta=dict(model.meta))
     for start in range(0, len(paths), batch_size):
         batch, kept = [], []
-        for path in paths[start:start + batch_size]:
+        for path in paths[start : start + batch_size]:
             try:
                 batch.append(transform(read_image(path, model.config.in_chans, max_side)))
                 kept.append(path)
@@ -134,7 +141,8 @@ def in_training_data(paths: Sequence[Path], meta: dict[str, Any]) -> tuple[Path,
     for path in paths:
         path = path.resolve()
         if path.is_relative_to(root) and not any(
-                SPLIT_NAMES.get(part.lower()) in ("val", "test") for part in path.relative_to(root).parts[:-1]):
+            SPLIT_NAMES.get(part.lower()) in ("val", "test") for part in path.relative_to(root).parts[:-1]
+        ):
             count += 1
     return (root, count) if count else None
 
@@ -212,8 +220,8 @@ def save_attention(prediction: Prediction, png_path: Path, crop_pct: float = 1.0
     heat = (raw - raw.min()) / max(float(raw.max() - raw.min()), 1e-12)
     heat = np.asarray(Image.fromarray((heat * 255).astype(np.uint8)).resize((side, side), Image.BILINEAR)) / 255.0
     blend = img * 0.35  # outside the model's view
-    seen = img[top:top + side, left:left + side]
-    blend[top:top + side, left:left + side] = 0.55 * seen + 0.45 * matplotlib.colormaps["inferno"](heat)[..., :3]
+    seen = img[top : top + side, left : left + side]
+    blend[top : top + side, left : left + side] = 0.55 * seen + 0.45 * matplotlib.colormaps["inferno"](heat)[..., :3]
     Image.fromarray((blend * 255).clip(0, 255).astype(np.uint8)).save(png_path)
 
 
@@ -224,3 +232,23 @@ def output_names(paths: Sequence[Path]) -> dict[Path, Path]:
     parents = [str(p.resolve().parent) for p in paths]
     root = Path(os.path.commonpath(parents))
     return {p: p.resolve().relative_to(root) for p in paths}
+
+
+def write_outputs(
+    result: PredictResult, out: str | Path, top_k: int, *, annotated: bool = False, attention: bool = False
+) -> Path:
+    """Write ``out/predictions.csv`` and, if asked, ``out/annotated/`` copies and ``out/attention/`` maps.
+
+    Output paths mirror the inputs below their common folder. Returns the CSV's path.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_predictions_csv(out / "predictions.csv", result, top_k)
+    names = output_names([p.path for p in result.predictions])
+    crop_pct = result.meta.get("crop_pct", 1.0)
+    for p in result.predictions:
+        if annotated:
+            annotate(p, (out / "annotated" / names[p.path]).with_suffix(".png"))
+        if attention:
+            save_attention(p, (out / "attention" / names[p.path]).with_suffix(".png"), crop_pct)
+    return out / "predictions.csv"

@@ -74,6 +74,7 @@ PRETRAIN_FILES = ("config.yaml", "metrics.csv", BACKBONE_FILE, STATE_FILE, "repo
 
 # ------------------------------------------------------------------------------ the method
 
+
 class InstanceHead(nn.Module):
     """Projection MLP and a cosine classifier over ``n_instances`` images."""
 
@@ -106,8 +107,9 @@ def mixed_targets(a: torch.Tensor, b: torch.Tensor, lam: float, n: int) -> torch
     return lam * F.one_hot(a, n).float() + (1 - lam) * F.one_hot(b, n).float()
 
 
-def instance_loss(logits: torch.Tensor, a: torch.Tensor, b: torch.Tensor | None = None,
-                  lam: float = 1.0, smoothing: float = 0.0) -> torch.Tensor:
+def instance_loss(
+    logits: torch.Tensor, a: torch.Tensor, b: torch.Tensor | None = None, lam: float = 1.0, smoothing: float = 0.0
+) -> torch.Tensor:
     """Cross entropy against instance targets, mixed when ``b`` is given.
 
     Equals the cross entropy against :func:`mixed_targets` without building the (B, N) matrix:
@@ -132,8 +134,9 @@ def info_nce(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Te
     return (F.cross_entropy(sim, target) + F.cross_entropy(sim.T, target)) / 2
 
 
-def mix_instances(views: torch.Tensor, mixup: float, cutmix: float,
-                  generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None, float]:
+def mix_instances(
+    views: torch.Tensor, mixup: float, cutmix: float, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor | None, float]:
     """MixUp or CutMix between the images of a batch of views (V, B, C, H, W).
 
     One permutation and one ratio for all views, so the views of an image stay views of
@@ -163,8 +166,14 @@ def mix_instances(views: torch.Tensor, mixup: float, cutmix: float,
 KNN_K, KNN_TEMPERATURE = 20, 0.07
 
 
-def knn_predict(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Tensor, num_classes: int,
-                k: int = KNN_K, temperature: float = KNN_TEMPERATURE) -> torch.Tensor:
+def knn_predict(
+    bank: torch.Tensor,
+    bank_labels: torch.Tensor,
+    queries: torch.Tensor,
+    num_classes: int,
+    k: int = KNN_K,
+    temperature: float = KNN_TEMPERATURE,
+) -> torch.Tensor:
     """Weighted k-nearest-neighbour classes of ``queries`` (M, D) among ``bank`` (N, D), all unit vectors.
 
     Each of the ``k`` most cosine-similar bank rows votes for its label with weight
@@ -177,14 +186,21 @@ def knn_predict(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Te
 
 
 @torch.no_grad()
-def backbone_features(model: nn.Module, images: torch.Tensor, size: int, mean, std, batch: int = 256,
-                      project: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+def backbone_features(
+    model: nn.Module,
+    images: torch.Tensor,
+    size: int,
+    mean,
+    std,
+    batch: int = 256,
+    project: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
     """Unit-length backbone features of (N, C, S, S) uint8 images, resized to ``size`` and normalized
     (or, with ``project``, what it makes of the features: an instance head's projections, say)."""
     project = project or (lambda f: F.normalize(f, dim=-1))
     features = []
     for start in range(0, len(images), batch):
-        x = images[start:start + batch].float() / 255
+        x = images[start : start + batch].float() / 255
         if x.shape[-1] != size:
             x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
         features.append(project(model(TF.normalize(x, mean, std), pre_logits=True)).float())
@@ -204,6 +220,7 @@ class _Pretrainer(nn.Module):
 
 # ------------------------------------------------------------------------------ the loop
 
+
 def local_crop_size(cfg: TrainConfig) -> int:
     """``--local-crop-size``, else half the pretraining input rounded down to the patch size (at least one patch)."""
     if cfg.local_crop_size:
@@ -216,8 +233,9 @@ def images_digest(images: torch.Tensor) -> str:
     return hashlib.sha1(images.contiguous().numpy().tobytes()).hexdigest()
 
 
-def pretrain(cfg: TrainConfig, resume: bool = False, log=print,
-             on_start: Callable[[], None] | None = None) -> dict[str, Any]:
+def pretrain(
+    cfg: TrainConfig, resume: bool = False, log=print, on_start: Callable[[], None] | None = None
+) -> dict[str, Any]:
     """Instance-discrimination pretraining as ``cfg`` says; writes the run folder, returns the report.
 
     Uses ``cfg.epochs`` (or, with ``cfg.time_budget``, as many steps as fit, re-planned
@@ -229,11 +247,24 @@ def pretrain(cfg: TrainConfig, resume: bool = False, log=print,
     epoch (a budgeted run finishes its planned steps, without a deadline). ``on_start`` runs
     once the data has loaded, before anything is written (a chained run's own folder setup).
     """
-    from .train import TrainingError, _nonfinite, autocast_dtype, build_model, check_leaks, check_run_dir, \
-        checks_each_step, decode_workers, recent_speed, remove_interrupted_writes, replan_budget, \
-        resolve_config_for_data, resolve_device, use_compile, writes_behind
-
     from .distributed import from_environment
+    from .train import (
+        TrainingError,
+        _nonfinite,
+        autocast_dtype,
+        build_model,
+        check_leaks,
+        check_run_dir,
+        checks_each_step,
+        decode_workers,
+        recent_speed,
+        remove_interrupted_writes,
+        replan_budget,
+        resolve_config_for_data,
+        resolve_device,
+        use_compile,
+        writes_behind,
+    )
 
     if from_environment().active:
         raise ConfigError("vitrain pretrain runs in one process; start it without torchrun")
@@ -242,9 +273,17 @@ def pretrain(cfg: TrainConfig, resume: bool = False, log=print,
     cfg.validate()
     device = resolve_device(cfg.device)
     out = check_run_dir(cfg, resume, PRETRAIN_FILES)
-    splits = load_data(cfg.data, data_root=cfg.data_root, download=cfg.download, channels=cfg.channels,
-                       classes=cfg.classes, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
-                       split_seed=cfg.split_seed, skip_bad_images=cfg.skip_bad_images)
+    splits = load_data(
+        cfg.data,
+        data_root=cfg.data_root,
+        download=cfg.download,
+        channels=cfg.channels,
+        classes=cfg.classes,
+        val_fraction=cfg.val_fraction,
+        test_fraction=cfg.test_fraction,
+        split_seed=cfg.split_seed,
+        skip_bad_images=cfg.skip_bad_images,
+    )
     check_leaks(splits, False, log)  # the same split as training; evaluation images are never used here
     cfg = dataclasses.replace(resolve_config_for_data(cfg, splits), out=str(out))
     if resume:
@@ -267,15 +306,16 @@ def pretrain(cfg: TrainConfig, resume: bool = False, log=print,
     head = InstanceHead(cfg.embed_dim, n, temperature=cfg.temperature).to(device)
     if cfg.instance_init == "features" and not resume:  # (a resumed run loads its trained head)
         model.eval()
-        head.init_from_features(backbone_features(model, images, cfg.img_size, cfg.mean, cfg.std,
-                                                  project=head.embed))
+        head.init_from_features(backbone_features(model, images, cfg.img_size, cfg.mean, cfg.std, project=head.embed))
         model.train()
     net = _Pretrainer(model, head)
-    augment = StrongAugment(cfg.img_size, cfg.mean, cfg.std, crop_scale=tuple(cfg.pretrain_crop_scale),
-                            hflip=cfg.hflip)
+    augment = StrongAugment(cfg.img_size, cfg.mean, cfg.std, crop_scale=tuple(cfg.pretrain_crop_scale), hflip=cfg.hflip)
     local_size = local_crop_size(cfg)
-    local_augment = StrongAugment(local_size, cfg.mean, cfg.std, crop_scale=tuple(cfg.local_crop_scale),
-                                  hflip=cfg.hflip) if cfg.local_crops else None
+    local_augment = (
+        StrongAugment(local_size, cfg.mean, cfg.std, crop_scale=tuple(cfg.local_crop_scale), hflip=cfg.hflip)
+        if cfg.local_crops
+        else None
+    )
     model.dynamic_img_size = bool(cfg.local_crops)
     batch = min(cfg.batch_size, n)
     steps_per_epoch = n // batch  # drop the ragged last batch: every step has the same shape
@@ -294,9 +334,11 @@ def pretrain(cfg: TrainConfig, resume: bool = False, log=print,
     if resume:
         state = load_state(out / STATE_FILE)
         if state["images"] != n or state["images_digest"] != digest:
-            raise CheckpointError(f"--resume {out}: the training images are not the ones pretraining started on "
-                                  f"({state['images']} then, {n} now, or the same number with other content); "
-                                  "the instance classifier has a row per image, so start again with --overwrite")
+            raise CheckpointError(
+                f"--resume {out}: the training images are not the ones pretraining started on "
+                f"({state['images']} then, {n} now, or the same number with other content); "
+                "the instance classifier has a row per image, so start again with --overwrite"
+            )
         load_weights(net, state["net"], str(out / STATE_FILE))
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -323,14 +365,20 @@ def pretrain(cfg: TrainConfig, resume: bool = False, log=print,
             return float((knn_predict(bank, train_labels, queries, len(cfg.classes)) == val_labels).float().mean())
 
         knn = knn_accuracy
-    log(f"pretraining: instance discrimination over {n} images, {cfg.views} views each, batch {batch}, "
+    log(
+        f"pretraining: instance discrimination over {n} images, {cfg.views} views each, batch {batch}, "
         f"{cfg.model} {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters at {cfg.img_size}px, "
-        f"temperature {cfg.temperature:g}" + (f", InfoNCE x{cfg.infonce:g}" if cfg.infonce else "")
+        f"temperature {cfg.temperature:g}"
+        + (f", InfoNCE x{cfg.infonce:g}" if cfg.infonce else "")
         + (f", target smoothing {cfg.instance_smoothing:g}" if cfg.instance_smoothing else "")
         + (", classifier initialized from the images' features" if cfg.instance_init == "features" else "")
-        + (f", MixUp {cfg.mixup:g}" if cfg.mixup else "") + (f", CutMix {cfg.cutmix:g}" if cfg.cutmix else "")
-        + (f", {cfg.local_crops} local crops at {local_size}px" if cfg.local_crops else "") + f", on {device}"
-        + (" (bf16 autocast)" if amp_dtype else "") + (", torch.compile" if forward is not model else ""))
+        + (f", MixUp {cfg.mixup:g}" if cfg.mixup else "")
+        + (f", CutMix {cfg.cutmix:g}" if cfg.cutmix else "")
+        + (f", {cfg.local_crops} local crops at {local_size}px" if cfg.local_crops else "")
+        + f", on {device}"
+        + (" (bf16 autocast)" if amp_dtype else "")
+        + (", torch.compile" if forward is not model else "")
+    )
     log(f"writing to {out}")
     knn_before = state.get("knn_before")  # the untrained backbone's, for comparison (saved when resuming)
     knn_seconds = 0.0  # what the last kNN report cost
@@ -356,20 +404,33 @@ def pretrain(cfg: TrainConfig, resume: bool = False, log=print,
             correct = torch.zeros((), dtype=torch.long, device=device)
             seen = steps = 0
             order = torch.randperm(n, generator=generator).to(device)
-            bar = tqdm(range(min(steps_per_epoch, total_steps - global_step)), desc=f"pretrain epoch {epoch}",
-                       leave=False, disable=not cfg.progress, dynamic_ncols=True)
+            bar = tqdm(
+                range(min(steps_per_epoch, total_steps - global_step)),
+                desc=f"pretrain epoch {epoch}",
+                leave=False,
+                disable=not cfg.progress,
+                dynamic_ncols=True,
+            )
             for i in bar:
-                index = order[i * batch:(i + 1) * batch]
+                index = order[i * batch : (i + 1) * batch]
                 views = torch.stack([augment(images[index], generator) for _ in range(cfg.views)])
                 views, perm, lam = mix_instances(views, cfg.mixup, cfg.cutmix, generator)
-                small = torch.cat([local_augment(images[index], generator) for _ in range(cfg.local_crops)]) \
-                    if local_augment is not None else None
+                small = (
+                    torch.cat([local_augment(images[index], generator) for _ in range(cfg.local_crops)])
+                    if local_augment is not None
+                    else None
+                )
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                     z = head.embed(forward(views.flatten(0, 1), pre_logits=True))
                     logits = head(z)
                     a = index.repeat(cfg.views)
-                    loss = instance_loss(logits, a, index[perm].repeat(cfg.views) if perm is not None else None, lam,
-                                         cfg.instance_smoothing)
+                    loss = instance_loss(
+                        logits,
+                        a,
+                        index[perm].repeat(cfg.views) if perm is not None else None,
+                        lam,
+                        cfg.instance_smoothing,
+                    )
                     if small is not None:  # the mean over all views: global views weigh `views`, local ones theirs
                         local_logits = head(head.embed(forward(small, pre_logits=True)))
                         local_a = index.repeat(cfg.local_crops)
@@ -385,8 +446,9 @@ def pretrain(cfg: TrainConfig, resume: bool = False, log=print,
                 global_step += 1
                 finite = True
                 if check_each_step or cfg.clip_grad > 0:  # a NaN/Inf loss or gradient shows in the gradient norm
-                    grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(),
-                                                               cfg.clip_grad if cfg.clip_grad > 0 else math.inf)
+                    grad_norm = torch.nn.utils.clip_grad_norm_(
+                        net.parameters(), cfg.clip_grad if cfg.clip_grad > 0 else math.inf
+                    )
                     finite = not check_each_step or bool(torch.isfinite(grad_norm))
                 if finite:
                     optimizer.step()
@@ -394,27 +456,52 @@ def pretrain(cfg: TrainConfig, resume: bool = False, log=print,
                     correct += (logits.detach().argmax(1) == a).sum()
                     seen += len(a)
                 else:  # the batch is skipped: no update (or the run stops here)
-                    _nonfinite(skipped, cfg.skip_nonfinite, epoch, global_step, steps, float(loss.detach()), out, log,
-                               BACKBONE_FILE)
+                    _nonfinite(
+                        skipped,
+                        cfg.skip_nonfinite,
+                        epoch,
+                        global_step,
+                        steps,
+                        float(loss.detach()),
+                        out,
+                        log,
+                        BACKBONE_FILE,
+                    )
                 scheduler.step()
                 if time.perf_counter() > end - knn_seconds:  # the final kNN report fits in the budget too
                     total_steps = global_step
                     break
             bar.close()
             train_time = time.perf_counter() - epoch_start
-            row = {"epoch": epoch, "train_loss": float(loss_sum) / max(seen, 1),
-                   "train_accuracy": float(correct) / max(seen, 1), "lr": optimizer.param_groups[0]["lr"],
-                   "epoch_seconds": train_time, "images_per_second": seen / train_time}
+            row = {
+                "epoch": epoch,
+                "train_loss": float(loss_sum) / max(seen, 1),
+                "train_accuracy": float(correct) / max(seen, 1),
+                "lr": optimizer.param_groups[0]["lr"],
+                "epoch_seconds": train_time,
+                "images_per_second": seen / train_time,
+            }
             if not math.isfinite(row["train_loss"]):
                 raise TrainingError(f"the pretraining loss became {row['train_loss']} in epoch {epoch} (lower --lr)")
             # re-plan from the speed so far; a compiled first epoch also compiles, so it is left out
-            if (budget is not None and global_step < total_steps and math.isfinite(end)
-                    and not (epoch == first_epoch and forward is not model)):
+            if (
+                budget is not None
+                and global_step < total_steps
+                and math.isfinite(end)
+                and not (epoch == first_epoch and forward is not model)
+            ):
                 knn_share = knn_seconds / cfg.knn_every if knn is not None else 0.0
                 speed.append((steps, train_time, save_seconds + knn_share))
                 step_seconds, overhead = recent_speed(speed)
-                new = replan_budget(budget, global_step, end - time.perf_counter() - overhead - knn_seconds,
-                                    step_seconds, overhead, steps_per_epoch, epoch)
+                new = replan_budget(
+                    budget,
+                    global_step,
+                    end - time.perf_counter() - overhead - knn_seconds,
+                    step_seconds,
+                    overhead,
+                    steps_per_epoch,
+                    epoch,
+                )
                 if new is not None:
                     total_steps = max(new, global_step)
                     replan(scheduler, total_steps)
@@ -424,38 +511,88 @@ def pretrain(cfg: TrainConfig, resume: bool = False, log=print,
                 knn_seconds = time.perf_counter() - knn_start
             save_start = time.perf_counter()
             history.append(row)
-            files.save_model(out / BACKBONE_FILE, model, epoch=epoch, backbone_only=True,
-                             pretraining={"method": "instance-discrimination", "images": n, "epoch": epoch})
+            files.save_model(
+                out / BACKBONE_FILE,
+                model,
+                epoch=epoch,
+                backbone_only=True,
+                pretraining={"method": "instance-discrimination", "images": n, "epoch": epoch},
+            )
             files.write_bytes(out / "metrics.csv", metrics_csv_bytes(history))
-            files.save_state(out / STATE_FILE, {"net": net.state_dict(), "optimizer": optimizer.state_dict(),
-                                                "scheduler": scheduler.state_dict(), "epoch": epoch,
-                                                "step": global_step, "total_steps": total_steps, "history": history,
-                                                "skipped_batches": skipped, "budget": budget, "images": n,
-                                                "images_digest": digest, "knn_before": knn_before})
+            files.save_state(
+                out / STATE_FILE,
+                {
+                    "net": net.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "epoch": epoch,
+                    "step": global_step,
+                    "total_steps": total_steps,
+                    "history": history,
+                    "skipped_batches": skipped,
+                    "budget": budget,
+                    "images": n,
+                    "images_digest": digest,
+                    "knn_before": knn_before,
+                },
+            )
             save_seconds = time.perf_counter() - save_start
-            log(f"pretrain epoch {epoch:>3}  loss {row['train_loss']:.4f}  instance acc {row['train_accuracy']:.4f}  "
+            log(
+                f"pretrain epoch {epoch:>3}  loss {row['train_loss']:.4f}  instance acc {row['train_accuracy']:.4f}  "
                 + (f"kNN val acc {row['val_accuracy']:.4f}  " if "val_accuracy" in row else "")
-                + f"lr {row['lr']:.2e}  {row['images_per_second']:.0f} views/s  {train_time:.1f}s")
-    plot_curves(history, out, labels={"train": "instance accuracy (training views)",
-                                      "val": f"validation, {KNN_K}-NN on backbone features"})
-    report = {"method": "instance-discrimination", "data": cfg.data, "images": n, "views": cfg.views,
-              "epochs": epoch, "steps": global_step, "batch_size": batch, "final_loss": history[-1]["train_loss"],
-              "instance_accuracy": history[-1]["train_accuracy"], "infonce": cfg.infonce,
-              "instance_smoothing": cfg.instance_smoothing, "instance_init": cfg.instance_init,
-              "mixup": cfg.mixup, "cutmix": cfg.cutmix, "temperature": cfg.temperature,
-              "local_crops": cfg.local_crops, **({"local_crop_size": local_size} if cfg.local_crops else {}),
-              **({"knn": {"val_accuracy": history[-1].get("val_accuracy"), "before": knn_before, "k": KNN_K,
-                          "temperature": KNN_TEMPERATURE, "every": cfg.knn_every, "val_images": len(splits.val)}}
-                 if knn is not None else {}),
-              "model": model.config.to_dict(), "device": str(device), "seed": cfg.seed,
-              "total_seconds": round(time.perf_counter() - started, 2)}
+                + f"lr {row['lr']:.2e}  {row['images_per_second']:.0f} views/s  {train_time:.1f}s"
+            )
+    plot_curves(
+        history,
+        out,
+        labels={"train": "instance accuracy (training views)", "val": f"validation, {KNN_K}-NN on backbone features"},
+    )
+    report = {
+        "method": "instance-discrimination",
+        "data": cfg.data,
+        "images": n,
+        "views": cfg.views,
+        "epochs": epoch,
+        "steps": global_step,
+        "batch_size": batch,
+        "final_loss": history[-1]["train_loss"],
+        "instance_accuracy": history[-1]["train_accuracy"],
+        "infonce": cfg.infonce,
+        "instance_smoothing": cfg.instance_smoothing,
+        "instance_init": cfg.instance_init,
+        "mixup": cfg.mixup,
+        "cutmix": cfg.cutmix,
+        "temperature": cfg.temperature,
+        "local_crops": cfg.local_crops,
+        **({"local_crop_size": local_size} if cfg.local_crops else {}),
+        **(
+            {
+                "knn": {
+                    "val_accuracy": history[-1].get("val_accuracy"),
+                    "before": knn_before,
+                    "k": KNN_K,
+                    "temperature": KNN_TEMPERATURE,
+                    "every": cfg.knn_every,
+                    "val_images": len(splits.val),
+                }
+            }
+            if knn is not None
+            else {}
+        ),
+        "model": model.config.to_dict(),
+        "device": str(device),
+        "seed": cfg.seed,
+        "total_seconds": round(time.perf_counter() - started, 2),
+    }
     if budget is not None:
         report["time_budget"] = {**budget, "done_steps": global_step}
     if skipped:
         report["skipped_batches"] = skipped
     write_report(out / "report.json", report)
-    log(f"pretraining done in {report['total_seconds']:.1f}s: {global_step} steps, final loss "
-        f"{report['final_loss']:.4f}; backbone in {out / BACKBONE_FILE}")
+    log(
+        f"pretraining done in {report['total_seconds']:.1f}s: {global_step} steps, final loss "
+        f"{report['final_loss']:.4f}; backbone in {out / BACKBONE_FILE}"
+    )
     return report
 
 
@@ -484,11 +621,13 @@ def pretrain_then_train(cfg: TrainConfig, resume: bool = False, log=print) -> di
     """
     from . import distributed
     from .device import resolve_device
-    from .train import RUN_FILES, quiet, agree_on_run_dir, check_run_dir, start_run_dir, train
+    from .train import RUN_FILES, agree_on_run_dir, check_run_dir, quiet, start_run_dir, train
 
     if distributed.from_environment().active and cfg.pretrain != "labels":  # before the folder is checked
-        raise ConfigError(f"--pretrain {cfg.pretrain} runs in one process; start it without torchrun (or use "
-                          "--pretrain labels, which runs under torchrun)")
+        raise ConfigError(
+            f"--pretrain {cfg.pretrain} runs in one process; start it without torchrun (or use "
+            "--pretrain labels, which runs under torchrun)"
+        )
     place = distributed.setup(resolve_device(cfg.device))  # the stages find the process group up
     main = place.main
     if not main:
@@ -509,19 +648,27 @@ def pretrain_then_train(cfg: TrainConfig, resume: bool = False, log=print) -> di
     labels = cfg.pretrain == "labels"
     # a labels stage trains with the run's own mixing; only its input size is the first stage's
     first_stage = {"img_size": FIRST_STAGE["img_size"]} if labels else FIRST_STAGE
-    stage = dataclasses.replace(cfg, out=str(out / "pretrain"), overwrite=True, epochs=first_epochs,
-                                time_budget=cfg.time_budget * cfg.pretrain_share if cfg.time_budget else None,
-                                pretrain=None if labels else cfg.pretrain,
-                                **{own: getattr(cfg, first) for own, first in first_stage.items()
-                                   if getattr(cfg, first) is not None})
+    stage = dataclasses.replace(
+        cfg,
+        out=str(out / "pretrain"),
+        overwrite=True,
+        epochs=first_epochs,
+        time_budget=cfg.time_budget * cfg.pretrain_share if cfg.time_budget else None,
+        pretrain=None if labels else cfg.pretrain,
+        **{own: getattr(cfg, first) for own, first in first_stage.items() if getattr(cfg, first) is not None},
+    )
     run_stage = functools.partial(train if labels else pretrain, log=log)  # the same signature
     name = "first (labels) stage" if labels else "pretraining stage"
     if cfg.pretrain_img_size and cfg.img_size and cfg.pretrain_img_size > cfg.img_size:
-        log(f"note: the {name} runs at --pretrain-img-size {cfg.pretrain_img_size}, larger than "
-            f"--img-size {cfg.img_size} (a recipe's value?); set --pretrain-img-size to change it")
+        log(
+            f"note: the {name} runs at --pretrain-img-size {cfg.pretrain_img_size}, larger than "
+            f"--img-size {cfg.img_size} (a recipe's value?); set --pretrain-img-size to change it"
+        )
     elif labels and not cfg.pretrain_img_size:
-        log("note: the first (labels) stage runs at --img-size, so the two stages differ only in their schedules; "
-            "--pretrain labels is meant with a smaller --pretrain-img-size")
+        log(
+            "note: the first (labels) stage runs at --img-size, so the two stages differ only in their schedules; "
+            "--pretrain labels is meant with a smaller --pretrain-img-size"
+        )
     if resume:
         if (out / "pretrain" / "report.json").is_file():
             log(f"the {name} in {out / 'pretrain'} is complete; starting the fine-tuning stage")
@@ -547,9 +694,15 @@ def pretrain_then_train(cfg: TrainConfig, resume: bool = False, log=print) -> di
     # the first stage's weights define the model (a preset name would be refused next to them); its
     # input is --img-size, or the model's own size when the first stage ran at --pretrain-img-size
     first_model = load_config_file(out / "pretrain" / "config.yaml").get("model", "vit")
-    second = dataclasses.replace(cfg, pretrained=str(out / "pretrain"), epochs=max(1, cfg.epochs - first_epochs),
-                                 time_budget=remaining, overwrite=True, model="vit",
-                                 img_size=cfg.img_size or resolve_config(first_model).img_size)
+    second = dataclasses.replace(
+        cfg,
+        pretrained=str(out / "pretrain"),
+        epochs=max(1, cfg.epochs - first_epochs),
+        time_budget=remaining,
+        overwrite=True,
+        model="vit",
+        img_size=cfg.img_size or resolve_config(first_model).img_size,
+    )
     report = train(second, log=log)
     return _merge_reports(out, report, started) if main else report  # another rank's has no totals
 

@@ -23,17 +23,29 @@ from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 from tqdm import tqdm
 
-from ..checkpoint import CheckpointError, CheckpointWriter, load_state, load_weights, model_from_checkpoint, \
-    remove_stale_temp_files
+from ..checkpoint import (
+    CheckpointError,
+    CheckpointWriter,
+    load_state,
+    load_weights,
+    model_from_checkpoint,
+    remove_stale_temp_files,
+)
 from ..config import ConfigError, TrainConfig, parse_head
 from ..data import memory
 from ..data.leakage import content_hashes, find_leaks, without
 from ..data.sources import ArrayImageDataset, DataError, DataSplits, load_data, split_digest
-from ..data.transforms import (TransformedDataset, build_eval_transform, build_train_transform, eval_decode_side,
-                               normalization, uses_resized_crop)
+from ..data.transforms import (
+    TransformedDataset,
+    build_eval_transform,
+    build_train_transform,
+    eval_decode_side,
+    normalization,
+    uses_resized_crop,
+)
 from ..models.pretrained import Pretrained, PretrainedError, load_pretrained
 from ..models.registry import resolve_config
-from ..models.vit import ViTConfig, VisionTransformer
+from ..models.vit import VisionTransformer, ViTConfig
 from ..report import metrics_csv_bytes, plot_confusion_matrix, plot_curves, plot_samples, write_report
 from . import distributed
 from .device import resolve_device
@@ -43,10 +55,32 @@ from .finetune import apply_freeze, train_mode
 from .optim import build_optimizer, build_scheduler, replan
 
 STATE_FILE = "state.safetensors"
-RUN_FILES = ("config.yaml", "metrics.csv", "best.safetensors", "last.safetensors", STATE_FILE, "report.json",
-             "accuracy.png", "loss.png", "confusion_matrix.png", "samples.png")
-MODEL_FIELDS = ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_dim", "dropout", "drop_path", "pool",
-                "stem", "distilled", "norm_eps")
+RUN_FILES = (
+    "config.yaml",
+    "metrics.csv",
+    "best.safetensors",
+    "last.safetensors",
+    STATE_FILE,
+    "report.json",
+    "accuracy.png",
+    "loss.png",
+    "confusion_matrix.png",
+    "samples.png",
+)
+MODEL_FIELDS = (
+    "img_size",
+    "patch_size",
+    "embed_dim",
+    "depth",
+    "num_heads",
+    "mlp_dim",
+    "dropout",
+    "drop_path",
+    "pool",
+    "stem",
+    "distilled",
+    "norm_eps",
+)
 # what pretrained weights fix; --pretrained with a different value is an error (size and patch may change)
 PRETRAINED_FIXED = ("embed_dim", "depth", "mlp_dim", "pool", "stem")
 
@@ -56,6 +90,7 @@ class TrainingError(RuntimeError):
 
 
 # ------------------------------------------------------------------------------ setup
+
 
 def default_model(native_size: int) -> str:
     """The preset ``--model auto`` picks from the data's typical image side."""
@@ -71,12 +106,16 @@ def resolve_config_for_data(cfg: TrainConfig, splits: DataSplits, pretrained: Pr
     overrides = {k: getattr(cfg, k) for k in MODEL_FIELDS}
     if pretrained is not None:
         if cfg.model not in ("auto", "vit"):
-            raise ConfigError(f"--model {cfg.model} with --pretrained {cfg.pretrained}: the pretrained weights "
-                              "define the model; leave --model out")
+            raise ConfigError(
+                f"--model {cfg.model} with --pretrained {cfg.pretrained}: the pretrained weights "
+                "define the model; leave --model out"
+            )
         for name in PRETRAINED_FIXED:
             if overrides[name] is not None and overrides[name] != pretrained.arch[name]:
-                raise ConfigError(f"--{name.replace('_', '-')} {overrides[name]}: the weights of --pretrained "
-                                  f"{cfg.pretrained} have {name} {pretrained.arch[name]}")
+                raise ConfigError(
+                    f"--{name.replace('_', '-')} {overrides[name]}: the weights of --pretrained "
+                    f"{cfg.pretrained} have {name} {pretrained.arch[name]}"
+                )
         base = {k: pretrained.arch[k] for k in MODEL_FIELDS if k in pretrained.arch}
         overrides = {**base, **{k: v for k, v in overrides.items() if v is not None}}
         overrides.setdefault("dropout", 0.0)
@@ -84,8 +123,14 @@ def resolve_config_for_data(cfg: TrainConfig, splits: DataSplits, pretrained: Pr
     model = "vit" if pretrained is not None else default_model(splits.native_size) if cfg.model == "auto" else cfg.model
     head_hidden, head_dropout = parse_head(cfg.head)
     try:
-        arch = resolve_config(model, **overrides, in_chans=splits.channels, num_classes=len(splits.classes),
-                              head_hidden=head_hidden, head_dropout=head_dropout)
+        arch = resolve_config(
+            model,
+            **overrides,
+            in_chans=splits.channels,
+            num_classes=len(splits.classes),
+            head_hidden=head_hidden,
+            head_dropout=head_dropout,
+        )
     except (ValueError, TypeError) as err:
         raise ConfigError(f"--model {model} with the given model options: {err}") from None
     augment = cfg.augment
@@ -94,7 +139,12 @@ def resolve_config_for_data(cfg: TrainConfig, splits: DataSplits, pretrained: Pr
         augment = "none" if arch.img_size <= 16 else "flip-crop"
     crop_pct = cfg.crop_pct if cfg.crop_pct is not None else pretrained.crop_pct if pretrained is not None else 1.0
     resolved = dataclasses.replace(
-        cfg, model=model, augment=augment, classes=list(splits.classes), channels=splits.channels, crop_pct=crop_pct,
+        cfg,
+        model=model,
+        augment=augment,
+        classes=list(splits.classes),
+        channels=splits.channels,
+        crop_pct=crop_pct,
         hflip=(0.5 if splits.hflip_ok else 0.0) if cfg.hflip is None else cfg.hflip,
         **{k: getattr(arch, k) for k in MODEL_FIELDS},
     )
@@ -109,16 +159,24 @@ def resolve_config_for_data(cfg: TrainConfig, splits: DataSplits, pretrained: Pr
         resolved = dataclasses.replace(resolved, mean=list(mean), std=list(std))
     for name in ("mean", "std"):
         if len(getattr(resolved, name)) != splits.channels:
-            raise ConfigError(f"--{name} needs {splits.channels} value(s) for {splits.channels}-channel images, "
-                              f"got {getattr(resolved, name)}")
+            raise ConfigError(
+                f"--{name} needs {splits.channels} value(s) for {splits.channels}-channel images, "
+                f"got {getattr(resolved, name)}"
+            )
     return resolved
 
 
 def model_arch(cfg: TrainConfig) -> ViTConfig:
     """The architecture a resolved config describes."""
     head_hidden, head_dropout = parse_head(cfg.head)
-    return resolve_config(cfg.model, **{k: getattr(cfg, k) for k in MODEL_FIELDS}, in_chans=cfg.channels,
-                          num_classes=len(cfg.classes), head_hidden=head_hidden, head_dropout=head_dropout)
+    return resolve_config(
+        cfg.model,
+        **{k: getattr(cfg, k) for k in MODEL_FIELDS},
+        in_chans=cfg.channels,
+        num_classes=len(cfg.classes),
+        head_hidden=head_hidden,
+        head_dropout=head_dropout,
+    )
 
 
 def build_model(cfg: TrainConfig, pretrained: Pretrained | None = None) -> VisionTransformer:
@@ -137,11 +195,17 @@ def build_model(cfg: TrainConfig, pretrained: Pretrained | None = None) -> Visio
         apply_freeze(model, cfg.freeze)
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    model.meta = {"classes": list(cfg.classes), "mean": list(cfg.mean), "std": list(cfg.std),
-                  "crop_pct": cfg.crop_pct, "interpolation": "bilinear", "model_name": cfg.model,
-                  "data": cfg.data, "split": {"val_fraction": cfg.val_fraction, "test_fraction": cfg.test_fraction,
-                                              "split_seed": cfg.split_seed},
-                  **({"pretrained": cfg.pretrained} if cfg.pretrained else {})}
+    model.meta = {
+        "classes": list(cfg.classes),
+        "mean": list(cfg.mean),
+        "std": list(cfg.std),
+        "crop_pct": cfg.crop_pct,
+        "interpolation": "bilinear",
+        "model_name": cfg.model,
+        "data": cfg.data,
+        "split": {"val_fraction": cfg.val_fraction, "test_fraction": cfg.test_fraction, "split_seed": cfg.split_seed},
+        **({"pretrained": cfg.pretrained} if cfg.pretrained else {}),
+    }
     return model
 
 
@@ -151,12 +215,14 @@ def use_memory(cfg: TrainConfig, splits: DataSplits) -> bool:
         return cfg.in_memory == "on"
     side = memory.train_side(cfg.img_size, splits.native_size, cfg.augment, cfg.crop)
     total = memory.estimated_bytes(len(splits.train), cfg.channels, side) + sum(
-        memory.estimated_bytes(len(d), cfg.channels, cfg.img_size) for d in (splits.val, splits.test) if d is not None)
+        memory.estimated_bytes(len(d), cfg.channels, cfg.img_size) for d in (splits.val, splits.test) if d is not None
+    )
     return total <= memory.MAX_BYTES
 
 
-def build_loaders(cfg: TrainConfig, splits: DataSplits, device: torch.device,
-                  log=print, place: Dist | None = None) -> dict[str, DataLoader | memory.MemoryLoader]:
+def build_loaders(
+    cfg: TrainConfig, splits: DataSplits, device: torch.device, log=print, place: Dist | None = None
+) -> dict[str, DataLoader | memory.MemoryLoader]:
     """Train/val(/test) loaders. The train loader's generator is re-seeded every epoch.
 
     With ``--in-memory`` every split is decoded once and batches are augmented as tensors
@@ -168,9 +234,18 @@ def build_loaders(cfg: TrainConfig, splits: DataSplits, device: torch.device,
     if use_memory(cfg, splits):
         return _memory_loaders(cfg, splits, device, log, place)
     train_tf = build_train_transform(
-        cfg.img_size, cfg.augment, cfg.mean, cfg.std, native_size=splits.native_size, hflip=cfg.hflip,
-        crop_scale=tuple(cfg.crop_scale), crop_ratio=tuple(cfg.crop_ratio), crop_pct=cfg.crop_pct,
-        random_erasing=cfg.random_erasing, crop=cfg.crop)
+        cfg.img_size,
+        cfg.augment,
+        cfg.mean,
+        cfg.std,
+        native_size=splits.native_size,
+        hflip=cfg.hflip,
+        crop_scale=tuple(cfg.crop_scale),
+        crop_ratio=tuple(cfg.crop_ratio),
+        crop_pct=cfg.crop_pct,
+        random_erasing=cfg.random_erasing,
+        crop=cfg.crop,
+    )
     eval_tf = build_eval_transform(cfg.img_size, cfg.mean, cfg.std, cfg.crop_pct)
     in_memory = isinstance(splits.train, ArrayImageDataset)
     workers = cfg.workers if cfg.workers is not None else (0 if in_memory else max(1, min(8, node_cores() - 1)))
@@ -189,8 +264,9 @@ def build_loaders(cfg: TrainConfig, splits: DataSplits, device: torch.device,
         sampler = distributed.GlobalBatchSampler(len(train_set), cfg.batch_size, place, generator)
         loaders = {"train": DataLoader(train_set, batch_sampler=sampler, generator=generator, **common)}
     else:
-        loaders = {"train": DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, generator=generator,
-                                       **common)}
+        loaders = {
+            "train": DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, generator=generator, **common)
+        }
     for name in ("val", "test"):
         dataset = getattr(splits, name)
         if dataset is not None:
@@ -211,17 +287,26 @@ def decode_workers(cfg: TrainConfig) -> int:
     return cfg.workers if cfg.workers is not None else min(8, node_cores())
 
 
-def _memory_loaders(cfg: TrainConfig, splits: DataSplits, device: torch.device,
-                    log=print, place: Dist | None = None) -> dict[str, memory.MemoryLoader]:
+def _memory_loaders(
+    cfg: TrainConfig, splits: DataSplits, device: torch.device, log=print, place: Dist | None = None
+) -> dict[str, memory.MemoryLoader]:
     t0 = time.perf_counter()
     resized = uses_resized_crop(splits.native_size, cfg.crop)
     side = memory.train_side(cfg.img_size, splits.native_size, cfg.augment, cfg.crop)
     # pad-and-crop and no augmentation start from the evaluation geometry, as the file pipeline does
     train_pct = 1.0 if cfg.augment != "none" else cfg.crop_pct
     workers = decode_workers(cfg)
-    augment = memory.BatchAugment(cfg.img_size, cfg.augment, cfg.mean, cfg.std, resized_crop=resized,
-                                  hflip=cfg.hflip, crop_scale=tuple(cfg.crop_scale), crop_ratio=tuple(cfg.crop_ratio),
-                                  random_erasing=cfg.random_erasing)
+    augment = memory.BatchAugment(
+        cfg.img_size,
+        cfg.augment,
+        cfg.mean,
+        cfg.std,
+        resized_crop=resized,
+        hflip=cfg.hflip,
+        crop_scale=tuple(cfg.crop_scale),
+        crop_ratio=tuple(cfg.crop_ratio),
+        random_erasing=cfg.random_erasing,
+    )
     place = place or Dist()
 
     def decode(dataset, side: int, crop_pct: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -234,19 +319,33 @@ def _memory_loaders(cfg: TrainConfig, splits: DataSplits, device: torch.device,
 
     # on a GPU the images live there; a fixed batch shape there suits torch.compile and CUDA graphs
     images, targets = decode(splits.train, side, train_pct)
-    loaders = {"train": memory.MemoryLoader(images, targets, cfg.batch_size, shuffle=True, mean=cfg.mean,
-                                            std=cfg.std, augment=augment, device=device,
-                                            drop_last=device.type == "cuda", place=place)}
+    loaders = {
+        "train": memory.MemoryLoader(
+            images,
+            targets,
+            cfg.batch_size,
+            shuffle=True,
+            mean=cfg.mean,
+            std=cfg.std,
+            augment=augment,
+            device=device,
+            drop_last=device.type == "cuda",
+            place=place,
+        )
+    }
     for name in ("val", "test"):
         dataset = getattr(splits, name)
         if dataset is not None:
             images, targets = decode(dataset, cfg.img_size, cfg.crop_pct)
-            loaders[name] = memory.MemoryLoader(images, targets, cfg.batch_size, shuffle=False, mean=cfg.mean,
-                                                std=cfg.std, device=device, place=place)
+            loaders[name] = memory.MemoryLoader(
+                images, targets, cfg.batch_size, shuffle=False, mean=cfg.mean, std=cfg.std, device=device, place=place
+            )
     total = sum(loader.images.numel() for loader in loaders.values())
     shared = f", each of {place.world} processes decoding 1/{place.world} of them" if place.active else ""
-    log(f"in memory: {total / 2**20:.1f} MiB of decoded images (training images at {side}px) "
-        f"in {time.perf_counter() - t0:.1f}s{shared}")
+    log(
+        f"in memory: {total / 2**20:.1f} MiB of decoded images (training images at {side}px) "
+        f"in {time.perf_counter() - t0:.1f}s{shared}"
+    )
     return loaders
 
 
@@ -280,8 +379,10 @@ def check_run_dir(cfg: TrainConfig, resume: bool, files: tuple[str, ...] = RUN_F
         raise ConfigError(f"--out {out} is a file, not a folder")
     existing = [name for name in files if (out / name).exists()]
     if existing and not cfg.overwrite:
-        raise ConfigError(f"--out {out} already holds a run ({', '.join(existing[:3])}); "
-                          f"continue it with --resume {out} or replace it with --overwrite")
+        raise ConfigError(
+            f"--out {out} already holds a run ({', '.join(existing[:3])}); "
+            f"continue it with --resume {out} or replace it with --overwrite"
+        )
     return out
 
 
@@ -295,9 +396,11 @@ def check_global_batch(cfg: TrainConfig, n_train: int, place: Dist, log=print) -
         return
     step = cfg.batch_size * place.world
     if n_train < step:
-        raise ConfigError(f"--batch-size {cfg.batch_size} x {place.world} processes = {step} "
-                          f"images per step, more than the {n_train} training images of --data {cfg.data}, and "
-                          "under torchrun incomplete global batches are dropped: lower --batch-size")
+        raise ConfigError(
+            f"--batch-size {cfg.batch_size} x {place.world} processes = {step} "
+            f"images per step, more than the {n_train} training images of --data {cfg.data}, and "
+            "under torchrun incomplete global batches are dropped: lower --batch-size"
+        )
 
     def left_out(batch_size: int) -> int:
         return n_train % (batch_size * place.world)
@@ -306,9 +409,11 @@ def check_global_batch(cfg: TrainConfig, n_train: int, place: Dist, log=print) -
     if dropped * 10 >= n_train:
         fit = next((b for b in range(cfg.batch_size - 1, 0, -1) if left_out(b) * 10 < n_train), None)
         hint = f"; --batch-size {fit} would leave {left_out(fit)} out" if fit else ""
-        log(f"warning: --batch-size {cfg.batch_size} x {place.world} processes = {step} images per step leaves "
+        log(
+            f"warning: --batch-size {cfg.batch_size} x {place.world} processes = {step} images per step leaves "
             f"{dropped} of the {n_train} training images out of each epoch ({dropped / n_train:.0%}; "
-            f"incomplete global batches are dropped under torchrun){hint}")
+            f"incomplete global batches are dropped under torchrun){hint}"
+        )
 
 
 def start_run_dir(out: Path) -> None:
@@ -391,6 +496,7 @@ def _param_norm(model: torch.nn.Module) -> float:
 
 # ------------------------------------------------------------------------------ the loop
 
+
 def check_leaks(splits: DataSplits, dedupe: bool, log=print) -> dict[str, Any]:
     """Warn about evaluation images identical to training images; with ``dedupe``, drop them."""
     train_hashes = set(content_hashes(splits.train))
@@ -403,25 +509,35 @@ def check_leaks(splits: DataSplits, dedupe: bool, log=print) -> dict[str, Any]:
         found[name] = leak.to_dict()
         if leak.leaked:
             action = "removed from it (--dedupe)" if dedupe else "kept (use --dedupe to remove them)"
-            log(f"warning: {len(leak.leaked)} of {leak.total} {name} images are identical to training images; "
-                f"{action}")
+            log(f"warning: {len(leak.leaked)} of {leak.total} {name} images are identical to training images; {action}")
             if dedupe:
                 found[name]["removed"] = len(leak.leaked)
                 kept = without(dataset, leak.leaked)
                 if len(kept) == 0 and name == "val":
-                    raise DataError(f"--dedupe: all {leak.total} validation images are identical to training "
-                                    "images, so no validation split is left (raise --val-fraction, or train "
-                                    "without --dedupe)")
+                    raise DataError(
+                        f"--dedupe: all {leak.total} validation images are identical to training "
+                        "images, so no validation split is left (raise --val-fraction, or train "
+                        "without --dedupe)"
+                    )
                 if len(kept) == 0:  # the final evaluation falls back to the validation split
                     kept = None
-                    splits.notes.append(f"all {leak.total} test images are identical to training images and "
-                                        "--dedupe removed them: the final evaluation uses the validation split")
+                    splits.notes.append(
+                        f"all {leak.total} test images are identical to training images and "
+                        "--dedupe removed them: the final evaluation uses the validation split"
+                    )
                 setattr(splits, name, kept)
     return found
 
 
-def plan_budget(cfg: TrainConfig, model: torch.nn.Module, loaders: dict[str, DataLoader], device: torch.device,
-                amp_dtype: torch.dtype | None, seconds_left: float, log=print) -> dict[str, Any]:
+def plan_budget(
+    cfg: TrainConfig,
+    model: torch.nn.Module,
+    loaders: dict[str, DataLoader],
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+    seconds_left: float,
+    log=print,
+) -> dict[str, Any]:
     """Measure training and validation speed on a throwaway copy, then plan the steps that fit.
 
     Each epoch costs its steps plus one validation pass; the final evaluation (validation
@@ -457,24 +573,35 @@ def plan_budget(cfg: TrainConfig, model: torch.nn.Module, loaders: dict[str, Dat
         with CheckpointWriter(background=writes_behind(device), log=log) as files:  # what training waits for
             t0 = time.perf_counter()
             files.save_model(Path(tmp) / "m.safetensors", probe)
-            files.save_state(Path(tmp) / "s.safetensors", {"model": probe.state_dict(),
-                                                           "optimizer": optimizer.state_dict()})
+            files.save_state(
+                Path(tmp) / "s.safetensors", {"model": probe.state_dict(), "optimizer": optimizer.state_dict()}
+            )
             epoch_overhead = val_seconds + 2 * (time.perf_counter() - t0)
     final_seconds = val_seconds + (val_seconds * len(loaders["test"]) / len(loaders["val"]) if "test" in loaders else 0)
     margin = 0.03 * cfg.time_budget * 60 + 2.0  # 3% of the budget, and 2 s for the final plots
     available = seconds_left - (time.perf_counter() - begin) - final_seconds - margin
     minutes = f"{round(cfg.time_budget, 2):g}"  # a chained run's second stage gets what is left: 7.65, not 7.65141
     if available <= step_seconds + epoch_overhead:
-        log(f"warning: --time-budget {minutes} min leaves no time to train after setup and the final "
-            f"evaluation ({seconds_left - available:.0f}s); running one step")
+        log(
+            f"warning: --time-budget {minutes} min leaves no time to train after setup and the final "
+            f"evaluation ({seconds_left - available:.0f}s); running one step"
+        )
     steps_per_epoch = len(loaders["train"])
     planned = max(1, steps_that_fit(available, step_seconds, epoch_overhead, steps_per_epoch))
-    log(f"time budget {minutes} min: {1 / step_seconds:.1f} steps/s, {epoch_overhead:.2f}s per epoch "
+    log(
+        f"time budget {minutes} min: {1 / step_seconds:.1f} steps/s, {epoch_overhead:.2f}s per epoch "
         "for validation and checkpoints "
-        f"-> planning {planned} steps ({planned / steps_per_epoch:.2f} epochs)")
-    return {"minutes": cfg.time_budget, "planned_steps": planned, "seconds_per_step": round(step_seconds, 5),
-            "seconds_per_epoch_overhead": round(epoch_overhead, 3), "reserved_final_seconds": round(final_seconds, 2),
-            "margin_seconds": round(margin, 2), "replans": []}
+        f"-> planning {planned} steps ({planned / steps_per_epoch:.2f} epochs)"
+    )
+    return {
+        "minutes": cfg.time_budget,
+        "planned_steps": planned,
+        "seconds_per_step": round(step_seconds, 5),
+        "seconds_per_epoch_overhead": round(epoch_overhead, 3),
+        "reserved_final_seconds": round(final_seconds, 2),
+        "margin_seconds": round(margin, 2),
+        "replans": [],
+    }
 
 
 def steps_that_fit(available: float, step_seconds: float, epoch_overhead: float, steps_per_epoch: int) -> int:
@@ -505,8 +632,15 @@ def recent_speed(epochs: list[tuple[int, float, float]], window: float = 20.0) -
     return seconds / steps, overhead / count
 
 
-def replan_budget(budget: dict[str, Any], done: int, seconds_left: float, step_seconds: float,
-                  epoch_overhead: float, steps_per_epoch: int, epoch: int) -> int | None:
+def replan_budget(
+    budget: dict[str, Any],
+    done: int,
+    seconds_left: float,
+    step_seconds: float,
+    epoch_overhead: float,
+    steps_per_epoch: int,
+    epoch: int,
+) -> int | None:
     """After an epoch of a budgeted run, re-plan its length from the speed measured in that epoch.
 
     The probe before training sees a few steps; the real epochs see the machine as it is
@@ -520,8 +654,9 @@ def replan_budget(budget: dict[str, Any], done: int, seconds_left: float, step_s
     total = max(total, min(planned, done + steps_per_epoch))
     if abs(total - planned) <= 0.02 * planned:
         return None
-    budget["replans"].append({"after_epoch": epoch, "from": planned, "to": total,
-                              "seconds_per_step": round(step_seconds, 5)})
+    budget["replans"].append(
+        {"after_epoch": epoch, "from": planned, "to": total, "seconds_per_step": round(step_seconds, 5)}
+    )
     budget["planned_steps"] = total
     return total
 
@@ -557,10 +692,12 @@ def imbalance_note(splits: DataSplits, classes: list[str]) -> str | None:
     big, small = int(counts.argmax()), int(counts.argmin())
     if not is_imbalanced(counts):
         return None
-    return (f"imbalanced classes: {classes[big]} has {counts[big]} training images, {classes[small]} "
-            f"{counts[small]}; accuracy favours the large classes, so the balanced accuracy (the mean "
-            "per-class recall) is reported too; --class-weights balanced and --best-metric balanced-accuracy "
-            "are meant for such data")
+    return (
+        f"imbalanced classes: {classes[big]} has {counts[big]} training images, {classes[small]} "
+        f"{counts[small]}; accuracy favours the large classes, so the balanced accuracy (the mean "
+        "per-class recall) is reported too; --class-weights balanced and --best-metric balanced-accuracy "
+        "are meant for such data"
+    )
 
 
 def build_batch_mix(cfg: TrainConfig, num_classes: int) -> v2.Transform | None:
@@ -575,8 +712,9 @@ def build_batch_mix(cfg: TrainConfig, num_classes: int) -> v2.Transform | None:
     return mixes[0] if len(mixes) == 1 else v2.RandomChoice(mixes)
 
 
-def train(cfg: TrainConfig, resume: bool = False, log=print,
-          on_start: Callable[[], None] | None = None) -> dict[str, Any]:
+def train(
+    cfg: TrainConfig, resume: bool = False, log=print, on_start: Callable[[], None] | None = None
+) -> dict[str, Any]:
     """Train a ViT as ``cfg`` says and return the report (also written to ``report.json``).
 
     With ``resume``, ``cfg`` must be the run's saved config; training continues after the
@@ -593,9 +731,17 @@ def train(cfg: TrainConfig, resume: bool = False, log=print,
         log = quiet  # rank 0 speaks and writes for all
     cfg = agree_on_run_dir(cfg, place)
     out = check_run_dir(cfg, resume)
-    splits = load_data(cfg.data, data_root=cfg.data_root, download=cfg.download, channels=cfg.channels,
-                       classes=cfg.classes, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
-                       split_seed=cfg.split_seed, skip_bad_images=cfg.skip_bad_images)
+    splits = load_data(
+        cfg.data,
+        data_root=cfg.data_root,
+        download=cfg.download,
+        channels=cfg.channels,
+        classes=cfg.classes,
+        val_fraction=cfg.val_fraction,
+        test_fraction=cfg.test_fraction,
+        split_seed=cfg.split_seed,
+        skip_bad_images=cfg.skip_bad_images,
+    )
     leakage = check_leaks(splits, cfg.dedupe, log)
     pretrained = None
     if cfg.pretrained and not resume:  # a resumed run's weights are in its state
@@ -614,8 +760,9 @@ def train(cfg: TrainConfig, resume: bool = False, log=print,
         if on_start is not None:
             on_start()
         start_run_dir(out)
-        cfg.save(out / "config.yaml", {"data_summary": {"splits": splits.sizes(), "notes": splits.notes,
-                                                        "leakage": leakage}})
+        cfg.save(
+            out / "config.yaml", {"data_summary": {"splits": splits.sizes(), "notes": splits.notes, "leakage": leakage}}
+        )
     distributed.barrier(place)
 
     model = build_model(cfg, pretrained).to(device)
@@ -629,14 +776,16 @@ def train(cfg: TrainConfig, resume: bool = False, log=print,
     if state is not None:
         budget = state.get("budget")
     elif cfg.time_budget:
-        budget = plan_budget(cfg, model, loaders, device, amp_dtype,
-                             cfg.time_budget * 60 - (time.perf_counter() - started), log)
+        budget = plan_budget(
+            cfg, model, loaders, device, amp_dtype, cfg.time_budget * 60 - (time.perf_counter() - started), log
+        )
         budget = distributed.broadcast(budget, place)  # every rank follows rank 0's plan
     total_steps = budget["planned_steps"] if budget else cfg.epochs * steps_per_epoch
     # a budgeted run stops at its plan or, should the machine slow down, at the deadline, which leaves
     # time for the interrupted epoch's validation and checkpoints and the final evaluation
-    budget_end = (started + cfg.time_budget * 60 - budget["reserved_final_seconds"]
-                  if budget and not resume else math.inf)
+    budget_end = (
+        started + cfg.time_budget * 60 - budget["reserved_final_seconds"] if budget and not resume else math.inf
+    )
     train_end = budget_end - (budget.get("margin_seconds", 0.0) if budget else 0.0)  # when the plan should be done
     deadline = budget_end - (budget["seconds_per_epoch_overhead"] if budget else 0.0)
     if budget:
@@ -650,8 +799,13 @@ def train(cfg: TrainConfig, resume: bool = False, log=print,
     higher_is_better = cfg.best_metric != "loss"
     loss_weight = class_weights(cfg, splits, device)
     history: list[dict[str, Any]] = []
-    best = {"epoch": 0, "value": -math.inf if higher_is_better else math.inf, "val_accuracy": 0.0,
-            "val_balanced_accuracy": 0.0, "val_loss": math.inf}
+    best = {
+        "epoch": 0,
+        "value": -math.inf if higher_is_better else math.inf,
+        "val_accuracy": 0.0,
+        "val_balanced_accuracy": 0.0,
+        "val_loss": math.inf,
+    }
     skipped_batches: list[dict[str, Any]] = []  # batches with a non-finite loss or gradient (--skip-nonfinite)
     check_each_step = checks_each_step(device, cfg.skip_nonfinite)
     start_epoch, train_seconds, global_step, save_seconds = 1, 0.0, 0, 0.0
@@ -665,10 +819,14 @@ def train(cfg: TrainConfig, resume: bool = False, log=print,
             now = "/".join(str(splits.sizes()[k]) for k in parts)
             raise CheckpointError(
                 f"--resume {out}: the images of --data {cfg.data} changed since the run started ("
-                + (f"{'/'.join(parts)} images: {then} then, {now} now" if then != now else
-                   f"as many images, {now}, but other files or labels")
+                + (
+                    f"{'/'.join(parts)} images: {then} then, {now} now"
+                    if then != now
+                    else f"as many images, {now}, but other files or labels"
+                )
                 + "): the splits would differ, and images the run trained on could land in its test split; "
-                "restore the data as it was, or start again with --overwrite")
+                "restore the data as it was, or start again with --overwrite"
+            )
         load_weights(model, state["model"], str(out / STATE_FILE))
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -684,41 +842,55 @@ def train(cfg: TrainConfig, resume: bool = False, log=print,
             n_epochs = math.ceil(total_steps / steps_per_epoch)
             scheduler.last_epoch = global_step
             replan(scheduler, total_steps)
-            log(f"resuming with {steps_per_epoch} steps per epoch instead of {saved_steps} "
-                f"({place.world} process(es)): the schedule continues from epoch {state['epoch']}")
+            log(
+                f"resuming with {steps_per_epoch} steps per epoch instead of {saved_steps} "
+                f"({place.world} process(es)): the schedule continues from epoch {state['epoch']}"
+            )
 
     n_params = sum(p.numel() for p in model.parameters())
-    log(f"data: {cfg.data}  {len(cfg.classes)} classes, {splits.channels} channel(s), "
-        + ", ".join(f"{k} {v}" for k, v in splits.sizes().items()))
+    log(
+        f"data: {cfg.data}  {len(cfg.classes)} classes, {splits.channels} channel(s), "
+        + ", ".join(f"{k} {v}" for k, v in splits.sizes().items())
+    )
     for note in splits.notes:
         log(f"  note: {note}")
     imbalanced = imbalance_note(splits, cfg.classes)
     if imbalanced:
         log(f"  note: {imbalanced}")
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    log(f"model: {cfg.model}  {n_params / 1e6:.2f}M parameters, {cfg.img_size}px input, patch {cfg.patch_size}, "
+    log(
+        f"model: {cfg.model}  {n_params / 1e6:.2f}M parameters, {cfg.img_size}px input, patch {cfg.patch_size}, "
         f"dim {cfg.embed_dim}, depth {cfg.depth}, heads {cfg.num_heads}"
         + (f"; from {cfg.pretrained}" if cfg.pretrained else "")
-        + (f"; {n_train:,} trainable (--freeze {cfg.freeze})" if n_train < n_params else ""))
-    batch_text = (f"batch {cfg.batch_size} per process x {place.world} = {cfg.batch_size * place.world}"
-                  if place.active else f"batch {cfg.batch_size}")
-    log(f"training: {total_steps} steps ({n_epochs} epochs x {steps_per_epoch}), {batch_text}, "
+        + (f"; {n_train:,} trainable (--freeze {cfg.freeze})" if n_train < n_params else "")
+    )
+    batch_text = (
+        f"batch {cfg.batch_size} per process x {place.world} = {cfg.batch_size * place.world}"
+        if place.active
+        else f"batch {cfg.batch_size}"
+    )
+    log(
+        f"training: {total_steps} steps ({n_epochs} epochs x {steps_per_epoch}), {batch_text}, "
         f"{cfg.optimizer} lr {cfg.lr:g}, {cfg.schedule} schedule, on {device}"
-        + (" (bf16 autocast)" if amp_dtype else "") + (", torch.compile" if use_compile(cfg.compile, device) else "")
+        + (" (bf16 autocast)" if amp_dtype else "")
+        + (", torch.compile" if use_compile(cfg.compile, device) else "")
         + (" with CUDA graphs" if use_cuda_graphs(cfg.compile, device, place) else "")
-        + (f", EMA {cfg.ema:g}" if ema is not None else ""))
+        + (f", EMA {cfg.ema:g}" if ema is not None else "")
+    )
     if resume:
         log(f"resuming {out} after epoch {start_epoch - 1}")
     log(f"writing to {out}")
 
     from torch.utils.tensorboard import SummaryWriter  # imported late: it is slow to import
 
-    writer = SummaryWriter(str(out / "tensorboard"), purge_step=start_epoch if resume else None) \
-        if place.main else None
+    writer = SummaryWriter(str(out / "tensorboard"), purge_step=start_epoch if resume else None) if place.main else None
     train_loader = loaders["train"]
     # DistributedDataParallel averages gradients over the ranks during backward
-    step_model = torch.nn.parallel.DistributedDataParallel(
-        model, device_ids=[device.index] if device.type == "cuda" else None) if place.active else model
+    step_model = (
+        torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        if place.active
+        else model
+    )
     graphs = use_cuda_graphs(cfg.compile, device, place)
     if use_compile(cfg.compile, device):
         # only the training forward/backward is compiled; checkpoints hold the plain model's weights
@@ -738,8 +910,14 @@ def train(cfg: TrainConfig, resume: bool = False, log=print,
             grad_norm_sum = torch.zeros((), device=device)
             finite_flags = torch.ones(len(train_loader), dtype=torch.bool, device=device)
             seen = steps = applied = 0
-            bar = tqdm(train_loader, desc=f"epoch {epoch}/{n_epochs}", leave=False, disable=not cfg.progress,
-                       dynamic_ncols=True, total=min(steps_per_epoch, total_steps - global_step))
+            bar = tqdm(
+                train_loader,
+                desc=f"epoch {epoch}/{n_epochs}",
+                leave=False,
+                disable=not cfg.progress,
+                dynamic_ncols=True,
+                total=min(steps_per_epoch, total_steps - global_step),
+            )
             for images, labels in bar:
                 if graphs:  # the previous step's graph outputs are no longer used
                     torch.compiler.cudagraph_mark_step_begin()
@@ -755,13 +933,15 @@ def train(cfg: TrainConfig, resume: bool = False, log=print,
                 loss.backward()
                 # the norm of the whole gradient (after DDP's all-reduce: the same on every rank),
                 # clipped when --clip-grad asks; a NaN/Inf anywhere in the loss or gradient shows in it
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(),
-                                                           cfg.clip_grad if cfg.clip_grad > 0 else math.inf)
+                grad_norm = torch.nn.utils.clip_grad_norm_(
+                    model.parameters(), cfg.clip_grad if cfg.clip_grad > 0 else math.inf
+                )
                 steps += 1
                 global_step += 1
                 if check_each_step and not bool(torch.isfinite(grad_norm)):
-                    _nonfinite(skipped_batches, cfg.skip_nonfinite, epoch, global_step, steps, float(loss.detach()),
-                               out, log)
+                    _nonfinite(
+                        skipped_batches, cfg.skip_nonfinite, epoch, global_step, steps, float(loss.detach()), out, log
+                    )
                     optimizer.zero_grad(set_to_none=True)  # the batch is skipped: no update
                     scheduler.step()
                 else:
@@ -787,62 +967,108 @@ def train(cfg: TrainConfig, resume: bool = False, log=print,
             bar.close()
             train_time = time.perf_counter() - epoch_start
             if place.active:  # the whole global batch's loss, accuracy and count
-                counts = distributed.all_sum(torch.stack([loss_sum.double(), correct.double(),
-                                                          torch.tensor(float(seen), device=device).double()]), place)
+                counts = distributed.all_sum(
+                    torch.stack(
+                        [loss_sum.double(), correct.double(), torch.tensor(float(seen), device=device).double()]
+                    ),
+                    place,
+                )
                 loss_sum, correct, seen = counts[0], counts[1], int(counts[2])
             if not check_each_step and not bool(finite_flags[:steps].all()):
                 first = int((~finite_flags[:steps]).nonzero()[0])
-                _nonfinite(skipped_batches, 0, epoch, global_step - steps + first + 1, first + 1, float("nan"),
-                           out, log)
+                _nonfinite(
+                    skipped_batches, 0, epoch, global_step - steps + first + 1, first + 1, float("nan"), out, log
+                )
             train_loss = float(loss_sum) / max(seen, 1)
             val = evaluate(eval_model, loaders["val"], device, num_classes, amp_dtype, place)
             epoch_seconds = time.perf_counter() - epoch_start
             train_seconds += epoch_seconds
-            row = {"epoch": epoch, "train_loss": train_loss, "train_accuracy": float(correct) / max(seen, 1),
-                   "val_loss": val.loss, "val_accuracy": val.accuracy,
-                   "val_balanced_accuracy": val.balanced_accuracy, "lr": optimizer.param_groups[0]["lr"],
-                   "epoch_seconds": epoch_seconds, "images_per_second": seen / train_time}
+            row = {
+                "epoch": epoch,
+                "train_loss": train_loss,
+                "train_accuracy": float(correct) / max(seen, 1),
+                "val_loss": val.loss,
+                "val_accuracy": val.accuracy,
+                "val_balanced_accuracy": val.balanced_accuracy,
+                "lr": optimizer.param_groups[0]["lr"],
+                "epoch_seconds": epoch_seconds,
+                "images_per_second": seen / train_time,
+            }
             history.append(row)
-            if (stopped_by != "deadline" and global_step < total_steps and math.isfinite(train_end)
-                    and not (epoch == start_epoch and use_compile(cfg.compile, device))):
+            if (
+                stopped_by != "deadline"
+                and global_step < total_steps
+                and math.isfinite(train_end)
+                and not (epoch == start_epoch and use_compile(cfg.compile, device))
+            ):
                 # validation just ran; the checkpoints cost what they cost last epoch. The first epoch a
                 # compiled run makes in this process also compiles (20 s and more on a GPU): re-planning
                 # from it would shrink the plan to a few steps, so the probe's plan stands until epoch 2
                 speed.append((steps, train_time, time.perf_counter() - epoch_start - train_time + save_seconds))
                 step_seconds, overhead = recent_speed(speed)
-                new_total = replan_budget(budget, global_step, train_end - time.perf_counter() - save_seconds,
-                                          step_seconds, overhead, steps_per_epoch, epoch)
+                new_total = replan_budget(
+                    budget,
+                    global_step,
+                    train_end - time.perf_counter() - save_seconds,
+                    step_seconds,
+                    overhead,
+                    steps_per_epoch,
+                    epoch,
+                )
                 budget, new_total = distributed.broadcast((budget, new_total), place)  # rank 0's clock decides
                 if new_total is not None:
-                    log(f"time budget: re-planned to {new_total} steps (was {total_steps}) from the "
-                        f"{1 / step_seconds:.1f} steps/s measured up to epoch {epoch}")
+                    log(
+                        f"time budget: re-planned to {new_total} steps (was {total_steps}) from the "
+                        f"{1 / step_seconds:.1f} steps/s measured up to epoch {epoch}"
+                    )
                     total_steps, n_epochs = new_total, max(epoch, math.ceil(new_total / steps_per_epoch))
                     replan(scheduler, total_steps)
             save_start = time.perf_counter()
-            value = {"accuracy": val.accuracy, "balanced-accuracy": val.balanced_accuracy,
-                     "loss": val.loss}[cfg.best_metric]
+            value = {"accuracy": val.accuracy, "balanced-accuracy": val.balanced_accuracy, "loss": val.loss}[
+                cfg.best_metric
+            ]
             improved = value > best["value"] if higher_is_better else value < best["value"]
             if improved:
-                best = {"epoch": epoch, "value": value, "val_accuracy": val.accuracy,
-                        "val_balanced_accuracy": val.balanced_accuracy, "val_loss": val.loss}
+                best = {
+                    "epoch": epoch,
+                    "value": value,
+                    "val_accuracy": val.accuracy,
+                    "val_balanced_accuracy": val.balanced_accuracy,
+                    "val_loss": val.loss,
+                }
             if place.main:
                 if improved:
                     files.save_model(out / "best.safetensors", eval_model, epoch=epoch)
                 files.save_model(out / "last.safetensors", eval_model, epoch=epoch)
                 # the state file is the commit point of an epoch: resume starts after the last one written
-                files.save_state(out / STATE_FILE, {
-                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "epoch": epoch, "step": global_step,
-                    "steps_per_epoch": steps_per_epoch, "best": best, "history": history,
-                    "train_seconds": train_seconds, "classes": list(cfg.classes), "skipped_batches": skipped_batches,
-                    "split_digest": digest, "split_sizes": splits.sizes(),
-                    "budget": budget, **({"ema": ema.state_dict()} if ema is not None else {})})
+                files.save_state(
+                    out / STATE_FILE,
+                    {
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "epoch": epoch,
+                        "step": global_step,
+                        "steps_per_epoch": steps_per_epoch,
+                        "best": best,
+                        "history": history,
+                        "train_seconds": train_seconds,
+                        "classes": list(cfg.classes),
+                        "skipped_batches": skipped_batches,
+                        "split_digest": digest,
+                        "split_sizes": splits.sizes(),
+                        "budget": budget,
+                        **({"ema": ema.state_dict()} if ema is not None else {}),
+                    },
+                )
                 files.write_bytes(out / "metrics.csv", metrics_csv_bytes(history))
                 _log_epoch_scalars(writer, row, epoch, eval_model, grad_norm_sum / max(applied, 1))
             save_seconds = time.perf_counter() - save_start
-            log(f"epoch {epoch:>3}/{n_epochs}  train loss {train_loss:.4f} acc {row['train_accuracy']:.4f}  "
+            log(
+                f"epoch {epoch:>3}/{n_epochs}  train loss {train_loss:.4f} acc {row['train_accuracy']:.4f}  "
                 f"val loss {val.loss:.4f} acc {val.accuracy:.4f}  lr {row['lr']:.2e}  "
-                f"{row['images_per_second']:.0f} img/s  {epoch_seconds:.1f}s" + ("  *" if improved else ""))
+                f"{row['images_per_second']:.0f} img/s  {epoch_seconds:.1f}s" + ("  *" if improved else "")
+            )
             if stopped_by == "deadline":
                 log(f"time budget reached after {global_step} of {total_steps} planned steps")
                 break
@@ -867,32 +1093,52 @@ def train(cfg: TrainConfig, resume: bool = False, log=print,
         report["time_budget"] = {**budget, "done_steps": global_step, "stopped_by": stopped_by}
     report["total_seconds"] = round(time.perf_counter() - started, 2)
     write_report(out / "report.json", report)
-    score = ("test accuracy" if report["test"]["split"] == "test"
-             else "accuracy on the validation split (no test split; it also chose the best epoch)")
+    score = (
+        "test accuracy"
+        if report["test"]["split"] == "test"
+        else "accuracy on the validation split (no test split; it also chose the best epoch)"
+    )
     score += f" {report['test']['accuracy']:.4f}"
     if imbalanced:
         score += f", balanced accuracy {report['test']['balanced_accuracy']:.4f}"
-    log(f"done in {report['total_seconds']:.1f}s: {score} (best epoch {best['epoch']}, "
-        f"val accuracy {best['val_accuracy']:.4f}); report in {out / 'report.json'}")
+    log(
+        f"done in {report['total_seconds']:.1f}s: {score} (best epoch {best['epoch']}, "
+        f"val accuracy {best['val_accuracy']:.4f}); report in {out / 'report.json'}"
+    )
     return report
 
 
-def _nonfinite(skipped: list[dict[str, Any]], allowed: int, epoch: int, step: int, epoch_step: int, loss: float,
-               out: Path, log, checkpoint: str = "last.safetensors") -> None:
+def _nonfinite(
+    skipped: list[dict[str, Any]],
+    allowed: int,
+    epoch: int,
+    step: int,
+    epoch_step: int,
+    loss: float,
+    out: Path,
+    log,
+    checkpoint: str = "last.safetensors",
+) -> None:
     """A batch gave a NaN/Inf loss or gradient: record it, and stop once more than ``allowed`` have."""
     where = f"epoch {epoch}, step {epoch_step} of the epoch (global step {step})"
-    what = (f"the loss was {loss:g}" if not math.isfinite(loss)
-            else f"the loss was {loss:.4g} but the gradient was not finite")
+    what = (
+        f"the loss was {loss:g}"
+        if not math.isfinite(loss)
+        else f"the loss was {loss:.4g} but the gradient was not finite"
+    )
     if len(skipped) >= allowed:
-        raise TrainingError(f"a non-finite loss or gradient at {where}: {what}; the last good checkpoint is "
-                            f"{out / checkpoint} (lower --lr, set --clip-grad, or skip up to N such "
-                            "batches with --skip-nonfinite N)")
+        raise TrainingError(
+            f"a non-finite loss or gradient at {where}: {what}; the last good checkpoint is "
+            f"{out / checkpoint} (lower --lr, set --clip-grad, or skip up to N such "
+            "batches with --skip-nonfinite N)"
+        )
     skipped.append({"epoch": epoch, "step": step, "loss": loss if math.isfinite(loss) else str(loss)})
     log(f"skipped a batch at {where}: {what} ({len(skipped)} of --skip-nonfinite {allowed})")
 
 
-def _log_epoch_scalars(writer, row: dict[str, Any], epoch: int, model: torch.nn.Module,
-                       grad_norm: torch.Tensor) -> None:
+def _log_epoch_scalars(
+    writer, row: dict[str, Any], epoch: int, model: torch.nn.Module, grad_norm: torch.Tensor
+) -> None:
     """TensorBoard scalars of an epoch: losses, accuracies, LR, speed, parameter norm, mean gradient norm."""
     for key in ("train_loss", "val_loss"):
         writer.add_scalar(f"loss/{key[:-5]}", row[key], epoch)
@@ -905,20 +1151,30 @@ def _log_epoch_scalars(writer, row: dict[str, Any], epoch: int, model: torch.nn.
     writer.add_scalar("grad_norm", float(grad_norm), epoch)  # before clipping
 
 
-def write_samples(splits: DataSplits, targets, predictions, classes: list[str], path: Path,
-                  per_class: int = 6) -> None:
+def write_samples(splits: DataSplits, targets, predictions, classes: list[str], path: Path, per_class: int = 6) -> None:
     """``samples.png``: up to ``per_class`` validation images of each class with the best model's labels."""
     chosen: list[int] = []
     for c in range(len(classes)):
         chosen += [i for i, t in enumerate(targets) if t == c][:per_class]
     images = [splits.val[i][0].numpy() for i in chosen]
-    plot_samples(images, [int(targets[i]) for i in chosen], [int(predictions[i]) for i in chosen], classes, path,
-                 per_class)
+    plot_samples(
+        images, [int(targets[i]) for i in chosen], [int(predictions[i]) for i in chosen], classes, path, per_class
+    )
 
 
-def final_report(cfg: TrainConfig, splits: DataSplits, loaders: dict[str, DataLoader], device: torch.device,
-                 out: Path, history: list[dict[str, Any]], best: dict[str, Any], train_seconds: float,
-                 amp_dtype: torch.dtype | None, log=print, place: Dist | None = None) -> dict[str, Any]:
+def final_report(
+    cfg: TrainConfig,
+    splits: DataSplits,
+    loaders: dict[str, DataLoader],
+    device: torch.device,
+    out: Path,
+    history: list[dict[str, Any]],
+    best: dict[str, Any],
+    train_seconds: float,
+    amp_dtype: torch.dtype | None,
+    log=print,
+    place: Dist | None = None,
+) -> dict[str, Any]:
     """Evaluate the best checkpoint on the test split (or validation, if there is none); plot and report.
 
     Under torchrun every rank evaluates its shard (the run folder must be on a filesystem all
@@ -935,23 +1191,38 @@ def final_report(cfg: TrainConfig, splits: DataSplits, loaders: dict[str, DataLo
     if place.main:
         write_samples(splits, val.targets, val.predictions, cfg.classes, out / "samples.png")
         plot_curves(history, out)
-        plot_confusion_matrix(matrix, cfg.classes, out / "confusion_matrix.png",
-                              f"{split} split, best epoch {best['epoch']}: accuracy {result.accuracy:.3f}")
+        plot_confusion_matrix(
+            matrix,
+            cfg.classes,
+            out / "confusion_matrix.png",
+            f"{split} split, best epoch {best['epoch']}: accuracy {result.accuracy:.3f}",
+        )
     return {
         "data": cfg.data,
         "classes": list(cfg.classes),
-        "model": {"name": cfg.model, "parameters": sum(p.numel() for p in model.parameters()),
-                  **model.config.to_dict()},
+        "model": {
+            "name": cfg.model,
+            "parameters": sum(p.numel() for p in model.parameters()),
+            **model.config.to_dict(),
+        },
         "best_epoch": int(best["epoch"]),
         "best_metric": cfg.best_metric,
         "epochs": len(history),
-        "val": {"accuracy": best["val_accuracy"], "balanced_accuracy": best.get("val_balanced_accuracy"),
-                "loss": best["val_loss"]},
-        "test": {"split": split, "images": int(len(result.targets)), "accuracy": result.accuracy,
-                 "balanced_accuracy": result.balanced_accuracy,
-                 "top5": result.top5, "loss": result.loss,
-                 "per_class": result.per_class_accuracy(cfg.classes),
-                 "confusion_matrix": matrix.tolist()},
+        "val": {
+            "accuracy": best["val_accuracy"],
+            "balanced_accuracy": best.get("val_balanced_accuracy"),
+            "loss": best["val_loss"],
+        },
+        "test": {
+            "split": split,
+            "images": int(len(result.targets)),
+            "accuracy": result.accuracy,
+            "balanced_accuracy": result.balanced_accuracy,
+            "top5": result.top5,
+            "loss": result.loss,
+            "per_class": result.per_class_accuracy(cfg.classes),
+            "confusion_matrix": matrix.tolist(),
+        },
         "splits": splits.sizes(),
         "notes": splits.notes,
         "device": str(device),

@@ -54,8 +54,14 @@ _HF_BLOCK = {
     "mlp.fc1": "mlp.fc1",
     "mlp.fc2": "mlp.fc2",
 }
-_HF_QKV = {"attention.attention.query": "q", "attention.attention.key": "k", "attention.attention.value": "v",
-           "attention.q_proj": "q", "attention.k_proj": "k", "attention.v_proj": "v"}
+_HF_QKV = {
+    "attention.attention.query": "q",
+    "attention.attention.key": "k",
+    "attention.attention.value": "v",
+    "attention.q_proj": "q",
+    "attention.k_proj": "k",
+    "attention.v_proj": "v",
+}
 _HF_TOP = {
     "embeddings.cls_token": "cls_token",
     "embeddings.distillation_token": "dist_token",
@@ -91,7 +97,7 @@ def _rename(name: str, table: dict[str, str]) -> str | None:
     """``name`` with the first matching prefix (a whole dotted part) of ``table`` replaced, or None."""
     for old, new in table.items():
         if name == old or name.startswith(old + "."):
-            return new + name[len(old):]
+            return new + name[len(old) :]
     return None
 
 
@@ -111,9 +117,7 @@ def from_torchvision(state_dict: StateDict) -> StateDict:
         renamed = _rename(key, _TORCHVISION_TOP)
         if renamed is None:
             if key.startswith("heads.pre_logits"):
-                raise KeyError(
-                    "torchvision ViTs with a representation layer (heads.pre_logits) are not supported"
-                )
+                raise KeyError("torchvision ViTs with a representation layer (heads.pre_logits) are not supported")
             raise KeyError(f"unexpected torchvision ViT key {key!r}")
         out[renamed] = value
     return out
@@ -127,9 +131,12 @@ def from_timm(state_dict: StateDict) -> StateDict:
     tokens, layer scale, q/k norms, a pre-norm) are refused rather than converted into a
     different model.
     """
-    extras = sorted(k for k in state_dict
-                    if k.startswith(("fc_norm.", "attn_pool.", "reg_token", "norm_pre."))
-                    or re.search(r"\.(ls1|ls2|q_norm|k_norm)\.", k))
+    extras = sorted(
+        k
+        for k in state_dict
+        if k.startswith(("fc_norm.", "attn_pool.", "reg_token", "norm_pre."))
+        or re.search(r"\.(ls1|ls2|q_norm|k_norm)\.", k)
+    )
     if extras:
         raise KeyError(f"timm ViT variant not supported by vitrain's ViT (keys {extras[:3]})")
     return dict(state_dict)
@@ -166,8 +173,7 @@ def from_huggingface(state_dict: StateDict) -> StateDict:
     return out
 
 
-CONVERTERS = {"timm": from_timm, "vitrain": dict, "torchvision": from_torchvision,
-              "huggingface": from_huggingface}
+CONVERTERS = {"timm": from_timm, "vitrain": dict, "torchvision": from_torchvision, "huggingface": from_huggingface}
 
 
 def to_vitrain(state_dict: StateDict) -> tuple[StateDict, str]:
@@ -175,8 +181,10 @@ def to_vitrain(state_dict: StateDict) -> tuple[StateDict, str]:
     layout = detect_format(state_dict)
     if layout == "unknown":
         sample = ", ".join(sorted(state_dict)[:5])
-        raise KeyError(f"not a ViT state dict vitrain can read (timm, torchvision, Hugging Face or vitrain "
-                       f"layout); its first keys are: {sample}")
+        raise KeyError(
+            f"not a ViT state dict vitrain can read (timm, torchvision, Hugging Face or vitrain "
+            f"layout); its first keys are: {sample}"
+        )
     return CONVERTERS[layout](state_dict), layout
 
 
@@ -194,9 +202,10 @@ def infer_arch(state_dict: StateDict, num_heads: int | None = None) -> dict[str,
     proj = state_dict["patch_embed.proj.weight"]
     dim = proj.shape[0]
     if conv_stem:
-        n_convs = len([k for k in state_dict if re.fullmatch(r"patch_embed\.stem\.\d+\.weight", k)
-                       and state_dict[k].ndim == 4])
-        patch, in_chans = 2 ** n_convs, state_dict["patch_embed.stem.0.weight"].shape[1]
+        n_convs = len(
+            [k for k in state_dict if re.fullmatch(r"patch_embed\.stem\.\d+\.weight", k) and state_dict[k].ndim == 4]
+        )
+        patch, in_chans = 2**n_convs, state_dict["patch_embed.stem.0.weight"].shape[1]
     else:
         patch, in_chans = proj.shape[-1], proj.shape[1]
     distilled = "dist_token" in state_dict
@@ -205,13 +214,18 @@ def infer_arch(state_dict: StateDict, num_heads: int | None = None) -> dict[str,
     head_hidden = state_dict["head.0.weight"].shape[0] if "head.0.weight" in state_dict else 0
     head = state_dict.get("head.3.weight", state_dict.get("head.weight"))
     return {
-        "img_size": grid * patch, "patch_size": patch, "in_chans": in_chans,
+        "img_size": grid * patch,
+        "patch_size": patch,
+        "in_chans": in_chans,
         "num_classes": head.shape[0] if head is not None else 1000,
-        "embed_dim": dim, "depth": max(blocks) + 1,
+        "embed_dim": dim,
+        "depth": max(blocks) + 1,
         "num_heads": num_heads or max(1, dim // 64),
         "mlp_dim": state_dict["blocks.0.mlp.fc1.weight"].shape[0],
-        "pool": "cls" if prefix else "avg", "stem": "conv" if conv_stem else "patch",
-        "distilled": distilled, "head_hidden": head_hidden,
+        "pool": "cls" if prefix else "avg",
+        "stem": "conv" if conv_stem else "patch",
+        "distilled": distilled,
+        "head_hidden": head_hidden,
     }
 
 
@@ -223,8 +237,7 @@ def resample_pos_embed(pos_embed: torch.Tensor, grid: int, num_prefix: int) -> t
         return pos_embed
     dim = patches.shape[-1]
     image = patches.reshape(1, old, old, dim).permute(0, 3, 1, 2).float()
-    image = F.interpolate(image, size=(grid, grid), mode="bicubic", align_corners=False,
-                          antialias=grid < old)
+    image = F.interpolate(image, size=(grid, grid), mode="bicubic", align_corners=False, antialias=grid < old)
     patches = image.permute(0, 2, 3, 1).reshape(1, grid * grid, dim).to(pos_embed.dtype)
     return torch.cat([prefix, patches], dim=1)
 
@@ -258,9 +271,11 @@ def adapt(state_dict: StateDict, source: dict[str, Any], target: dict[str, Any])
     """
     for name in ("embed_dim", "depth", "mlp_dim", "stem", "pool", "distilled"):
         if source.get(name) != target.get(name):
-            raise ValueError(f"the pretrained weights have {name}={source.get(name)!r}, the model "
-                             f"{name}={target.get(name)!r}; only the input size, patch size and "
-                             "channels can differ")
+            raise ValueError(
+                f"the pretrained weights have {name}={source.get(name)!r}, the model "
+                f"{name}={target.get(name)!r}; only the input size, patch size and "
+                "channels can differ"
+            )
     out = {k: v for k, v in state_dict.items() if not k.startswith(("head.", "head_dist."))}
     if source["patch_size"] != target["patch_size"]:
         if source["stem"] == "conv":
@@ -272,7 +287,8 @@ def adapt(state_dict: StateDict, source: dict[str, Any], target: dict[str, Any])
     first = "patch_embed.stem.0.weight" if source["stem"] == "conv" else "patch_embed.proj.weight"
     if source["in_chans"] != target["in_chans"]:
         if (source["in_chans"], target["in_chans"]) != (3, 1):
-            raise ValueError(f"cannot turn {source['in_chans']}-channel weights into a "
-                             f"{target['in_chans']}-channel model")
+            raise ValueError(
+                f"cannot turn {source['in_chans']}-channel weights into a {target['in_chans']}-channel model"
+            )
         out[first] = out[first].sum(dim=1, keepdim=True)
     return out

@@ -26,7 +26,7 @@ import torch
 
 from ..checkpoint import CheckpointError, load_weights
 from .convert import StateDict, adapt, infer_arch, to_vitrain
-from .vit import ViTConfig, VisionTransformer
+from .vit import VisionTransformer, ViTConfig
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -68,8 +68,9 @@ class Pretrained:
         except ValueError as err:
             raise PretrainedError(f"--pretrained {self.source}: {err}") from None
         heads = ("head.", "head_dist.")
-        keep_head = self.head_trained and all(target[k] == self.arch[k]
-                                              for k in ("num_classes", "head_hidden", "head_dropout") if k in self.arch)
+        keep_head = self.head_trained and all(
+            target[k] == self.arch[k] for k in ("num_classes", "head_hidden", "head_dropout") if k in self.arch
+        )
         model = VisionTransformer(config)
         # adapt() drops the old head(s): the pretrained ones go back in when they fit, else the fresh ones stay
         source_heads = self.state_dict if keep_head else model.state_dict()
@@ -84,16 +85,17 @@ class Pretrained:
 def _offline_help(source: str, kind: str, name: str, error: Exception) -> PretrainedError:
     save = {
         "timm": f"python -c \"import timm, torch; torch.save(timm.create_model('{name}', pretrained=True)"
-                f".state_dict(), '{name}.pth')\"",
+        f".state_dict(), '{name}.pth')\"",
         "torchvision": f"python -c \"import torchvision, torch; torch.save(torchvision.models.get_model('{name}', "
-                       f"weights='DEFAULT').state_dict(), '{name}.pth')\"",
+        f"weights='DEFAULT').state_dict(), '{name}.pth')\"",
         "hf": f"huggingface-cli download {name} --local-dir {name.split('/')[-1]}",
     }[kind]
     target = name.split("/")[-1] if kind == "hf" else f"{name}.pth"
     return PretrainedError(
         f"--pretrained {source}: could not download the weights ({type(error).__name__}: {str(error)[:200]}). "
         f"Without internet, fetch them on a machine that has it:\n  {save}\n"
-        f"copy the result here and pass --pretrained {target}")
+        f"copy the result here and pass --pretrained {target}"
+    )
 
 
 def reachable(host: str, port: int = 443, timeout: float = 3.0) -> bool:
@@ -140,9 +142,15 @@ def _from_timm(source: str, name: str) -> Pretrained:
     cfg = getattr(model, "pretrained_cfg", {}) or {}
     state, layout = _convert(source, model.state_dict())
     heads = getattr(model.blocks[0].attn, "num_heads", None)
-    return Pretrained(source, layout, state, infer_arch(state, heads),
-                      list(cfg.get("mean", IMAGENET_MEAN)), list(cfg.get("std", IMAGENET_STD)),
-                      float(cfg.get("crop_pct", 0.875)))
+    return Pretrained(
+        source,
+        layout,
+        state,
+        infer_arch(state, heads),
+        list(cfg.get("mean", IMAGENET_MEAN)),
+        list(cfg.get("std", IMAGENET_STD)),
+        float(cfg.get("crop_pct", 0.875)),
+    )
 
 
 def _from_torchvision(source: str, spec: str) -> Pretrained:
@@ -161,8 +169,15 @@ def _from_torchvision(source: str, spec: str) -> Pretrained:
     preset = chosen.transforms()
     state, layout = _convert(source, model.state_dict())
     heads = model.encoder.layers[0].self_attention.num_heads
-    return Pretrained(source, layout, state, infer_arch(state, heads), list(preset.mean), list(preset.std),
-                      preset.crop_size[0] / preset.resize_size[0])
+    return Pretrained(
+        source,
+        layout,
+        state,
+        infer_arch(state, heads),
+        list(preset.mean),
+        list(preset.std),
+        preset.crop_size[0] / preset.resize_size[0],
+    )
 
 
 def _from_hf(source: str, repo: str, num_heads: int | None = None) -> Pretrained:
@@ -203,9 +218,11 @@ def _read_file(source: str, path: Path) -> StateDict:
     try:
         # weights_only: a pickle that would run code is refused, never executed
         loaded = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 -- UnpicklingError, RuntimeError, EOFError ...
-        raise PretrainedError(f"--pretrained {source}: cannot be read as plain tensors (torch.load with "
-                              f"weights_only=True): {str(err).splitlines()[0][:300]}") from None
+    except Exception as err:  # noqa: BLE001 -- UnpicklingError, RuntimeError, EOFError, IndexError ...
+        first = (str(err).splitlines() or [type(err).__name__])[0]  # some errors of a truncated file say nothing
+        raise PretrainedError(
+            f"--pretrained {source}: cannot be read as plain tensors (torch.load with weights_only=True): {first[:300]}"
+        ) from None
     for key in ("model", "state_dict", "model_state_dict", "module", "model_ema"):  # common wrappers
         if isinstance(loaded, dict) and isinstance(loaded.get(key), dict):
             loaded = loaded[key]
@@ -253,26 +270,38 @@ def _from_file(source: str, path: Path, beside: Path | None = None, num_heads: i
             arch = {k: v for k, v in meta["arch"].items() if k in ViTConfig.__dataclass_fields__}
             arch = {**ViTConfig(**arch).to_dict()}
             backbone_only = bool(meta.get("backbone_only"))
-            what = ("without labels (vitrain pretrain)" if backbone_only else
-                    f"on {len(meta.get('classes', []))} classes")
-            return Pretrained(source, "vitrain", state, arch, list(meta.get("mean", IMAGENET_MEAN)),
-                              list(meta.get("std", IMAGENET_STD)), float(meta.get("crop_pct", 1.0)),
-                              [f"weights trained on {meta.get('data', 'unknown data')} {what}"],
-                              head_trained=not backbone_only)
+            what = (
+                "without labels (vitrain pretrain)" if backbone_only else f"on {len(meta.get('classes', []))} classes"
+            )
+            return Pretrained(
+                source,
+                "vitrain",
+                state,
+                arch,
+                list(meta.get("mean", IMAGENET_MEAN)),
+                list(meta.get("std", IMAGENET_STD)),
+                float(meta.get("crop_pct", 1.0)),
+                [f"weights trained on {meta.get('data', 'unknown data')} {what}"],
+                head_trained=not backbone_only,
+            )
     state, layout = _convert(source, _read_file(source, path))
     config, mean, std, crop_pct = _hf_preprocessing(beside or path.parent)
     notes = []
     if mean is None:
-        notes.append(f"{path.name} does not record its preprocessing; using ImageNet's mean/std "
-                     "(override with --mean/--std)")
+        notes.append(
+            f"{path.name} does not record its preprocessing; using ImageNet's mean/std (override with --mean/--std)"
+        )
     arch = infer_arch(state, num_heads or config.get("num_attention_heads"))
     if layout == "huggingface":
         arch["norm_eps"] = float(config.get("layer_norm_eps", 1e-12))
     if not (num_heads or "num_attention_heads" in config):
-        notes.append(f"{path.name} does not record its number of heads; assuming {arch['num_heads']} "
-                     "(64 dims per head, as in every standard ViT; override with --num-heads)")
-    return Pretrained(source, layout, state, arch, mean or list(IMAGENET_MEAN), std or list(IMAGENET_STD),
-                      crop_pct or 0.875, notes)
+        notes.append(
+            f"{path.name} does not record its number of heads; assuming {arch['num_heads']} "
+            "(64 dims per head, as in every standard ViT; override with --num-heads)"
+        )
+    return Pretrained(
+        source, layout, state, arch, mean or list(IMAGENET_MEAN), std or list(IMAGENET_STD), crop_pct or 0.875, notes
+    )
 
 
 def load_pretrained(source: str, num_heads: int | None = None) -> Pretrained:
@@ -290,16 +319,20 @@ def load_pretrained(source: str, num_heads: int | None = None) -> Pretrained:
     else:
         path = Path(source)
         if path.is_dir():
-            candidates = [path / n for n in ("best.safetensors", "backbone.safetensors", "model.safetensors",
-                                             "pytorch_model.bin")]
+            candidates = [
+                path / n for n in ("best.safetensors", "backbone.safetensors", "model.safetensors", "pytorch_model.bin")
+            ]
             found_file = next((c for c in candidates if c.is_file()), None)
             if found_file is None:
-                raise PretrainedError(f"--pretrained {source}: a folder without best.safetensors (a vitrain run) "
-                                      "or model.safetensors / pytorch_model.bin (a Hugging Face model)")
+                raise PretrainedError(
+                    f"--pretrained {source}: a folder without best.safetensors (a vitrain run) "
+                    "or model.safetensors / pytorch_model.bin (a Hugging Face model)"
+                )
             path = found_file
         elif not path.is_file():
-            raise PretrainedError(f"--pretrained {source}: no such file, and not timm:NAME, torchvision:NAME "
-                                  "or hf:ORG/NAME")
+            raise PretrainedError(
+                f"--pretrained {source}: no such file, and not timm:NAME, torchvision:NAME or hf:ORG/NAME"
+            )
         elif path.suffix not in WEIGHT_SUFFIXES:
             raise PretrainedError(f"--pretrained {source}: expected a {', '.join(WEIGHT_SUFFIXES)} file")
         found = _from_file(source, path, num_heads=num_heads)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .vit import ViTConfig, VisionTransformer
+from .vit import VisionTransformer, ViTConfig
 
 # name -> (architecture, one-line description). Dims follow the ViT and DeiT papers for
 # the 224 px models; the small-image presets are sized to train in minutes on a CPU.
@@ -76,9 +76,7 @@ def resolve_config(name: str, **overrides: Any) -> ViTConfig:
     """
     unknown = set(overrides) - set(OVERRIDE_NAMES)
     if unknown:
-        raise TypeError(
-            f"unknown model option(s) {sorted(unknown)}; valid ones are {list(OVERRIDE_NAMES)}"
-        )
+        raise TypeError(f"unknown model option(s) {sorted(unknown)}; valid ones are {list(OVERRIDE_NAMES)}")
     key = ALIASES.get(name, name)
     if key == "vit":
         base: dict[str, Any] = {}

@@ -55,9 +55,7 @@ class ViTConfig:
         if self.img_size <= 0 or self.patch_size <= 0:
             problems.append(f"img_size ({self.img_size}) and patch_size ({self.patch_size}) must be positive")
         elif self.img_size % self.patch_size:
-            problems.append(
-                f"img_size {self.img_size} is not divisible by patch_size {self.patch_size}"
-            )
+            problems.append(f"img_size {self.img_size} is not divisible by patch_size {self.patch_size}")
         if self.in_chans not in (1, 3):
             problems.append(f"in_chans must be 1 or 3, got {self.in_chans}")
         if self.num_classes < 1:
@@ -65,9 +63,7 @@ class ViTConfig:
         if min(self.embed_dim, self.depth, self.num_heads, self.mlp_dim) < 1:
             problems.append("embed_dim, depth, num_heads and mlp_dim must be positive")
         elif self.embed_dim % self.num_heads:
-            problems.append(
-                f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}"
-            )
+            problems.append(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
         if not 0.0 <= self.dropout < 1.0 or not 0.0 <= self.drop_path < 1.0:
             problems.append("dropout and drop_path must be in [0, 1)")
         if self.stem not in ("patch", "conv"):
@@ -126,8 +122,11 @@ class ConvStem(nn.Module):
         channels = in_chans
         for i in range(n):
             out = max(16, embed_dim // 2 ** (n - i))
-            layers += [nn.Conv2d(channels, out, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(out),
-                       nn.ReLU(inplace=True)]
+            layers += [
+                nn.Conv2d(channels, out, 3, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(out),
+                nn.ReLU(inplace=True),
+            ]
             channels = out
         self.stem = nn.Sequential(*layers)
         self.proj = nn.Conv2d(channels, embed_dim, kernel_size=1)
@@ -177,8 +176,13 @@ class Attention(nn.Module):
         dropout = self.attn_dropout if self.training else 0.0
         if per_head:
             scale = (C // self.num_heads) ** -0.5
-            x = torch.cat([F.dropout(((qh * scale) @ kh.transpose(1, 2)).softmax(dim=-1), dropout, self.training) @ vh
-                           for qh, kh, vh in zip(q, k, v)], dim=-1)
+            x = torch.cat(
+                [
+                    F.dropout(((qh * scale) @ kh.transpose(1, 2)).softmax(dim=-1), dropout, self.training) @ vh
+                    for qh, kh, vh in zip(q, k, v)
+                ],
+                dim=-1,
+            )
         else:
             x = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
             x = x.transpose(1, 2).flatten(2)
@@ -195,7 +199,7 @@ class Attention(nn.Module):
         head_dim = projected.shape[-1] // (groups * heads)
         if per_head:
             views = projected.view(B, N, groups * heads, head_dim).unbind(2)
-            return tuple(views[i * heads:(i + 1) * heads] for i in range(groups))
+            return tuple(views[i * heads : (i + 1) * heads] for i in range(groups))
         return projected.view(B, N, groups, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
 
 
@@ -216,8 +220,9 @@ class Mlp(nn.Module):
 class Block(nn.Module):
     """A pre-LayerNorm transformer encoder block with stochastic depth on both branches."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_dim: int, dropout: float, drop_path: float,
-                 norm_eps: float = 1e-6) -> None:
+    def __init__(
+        self, dim: int, num_heads: int, mlp_dim: int, dropout: float, drop_path: float, norm_eps: float = 1e-6
+    ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         self.attn = Attention(dim, num_heads, dropout)
@@ -237,8 +242,9 @@ def build_head(dim: int, num_classes: int, hidden: int = 0, dropout: float = 0.0
     """A linear classifier, or (``hidden`` > 0) Linear - ReLU - Dropout - Linear."""
     if hidden <= 0:
         return nn.Linear(dim, num_classes)
-    return nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
-                         nn.Linear(hidden, num_classes))
+    return nn.Sequential(
+        nn.Linear(dim, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(hidden, num_classes)
+    )
 
 
 class VisionTransformer(nn.Module):
@@ -269,8 +275,9 @@ class VisionTransformer(nn.Module):
         )
         self.norm = nn.LayerNorm(dim, eps=config.norm_eps)
         self.head = build_head(dim, config.num_classes, config.head_hidden, config.head_dropout)
-        self.head_dist = build_head(dim, config.num_classes, config.head_hidden, config.head_dropout) \
-            if config.distilled else None
+        self.head_dist = (
+            build_head(dim, config.num_classes, config.head_hidden, config.head_dropout) if config.distilled else None
+        )
         self.meta: dict = {}  # classes and preprocessing, filled in by checkpoints
         # True: square inputs of any multiple of the patch size are accepted, with the position
         # embeddings resampled to their grid (multi-crop pretraining); not part of the architecture
@@ -304,8 +311,9 @@ class VisionTransformer(nn.Module):
         cfg = self.config
         hidden = cfg.head_hidden if hidden is None else hidden
         dropout = cfg.head_dropout if dropout is None else dropout
-        self.config = ViTConfig(**{**cfg.to_dict(), "num_classes": num_classes, "head_hidden": hidden,
-                                   "head_dropout": dropout})
+        self.config = ViTConfig(
+            **{**cfg.to_dict(), "num_classes": num_classes, "head_hidden": hidden, "head_dropout": dropout}
+        )
         heads = ["head"] + (["head_dist"] if cfg.distilled else [])
         for name in heads:
             head = build_head(cfg.embed_dim, num_classes, hidden, dropout).to(self.pos_embed.device)
@@ -318,12 +326,16 @@ class VisionTransformer(nn.Module):
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) -> input tokens (B, prefix + patches, embed_dim), position-embedded."""
         cfg = self.config
-        other_size = (x.ndim == 4 and x.shape[1] == cfg.in_chans and x.shape[2] == x.shape[3] != cfg.img_size
-                      and x.shape[2] % cfg.patch_size == 0 and self.dynamic_img_size)
+        other_size = (
+            x.ndim == 4
+            and x.shape[1] == cfg.in_chans
+            and x.shape[2] == x.shape[3] != cfg.img_size
+            and x.shape[2] % cfg.patch_size == 0
+            and self.dynamic_img_size
+        )
         if not other_size and (x.ndim != 4 or x.shape[1:] != (cfg.in_chans, cfg.img_size, cfg.img_size)):
             raise ValueError(
-                f"expected input of shape (B, {cfg.in_chans}, {cfg.img_size}, {cfg.img_size}), "
-                f"got {tuple(x.shape)}"
+                f"expected input of shape (B, {cfg.in_chans}, {cfg.img_size}, {cfg.img_size}), got {tuple(x.shape)}"
             )
         pos_embed = self.pos_embed
         if other_size:

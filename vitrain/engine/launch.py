@@ -1,0 +1,155 @@
+"""Starting ``train`` or ``pretrain``: the layered configuration, the options each refuses, the dispatch.
+
+The command line and the Python API (:mod:`vitrain.api`) both come through here, so they
+resolve the same defaults and raise the same errors.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable
+
+from ..config import FIRST_STAGE, ConfigError, TrainConfig, config_from_dict, layered_config, load_config_file
+
+# options that may differ when a run is resumed: they change where and how fast it runs, not what it computes
+RESUME_OVERRIDABLE = {"device", "workers", "progress", "data_root", "download", "compile"}
+# options of `vitrain train` that `vitrain pretrain` (which shares its parser) has no use for
+PRETRAIN_UNUSED = (
+    "ema",
+    "label_smoothing",
+    "class_weights",
+    "dedupe",
+    "augment",
+    "crop",
+    "crop_scale",
+    "crop_ratio",
+    "crop_pct",
+    "random_erasing",
+    "in_memory",
+    "best_metric",
+    "pretrained",
+    "freeze",
+    "head",
+    "head_lr",
+    "pretrain_share",
+    "pretrain_mixup",
+    "pretrain_cutmix",
+    "pretrain_img_size",
+)
+# options of the instance-discrimination task, which `vitrain train --pretrain labels` has no use for
+INSTANCE_ONLY = (
+    "views",
+    "infonce",
+    "temperature",
+    "instance_smoothing",
+    "instance_init",
+    "pretrain_crop_scale",
+    "local_crops",
+    "local_crop_size",
+    "local_crop_scale",
+    "knn_every",
+    "pretrain_mixup",
+    "pretrain_cutmix",
+)
+# options of the first stage that `vitrain train` without --pretrain has no use for
+PRETRAIN_ONLY = ("pretrain_share", *INSTANCE_ONLY, "pretrain_img_size")
+
+
+def as_flags(given: Iterable[str], names: Iterable[str]) -> str:
+    """Those of ``names`` that were given, as flags (``--views, --knn-every``), or ""."""
+    given = set(given)
+    return ", ".join("--" + name.replace("_", "-") for name in names if name in given)
+
+
+def resolve_config(
+    given: dict[str, Any],
+    *,
+    config_file: str | Path | None = None,
+    resume: str | Path | None = None,
+    command: str = "train",
+) -> tuple[TrainConfig, bool]:
+    """Merge defaults < recipe < ``config_file`` < ``given`` (or the resumed run's saved config).
+
+    ``given`` holds only the options the user set, by field name. Returns the configuration
+    and whether the run resumes.
+    """
+    from .train import default_run_dir
+
+    if resume:
+        saved = Path(resume) / "config.yaml"
+        if not saved.is_file():
+            raise ConfigError(f"--resume {resume}: no config.yaml there, so it is not a vitrain run folder")
+        fixed = sorted(set(given) - RESUME_OVERRIDABLE - {"out"})
+        if fixed:
+            raise ConfigError(
+                "--resume continues the saved configuration; these options cannot change: "
+                + ", ".join("--" + k.replace("_", "-") for k in fixed)
+            )
+        base = config_from_dict(load_config_file(saved))
+        return config_from_dict({**given, "out": str(resume)}, base), True
+    file_values = load_config_file(config_file) if config_file else {}
+    cfg = layered_config(file_values, given)
+    if command == "pretrain":  # a recipe's first-stage settings are this command's own, unless set
+        for own, first_stage in FIRST_STAGE.items():
+            if own not in given and own not in file_values and getattr(cfg, first_stage) is not None:
+                setattr(cfg, own, getattr(cfg, first_stage))
+    if cfg.pretrain == "none":
+        cfg.pretrain = None
+    if cfg.out is None:
+        cfg.out = default_run_dir(cfg.data)
+    return cfg, False
+
+
+def check_options(command: str, cfg: TrainConfig, given: Iterable[str]) -> None:
+    """Refuse, by name, the given options that this kind of run has no use for."""
+    given = set(given)
+    if command == "pretrain":
+        unused = as_flags(given, PRETRAIN_UNUSED)
+        if unused:
+            raise ConfigError(
+                f"vitrain pretrain does not use {unused} (options of vitrain train; the "
+                "pretraining crops are --pretrain-crop-scale, its input size --img-size)"
+            )
+        if cfg.pretrain == "labels":
+            raise ConfigError(
+                "vitrain pretrain's method is instance-discrimination; a first stage on the "
+                "labels is vitrain train --pretrain labels"
+            )
+    elif cfg.pretrain:
+        unused = as_flags(given, INSTANCE_ONLY) if cfg.pretrain == "labels" else ""
+        if unused:
+            raise ConfigError(
+                f"{unused} only apply to --pretrain instance-discrimination; --pretrain labels "
+                "trains its first stage with the training options (--mixup, --crop-scale, ...) "
+                "at --pretrain-img-size"
+            )
+    else:
+        unused = as_flags(given, PRETRAIN_ONLY)
+        if unused:
+            raise ConfigError(
+                f"{unused} only apply to pretraining: add --pretrain instance-discrimination, or use vitrain pretrain"
+            )
+
+
+def launch(command: str, cfg: TrainConfig, resume: bool, given: Iterable[str]) -> dict[str, Any]:
+    """Check the options, then run ``vitrain pretrain``, a two-stage ``train --pretrain`` or ``train``.
+
+    Returns the run's report (also in its ``report.json``).
+    """
+    from .pretrain import pretrain, pretrain_then_train
+    from .train import train
+
+    check_options(command, cfg, given)
+    if command == "pretrain":
+        return pretrain(cfg, resume=resume)
+    if cfg.pretrain:
+        return pretrain_then_train(cfg, resume=resume)
+    return train(cfg, resume=resume)
+
+
+def check_tool_options(batch_size: int, out: str | Path | None) -> None:
+    """The checks ``eval`` and ``predict`` make before loading anything."""
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1 (got {batch_size})")
+    if out and Path(out).exists() and not Path(out).is_dir():
+        raise ConfigError(f"--out {out} is a file, not a folder")
