@@ -17,18 +17,17 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
-from torch import nn
 
 from .models.vit import VisionTransformer, ViTConfig
-
-FORMAT = "vitrain"
-FORMAT_VERSION = 1
-
-
-class CheckpointError(ValueError):
-    """A checkpoint is missing, unreadable, not vitrain's, or does not fit the model."""
+from .models.weights import (  # noqa: F401 - part of this module's interface
+    FORMAT,
+    FORMAT_VERSION,
+    CheckpointError,
+    load_weights,
+    read_model_checkpoint,
+    read_tensors,
+)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -75,19 +74,6 @@ def _write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[
     atomic_write_bytes(path, safetensors_bytes(tensors, metadata=metadata))
 
 
-def _read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError, ValueError) as err:
-        raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from None
-    return tensors, metadata
-
-
 def model_metadata(model: VisionTransformer, **meta: Any) -> dict[str, Any]:
     """The metadata dict for ``model``: its architecture plus ``meta`` (classes, preprocessing)."""
     cfg = model.config
@@ -109,44 +95,6 @@ def _model_file(model: VisionTransformer, meta: dict[str, Any]) -> tuple[dict[st
 def save_model(path: str | Path, model: VisionTransformer, **meta: Any) -> None:
     """Save weights and self-description; ``meta`` adds to (or overrides) ``model.meta``."""
     _write_tensors(Path(path), *_model_file(model, meta))
-
-
-def read_model_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Weights and metadata of a vitrain model checkpoint."""
-    tensors, raw = _read_tensors(Path(path))
-    if "vitrain" not in raw:
-        raise CheckpointError(
-            f"{path}: a safetensors file without vitrain metadata (not written by vitrain); "
-            "foreign ViT weights are loaded through their converters instead"
-        )
-    meta = json.loads(raw["vitrain"])
-    if meta.get("format") != FORMAT or int(meta.get("format_version", 0)) > FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path}: unsupported checkpoint format {meta.get('format')!r} version {meta.get('format_version')!r}"
-        )
-    return tensors, meta
-
-
-def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
-    """Load ``state_dict`` strictly, with an error that lists mismatching keys and shapes."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(own))
-    wrong = [
-        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in sorted(set(own) & set(state_dict))
-        if own[k].shape != state_dict[k].shape
-    ]
-    if missing or unexpected or wrong:
-        parts = []
-        if wrong:
-            parts.append("shape mismatch: " + "; ".join(wrong[:4]))
-        if missing:
-            parts.append(f"missing keys: {', '.join(missing[:4])}" + (" ..." if len(missing) > 4 else ""))
-        if unexpected:
-            parts.append(f"unexpected keys: {', '.join(unexpected[:4])}" + (" ..." if len(unexpected) > 4 else ""))
-        raise CheckpointError(f"{source} does not match the model: " + "; ".join(parts))
-    model.load_state_dict(state_dict)
 
 
 def model_from_checkpoint(path: str | Path) -> VisionTransformer:
@@ -233,7 +181,7 @@ def _state_file(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[st
 
 def load_state(path: str | Path) -> dict[str, Any]:
     """Read a training state written by :func:`save_state`."""
-    tensors, raw = _read_tensors(Path(path))
+    tensors, raw = read_tensors(Path(path))
     if "vitrain_state" not in raw:
         raise CheckpointError(f"{path}: not a vitrain training state")
     return _unflatten(json.loads(raw["vitrain_state"]), tensors)

@@ -11,11 +11,8 @@ from typing import Any, Optional, get_args, get_origin, get_type_hints
 import yaml
 
 from .checkpoint import atomic_write_bytes
+from .errors import ConfigError
 from .models.registry import ALIASES, model_names
-
-
-class ConfigError(ValueError):
-    """A configuration value is invalid; the message names the option."""
 
 
 @dataclass
@@ -357,7 +354,11 @@ def layered_config(*layers: dict[str, Any]) -> TrainConfig:
     if merged.get("recipe"):
         from .recipes import get_recipe
 
-        base = config_from_dict(get_recipe(str(merged["recipe"])).config)
+        recipe = get_recipe(str(merged["recipe"]))
+        try:
+            base = config_from_dict(recipe.config)
+        except ConfigError as err:  # a recipe file that names an option wrongly
+            raise ConfigError(f"--recipe {recipe.name}: {err}") from None
     return config_from_dict(merged, base)
 
 

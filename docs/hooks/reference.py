@@ -58,7 +58,7 @@ def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
 
 
 def _wide(prog: str) -> argparse.HelpFormatter:
-    return argparse.HelpFormatter(prog, width=96)
+    return argparse.HelpFormatter(prog, width=80)
 
 
 def _flag(action: argparse.Action) -> str:
@@ -111,7 +111,9 @@ def cli_reference_markdown() -> str:
         lines += [f"## `vitrain {name}`", ""]
         if sub.description:
             lines += [_cell(sub.description), ""]
-        lines += ["```", sub.format_usage().strip().removeprefix("usage: "), "```", ""]
+        # train and pretrain take some ninety options: their tables below say more than a usage line
+        usage = f"vitrain {name} [OPTION ...]" if name in CONFIG_COMMANDS else sub.format_usage().strip()
+        lines += ["```", usage.removeprefix("usage: "), "```", ""]
         for group in sub._action_groups:  # the same grouping as `vitrain NAME --help`
             table = _options_table(group._group_actions, name, defaults)
             if not table:

@@ -30,6 +30,7 @@ from torchvision.ops import roi_align
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
+from ..place import Dist
 from .transforms import eval_decode_side, policy_transform, resize_and_center, uses_resized_crop
 
 MAX_BYTES = 2 * 1024**3  # --in-memory auto holds at most this much decoded image data
@@ -267,8 +268,6 @@ class MemoryLoader:
         drop_last: bool = False,
         place=None,
     ) -> None:
-        from ..engine.distributed import Dist
-
         device = device or torch.device("cpu")
         self.images = images.to(device)
         self.targets = targets.to(device)

@@ -16,30 +16,13 @@ A single process (no ``WORLD_SIZE``, or 1) runs exactly as without this module.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
 from torch.utils.data import Dataset, Sampler
 
-
-@dataclass(frozen=True)
-class Dist:
-    """Where this process sits: its rank, the number of processes and its rank on its node."""
-
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        """Whether this process writes files and logs."""
-        return self.rank == 0
-
-    @property
-    def active(self) -> bool:
-        return self.world > 1
+from ..place import Dist
 
 
 def from_environment() -> Dist:

@@ -24,9 +24,9 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import CheckpointError, load_weights
 from .convert import StateDict, adapt, infer_arch, to_vitrain
 from .vit import VisionTransformer, ViTConfig
+from .weights import CheckpointError, load_weights
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -261,7 +261,7 @@ def _from_file(source: str, path: Path, beside: Path | None = None, num_heads: i
         with safe_open(str(path), framework="pt") as f:
             is_vitrain = "vitrain" in (f.metadata() or {})
         if is_vitrain:
-            from ..checkpoint import read_model_checkpoint
+            from .weights import read_model_checkpoint
 
             try:
                 state, meta = read_model_checkpoint(path)
