@@ -27,9 +27,11 @@ sys.path.insert(0, str(ROOT))
 from vitrain.config import config_from_dict  # noqa: E402
 from vitrain.data import memory  # noqa: E402
 from vitrain.engine.bench import _sync, _time  # noqa: E402
+from vitrain.engine.build import model_arch  # noqa: E402
+from vitrain.engine.device import resolve_device  # noqa: E402
 from vitrain.engine.distributed import Dist  # noqa: E402
 from vitrain.engine.optim import build_optimizer, build_scheduler  # noqa: E402
-from vitrain.engine.train import autocast_dtype, model_arch, resolve_device, use_cuda_graphs  # noqa: E402
+from vitrain.engine.runtime import autocast_dtype, use_cuda_graphs  # noqa: E402
 from vitrain.models.vit import VisionTransformer  # noqa: E402
 from vitrain.recipes import get_recipe  # noqa: E402
 

@@ -208,10 +208,10 @@ def test_instance_pretraining_under_torchrun_is_refused_before_anything_is_writt
 
 # rank 1 names its default run folder as if its clock had ticked into the next second
 LATE_CLOCK = """import os, sys
-import vitrain.engine.train as train_module
+import vitrain.engine.rundir as rundir
 if os.environ["RANK"] == "1":
-    own = train_module.default_run_dir
-    train_module.default_run_dir = lambda data: own(data) + "-a-second-later"
+    own = rundir.default_run_dir
+    rundir.default_run_dir = lambda data: own(data) + "-a-second-later"
 from vitrain.cli import main
 sys.exit(main(sys.argv[1:]))
 """

@@ -685,7 +685,7 @@ def test_dedupe_that_empties_a_split_is_handled_before_training(tmp_path, tiny_a
 
 
 def test_steps_that_fit_pays_a_full_overhead_for_a_partial_epoch():
-    from vitrain.engine.train import recent_speed, steps_that_fit
+    from vitrain.engine.budget import recent_speed, steps_that_fit
 
     # 10 s: 10 steps/epoch at 0.1 s plus 1 s overhead per epoch -> 5 epochs of 2 s each
     assert steps_that_fit(10.0, 0.1, 1.0, 10) == 50
@@ -706,7 +706,7 @@ def test_replanning_from_pooled_overheads_does_not_swing_with_alternating_checkp
     # 2 s epochs of 28 steps whose overhead alternates between 0.1 s and 0.3 s (an improved
     # epoch also writes best.safetensors): the plan from the pooled overhead holds still, where
     # one made from each epoch's own overhead swung by more than 2% every epoch
-    from vitrain.engine.train import recent_speed, replan_budget, steps_that_fit
+    from vitrain.engine.budget import recent_speed, replan_budget, steps_that_fit
 
     speed: list[tuple[int, float, float]] = []
     budget = {"planned_steps": 28 * 1000, "replans": []}

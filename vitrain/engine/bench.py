@@ -25,7 +25,7 @@ from torch import nn
 
 from ..models.convert import from_torchvision
 from ..models.vit import VisionTransformer, ViTConfig
-from .train import autocast_dtype
+from .runtime import autocast_dtype
 
 
 @dataclass(frozen=True)

@@ -73,7 +73,7 @@ def resolve_config(
     ``given`` holds only the options the user set, by field name. Returns the configuration
     and whether the run resumes.
     """
-    from .train import default_run_dir
+    from .rundir import default_run_dir
 
     if resume:
         saved = Path(resume) / "config.yaml"

@@ -66,7 +66,7 @@ from ..data.strong import StrongAugment
 from ..models.registry import resolve_config
 from ..report import metrics_csv_bytes, plot_curves, write_report
 from .optim import build_optimizer, build_scheduler, replan
-from .train import STATE_FILE  # a training run's name for it: the commit point of an epoch, and what --resume needs
+from .rundir import STATE_FILE  # a training run's name for it: the commit point of an epoch, and what --resume needs
 
 BACKBONE_FILE = "backbone.safetensors"
 PRETRAIN_FILES = ("config.yaml", "metrics.csv", BACKBONE_FILE, STATE_FILE, "report.json", "loss.png", "accuracy.png")
@@ -247,24 +247,13 @@ def pretrain(
     epoch (a budgeted run finishes its planned steps, without a deadline). ``on_start`` runs
     once the data has loaded, before anything is written (a chained run's own folder setup).
     """
+    from .budget import recent_speed, replan_budget
+    from .build import build_model, resolve_config_for_data
+    from .device import resolve_device
     from .distributed import from_environment
-    from .train import (
-        TrainingError,
-        _nonfinite,
-        autocast_dtype,
-        build_model,
-        check_leaks,
-        check_run_dir,
-        checks_each_step,
-        decode_workers,
-        recent_speed,
-        remove_interrupted_writes,
-        replan_budget,
-        resolve_config_for_data,
-        resolve_device,
-        use_compile,
-        writes_behind,
-    )
+    from .rundir import check_run_dir, remove_interrupted_writes
+    from .runtime import autocast_dtype, checks_each_step, decode_workers, use_compile, writes_behind
+    from .train import TrainingError, check_leaks, record_nonfinite
 
     if from_environment().active:
         raise ConfigError("vitrain pretrain runs in one process; start it without torchrun")
@@ -456,7 +445,7 @@ def pretrain(
                     correct += (logits.detach().argmax(1) == a).sum()
                     seen += len(a)
                 else:  # the batch is skipped: no update (or the run stops here)
-                    _nonfinite(
+                    record_nonfinite(
                         skipped,
                         cfg.skip_nonfinite,
                         epoch,
@@ -621,7 +610,8 @@ def pretrain_then_train(cfg: TrainConfig, resume: bool = False, log=print) -> di
     """
     from . import distributed
     from .device import resolve_device
-    from .train import RUN_FILES, agree_on_run_dir, check_run_dir, quiet, start_run_dir, train
+    from .rundir import RUN_FILES, agree_on_run_dir, check_run_dir, start_run_dir
+    from .train import quiet, train
 
     if distributed.from_environment().active and cfg.pretrain != "labels":  # before the folder is checked
         raise ConfigError(

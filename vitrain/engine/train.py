@@ -1,16 +1,15 @@
 """``vitrain train``: data -> model -> the training loop -> checkpoints, curves and a report.
 
-:func:`train` is the whole loop in one function; the helpers above it resolve the
-configuration, build the loaders and manage the run folder.
+:func:`train` is the whole loop in one function. What it builds on lives beside it:
+``build`` (the model and the loaders), ``rundir`` (the run folder), ``budget`` (the
+time-budget planner), ``runtime`` (the device and precision policy) and ``final`` (the
+final report).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -19,7 +18,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 from tqdm import tqdm
 
@@ -28,61 +26,39 @@ from ..checkpoint import (
     CheckpointWriter,
     load_state,
     load_weights,
-    model_from_checkpoint,
-    remove_stale_temp_files,
 )
-from ..config import ConfigError, TrainConfig, parse_head
-from ..data import memory
+from ..config import ConfigError, TrainConfig
 from ..data.leakage import content_hashes, find_leaks, without
-from ..data.sources import ArrayImageDataset, DataError, DataSplits, load_data, split_digest
-from ..data.transforms import (
-    TransformedDataset,
-    build_eval_transform,
-    build_train_transform,
-    eval_decode_side,
-    normalization,
-    uses_resized_crop,
-)
-from ..models.pretrained import Pretrained, PretrainedError, load_pretrained
-from ..models.registry import resolve_config
-from ..models.vit import VisionTransformer, ViTConfig
-from ..report import metrics_csv_bytes, plot_confusion_matrix, plot_curves, plot_samples, write_report
+from ..data.sources import DataError, DataSplits, load_data, split_digest
+from ..models.pretrained import PretrainedError, load_pretrained
+from ..report import metrics_csv_bytes, write_report
 from . import distributed
+from .budget import plan_budget, recent_speed, replan_budget
+from .build import (
+    build_loaders,
+    build_model,
+    resolve_config_for_data,
+)
 from .device import resolve_device
 from .distributed import Dist
 from .evaluate import evaluate, is_imbalanced
-from .finetune import apply_freeze, train_mode
+from .final import final_report, log_epoch_scalars
+from .finetune import train_mode
 from .optim import build_optimizer, build_scheduler, replan
-
-STATE_FILE = "state.safetensors"
-RUN_FILES = (
-    "config.yaml",
-    "metrics.csv",
-    "best.safetensors",
-    "last.safetensors",
+from .rundir import (
     STATE_FILE,
-    "report.json",
-    "accuracy.png",
-    "loss.png",
-    "confusion_matrix.png",
-    "samples.png",
+    agree_on_run_dir,
+    check_run_dir,
+    remove_interrupted_writes,
+    start_run_dir,
 )
-MODEL_FIELDS = (
-    "img_size",
-    "patch_size",
-    "embed_dim",
-    "depth",
-    "num_heads",
-    "mlp_dim",
-    "dropout",
-    "drop_path",
-    "pool",
-    "stem",
-    "distilled",
-    "norm_eps",
+from .runtime import (
+    autocast_dtype,
+    checks_each_step,
+    use_compile,
+    use_cuda_graphs,
+    writes_behind,
 )
-# what pretrained weights fix; --pretrained with a different value is an error (size and patch may change)
-PRETRAINED_FIXED = ("embed_dim", "depth", "mlp_dim", "pool", "stem")
 
 
 class TrainingError(RuntimeError):
@@ -90,300 +66,6 @@ class TrainingError(RuntimeError):
 
 
 # ------------------------------------------------------------------------------ setup
-
-
-def default_model(native_size: int) -> str:
-    """The preset ``--model auto`` picks from the data's typical image side."""
-    if native_size <= 16:
-        return "vit-digits"
-    if native_size <= 64:
-        return "vit-mini4"
-    return "vit-ti16"
-
-
-def resolve_config_for_data(cfg: TrainConfig, splits: DataSplits, pretrained: Pretrained | None = None) -> TrainConfig:
-    """Fill every 'auto'/None field from the data (and the pretrained weights), so config.yaml records what ran."""
-    overrides = {k: getattr(cfg, k) for k in MODEL_FIELDS}
-    if pretrained is not None:
-        if cfg.model not in ("auto", "vit"):
-            raise ConfigError(
-                f"--model {cfg.model} with --pretrained {cfg.pretrained}: the pretrained weights "
-                "define the model; leave --model out"
-            )
-        for name in PRETRAINED_FIXED:
-            if overrides[name] is not None and overrides[name] != pretrained.arch[name]:
-                raise ConfigError(
-                    f"--{name.replace('_', '-')} {overrides[name]}: the weights of --pretrained "
-                    f"{cfg.pretrained} have {name} {pretrained.arch[name]}"
-                )
-        base = {k: pretrained.arch[k] for k in MODEL_FIELDS if k in pretrained.arch}
-        overrides = {**base, **{k: v for k, v in overrides.items() if v is not None}}
-        overrides.setdefault("dropout", 0.0)
-        overrides.setdefault("drop_path", 0.0)
-    model = "vit" if pretrained is not None else default_model(splits.native_size) if cfg.model == "auto" else cfg.model
-    head_hidden, head_dropout = parse_head(cfg.head)
-    try:
-        arch = resolve_config(
-            model,
-            **overrides,
-            in_chans=splits.channels,
-            num_classes=len(splits.classes),
-            head_hidden=head_hidden,
-            head_dropout=head_dropout,
-        )
-    except (ValueError, TypeError) as err:
-        raise ConfigError(f"--model {model} with the given model options: {err}") from None
-    augment = cfg.augment
-    if augment == "auto":
-        # on tiny images a one-pixel shift is a large distortion; crops start to help at ~32 px
-        augment = "none" if arch.img_size <= 16 else "flip-crop"
-    crop_pct = cfg.crop_pct if cfg.crop_pct is not None else pretrained.crop_pct if pretrained is not None else 1.0
-    resolved = dataclasses.replace(
-        cfg,
-        model=model,
-        augment=augment,
-        classes=list(splits.classes),
-        channels=splits.channels,
-        crop_pct=crop_pct,
-        hflip=(0.5 if splits.hflip_ok else 0.0) if cfg.hflip is None else cfg.hflip,
-        **{k: getattr(arch, k) for k in MODEL_FIELDS},
-    )
-    if resolved.mean is None:
-        if pretrained is not None and cfg.normalize == "auto":
-            mean, std = pretrained.mean, pretrained.std
-            if splits.channels == 1 and len(mean) == 3:  # gray images meet RGB kernels summed (see convert.adapt)
-                mean, std = [sum(mean) / 3], [sum(std) / 3]
-        else:
-            kind = "dataset" if cfg.normalize == "auto" else cfg.normalize
-            mean, std = normalization(kind, splits.train, arch.img_size, splits.channels)
-        resolved = dataclasses.replace(resolved, mean=list(mean), std=list(std))
-    for name in ("mean", "std"):
-        if len(getattr(resolved, name)) != splits.channels:
-            raise ConfigError(
-                f"--{name} needs {splits.channels} value(s) for {splits.channels}-channel images, "
-                f"got {getattr(resolved, name)}"
-            )
-    return resolved
-
-
-def model_arch(cfg: TrainConfig) -> ViTConfig:
-    """The architecture a resolved config describes."""
-    head_hidden, head_dropout = parse_head(cfg.head)
-    return resolve_config(
-        cfg.model,
-        **{k: getattr(cfg, k) for k in MODEL_FIELDS},
-        in_chans=cfg.channels,
-        num_classes=len(cfg.classes),
-        head_hidden=head_hidden,
-        head_dropout=head_dropout,
-    )
-
-
-def build_model(cfg: TrainConfig, pretrained: Pretrained | None = None) -> VisionTransformer:
-    """The model a resolved config describes, initialized from ``cfg.seed`` (the head, when ``pretrained``
-    supplies the rest), with ``--freeze`` applied."""
-    torch.manual_seed(cfg.seed)
-    arch = model_arch(cfg)
-    if pretrained is not None:
-        try:
-            model = pretrained.model(**arch.to_dict())
-        except PretrainedError as err:
-            raise ConfigError(str(err)) from None
-    else:
-        model = VisionTransformer(arch)
-    try:
-        apply_freeze(model, cfg.freeze)
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
-    model.meta = {
-        "classes": list(cfg.classes),
-        "mean": list(cfg.mean),
-        "std": list(cfg.std),
-        "crop_pct": cfg.crop_pct,
-        "interpolation": "bilinear",
-        "model_name": cfg.model,
-        "data": cfg.data,
-        "split": {"val_fraction": cfg.val_fraction, "test_fraction": cfg.test_fraction, "split_seed": cfg.split_seed},
-        **({"pretrained": cfg.pretrained} if cfg.pretrained else {}),
-    }
-    return model
-
-
-def use_memory(cfg: TrainConfig, splits: DataSplits) -> bool:
-    """Whether ``--in-memory`` (auto: when the decoded images fit in :data:`memory.MAX_BYTES`) applies."""
-    if cfg.in_memory != "auto":
-        return cfg.in_memory == "on"
-    side = memory.train_side(cfg.img_size, splits.native_size, cfg.augment, cfg.crop)
-    total = memory.estimated_bytes(len(splits.train), cfg.channels, side) + sum(
-        memory.estimated_bytes(len(d), cfg.channels, cfg.img_size) for d in (splits.val, splits.test) if d is not None
-    )
-    return total <= memory.MAX_BYTES
-
-
-def build_loaders(
-    cfg: TrainConfig, splits: DataSplits, device: torch.device, log=print, place: Dist | None = None
-) -> dict[str, DataLoader | memory.MemoryLoader]:
-    """Train/val(/test) loaders. The train loader's generator is re-seeded every epoch.
-
-    With ``--in-memory`` every split is decoded once and batches are augmented as tensors
-    (:mod:`vitrain.data.memory`); otherwise DataLoader workers decode and augment per image.
-    Under torchrun (``place``), each rank gets its slice of every global training batch
-    and a disjoint shard of each evaluation split.
-    """
-    place = place or Dist()
-    if use_memory(cfg, splits):
-        return _memory_loaders(cfg, splits, device, log, place)
-    train_tf = build_train_transform(
-        cfg.img_size,
-        cfg.augment,
-        cfg.mean,
-        cfg.std,
-        native_size=splits.native_size,
-        hflip=cfg.hflip,
-        crop_scale=tuple(cfg.crop_scale),
-        crop_ratio=tuple(cfg.crop_ratio),
-        crop_pct=cfg.crop_pct,
-        random_erasing=cfg.random_erasing,
-        crop=cfg.crop,
-    )
-    eval_tf = build_eval_transform(cfg.img_size, cfg.mean, cfg.std, cfg.crop_pct)
-    in_memory = isinstance(splits.train, ArrayImageDataset)
-    workers = cfg.workers if cfg.workers is not None else (0 if in_memory else max(1, min(8, node_cores() - 1)))
-    if hasattr(splits.train, "max_side"):
-        # big JPEGs decode at reduced size, never below what the crop needs
-        splits.train.max_side = int(cfg.img_size / min(cfg.crop_pct, cfg.crop_scale[0] ** 0.5)) + 1
-    for dataset in (splits.val, splits.test):
-        if dataset is not None and hasattr(dataset, "max_side"):
-            dataset.max_side = eval_decode_side(cfg.img_size, cfg.crop_pct)  # as vitrain eval and predict decode
-    # no persistent workers: each epoch's workers are seeded afresh from the re-seeded generator,
-    # which is what makes a resumed run repeat the augmentations of an uninterrupted one
-    common = dict(num_workers=workers, pin_memory=device.type == "cuda")
-    generator = torch.Generator()
-    train_set = TransformedDataset(splits.train, train_tf)
-    if place.active:
-        sampler = distributed.GlobalBatchSampler(len(train_set), cfg.batch_size, place, generator)
-        loaders = {"train": DataLoader(train_set, batch_sampler=sampler, generator=generator, **common)}
-    else:
-        loaders = {
-            "train": DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, generator=generator, **common)
-        }
-    for name in ("val", "test"):
-        dataset = getattr(splits, name)
-        if dataset is not None:
-            dataset = TransformedDataset(dataset, eval_tf)
-            shard = distributed.ShardSampler(dataset, place) if place.active else None
-            loaders[name] = DataLoader(dataset, batch_size=cfg.batch_size, sampler=shard, **common)
-    return loaders
-
-
-def node_cores() -> int:
-    """This process's share of the machine's cores: all of them, or under ``torchrun`` an equal
-    share among the processes on this node (``LOCAL_WORLD_SIZE``)."""
-    return max(1, (os.cpu_count() or 1) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
-
-
-def decode_workers(cfg: TrainConfig) -> int:
-    """Processes that decode images into memory: ``--workers``, else one per core of :func:`node_cores` (at most 8)."""
-    return cfg.workers if cfg.workers is not None else min(8, node_cores())
-
-
-def _memory_loaders(
-    cfg: TrainConfig, splits: DataSplits, device: torch.device, log=print, place: Dist | None = None
-) -> dict[str, memory.MemoryLoader]:
-    t0 = time.perf_counter()
-    resized = uses_resized_crop(splits.native_size, cfg.crop)
-    side = memory.train_side(cfg.img_size, splits.native_size, cfg.augment, cfg.crop)
-    # pad-and-crop and no augmentation start from the evaluation geometry, as the file pipeline does
-    train_pct = 1.0 if cfg.augment != "none" else cfg.crop_pct
-    workers = decode_workers(cfg)
-    augment = memory.BatchAugment(
-        cfg.img_size,
-        cfg.augment,
-        cfg.mean,
-        cfg.std,
-        resized_crop=resized,
-        hflip=cfg.hflip,
-        crop_scale=tuple(cfg.crop_scale),
-        crop_ratio=tuple(cfg.crop_ratio),
-        random_erasing=cfg.random_erasing,
-    )
-    place = place or Dist()
-
-    def decode(dataset, side: int, crop_pct: float) -> tuple[torch.Tensor, torch.Tensor]:
-        # under torchrun each rank decodes the images rank::world and all ranks gather the rest
-        if not place.active:
-            return memory.decode_all(dataset, side, crop_pct, workers)
-        n = len(dataset)
-        images, targets = memory.decode_all(dataset, side, crop_pct, workers, range(place.rank, n, place.world))
-        return distributed.gather_rows(images, n, place, device), distributed.gather_rows(targets, n, place, device)
-
-    # on a GPU the images live there; a fixed batch shape there suits torch.compile and CUDA graphs
-    images, targets = decode(splits.train, side, train_pct)
-    loaders = {
-        "train": memory.MemoryLoader(
-            images,
-            targets,
-            cfg.batch_size,
-            shuffle=True,
-            mean=cfg.mean,
-            std=cfg.std,
-            augment=augment,
-            device=device,
-            drop_last=device.type == "cuda",
-            place=place,
-        )
-    }
-    for name in ("val", "test"):
-        dataset = getattr(splits, name)
-        if dataset is not None:
-            images, targets = decode(dataset, cfg.img_size, cfg.crop_pct)
-            loaders[name] = memory.MemoryLoader(
-                images, targets, cfg.batch_size, shuffle=False, mean=cfg.mean, std=cfg.std, device=device, place=place
-            )
-    total = sum(loader.images.numel() for loader in loaders.values())
-    shared = f", each of {place.world} processes decoding 1/{place.world} of them" if place.active else ""
-    log(
-        f"in memory: {total / 2**20:.1f} MiB of decoded images (training images at {side}px) "
-        f"in {time.perf_counter() - t0:.1f}s{shared}"
-    )
-    return loaders
-
-
-def default_run_dir(data: str) -> str:
-    """``runs/<data name>-<timestamp>``, the run folder when ``--out`` is not given."""
-    return str(Path("runs") / f"{Path(data).stem or 'data'}-{time.strftime('%Y%m%d-%H%M%S')}")
-
-
-def agree_on_run_dir(cfg: TrainConfig, place: Dist) -> TrainConfig:
-    """``cfg`` with its run folder set (``--out``, or :func:`default_run_dir`), rank 0's on every rank.
-
-    Without ``--out`` each process names ``runs/<data>-<time>`` by its own clock, and ranks
-    that start on either side of a second would name different folders: a chained run's
-    second stage, which loads the first stage's weights on every rank, would not find them.
-    Call it once the process group is up (:func:`distributed.setup`).
-    """
-    return dataclasses.replace(cfg, out=distributed.broadcast(cfg.out or default_run_dir(cfg.data), place))
-
-
-def check_run_dir(cfg: TrainConfig, resume: bool, files: tuple[str, ...] = RUN_FILES) -> Path:
-    """The run folder, checked before any work: a new run never mixes into an old one.
-
-    ``files`` are the names that make a folder a run (a pretraining run has its own).
-    """
-    out = Path(cfg.out or default_run_dir(cfg.data))
-    if resume:
-        if not (out / STATE_FILE).is_file():
-            raise ConfigError(f"--resume {out}: no {STATE_FILE} there, so there is nothing to resume")
-        return out
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} is a file, not a folder")
-    existing = [name for name in files if (out / name).exists()]
-    if existing and not cfg.overwrite:
-        raise ConfigError(
-            f"--out {out} already holds a run ({', '.join(existing[:3])}); "
-            f"continue it with --resume {out} or replace it with --overwrite"
-        )
-    return out
 
 
 def check_global_batch(cfg: TrainConfig, n_train: int, place: Dist, log=print) -> None:
@@ -416,24 +98,6 @@ def check_global_batch(cfg: TrainConfig, n_train: int, place: Dist, log=print) -
         )
 
 
-def start_run_dir(out: Path) -> None:
-    """Create the folder, removing an old run's files (only vitrain's own) for --overwrite.
-
-    Called once the data has loaded, so a mistyped option never costs the old run.
-    """
-    for name in RUN_FILES:
-        (out / name).unlink(missing_ok=True)
-    shutil.rmtree(out / "tensorboard", ignore_errors=True)
-    out.mkdir(parents=True, exist_ok=True)
-
-
-def remove_interrupted_writes(out: Path, log=print) -> None:
-    """Delete the temporary files a killed run left in ``out`` mid-write; the real files are intact."""
-    stale = remove_stale_temp_files(out)
-    if stale:
-        log(f"removed {len(stale)} temporary file(s) left by an interrupted write in {out}")
-
-
 def quiet(*args: Any, **kwargs: Any) -> None:
     """The log of ranks other than 0."""
 
@@ -442,56 +106,6 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     # every epoch's randomness (shuffling, augmentation, dropout) depends only on (seed, epoch),
     # so a run resumed after epoch k repeats epochs k+1... exactly
     return (seed * 1_000_003 + epoch * 7_919) % (2**63)
-
-
-def use_compile(setting: str, device: torch.device) -> bool:
-    """Whether ``--compile`` compiles the training step: on for CUDA by default (fixed batch shapes
-    there make it pay), off on CPU, where it was measured not to pay (docs/benchmarks/throughput.md)."""
-    return setting == "on" or (setting == "auto" and device.type == "cuda")
-
-
-def writes_behind(device: torch.device) -> bool:
-    """Whether checkpoints are written on a background thread (:class:`CheckpointWriter`) while training goes on.
-
-    On a GPU: the CPU mostly waits for the device, so serializing, syncing and renaming the files
-    on a thread should cost training little, where in the loop they hold up the next kernel
-    launches (reasoned, not measured on a GPU). On the CPU, training already keeps
-    every core busy, and the thread's work slowed the steps about as much as it saved
-    (``benchmarks/checkpoint_writes.py``: 0.96x to 1.04x per epoch on a 2-core CPU), so the
-    files are written in the loop.
-    """
-    return device.type == "cuda"
-
-
-def checks_each_step(device: torch.device, skip_nonfinite: int) -> bool:
-    """Whether every step's gradient norm is checked for NaN/Inf at once.
-
-    On a CPU reading the flag costs nothing; on a GPU it would synchronize every step, so the
-    flags stay on the device until the epoch ends, unless batches may be skipped.
-    """
-    return device.type == "cpu" or skip_nonfinite > 0
-
-
-def use_cuda_graphs(setting: str, device: torch.device, place: Dist) -> bool:
-    """Whether the compiled step also records CUDA graphs (torch.compile's "reduce-overhead" mode).
-
-    On a GPU a small ViT's step is bound by the host launching kernels, not by the GPU
-    (``benchmarks/step_profile.py``: about 370 launches and 1.6 ms of GPU work in a 12 ms step
-    on an H100); replaying the forward and backward as graphs removes most launches. Not under
-    DistributedDataParallel, whose gradient hooks run between the graphs.
-    """
-    return use_compile(setting, device) and device.type == "cuda" and not place.active
-
-
-def autocast_dtype(device: torch.device) -> torch.dtype | None:
-    """What training autocasts to: bf16 on a GPU that has it, else None (float32)."""
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return None
-
-
-def _param_norm(model: torch.nn.Module) -> float:
-    return float(torch.sqrt(sum((p.detach().float() ** 2).sum() for p in model.parameters())))
 
 
 # ------------------------------------------------------------------------------ the loop
@@ -527,150 +141,6 @@ def check_leaks(splits: DataSplits, dedupe: bool, log=print) -> dict[str, Any]:
                     )
                 setattr(splits, name, kept)
     return found
-
-
-def plan_budget(
-    cfg: TrainConfig,
-    model: torch.nn.Module,
-    loaders: dict[str, DataLoader],
-    device: torch.device,
-    amp_dtype: torch.dtype | None,
-    seconds_left: float,
-    log=print,
-) -> dict[str, Any]:
-    """Measure training and validation speed on a throwaway copy, then plan the steps that fit.
-
-    Each epoch costs its steps plus one validation pass; the final evaluation (validation
-    and test with the best model) is reserved too.
-    """
-    import copy
-
-    begin = time.perf_counter()
-    probe = train_mode(copy.deepcopy(model))
-    optimizer = build_optimizer(probe, cfg, device)
-    measure_for = min(30.0, 0.05 * seconds_left)
-    steps, timed, t0 = 0, 0.0, None
-    for images, labels in _forever(loaders["train"]):
-        images, labels = images.to(device), labels.to(device)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            loss = F.cross_entropy(probe(images), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        float(loss.detach())  # wait for the device
-        steps += 1
-        if steps == 2:  # the first steps pay one-time costs
-            t0 = time.perf_counter()
-        elif steps > 2:
-            timed = time.perf_counter() - t0
-            if timed >= measure_for or steps >= 200:
-                break
-    step_seconds = timed / (steps - 2)
-    t0 = time.perf_counter()
-    evaluate(probe, _first_batches(loaders["val"], 3), device, len(cfg.classes), amp_dtype)
-    val_seconds = (time.perf_counter() - t0) / min(3, len(loaders["val"])) * len(loaders["val"])
-    with tempfile.TemporaryDirectory() as tmp:  # every epoch also asks for last (and best) weights and the state
-        with CheckpointWriter(background=writes_behind(device), log=log) as files:  # what training waits for
-            t0 = time.perf_counter()
-            files.save_model(Path(tmp) / "m.safetensors", probe)
-            files.save_state(
-                Path(tmp) / "s.safetensors", {"model": probe.state_dict(), "optimizer": optimizer.state_dict()}
-            )
-            epoch_overhead = val_seconds + 2 * (time.perf_counter() - t0)
-    final_seconds = val_seconds + (val_seconds * len(loaders["test"]) / len(loaders["val"]) if "test" in loaders else 0)
-    margin = 0.03 * cfg.time_budget * 60 + 2.0  # 3% of the budget, and 2 s for the final plots
-    available = seconds_left - (time.perf_counter() - begin) - final_seconds - margin
-    minutes = f"{round(cfg.time_budget, 2):g}"  # a chained run's second stage gets what is left: 7.65, not 7.65141
-    if available <= step_seconds + epoch_overhead:
-        log(
-            f"warning: --time-budget {minutes} min leaves no time to train after setup and the final "
-            f"evaluation ({seconds_left - available:.0f}s); running one step"
-        )
-    steps_per_epoch = len(loaders["train"])
-    planned = max(1, steps_that_fit(available, step_seconds, epoch_overhead, steps_per_epoch))
-    log(
-        f"time budget {minutes} min: {1 / step_seconds:.1f} steps/s, {epoch_overhead:.2f}s per epoch "
-        "for validation and checkpoints "
-        f"-> planning {planned} steps ({planned / steps_per_epoch:.2f} epochs)"
-    )
-    return {
-        "minutes": cfg.time_budget,
-        "planned_steps": planned,
-        "seconds_per_step": round(step_seconds, 5),
-        "seconds_per_epoch_overhead": round(epoch_overhead, 3),
-        "reserved_final_seconds": round(final_seconds, 2),
-        "margin_seconds": round(margin, 2),
-        "replans": [],
-    }
-
-
-def steps_that_fit(available: float, step_seconds: float, epoch_overhead: float, steps_per_epoch: int) -> int:
-    """How many steps fit in ``available`` seconds when every started epoch also pays ``epoch_overhead``."""
-    # steps * step_seconds + epochs * epoch_overhead = available, with epochs = steps / steps_per_epoch
-    steps = max(0, int(available / (step_seconds + epoch_overhead / steps_per_epoch)))
-    if steps % steps_per_epoch:  # a partial last epoch costs a full overhead: trim it, or stop at whole epochs
-        partial = int((available - math.ceil(steps / steps_per_epoch) * epoch_overhead) / step_seconds)
-        steps = max(0, steps // steps_per_epoch * steps_per_epoch, min(steps, partial))
-    return steps
-
-
-def recent_speed(epochs: list[tuple[int, float, float]], window: float = 20.0) -> tuple[float, float]:
-    """Seconds per step and overhead seconds per epoch over the latest epochs that add up to ``window`` seconds.
-
-    ``epochs`` holds ``(steps, training seconds, overhead seconds)`` per epoch, the overhead
-    being what an epoch costs besides its steps (validation, checkpoints). Long epochs are
-    measured alone, so a lasting change of speed shows at once; short ones are pooled, so one
-    noisy epoch does not swing the plan. Pooling matters most for the overhead: an epoch
-    whose validation improved also writes ``best.safetensors``, and a plan made from that
-    epoch alone would swing by several percent every time it alternates with one that did not.
-    """
-    steps = seconds = overhead = 0.0
-    for count, (n, t, o) in enumerate(reversed(epochs), 1):
-        steps, seconds, overhead = steps + n, seconds + t, overhead + o
-        if seconds >= window:
-            break
-    return seconds / steps, overhead / count
-
-
-def replan_budget(
-    budget: dict[str, Any],
-    done: int,
-    seconds_left: float,
-    step_seconds: float,
-    epoch_overhead: float,
-    steps_per_epoch: int,
-    epoch: int,
-) -> int | None:
-    """After an epoch of a budgeted run, re-plan its length from the speed measured in that epoch.
-
-    The probe before training sees a few steps; the real epochs see the machine as it is
-    (slower when something else runs, faster once caches are warm). Returns the new total
-    number of steps, or None when the plan is within 2% of the current one.
-    """
-    planned = budget["planned_steps"]
-    total = done + steps_that_fit(seconds_left, step_seconds, epoch_overhead, steps_per_epoch)
-    # a shrinking plan keeps one more epoch when it had one, so the schedule still reaches its end
-    # (compressed into that epoch) instead of stopping mid-way; the margin and the deadline cover it
-    total = max(total, min(planned, done + steps_per_epoch))
-    if abs(total - planned) <= 0.02 * planned:
-        return None
-    budget["replans"].append(
-        {"after_epoch": epoch, "from": planned, "to": total, "seconds_per_step": round(step_seconds, 5)}
-    )
-    budget["planned_steps"] = total
-    return total
-
-
-def _forever(loader: DataLoader):
-    while True:
-        yield from loader
-
-
-def _first_batches(loader: DataLoader, n: int):
-    for i, batch in enumerate(loader):
-        if i == n:
-            return
-        yield batch
 
 
 def class_weights(cfg: TrainConfig, splits: DataSplits, device: torch.device) -> torch.Tensor | None:
@@ -939,7 +409,7 @@ def train(
                 steps += 1
                 global_step += 1
                 if check_each_step and not bool(torch.isfinite(grad_norm)):
-                    _nonfinite(
+                    record_nonfinite(
                         skipped_batches, cfg.skip_nonfinite, epoch, global_step, steps, float(loss.detach()), out, log
                     )
                     optimizer.zero_grad(set_to_none=True)  # the batch is skipped: no update
@@ -976,7 +446,7 @@ def train(
                 loss_sum, correct, seen = counts[0], counts[1], int(counts[2])
             if not check_each_step and not bool(finite_flags[:steps].all()):
                 first = int((~finite_flags[:steps]).nonzero()[0])
-                _nonfinite(
+                record_nonfinite(
                     skipped_batches, 0, epoch, global_step - steps + first + 1, first + 1, float("nan"), out, log
                 )
             train_loss = float(loss_sum) / max(seen, 1)
@@ -1062,7 +532,7 @@ def train(
                     },
                 )
                 files.write_bytes(out / "metrics.csv", metrics_csv_bytes(history))
-                _log_epoch_scalars(writer, row, epoch, eval_model, grad_norm_sum / max(applied, 1))
+                log_epoch_scalars(writer, row, epoch, eval_model, grad_norm_sum / max(applied, 1))
             save_seconds = time.perf_counter() - save_start
             log(
                 f"epoch {epoch:>3}/{n_epochs}  train loss {train_loss:.4f} acc {row['train_accuracy']:.4f}  "
@@ -1108,7 +578,7 @@ def train(
     return report
 
 
-def _nonfinite(
+def record_nonfinite(
     skipped: list[dict[str, Any]],
     allowed: int,
     epoch: int,
@@ -1134,100 +604,3 @@ def _nonfinite(
         )
     skipped.append({"epoch": epoch, "step": step, "loss": loss if math.isfinite(loss) else str(loss)})
     log(f"skipped a batch at {where}: {what} ({len(skipped)} of --skip-nonfinite {allowed})")
-
-
-def _log_epoch_scalars(
-    writer, row: dict[str, Any], epoch: int, model: torch.nn.Module, grad_norm: torch.Tensor
-) -> None:
-    """TensorBoard scalars of an epoch: losses, accuracies, LR, speed, parameter norm, mean gradient norm."""
-    for key in ("train_loss", "val_loss"):
-        writer.add_scalar(f"loss/{key[:-5]}", row[key], epoch)
-    for key in ("train_accuracy", "val_accuracy"):
-        writer.add_scalar(f"accuracy/{key[:-9]}", row[key], epoch)
-    writer.add_scalar("accuracy/val_balanced", row["val_balanced_accuracy"], epoch)
-    writer.add_scalar("lr", row["lr"], epoch)
-    writer.add_scalar("images_per_second", row["images_per_second"], epoch)
-    writer.add_scalar("param_norm", _param_norm(model), epoch)
-    writer.add_scalar("grad_norm", float(grad_norm), epoch)  # before clipping
-
-
-def write_samples(splits: DataSplits, targets, predictions, classes: list[str], path: Path, per_class: int = 6) -> None:
-    """``samples.png``: up to ``per_class`` validation images of each class with the best model's labels."""
-    chosen: list[int] = []
-    for c in range(len(classes)):
-        chosen += [i for i, t in enumerate(targets) if t == c][:per_class]
-    images = [splits.val[i][0].numpy() for i in chosen]
-    plot_samples(
-        images, [int(targets[i]) for i in chosen], [int(predictions[i]) for i in chosen], classes, path, per_class
-    )
-
-
-def final_report(
-    cfg: TrainConfig,
-    splits: DataSplits,
-    loaders: dict[str, DataLoader],
-    device: torch.device,
-    out: Path,
-    history: list[dict[str, Any]],
-    best: dict[str, Any],
-    train_seconds: float,
-    amp_dtype: torch.dtype | None,
-    log=print,
-    place: Dist | None = None,
-) -> dict[str, Any]:
-    """Evaluate the best checkpoint on the test split (or validation, if there is none); plot and report.
-
-    Under torchrun every rank evaluates its shard (the run folder must be on a filesystem all
-    ranks see, as for resuming); only rank 0 plots.
-    """
-    place = place or Dist()
-    model = model_from_checkpoint(out / "best.safetensors").to(device)
-    val = evaluate(model, loaders["val"], device, len(cfg.classes), amp_dtype, place)
-    split = "test" if "test" in loaders else "val"
-    if split == "val":
-        log("note: no test split, so the final evaluation uses the validation split")
-    result = evaluate(model, loaders[split], device, len(cfg.classes), amp_dtype, place)
-    matrix = result.confusion(len(cfg.classes))
-    if place.main:
-        write_samples(splits, val.targets, val.predictions, cfg.classes, out / "samples.png")
-        plot_curves(history, out)
-        plot_confusion_matrix(
-            matrix,
-            cfg.classes,
-            out / "confusion_matrix.png",
-            f"{split} split, best epoch {best['epoch']}: accuracy {result.accuracy:.3f}",
-        )
-    return {
-        "data": cfg.data,
-        "classes": list(cfg.classes),
-        "model": {
-            "name": cfg.model,
-            "parameters": sum(p.numel() for p in model.parameters()),
-            **model.config.to_dict(),
-        },
-        "best_epoch": int(best["epoch"]),
-        "best_metric": cfg.best_metric,
-        "epochs": len(history),
-        "val": {
-            "accuracy": best["val_accuracy"],
-            "balanced_accuracy": best.get("val_balanced_accuracy"),
-            "loss": best["val_loss"],
-        },
-        "test": {
-            "split": split,
-            "images": int(len(result.targets)),
-            "accuracy": result.accuracy,
-            "balanced_accuracy": result.balanced_accuracy,
-            "top5": result.top5,
-            "loss": result.loss,
-            "per_class": result.per_class_accuracy(cfg.classes),
-            "confusion_matrix": matrix.tolist(),
-        },
-        "splits": splits.sizes(),
-        "notes": splits.notes,
-        "device": str(device),
-        "processes": place.world,
-        "global_batch_size": cfg.batch_size * place.world,
-        "seed": cfg.seed,
-        "train_seconds": round(train_seconds, 2),
-    }

@@ -1,0 +1,117 @@
+"""A run's final report: the best model on the test split, the plots, the samples, TensorBoard scalars."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from ..checkpoint import (
+    model_from_checkpoint,
+)
+from ..config import TrainConfig
+from ..data.sources import DataSplits
+from ..report import plot_confusion_matrix, plot_curves, plot_samples
+from .distributed import Dist
+from .evaluate import evaluate
+
+
+def write_samples(splits: DataSplits, targets, predictions, classes: list[str], path: Path, per_class: int = 6) -> None:
+    """``samples.png``: up to ``per_class`` validation images of each class with the best model's labels."""
+    chosen: list[int] = []
+    for c in range(len(classes)):
+        chosen += [i for i, t in enumerate(targets) if t == c][:per_class]
+    images = [splits.val[i][0].numpy() for i in chosen]
+    plot_samples(
+        images, [int(targets[i]) for i in chosen], [int(predictions[i]) for i in chosen], classes, path, per_class
+    )
+
+
+def final_report(
+    cfg: TrainConfig,
+    splits: DataSplits,
+    loaders: dict[str, DataLoader],
+    device: torch.device,
+    out: Path,
+    history: list[dict[str, Any]],
+    best: dict[str, Any],
+    train_seconds: float,
+    amp_dtype: torch.dtype | None,
+    log=print,
+    place: Dist | None = None,
+) -> dict[str, Any]:
+    """Evaluate the best checkpoint on the test split (or validation, if there is none); plot and report.
+
+    Under torchrun every rank evaluates its shard (the run folder must be on a filesystem all
+    ranks see, as for resuming); only rank 0 plots.
+    """
+    place = place or Dist()
+    model = model_from_checkpoint(out / "best.safetensors").to(device)
+    val = evaluate(model, loaders["val"], device, len(cfg.classes), amp_dtype, place)
+    split = "test" if "test" in loaders else "val"
+    if split == "val":
+        log("note: no test split, so the final evaluation uses the validation split")
+    result = evaluate(model, loaders[split], device, len(cfg.classes), amp_dtype, place)
+    matrix = result.confusion(len(cfg.classes))
+    if place.main:
+        write_samples(splits, val.targets, val.predictions, cfg.classes, out / "samples.png")
+        plot_curves(history, out)
+        plot_confusion_matrix(
+            matrix,
+            cfg.classes,
+            out / "confusion_matrix.png",
+            f"{split} split, best epoch {best['epoch']}: accuracy {result.accuracy:.3f}",
+        )
+    return {
+        "data": cfg.data,
+        "classes": list(cfg.classes),
+        "model": {
+            "name": cfg.model,
+            "parameters": sum(p.numel() for p in model.parameters()),
+            **model.config.to_dict(),
+        },
+        "best_epoch": int(best["epoch"]),
+        "best_metric": cfg.best_metric,
+        "epochs": len(history),
+        "val": {
+            "accuracy": best["val_accuracy"],
+            "balanced_accuracy": best.get("val_balanced_accuracy"),
+            "loss": best["val_loss"],
+        },
+        "test": {
+            "split": split,
+            "images": int(len(result.targets)),
+            "accuracy": result.accuracy,
+            "balanced_accuracy": result.balanced_accuracy,
+            "top5": result.top5,
+            "loss": result.loss,
+            "per_class": result.per_class_accuracy(cfg.classes),
+            "confusion_matrix": matrix.tolist(),
+        },
+        "splits": splits.sizes(),
+        "notes": splits.notes,
+        "device": str(device),
+        "processes": place.world,
+        "global_batch_size": cfg.batch_size * place.world,
+        "seed": cfg.seed,
+        "train_seconds": round(train_seconds, 2),
+    }
+
+
+def log_epoch_scalars(writer, row: dict[str, Any], epoch: int, model: torch.nn.Module, grad_norm: torch.Tensor) -> None:
+    """TensorBoard scalars of an epoch: losses, accuracies, LR, speed, parameter norm, mean gradient norm."""
+    for key in ("train_loss", "val_loss"):
+        writer.add_scalar(f"loss/{key[:-5]}", row[key], epoch)
+    for key in ("train_accuracy", "val_accuracy"):
+        writer.add_scalar(f"accuracy/{key[:-9]}", row[key], epoch)
+    writer.add_scalar("accuracy/val_balanced", row["val_balanced_accuracy"], epoch)
+    writer.add_scalar("lr", row["lr"], epoch)
+    writer.add_scalar("images_per_second", row["images_per_second"], epoch)
+    writer.add_scalar("param_norm", param_norm(model), epoch)
+    writer.add_scalar("grad_norm", float(grad_norm), epoch)  # before clipping
+
+
+def param_norm(model: torch.nn.Module) -> float:
+    return float(torch.sqrt(sum((p.detach().float() ** 2).sum() for p in model.parameters())))
