@@ -14,6 +14,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Sequence
 
+from .errors import ConfigError
 from .models.vit import VisionTransformer
 
 
@@ -126,9 +127,8 @@ def evaluate(
     """
     from .engine.device import resolve_device
     from .engine.evaluate import evaluate_checkpoint
-    from .engine.launch import check_tool_options
 
-    check_tool_options(batch_size, out)
+    _check_tool_options(batch_size, out)
     return evaluate_checkpoint(
         checkpoint,
         str(data) if data is not None else None,
@@ -161,23 +161,28 @@ def predict(
     ``out``, also writes ``predictions.csv`` there, and with ``annotate``/``attention`` the
     annotated copies and attention maps.
     """
-    from .config import ConfigError
     from .engine.device import resolve_device
-    from .engine.launch import check_tool_options
     from .engine.predict import predict_files, write_outputs
 
+    _check_tool_options(batch_size, out)
+    device = resolve_device(device)
     if top_k < 1:
         raise ConfigError(f"--top-k must be at least 1 (got {top_k})")
-    check_tool_options(batch_size, out)
     if (annotate or attention) and out is None:
         raise ConfigError("annotate and attention write image files: give out=FOLDER too")
     paths = [str(inputs)] if isinstance(inputs, (str, Path)) else [str(i) for i in inputs]
-    result = predict_files(
-        checkpoint, paths, top_k=top_k, batch_size=batch_size, attention=attention, device=resolve_device(device)
-    )
+    result = predict_files(checkpoint, paths, top_k=top_k, batch_size=batch_size, attention=attention, device=device)
     if out is not None:
         write_outputs(result, out, top_k, annotated=annotate, attention=attention)
     return result
+
+
+def _check_tool_options(batch_size: int, out: str | Path | None) -> None:
+    """The checks ``evaluate`` and ``predict`` make before loading anything."""
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1 (got {batch_size})")
+    if out and Path(out).exists() and not Path(out).is_dir():
+        raise ConfigError(f"--out {out} is a file, not a folder")
 
 
 def _is_vitrain_checkpoint(path: Path) -> bool:

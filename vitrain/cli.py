@@ -476,22 +476,17 @@ def _run_tool(args: argparse.Namespace) -> int:
 
         export_model(args.checkpoint, args.format, args.out)
         return 0
-    from .engine.device import resolve_device
-    from .engine.launch import check_tool_options
+    from . import api
 
-    check_tool_options(args.batch_size, args.out)
-    device = resolve_device(args.device)
     if args.command == "eval":
-        from .engine.evaluate import evaluate_checkpoint
-
-        evaluate_checkpoint(
+        api.evaluate(
             args.checkpoint,
             args.data,
             split=args.split,
             out=args.out,
             batch_size=args.batch_size,
             workers=args.workers,
-            device=device,
+            device=args.device,
             data_root=args.data_root,
             download=args.download,
             val_fraction=args.val_fraction,
@@ -500,24 +495,24 @@ def _run_tool(args: argparse.Namespace) -> int:
             classes=args.classes,
         )
         return 0
-    return _predict(args, device)
-
-
-def _predict(args: argparse.Namespace, device) -> int:
-    from .engine.predict import in_training_data, predict_files, write_outputs
-
-    if args.top_k < 1:
-        raise ConfigError(f"--top-k must be at least 1 (got {args.top_k})")
-    result = predict_files(
+    result = api.predict(
         args.checkpoint,
         args.inputs,
         top_k=args.top_k,
         batch_size=args.batch_size,
+        device=args.device,
+        out=args.out,
+        annotate=args.annotate,
         attention=args.attention,
-        device=device,
     )
+    return _print_predictions(args, result)
+
+
+def _print_predictions(args: argparse.Namespace, result) -> int:
+    """The table, the summary and the notes of ``vitrain predict``; 1 when some inputs failed."""
+    from .engine.predict import in_training_data
+
     out = Path(args.out)
-    write_outputs(result, out, args.top_k, annotated=args.annotate, attention=args.attention)
     width = min(max((len(str(p.path)) for p in result.predictions), default=4), 60)
     print(f"{'image':<{width}}  {'prediction':<20} {'prob':>6}  true")
     for p in result.predictions:

@@ -145,11 +145,3 @@ def launch(command: str, cfg: TrainConfig, resume: bool, given: Iterable[str]) -
     if cfg.pretrain:
         return pretrain_then_train(cfg, resume=resume)
     return train(cfg, resume=resume)
-
-
-def check_tool_options(batch_size: int, out: str | Path | None) -> None:
-    """The checks ``eval`` and ``predict`` make before loading anything."""
-    if batch_size < 1:
-        raise ConfigError(f"--batch-size must be at least 1 (got {batch_size})")
-    if out and Path(out).exists() and not Path(out).is_dir():
-        raise ConfigError(f"--out {out} is a file, not a folder")
