@@ -37,14 +37,19 @@ COMPARISONS = {
 }
 
 
-def cpu_name() -> str:
+def cpuinfo(field: str) -> str | None:
+    """The value of the first ``field`` line of /proc/cpuinfo (Linux), or None."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith(field) and ":" in line:
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or "unknown CPU"
+    return None
+
+
+def cpu_name() -> str:
+    return cpuinfo("model name") or platform.processor() or "unknown CPU"
 
 
 def train_report(run: Path, flags: list[str], command: str = "train") -> dict:
@@ -138,10 +143,10 @@ def gpu_name() -> str:
 
 def cpu_flags() -> str:
     """The CPU's vector and matrix units that decide its float32/bf16 speed, e.g. "AVX2, AVX-512, AVX512-BF16"."""
-    try:
-        flags = set(Path("/proc/cpuinfo").read_text().split("flags", 1)[1].split("\n", 1)[0].split())
-    except (OSError, IndexError):
+    found = cpuinfo("flags")
+    if found is None:
         return "flags unknown"
+    flags = set(found.split())
     names = {"avx2": "AVX2", "avx512f": "AVX-512", "avx512_bf16": "AVX512-BF16", "amx_bf16": "AMX-BF16"}
     return ", ".join(name for flag, name in names.items() if flag in flags) or "no AVX2"
 

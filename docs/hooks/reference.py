@@ -40,13 +40,7 @@ def _literal(value: object) -> str:
 def _config_defaults() -> dict[str, object]:
     from vitrain.config import TrainConfig
 
-    defaults = {}
-    for f in dataclasses.fields(TrainConfig):
-        if f.default is not dataclasses.MISSING:
-            defaults[f.name] = f.default
-        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-            defaults[f.name] = f.default_factory()  # type: ignore[misc]
-    return defaults
+    return TrainConfig().to_dict()
 
 
 def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
