@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -20,6 +22,18 @@ TINY_MODEL = {
     "num_heads": 2,
     "mlp_dim": 64,
 }
+
+
+# TINY_MODEL trained for a moment: the settings of the tiny_args flags, by field name (for the Python API)
+TINY_RUN = {**TINY_MODEL, "epochs": 2, "batch_size": 8, "workers": 0}
+
+
+def load_script(path: Path) -> ModuleType:
+    """A file outside the package (a benchmark script, a docs hook), imported as a module."""
+    spec = importlib.util.spec_from_file_location(f"script_{path.parent.name}_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def make_image(color: tuple[int, int, int], seed: int, size: int = 20, mode: str = "RGB") -> Image.Image:
@@ -66,6 +80,6 @@ def split_folder(tmp_path: Path) -> Path:
 def tiny_args(tmp_path: Path) -> list[str]:
     """CLI flags for a fast, tiny training run."""
     args = []
-    for key, value in {**TINY_MODEL, "epochs": 2, "batch_size": 8, "workers": 0}.items():
+    for key, value in TINY_RUN.items():
         args += [f"--{key.replace('_', '-')}", str(value)]
     return args + ["--no-progress"]

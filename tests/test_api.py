@@ -13,9 +13,9 @@ from vitrain.cli import main
 from vitrain.config import ConfigError
 from vitrain.data.sources import DataError
 
-from .conftest import TINY_MODEL
+from .conftest import TINY_RUN
 
-TINY = {**TINY_MODEL, "epochs": 2, "batch_size": 8, "workers": 0, "progress": False}
+TINY = {**TINY_RUN, "progress": False}
 
 
 def test_train_returns_the_run_folder_its_report_and_its_model(flat_folder, tmp_path):

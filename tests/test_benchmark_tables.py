@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
+
+from .conftest import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _accuracy_module():
-    spec = importlib.util.spec_from_file_location("benchmark_accuracy", ROOT / "benchmarks" / "accuracy.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def _module(name: str):
+    return load_script(ROOT / "benchmarks" / f"{name}.py")
 
 
 def _report(epochs: int, done: int, planned: int, **more) -> dict:
@@ -27,7 +25,7 @@ def _report(epochs: int, done: int, planned: int, **more) -> dict:
 
 
 def test_a_two_stage_run_lists_its_first_stage_beside_the_second(monkeypatch, tmp_path):
-    accuracy = _accuracy_module()
+    accuracy = _module("accuracy")
     reports = {
         "folder-best": _report(148, 2360, 2360),
         "folder-bestpretrainlabels": _report(69, 1096, 1096, pretraining=_report(202, 3231, 3300)),
@@ -43,13 +41,6 @@ def test_a_two_stage_run_lists_its_first_stage_beside_the_second(monkeypatch, tm
     assert "| 148 | 2360 / 2360 |" in table[5]
     assert "| 202 + 69 | 3231 / 3300 + 1096 / 1096 |" in table[6]
     assert table[-1].startswith("Two-stage runs (`--pretrain`)")
-
-
-def _module(name: str):
-    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_the_long_tailed_cifar_counts_fall_geometrically_from_largest_to_largest_over_ratio():

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import json
 import re
 from pathlib import Path
@@ -14,18 +13,14 @@ import pytest
 from vitrain.cli import build_parser, main
 from vitrain.config import TrainConfig
 
+from .conftest import load_script
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _reference_module():
-    spec = importlib.util.spec_from_file_location("docs_reference", ROOT / "docs" / "hooks" / "reference.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+HOOK = ROOT / "docs" / "hooks" / "reference.py"  # the MkDocs hook that generates the reference pages
 
 
 def test_every_subcommand_and_option_is_in_the_generated_cli_reference():
-    reference = _reference_module()
+    reference = load_script(HOOK)
     page = reference.cli_reference_markdown()
     commands = reference.subcommands(build_parser())
     assert {"train", "pretrain", "eval", "predict", "export", "models", "recipes", "bench"} <= set(commands)
@@ -41,7 +36,7 @@ def test_every_subcommand_and_option_is_in_the_generated_cli_reference():
 
 
 def test_the_reference_gives_train_options_the_config_defaults():
-    page = _reference_module().cli_reference_markdown()
+    page = load_script(HOOK).cli_reference_markdown()
     train = page.split("## `vitrain train`\n", 1)[1].split("\n## ", 1)[0]
     assert f"| `--epochs` `EPOCHS` | `{TrainConfig().epochs}` |" in train
     assert "| `--no-progress` | off |" in train
@@ -49,13 +44,13 @@ def test_the_reference_gives_train_options_the_config_defaults():
 
 
 def test_every_config_key_is_in_the_generated_config_reference():
-    page = _reference_module().config_reference_markdown()
+    page = load_script(HOOK).config_reference_markdown()
     keys = re.findall(r"^\| `(\w+)` \|", page, flags=re.M)
     assert keys == [f.name for f in dataclasses.fields(TrainConfig)]
 
 
 def test_the_pages_hold_the_markers_the_hook_fills():
-    reference = _reference_module()
+    reference = load_script(HOOK)
     assert reference.CLI_MARKER in (ROOT / "docs" / "reference" / "cli.md").read_text()
     assert reference.CONFIG_MARKER in (ROOT / "docs" / "reference" / "config.md").read_text()
 
@@ -94,13 +89,9 @@ def _quoted_commands() -> list[tuple[str, str]]:
                 pending = line[:-1] + " "
                 continue
             command = line.removeprefix("$ ").split(" #", 1)[0].strip()
-            for prefix in ("torchrun ", ".venv/bin/"):
-                if command.startswith(prefix) and " vitrain " in f" {command} ":
-                    command = (
-                        command[command.index("vitrain ") :]
-                        if prefix == ".venv/bin/"
-                        else "vitrain " + command.split(" -m vitrain ", 1)[1]
-                    )
+            command = command.removeprefix(".venv/bin/")
+            if command.startswith("torchrun ") and " -m vitrain " in command:
+                command = "vitrain " + command.split(" -m vitrain ", 1)[1]
             synopsis = "[" in command or "CKPT" in command  # a usage line, not a command to run
             if command.startswith("vitrain ") and "..." not in command and "&&" not in command and not synopsis:
                 found.append((page.relative_to(ROOT).as_posix(), command))
