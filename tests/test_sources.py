@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vitrain.data import sources
+from vitrain.data import folders
 from vitrain.data.images import ImageReadError
 from vitrain.data.sources import DataError, load_data, stratified_split
 
@@ -239,7 +239,7 @@ def _add_bad_files(folder):
 @pytest.mark.parametrize("workers", [False, True], ids=["one-process", "worker-processes"])
 def test_skip_bad_images_leaves_unreadable_files_out_and_lists_them(flat_folder, monkeypatch, workers):
     if workers:  # big sets are checked in DataLoader workers; the same errors and skips must come back
-        monkeypatch.setattr(sources, "PARALLEL_CHECK_MIN", 0)
+        monkeypatch.setattr(folders, "PARALLEL_CHECK_MIN", 0)
     _add_bad_files(flat_folder)
     with pytest.raises(
         ImageReadError,

@@ -1,5 +1,6 @@
 """Data: sources behind ``--data``, image decoding, archives and transforms."""
 
-from .sources import DataError, DataSplits, load_data
+from .datasets import DataError, DataSplits
+from .sources import load_data
 
 __all__ = ["DataError", "DataSplits", "load_data"]

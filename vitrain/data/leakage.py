@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from torch.utils.data import Dataset
 
-from .sources import ArrayImageDataset, FileImageDataset
+from .datasets import ArrayImageDataset, FileImageDataset
 
 
 def content_hashes(dataset: Dataset) -> list[str]:
