@@ -2,14 +2,13 @@
 
 A MkDocs hook (``hooks:`` in mkdocs.yml): a page that holds the marker ``<!-- vitrain:cli -->`` gets the
 command-line reference built from ``vitrain.cli.build_parser()``, and ``<!-- vitrain:config -->`` the list of
-every ``--config`` key with its default, from the ``TrainConfig`` dataclass and the parser's help texts.
+every ``--config`` key with its default, from the ``TrainConfig`` dataclass and its options' declarations.
 The two builders are plain functions, so the tests call them too.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import typing
 
 CLI_MARKER = "<!-- vitrain:cli -->"
@@ -41,6 +40,13 @@ def _config_defaults() -> dict[str, object]:
     from vitrain.config import TrainConfig
 
     return TrainConfig().to_dict()
+
+
+def _declared_help() -> dict[str, str]:
+    """The help of each TrainConfig option by its flag, as declared (the parser's adds the default)."""
+    from vitrain.config import TrainConfig, options
+
+    return {o.flag: o.help for o in options(TrainConfig) if o.flag}
 
 
 def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -85,10 +91,13 @@ def _default(action: argparse.Action, command: str, defaults: dict[str, object])
 
 def _options_table(actions: list[argparse.Action], command: str, defaults: dict[str, object]) -> list[str]:
     rows = ["| option | default | meaning |", "|---|---|---|"]
+    declared = _declared_help() if command in CONFIG_COMMANDS else {}  # the default has its own column
     for action in actions:
         if isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
             continue
-        rows.append(f"| {_flag(action)} | {_default(action, command, defaults)} | {_cell(action.help or '')} |")
+        flag = action.option_strings[0] if action.option_strings else ""
+        text = declared.get(flag, action.help or "")
+        rows.append(f"| {_flag(action)} | {_default(action, command, defaults)} | {_cell(text)} |")
     return rows if len(rows) > 2 else []
 
 
@@ -129,23 +138,16 @@ def _type_name(hint: object) -> str:
 
 def config_reference_markdown() -> str:
     """Every key a ``--config`` YAML file (and a run's config.yaml) may hold, with its type and default."""
-    from vitrain.cli import build_parser
-    from vitrain.config import TrainConfig
+    from vitrain.config import TrainConfig, options
 
-    helps: dict[str, tuple[str, str]] = {}
-    train = subcommands(build_parser())["train"]
-    for action in train._actions:
-        if action.option_strings and action.dest not in helps:
-            helps[action.dest] = (action.option_strings[0], action.help or "")
     hints = typing.get_type_hints(TrainConfig)
     defaults = _config_defaults()
     rows = ["| key | flag | type | default | meaning |", "|---|---|---|---|---|"]
-    for f in dataclasses.fields(TrainConfig):
-        flag, text = helps.get(f.name, ("", ""))
-        flag_cell = f"`{flag}`" if flag else "(set from the weights or the data)"
+    for opt in options(TrainConfig):
+        flag_cell = f"`{opt.flag}`" if opt.flag else "(set from the weights or the data)"
         rows.append(
-            f"| `{f.name}` | {flag_cell} | {_type_name(hints[f.name])} | {_literal(defaults.get(f.name))} "
-            f"| {_cell(text)} |"
+            f"| `{opt.name}` | {flag_cell} | {_type_name(hints[opt.name])} | {_literal(defaults.get(opt.name))} "
+            f"| {_cell(opt.help)} |"
         )
     return "\n".join(rows)
 

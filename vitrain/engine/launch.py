@@ -9,50 +9,26 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterable
 
-from ..config import FIRST_STAGE, ConfigError, TrainConfig, config_from_dict, layered_config, load_config_file
+from ..config import (
+    FIRST_STAGE,
+    ConfigError,
+    TrainConfig,
+    config_from_dict,
+    layered_config,
+    load_config_file,
+    options,
+)
 
+# which command takes which option is declared with the option (vitrain/config/train.py)
+_OPTIONS = options(TrainConfig)
 # options that may differ when a run is resumed: they change where and how fast it runs, not what it computes
-RESUME_OVERRIDABLE = {"device", "workers", "progress", "data_root", "download", "compile"}
+RESUME_OVERRIDABLE = {o.name for o in _OPTIONS if o.resumable}
 # options of `vitrain train` that `vitrain pretrain` (which shares its parser) has no use for
-PRETRAIN_UNUSED = (
-    "ema",
-    "label_smoothing",
-    "class_weights",
-    "dedupe",
-    "augment",
-    "crop",
-    "crop_scale",
-    "crop_ratio",
-    "crop_pct",
-    "random_erasing",
-    "in_memory",
-    "best_metric",
-    "pretrained",
-    "freeze",
-    "head",
-    "head_lr",
-    "pretrain_share",
-    "pretrain_mixup",
-    "pretrain_cutmix",
-    "pretrain_img_size",
-)
+PRETRAIN_UNUSED = tuple(o.name for o in _OPTIONS if "pretrain" not in o.commands)
 # options of the instance-discrimination task, which `vitrain train --pretrain labels` has no use for
-INSTANCE_ONLY = (
-    "views",
-    "infonce",
-    "temperature",
-    "instance_smoothing",
-    "instance_init",
-    "pretrain_crop_scale",
-    "local_crops",
-    "local_crop_size",
-    "local_crop_scale",
-    "knn_every",
-    "pretrain_mixup",
-    "pretrain_cutmix",
-)
+INSTANCE_ONLY = tuple(o.name for o in _OPTIONS if o.scope == "instance")
 # options of the first stage that `vitrain train` without --pretrain has no use for
-PRETRAIN_ONLY = ("pretrain_share", *INSTANCE_ONLY, "pretrain_img_size")
+PRETRAIN_ONLY = tuple(o.name for o in _OPTIONS if o.scope is not None)
 
 
 def as_flags(given: Iterable[str], names: Iterable[str]) -> str:

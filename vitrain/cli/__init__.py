@@ -1,0 +1,121 @@
+"""The ``vitrain`` command line: ``train``, ``pretrain``, ``eval``, ``predict``, ``export``, ``bench``, ``models``
+and ``recipes``.
+
+``parser.py`` builds the parser (the ``train``/``pretrain`` options generated from
+:class:`~vitrain.config.TrainConfig`); ``tools.py`` runs the commands other than training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from typing import Sequence
+
+from ..config import ConfigError, TrainConfig
+from .parser import build_parser
+from .tools import models_table, recipes_list, run_tool
+
+__all__ = ["build_parser", "main", "train_config_from_args"]
+
+
+def _given(args: argparse.Namespace) -> dict:
+    """The options given on the command line (the parser leaves out those that were not), by field name."""
+    return {k: v for k, v in vars(args).items() if k not in ("command", "config", "resume")}
+
+
+def train_config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
+    """Merge defaults < recipe < --config file < flags (or the resumed run's saved config); returns (config, resume)."""
+    from ..engine.launch import resolve_config
+
+    return resolve_config(_given(args), config_file=args.config, resume=args.resume, command=args.command)
+
+
+def _raise_keyboard_interrupt(signum, frame):  # noqa: ARG001 - signal handler signature
+    raise KeyboardInterrupt
+
+
+def _worker_message(err: Exception) -> str:
+    """The error's own message, also when a DataLoader worker raised it.
+
+    DataLoader re-raises a worker's exception as the same type with the worker's whole
+    traceback as its message; its last line is ``module.Type: original message``.
+    """
+    text = str(err)
+    if "Original Traceback" not in text:
+        return text
+    last = text.strip().splitlines()[-1]
+    return last.split(": ", 1)[1] if ": " in last else last
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``vitrain`` console script and ``python -m vitrain``."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    if args.command == "models":
+        print(models_table())
+        return 0
+    if args.command == "recipes":
+        print(recipes_list())
+        return 0
+
+    from ..checkpoint import CheckpointError
+    from ..data.archive import ArchiveError
+    from ..data.images import ImageReadError
+    from ..data.sources import SKIP_BAD_IMAGES_HINT, DataError
+    from ..engine.export import ExportError
+
+    if args.command not in ("train", "pretrain"):
+        try:
+            return run_tool(args)
+        except (ConfigError, DataError, ArchiveError, ImageReadError, CheckpointError, ExportError, ValueError) as err:
+            print(f"vitrain: error: {err}", file=sys.stderr)
+            return 2
+        except OSError as err:  # an output that cannot be written: disk full, permissions
+            print(f"vitrain: error: {err}", file=sys.stderr)
+            return 1
+
+    from ..engine.launch import launch
+    from ..engine.train import TrainingError
+
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)  # stop like Ctrl-C: the last epoch is saved
+    out = None
+    try:
+        cfg, resume = train_config_from_args(args)
+        out = cfg.out
+        launch(args.command, cfg, resume, _given(args))
+    except ImageReadError as err:  # a file that passed the header check but does not decode, mid-epoch
+        message = _worker_message(err)
+        if SKIP_BAD_IMAGES_HINT not in message:
+            message += f" ({SKIP_BAD_IMAGES_HINT})"
+        print(f"vitrain: error: {message}", file=sys.stderr)
+        return 2
+    except (ConfigError, DataError, ArchiveError, CheckpointError) as err:
+        print(f"vitrain: error: {err}", file=sys.stderr)
+        return 2
+    except TrainingError as err:
+        print(f"vitrain: training stopped: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:  # disk full, permissions: the files of the last completed epoch are intact
+        where = f"; continue with: vitrain {args.command} --resume {out}" if out else ""
+        print(f"vitrain: error: {err}. Files already written are intact{where}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        where = f" --resume {out}" if out else " --resume RUN_FOLDER"
+        print(
+            f"\nvitrain: interrupted; every completed epoch is saved. Continue with: vitrain {args.command}{where}",
+            file=sys.stderr,
+        )
+        return 130
+    finally:
+        from ..engine.distributed import shutdown
+
+        shutdown()
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

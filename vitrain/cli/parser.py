@@ -1,0 +1,183 @@
+"""The ``vitrain`` argument parser. The options of ``train`` and ``pretrain`` are generated from
+:class:`~vitrain.config.TrainConfig`'s declarations; those of the other commands are written here."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any, Union, get_args, get_origin, get_type_hints
+
+from .. import __version__
+from ..config import Option, TrainConfig, comma_list, options
+from ..config.option import format_value
+from ..config.train import FINE_TUNING, RUNNING
+
+S = argparse.SUPPRESS  # only options given on the command line reach the config
+
+
+def _flag_help(opt: Option, default: Any) -> str:
+    """The option's help with its default, where the default says something (not None, not a switch)."""
+    if default is None or isinstance(default, bool):
+        return opt.help
+    return f"{opt.help} (default: {format_value(default)})"
+
+
+def _add_option(group: argparse._ActionsContainer, opt: Option, hint: Any, default: Any) -> None:
+    """One flag of a TrainConfig field; list fields take a comma string, which the config coerces."""
+    if get_origin(hint) is Union:  # Optional[X] -> X
+        hint = next(a for a in get_args(hint) if a is not type(None))
+    kind = get_origin(hint) or hint  # list[float] -> list
+    kwargs: dict[str, Any] = {"dest": opt.name, "default": S, "help": _flag_help(opt, default)}
+    if kind is bool:
+        kwargs["action"] = "store_false" if default else "store_true"
+    else:
+        if kind in (int, float):
+            kwargs["type"] = kind
+        if opt.choices is not None:
+            kwargs["choices"] = list(opt.choices)
+        if opt.metavar is not None:
+            kwargs["metavar"] = opt.metavar
+    group.add_argument(opt.flag, **kwargs)
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """Every TrainConfig option as a flag, in its ``--help`` section, and ``--config``/``--resume``/``--init``."""
+    hints = get_type_hints(TrainConfig)
+    defaults = TrainConfig().to_dict()
+    by_group: dict[str | None, list[Option]] = {}  # sections in the order their first option comes
+    for opt in options(TrainConfig):
+        if opt.flag:
+            by_group.setdefault(opt.group, []).append(opt)
+    for title, group_options in by_group.items():
+        group = parser if title is None else parser.add_argument_group(title)
+        if title == RUNNING:
+            group.add_argument("--config", help="YAML file with any of these options (flags given here win)")
+            group.add_argument("--resume", metavar="DIR", help="continue the run in DIR after its last completed epoch")
+        for opt in group_options:
+            _add_option(group, opt, hints[opt.name], defaults[opt.name])
+        if title == FINE_TUNING:
+            group.add_argument(
+                "--init",
+                dest="pretrained",
+                default=S,
+                metavar="DIR",
+                help="start from a `vitrain pretrain` folder (or any run): the same as --pretrained DIR",
+            )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with its subcommands."""
+    parser = argparse.ArgumentParser(prog="vitrain", description="Train Vision Transformers on your images.")
+    parser.add_argument("--version", action="version", version=f"vitrain {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    train = sub.add_parser(
+        "train",
+        help="train a ViT (default data: digits)",
+        description="Train a Vision Transformer and write a run folder.",
+    )
+    add_config_arguments(train)
+    pre = sub.add_parser(
+        "pretrain",
+        help="pretrain a ViT on images without their labels (small data)",
+        description="Instance-discrimination pretraining: every training image is its own class. "
+        "Writes backbone.safetensors for `vitrain train --init DIR`.",
+    )
+    add_config_arguments(pre)
+    pre.add_argument(
+        "--method",
+        dest="pretrain",
+        choices=["instance-discrimination"],
+        default=S,
+        help="the pretraining method (default: instance-discrimination)",
+    )
+    sub.add_parser("models", help="list the named model sizes")
+    sub.add_parser("recipes", help="list the training recipes, what each reaches, and the command")
+    _add_tool_parsers(sub)
+    return parser
+
+
+def _add_tool_parsers(sub: argparse._SubParsersAction) -> None:
+    """bench, eval, predict and export: plain flags, with their defaults in the parser."""
+    bench = sub.add_parser(
+        "bench",
+        help="training/inference throughput vs timm and torchvision (needs timm)",
+        description="Time vitrain's, timm's and torchvision's ViT with the same weights, "
+        "interleaved, and print medians, ratios and MFU.",
+    )
+    bench.add_argument(
+        "--configs", default="all", help="comma-separated subset of cifar10-tutorial, vit-ti16, vit-b16 (all)"
+    )
+    bench.add_argument("--repeats", type=int, default=5, help="interleaved repetitions; the median is kept (5)")
+    bench.add_argument("--steps", type=int, default=3, help="steps timed per repetition (3)")
+    bench.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    bench.add_argument("--json", action="store_true", help="print the results as JSON")
+    bench.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time torch.compile(vitrain's model) (compilation itself is not timed)",
+    )
+
+    ev = sub.add_parser(
+        "eval",
+        help="evaluate a checkpoint or run folder on any --data source",
+        description="Top-1/top-5, loss, per-class precision/recall/F1, confusion matrices.",
+    )
+    ev.add_argument("checkpoint", help="a .safetensors checkpoint or a run folder (its best.safetensors)")
+    ev.add_argument(
+        "--data",
+        help="as for train; a folder without split folders means all of it, unless it is "
+        "the checkpoint's training data (default: the checkpoint's training data, its "
+        "splits carved as in training)",
+    )
+    ev.add_argument(
+        "--split",
+        choices=["all", "train", "val", "test"],
+        help="which split (default: test, or val where there is none; all images of a flat folder "
+        "given as --data that the checkpoint was not trained on); all: every image of a flat "
+        "folder",
+    )
+    ev.add_argument("--out", help="folder for report.json and the plots (default CHECKPOINT_DIR/eval/DATA-SPLIT)")
+    ev.add_argument(
+        "--classes",
+        type=comma_list,
+        help="only these classes of the data, as for train (default: all; without --data, the checkpoint's)",
+    )
+    _add_running_arguments(ev, data=True)
+
+    pr = sub.add_parser(
+        "predict",
+        help="classify image files, folders or glob patterns",
+        description="Write predictions.csv; optionally annotated copies and attention maps.",
+    )
+    pr.add_argument("checkpoint", help="a .safetensors checkpoint or a run folder (its best.safetensors)")
+    pr.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (recursive) or glob patterns")
+    pr.add_argument("--out", default="predictions", help="output folder (default ./predictions)")
+    pr.add_argument("--top-k", type=int, default=5, help="how many labels per image in the CSV (5)")
+    pr.add_argument(
+        "--annotate",
+        action="store_true",
+        help="save copies with the prediction drawn on them (and right/wrong when the folder names the class)",
+    )
+    pr.add_argument("--attention", action="store_true", help="save attention-rollout overlays and raw maps (.npy)")
+    _add_running_arguments(pr, data=False)
+
+    ex = sub.add_parser(
+        "export",
+        help="export a checkpoint to ONNX or TorchScript",
+        description="Dynamic batch dimension, preprocessing in the metadata, parity checked.",
+    )
+    ex.add_argument("checkpoint", help="a .safetensors checkpoint or a run folder (its best.safetensors)")
+    ex.add_argument("--format", choices=["onnx", "torchscript"], required=True, help="the file format to write")
+    ex.add_argument("--out", help="output file (default beside the checkpoint)")
+
+
+def _add_running_arguments(p: argparse.ArgumentParser, data: bool) -> None:
+    p.add_argument("--batch-size", type=int, default=64, help="(64)")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    if data:
+        p.add_argument("--workers", type=int, default=0, help="data-loading processes (0)")
+        p.add_argument("--data-root", help="where torchvision sets are stored")
+        p.add_argument("--no-download", dest="download", action="store_false", help="never download torchvision sets")
+        same = "; by default the training run's own when --data names its data, else {}"
+        for option in ("--val-fraction", "--test-fraction"):
+            p.add_argument(option, type=float, help="as for train, with --split on a flat folder" + same.format(0.1))
+        p.add_argument("--split-seed", type=int, help="as for train, with --split on a flat folder" + same.format(0))

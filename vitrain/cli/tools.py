@@ -1,0 +1,145 @@
+"""The commands that work from a checkpoint or list things: eval, predict, export, bench, models, recipes."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..config import ConfigError
+
+
+def models_table() -> str:
+    """``vitrain models``: every named size with its parameter count and dimensions."""
+    import torch
+
+    from ..models.registry import PRESETS, resolve_config
+    from ..models.vit import VisionTransformer
+
+    lines = [
+        f"{'name':<12} {'params':>8}  {'input':>6}  {'patch':>5}  {'dim':>4}  {'depth':>5}  {'heads':>5}  description"
+    ]
+    for name, (_, description) in PRESETS.items():
+        cfg = resolve_config(name, num_classes=10)
+        with torch.device("meta"):  # counts parameters without allocating or initializing them
+            params = sum(p.numel() for p in VisionTransformer(cfg).parameters())
+        lines.append(
+            f"{name:<12} {params / 1e6:>7.2f}M  {cfg.img_size:>4}px  {cfg.patch_size:>5}  {cfg.embed_dim:>4}  "
+            f"{cfg.depth:>5}  {cfg.num_heads:>5}  {description}"
+        )
+    lines.append("vit          explicit dims only: --img-size --patch-size --embed-dim --depth --num-heads --mlp-dim")
+    lines.append("(parameter counts with a 10-class head)")
+    return "\n".join(lines)
+
+
+def run_tool(args: argparse.Namespace) -> int:
+    """eval, predict, export (everything after training, from a checkpoint alone) and bench."""
+    if args.command == "bench":
+        return _bench(args)
+    if args.command == "export":
+        from ..engine.export import export_model
+
+        export_model(args.checkpoint, args.format, args.out)
+        return 0
+    from .. import api
+
+    if args.command == "eval":
+        api.evaluate(
+            args.checkpoint,
+            args.data,
+            split=args.split,
+            out=args.out,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            device=args.device,
+            data_root=args.data_root,
+            download=args.download,
+            val_fraction=args.val_fraction,
+            test_fraction=args.test_fraction,
+            split_seed=args.split_seed,
+            classes=args.classes,
+        )
+        return 0
+    result = api.predict(
+        args.checkpoint,
+        args.inputs,
+        top_k=args.top_k,
+        batch_size=args.batch_size,
+        device=args.device,
+        out=args.out,
+        annotate=args.annotate,
+        attention=args.attention,
+    )
+    return _print_predictions(args, result)
+
+
+def _print_predictions(args: argparse.Namespace, result) -> int:
+    """The table, the summary and the notes of ``vitrain predict``; 1 when some inputs failed."""
+    from ..engine.predict import in_training_data
+
+    out = Path(args.out)
+    width = min(max((len(str(p.path)) for p in result.predictions), default=4), 60)
+    print(f"{'image':<{width}}  {'prediction':<20} {'prob':>6}  true")
+    for p in result.predictions:
+        shown = str(p.path) if len(str(p.path)) <= width else "..." + str(p.path)[-(width - 3) :]
+        mark = "" if p.correct is None else f"{p.true_label} ({'right' if p.correct else 'wrong'})"
+        print(f"{shown:<{width}}  {p.label:<20} {p.probability:>6.1%}  {mark}")
+    accuracy = result.accuracy()
+    judged = sum(p.correct is not None for p in result.predictions)
+    summary = f"{len(result.predictions)} image(s) classified"
+    if accuracy is not None:
+        summary += f"; {judged} in folders named like a class: accuracy {accuracy:.4f}"
+    print(summary + f"; results in {out / 'predictions.csv'}")
+    seen = in_training_data([p.path for p in result.predictions if p.correct is not None], result.meta)
+    if seen:
+        print(
+            f"note: {seen[1]} of them lie in {seen[0]}, the data this checkpoint was trained on, outside any "
+            "test or validation folder: it may have trained on them, so this is not a held-out accuracy "
+            f"(vitrain eval {args.checkpoint} scores the run's test split)"
+        )
+    for item, reason in result.failed:
+        print(f"vitrain: skipped {item}: {reason}", file=sys.stderr)
+    if result.failed:
+        print(f"vitrain: {len(result.failed)} input(s) failed", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    """``vitrain bench``: time vitrain's ViT against timm's and torchvision's."""
+    import json
+
+    from ..engine.bench import CONFIGS, run_benchmark
+    from ..engine.device import resolve_device
+
+    names = [c.name for c in CONFIGS]
+    wanted = names if args.configs == "all" else args.configs.split(",")
+    unknown = [n for n in wanted if n not in names]
+    if unknown:
+        raise ConfigError(f"--configs: unknown {', '.join(unknown)}; choose from {', '.join(names)}")
+    if args.repeats < 1 or args.steps < 1:
+        raise ConfigError("--repeats and --steps must be at least 1")
+    try:
+        import timm  # noqa: F401
+    except ImportError:
+        raise ConfigError("vitrain bench compares against timm: pip install timm") from None
+    result = run_benchmark(
+        tuple(c for c in CONFIGS if c.name in wanted),
+        args.repeats,
+        args.steps,
+        resolve_device(args.device),
+        log=(lambda *a: None) if args.json else print,
+        compiled=args.compile,
+    )
+    if args.json:
+        print(json.dumps(result, indent=2))
+    return 0
+
+
+def recipes_list() -> str:
+    """``vitrain recipes``: each recipe with what it reaches and its command."""
+    from ..recipes import recipes
+
+    return "\n".join(
+        f"{r.name}\n  {r.summary}\n  reference: {r.reference}\n  run: {r.command}\n" for r in recipes().values()
+    )
