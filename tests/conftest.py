@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 from pathlib import Path
 from types import ModuleType
@@ -9,6 +10,8 @@ from types import ModuleType
 import numpy as np
 import pytest
 from PIL import Image
+
+from vitrain.cli import main
 
 SHARED_DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
@@ -83,3 +86,46 @@ def tiny_args(tmp_path: Path) -> list[str]:
     for key, value in TINY_RUN.items():
         args += [f"--{key.replace('_', '-')}", str(value)]
     return args + ["--no-progress"]
+
+
+# reading the CSV files that runs and tools write
+def _metrics(run: Path) -> list[dict[str, str]]:
+    with open(run / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def _without_timing(rows):
+    return [{k: v for k, v in r.items() if k not in ("epoch_seconds", "images_per_second")} for r in rows]
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# read-only (tests write under their own tmp_path), so one training run serves every test file
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory) -> tuple[Path, Path]:
+    """(run folder, data folder): a tiny model trained a few epochs on 3 classes."""
+    root = tmp_path_factory.mktemp("after")
+    data = write_class_folders(root / "pets", per_class=10)
+    args = [
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(root / "run"),
+        "--epochs",
+        "4",
+        "--batch-size",
+        "8",
+        "--lr",
+        "3e-3",
+        "--no-progress",
+        "--workers",
+        "0",
+    ]
+    for key, value in TINY_MODEL.items():
+        args += [f"--{key.replace('_', '-')}", str(value)]
+    assert main(args) == 0
+    return root / "run", data

@@ -16,7 +16,8 @@ from safetensors.torch import load_file
 
 from vitrain.cli import main
 from vitrain.config import TrainConfig
-from vitrain.engine import train as train_module
+from vitrain.engine import setup as engine_setup
+from vitrain.engine import torch_backend
 from vitrain.engine.distributed import Dist
 
 COMMON = [
@@ -124,7 +125,7 @@ def _compare_with_one_process(flat_folder: Path, tmp_path: Path, in_memory: str)
 def test_a_run_resumes_with_another_number_of_processes(flat_folder, tmp_path, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     run = tmp_path / "run"
-    real = train_module.evaluate
+    real = torch_backend.evaluate
     calls = {"n": 0}
 
     def stop_in_epoch_three(*args, **kwargs):
@@ -133,10 +134,10 @@ def test_a_run_resumes_with_another_number_of_processes(flat_folder, tmp_path, m
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, "evaluate", stop_in_epoch_three)
+    monkeypatch.setattr(torch_backend, "evaluate", stop_in_epoch_three)
     args = ["train", "--data", str(flat_folder), *COMMON, "--epochs", "3", "--batch-size", "4", "--out", str(run)]
     assert main(args) == 130 and len(_metrics(run)) == 2  # one process: 6 steps per epoch
-    monkeypatch.setattr(train_module, "evaluate", real)
+    monkeypatch.setattr(torch_backend, "evaluate", real)
     done = _torchrun(["train", "--resume", str(run), "--no-progress"], tmp_path)
     assert "instead of 6 (2 process(es))" in done.stdout
     rows = _metrics(run)
@@ -262,17 +263,17 @@ def test_a_global_batch_that_leaves_a_tenth_of_the_split_out_of_each_epoch_is_na
     said: list[str] = []
     two = Dist(rank=0, world=2)
     cfg = TrainConfig(batch_size=10, data="flowers")
-    train_module.check_global_batch(cfg, 24, two, said.append)
+    engine_setup.check_global_batch(cfg, 24, two, said.append)
     assert said == [
         "warning: --batch-size 10 x 2 processes = 20 images per step leaves 4 of the 24 training "
         "images out of each epoch (17%; incomplete global batches are dropped under torchrun); "
         "--batch-size 6 would leave 0 out"
     ]  # not 9, 8 or 7: 2 x 7 = 14 would leave 10 out
     said.clear()
-    train_module.check_global_batch(cfg, 41, two, said.append)  # 1 of 41 left out: no warning
-    train_module.check_global_batch(cfg, 24, Dist(), said.append)  # one process keeps every image
+    engine_setup.check_global_batch(cfg, 41, two, said.append)  # 1 of 41 left out: no warning
+    engine_setup.check_global_batch(cfg, 24, Dist(), said.append)  # one process keeps every image
     assert said == []
-    train_module.check_global_batch(TrainConfig(batch_size=2, data="flowers"), 7, Dist(rank=0, world=3), said.append)
+    engine_setup.check_global_batch(TrainConfig(batch_size=2, data="flowers"), 7, Dist(rank=0, world=3), said.append)
     assert said == [
         "warning: --batch-size 2 x 3 processes = 6 images per step leaves 1 of the 7 training images "
         "out of each epoch (14%; incomplete global batches are dropped under torchrun)"

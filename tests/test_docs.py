@@ -112,3 +112,14 @@ def test_every_vitrain_command_quoted_in_the_docs_is_one_the_parser_accepts(caps
             if exit.code:
                 refused.append(f"{page}: `{command}`: {capsys.readouterr().err.strip().splitlines()[-1]}")
     assert not refused, "\n".join(refused)
+
+
+def test_every_test_the_docs_cite_exists():
+    cited = set()
+    for page in [ROOT / "README.md", *(ROOT / "docs").rglob("*.md")]:
+        cited |= {(m[0], m[1]) for m in re.findall(r"tests/(test_\w+\.py)::(\w+)", page.read_text())}
+    assert cited, "the reliability page cites its tests"
+    missing = [f"tests/{file}::{name}" for file, name in sorted(cited)
+               if not (ROOT / "tests" / file).is_file()
+               or not re.search(rf"^def {name}\(", (ROOT / "tests" / file).read_text(), re.M)]  # fmt: skip
+    assert not missing, f"cited by the docs but not defined there: {missing}"

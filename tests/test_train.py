@@ -1,4 +1,5 @@
-"""``vitrain train`` end to end: the run folder contract, resume, determinism, configs and errors."""
+"""The training loop, ``vitrain train`` end to end: the run folder contract, resume, determinism,
+non-finite losses, time budgets, class weights, leaked images and unreadable files."""
 
 from __future__ import annotations
 
@@ -6,12 +7,9 @@ import csv
 import json
 import math
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import yaml
@@ -19,9 +17,9 @@ from safetensors.torch import load_file
 
 import vitrain
 from vitrain.cli import main
-from vitrain.engine import train as train_module
+from vitrain.engine import torch_backend
 
-from .conftest import CLASS_COLORS, write_class_folders
+from .conftest import CLASS_COLORS, _metrics, _without_timing, write_class_folders
 
 RUN_FILES = [
     "config.yaml",
@@ -35,15 +33,6 @@ RUN_FILES = [
     "confusion_matrix.png",
     "samples.png",
 ]
-
-
-def _metrics(run: Path) -> list[dict[str, str]]:
-    with open(run / "metrics.csv") as f:
-        return list(csv.DictReader(f))
-
-
-def _without_timing(rows):
-    return [{k: v for k, v in r.items() if k not in ("epoch_seconds", "images_per_second")} for r in rows]
 
 
 def test_train_on_a_folder_writes_the_whole_run_folder(flat_folder, tmp_path, tiny_args):
@@ -123,7 +112,7 @@ def test_same_seed_same_numbers(flat_folder, tmp_path, tiny_args):
 def _interrupt_then_resume(common: list[str], tmp_path: Path, monkeypatch) -> None:
     """Train ``full`` uninterrupted; train ``cut`` with Ctrl-C during epoch 3's validation, then resume it."""
     assert main(["train", "--out", str(tmp_path / "full"), *common]) == 0
-    real_evaluate = train_module.evaluate
+    real_evaluate = torch_backend.evaluate
     calls = {"n": 0}
 
     def interrupt_in_epoch_three(*args, **kwargs):
@@ -132,10 +121,10 @@ def _interrupt_then_resume(common: list[str], tmp_path: Path, monkeypatch) -> No
             raise KeyboardInterrupt
         return real_evaluate(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, "evaluate", interrupt_in_epoch_three)
+    monkeypatch.setattr(torch_backend, "evaluate", interrupt_in_epoch_three)
     assert main(["train", "--out", str(tmp_path / "cut"), *common]) == 130
     assert len(_metrics(tmp_path / "cut")) == 2
-    monkeypatch.setattr(train_module, "evaluate", real_evaluate)
+    monkeypatch.setattr(torch_backend, "evaluate", real_evaluate)
     assert main(["train", "--resume", str(tmp_path / "cut"), "--no-progress"]) == 0
     full = load_file(str(tmp_path / "full" / "last.safetensors"))
     resumed = load_file(str(tmp_path / "cut" / "last.safetensors"))
@@ -215,25 +204,11 @@ def test_the_last_line_says_when_the_final_score_is_on_validation(flat_folder, t
     ) in done
 
 
-def test_balanced_accuracy_is_the_mean_recall_of_the_classes_present():
-    from sklearn.metrics import balanced_accuracy_score
-
-    from vitrain.engine.evaluate import EvalResult
-
-    targets = np.array([0, 0, 0, 0, 0, 0, 1, 1])
-    some = EvalResult(0.0, 0.875, None, targets, np.array([0, 0, 0, 0, 0, 0, 0, 1]))
-    assert some.balanced_accuracy == pytest.approx((6 / 6 + 1 / 2) / 2)  # class 2 has no image here
-    always_big = EvalResult(0.0, 0.75, None, targets, np.zeros(8, dtype=np.int64))
-    assert always_big.balanced_accuracy == pytest.approx(0.5)  # accuracy 0.75 by answering the large class
-    for result in (some, always_big):
-        assert result.balanced_accuracy == pytest.approx(balanced_accuracy_score(result.targets, result.predictions))
-
-
 def test_balanced_class_weights_are_images_over_classes_times_class_images():
     from types import SimpleNamespace
 
     from vitrain.config import TrainConfig
-    from vitrain.engine.train import class_weights
+    from vitrain.engine.torch_backend import class_weights
 
     splits = SimpleNamespace(train=SimpleNamespace(targets=[0] * 6 + [1] * 3 + [2]))
     balanced = TrainConfig(class_weights="balanced", classes=["a", "b", "c"])
@@ -289,113 +264,6 @@ def test_imbalanced_data_gets_a_note_balanced_accuracy_and_balanced_training(tmp
         assert next(csv.DictReader(a))["train_loss"] != next(csv.DictReader(b))["train_loss"]
 
 
-def test_existing_run_is_not_overwritten_by_accident(flat_folder, tmp_path, tiny_args, capsys):
-    run = tmp_path / "run"
-    args = ["train", "--data", str(flat_folder), "--out", str(run), *tiny_args, "--epochs", "1"]
-    assert main(args) == 0
-    before = (run / "last.safetensors").read_bytes()
-    assert main(args) == 2
-    assert "already holds a run" in capsys.readouterr().err
-    assert (run / "last.safetensors").read_bytes() == before
-    # a failing start (here: a mistyped --data) with --overwrite leaves the old run untouched
-    bad = ["train", "--data", str(flat_folder) + "-typo", "--out", str(run), *tiny_args, "--overwrite"]
-    assert main(bad) == 2
-    assert (run / "last.safetensors").read_bytes() == before
-    (run / "my-notes.txt").write_text("keep me")
-    assert main(args + ["--overwrite", "--seed", "1"]) == 0
-    assert (run / "my-notes.txt").read_text() == "keep me"  # only vitrain's own files are replaced
-
-
-def test_config_file_holds_flags_and_flags_win(flat_folder, tmp_path, tiny_args):
-    config = tmp_path / "exp.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "data": str(flat_folder),
-                "epochs": 1,
-                "lr": 0.002,
-                "label-smoothing": 0.2,
-                "classes": ["cat", "fox"],
-                "schedule": "step",
-                "betas": [0.9, 0.95],
-            }
-        )
-    )
-    run = tmp_path / "run"
-    assert main(["train", "--config", str(config), "--out", str(run), *tiny_args, "--epochs", "2"]) == 0
-    saved = yaml.safe_load((run / "config.yaml").read_text())["train"]
-    assert saved["epochs"] == 2 and saved["lr"] == 0.002 and saved["label_smoothing"] == 0.2
-    assert saved["classes"] == ["cat", "fox"] and saved["betas"] == [0.9, 0.95]
-    # a saved config.yaml is itself a valid --config
-    again = tmp_path / "again"
-    assert main(["train", "--config", str(run / "config.yaml"), "--out", str(again), "--no-progress"]) == 0
-    assert _without_timing(_metrics(run)) == _without_timing(_metrics(again))
-
-
-@pytest.mark.parametrize(
-    "flags, message",
-    [
-        (["--lr", "-1"], "--lr must be positive"),
-        (["--batch-size", "0"], "--batch-size must be at least 1"),
-        (["--img-size", "30", "--patch-size", "4"], "not divisible by patch_size"),
-        (["--data", "no/such/folder"], "--data no/such/folder: no such file"),
-        (["--mean", "0.5"], "--mean/--std must be given together"),
-        (["--mean", "0.5,0.5", "--std", "0.2,0.2"], "--mean needs 1 value"),
-        (["--workers", "9999"], "--workers is more than 4x this machine"),
-        (["--device", "cuda:0"] if not torch.cuda.is_available() else ["--device", "tpu"], "--device"),
-    ],
-)
-def test_bad_options_exit_2_with_a_message_naming_them(tmp_path, flags, message, capsys):
-    assert main(["train", "--out", str(tmp_path / "run"), "--epochs", "1", "--no-progress", *flags]) == 2
-    assert message in capsys.readouterr().err
-    assert not (tmp_path / "run").exists()  # nothing is created for a run that never started
-
-
-@pytest.mark.parametrize(
-    "flags, message",
-    [(["--channels", "2"], "--channels: invalid choice: 2"), (["--epochs", "many"], "--epochs: invalid int value")],
-)
-def test_malformed_option_values_are_named_by_the_parser(tmp_path, flags, message, capsys):
-    with pytest.raises(SystemExit) as info:
-        main(["train", "--out", str(tmp_path / "run"), *flags])
-    assert info.value.code == 2 and message in capsys.readouterr().err
-    assert not (tmp_path / "run").exists()
-
-
-def test_bad_config_file_is_named(tmp_path, capsys):
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("epochs: [1, 2\n")
-    assert main(["train", "--config", str(bad)]) == 2
-    assert "not valid YAML" in capsys.readouterr().err
-    bad.write_text("epochz: 3\n")
-    assert main(["train", "--config", str(bad)]) == 2
-    assert f"--config {bad}: unknown option(s): epochz" in capsys.readouterr().err
-    bad.write_text("epochs: two\n")
-    assert main(["train", "--config", str(bad)]) == 2
-    assert f"--config {bad}: epochs: expected int, got 'two'" in capsys.readouterr().err
-
-
-def test_python_dash_m_runs_the_default_digits_job_briefly(tmp_path):
-    run = tmp_path / "digits"
-    result = subprocess.run(
-        [sys.executable, "-m", "vitrain", "train", "--epochs", "2", "--out", str(run), "--no-progress"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
-    assert "model: vit-digits" in result.stdout and "test accuracy" in result.stdout
-    report = json.loads((run / "report.json").read_text())
-    assert report["test"]["images"] == 359 and report["test"]["top5"] is not None
-    assert len(report["classes"]) == 10
-
-
-def test_models_command_lists_presets(capsys):
-    assert main(["models"]) == 0
-    out = capsys.readouterr().out
-    assert "vit-ti16" in out and "vit-digits" in out and "vit-b16" in out
-
-
 @pytest.mark.slow
 def test_default_job_reaches_95_percent_on_digits(tmp_path):
     """The README's promise (about 70 s on 2 CPU cores): run with `pytest -m slow`."""
@@ -407,7 +275,7 @@ def test_default_job_reaches_95_percent_on_digits(tmp_path):
 def test_nonfinite_loss_stops_naming_the_epoch_and_keeps_the_last_good_checkpoint(
     flat_folder, tmp_path, tiny_args, monkeypatch, capsys
 ):
-    real = train_module.F.cross_entropy
+    real = torch_backend.F.cross_entropy
     calls = {"n": 0}
 
     def nan_in_epoch_two(*args, **kwargs):
@@ -415,7 +283,7 @@ def test_nonfinite_loss_stops_naming_the_epoch_and_keeps_the_last_good_checkpoin
         loss = real(*args, **kwargs)
         return loss * float("nan") if calls["n"] > 3 else loss  # 3 steps per epoch
 
-    monkeypatch.setattr(train_module.F, "cross_entropy", nan_in_epoch_two)
+    monkeypatch.setattr(torch_backend.F, "cross_entropy", nan_in_epoch_two)
     run = tmp_path / "run"
     assert main(["train", "--data", str(flat_folder), "--out", str(run), *tiny_args, "--epochs", "3"]) == 1
     err = capsys.readouterr().err
@@ -429,7 +297,7 @@ def test_nonfinite_loss_stops_naming_the_epoch_and_keeps_the_last_good_checkpoin
 def test_skip_nonfinite_skips_up_to_n_bad_batches_then_stops(
     flat_folder, tmp_path, tiny_args, monkeypatch, capsys, allowed
 ):
-    real = train_module.F.cross_entropy
+    real = torch_backend.F.cross_entropy
     calls = {"n": 0}
 
     def inf_twice(*args, **kwargs):  # steps 4 and 5 (epoch 2, steps 1 and 2) give an infinite loss
@@ -437,7 +305,7 @@ def test_skip_nonfinite_skips_up_to_n_bad_batches_then_stops(
         loss = real(*args, **kwargs)
         return loss * float("inf") if calls["n"] in (4, 5) else loss
 
-    monkeypatch.setattr(train_module.F, "cross_entropy", inf_twice)
+    monkeypatch.setattr(torch_backend.F, "cross_entropy", inf_twice)
     run = tmp_path / "run"
     code = main(
         [
@@ -466,27 +334,6 @@ def test_skip_nonfinite_skips_up_to_n_bad_batches_then_stops(
     assert [b["step"] for b in report["skipped_batches"]] == [4, 5]
     assert all(math.isfinite(float(r["train_loss"])) for r in _metrics(run))
     assert vitrain.load_model(run / "last.safetensors").meta["epoch"] == 3
-
-
-def test_sigterm_saves_and_says_how_to_resume(tmp_path):
-    import signal
-    import time
-
-    run = tmp_path / "run"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "vitrain", "train", "--epochs", "500", "--out", str(run), "--no-progress"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.time() + 120
-    while not (run / "metrics.csv").exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130
-    assert f"Continue with: vitrain train --resume {run}" in err
-    assert (run / "state.safetensors").is_file() and vitrain.load_model(run / "last.safetensors")
 
 
 def test_mixup_cutmix_and_ema_train_and_resume_exactly(flat_folder, tmp_path, tiny_args, monkeypatch):
@@ -684,46 +531,6 @@ def test_dedupe_that_empties_a_split_is_handled_before_training(tmp_path, tiny_a
     assert not (tmp_path / "none" / "last.safetensors").exists()
 
 
-def test_steps_that_fit_pays_a_full_overhead_for_a_partial_epoch():
-    from vitrain.engine.budget import recent_speed, steps_that_fit
-
-    # 10 s: 10 steps/epoch at 0.1 s plus 1 s overhead per epoch -> 5 epochs of 2 s each
-    assert steps_that_fit(10.0, 0.1, 1.0, 10) == 50
-    # 10.5 s: 52 steps would need a 6th epoch and its overhead; 5 whole epochs fit
-    assert steps_that_fit(10.5, 0.1, 1.0, 10) == 50
-    assert steps_that_fit(0.5, 0.1, 1.0, 10) == 0
-    # long epochs are measured alone; short ones are pooled until 20 s
-    assert recent_speed([(100, 10.0, 1.0), (100, 30.0, 2.0)]) == pytest.approx((0.3, 2.0))
-    assert recent_speed([(100, 30.0, 9.0), (10, 5.0, 0.5), (10, 5.0, 0.1), (10, 15.0, 0.3)]) == pytest.approx(
-        (20 / 20, 0.2)
-    )
-    assert recent_speed([(100, 30.0, 3.0), (10, 5.0, 0.0), (10, 5.0, 0.0), (10, 5.0, 0.0)]) == pytest.approx(
-        (45 / 130, 0.75)
-    )
-
-
-def test_replanning_from_pooled_overheads_does_not_swing_with_alternating_checkpoint_costs():
-    # 2 s epochs of 28 steps whose overhead alternates between 0.1 s and 0.3 s (an improved
-    # epoch also writes best.safetensors): the plan from the pooled overhead holds still, where
-    # one made from each epoch's own overhead swung by more than 2% every epoch
-    from vitrain.engine.budget import recent_speed, replan_budget, steps_that_fit
-
-    speed: list[tuple[int, float, float]] = []
-    budget = {"planned_steps": 28 * 1000, "replans": []}
-    seconds_left, done = 2300.0, 0
-    for epoch in range(1, 41):
-        overhead = 0.1 if epoch % 2 else 0.3
-        speed.append((28, 2.0, overhead))
-        done, seconds_left = done + 28, seconds_left - 2.0 - overhead
-        alone = done + steps_that_fit(seconds_left, 2.0 / 28, overhead, 28)
-        if epoch > 10:
-            assert abs(alone - budget["planned_steps"]) > 0.02 * budget["planned_steps"]
-        replan_budget(budget, done, seconds_left, *recent_speed(speed), 28, epoch)
-    # re-plans while the first epochs fill the 20 s window, none after it
-    assert budget["replans"] and all(r["after_epoch"] <= 10 for r in budget["replans"])
-    assert budget["planned_steps"] == pytest.approx(28 * 2300 / 2.2, rel=0.01)
-
-
 def test_a_file_that_fails_mid_epoch_in_a_worker_is_named_without_a_traceback(flat_folder, tmp_path, tiny_args, capsys):
     # the header is whole, so only decoding finds the cut: in the file pipeline that happens in a
     # DataLoader worker, mid-epoch, which re-raises with the worker's traceback as the message
@@ -773,14 +580,3 @@ def test_skip_bad_images_trains_on_the_rest_and_counts_them_in_the_report(flat_f
         "truncated.jpg",
     ]
     assert sum(report["splits"].values()) == 30
-
-
-def test_cuda_graphs_only_for_a_compiled_single_gpu_step():
-    from vitrain.engine.distributed import Dist
-
-    cuda, cpu = torch.device("cuda"), torch.device("cpu")
-    assert train_module.use_cuda_graphs("auto", cuda, Dist())
-    assert train_module.use_cuda_graphs("on", cuda, Dist())
-    assert not train_module.use_cuda_graphs("off", cuda, Dist())  # no compile, no graphs
-    assert not train_module.use_cuda_graphs("on", cpu, Dist())  # compiled on CPU: no graphs there
-    assert not train_module.use_cuda_graphs("auto", cuda, Dist(rank=0, world=2))  # DDP's hooks run between graphs

@@ -1,100 +1,127 @@
-"""The time-budget planner: probe the speed, plan the steps that fit, re-plan from the epochs as they run."""
+"""The time-budget planner, shared by ``train`` and ``pretrain``: plan the steps that fit, re-plan as epochs run.
+
+A budgeted run (``--time-budget MINUTES``) is planned before it starts (``train`` probes
+its speed with the backend; ``pretrain`` starts from ``--epochs``), then re-planned after
+each epoch from the speed the epochs actually ran at (:class:`BudgetClock`). Both leave the
+same margin (:func:`budget_margin`), and both stop at a deadline should the machine slow
+down late in the run.
+"""
 
 from __future__ import annotations
 
 import math
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
-import torch
-import torch.nn.functional as F
-from torch.utils.data import DataLoader
-
-from ..checkpoint import (
-    CheckpointWriter,
-)
 from ..config import TrainConfig
-from .evaluate import evaluate
-from .finetune import train_mode
-from .optim import build_optimizer
-from .runtime import writes_behind
+from .backend import Backend
+
+
+def budget_margin(minutes: float) -> float:
+    """Seconds a plan leaves unused: 3% of the budget, and 2 s for the final plots and report."""
+    return 0.03 * minutes * 60 + 2.0
 
 
 def plan_budget(
     cfg: TrainConfig,
-    model: torch.nn.Module,
-    loaders: dict[str, DataLoader],
-    device: torch.device,
-    amp_dtype: torch.dtype | None,
+    backend: Backend,
+    loaders: dict[str, Any],
     seconds_left: float,
     log=print,
 ) -> dict[str, Any]:
-    """Measure training and validation speed on a throwaway copy, then plan the steps that fit.
+    """Measure training and validation speed with the backend's probe, then plan the steps that fit.
 
-    Each epoch costs its steps plus one validation pass; the final evaluation (validation
-    and test with the best model) is reserved too.
+    Each epoch costs its steps plus one validation pass and its checkpoints; the final
+    evaluation (validation and test with the best model) is reserved too.
     """
-    import copy
-
     begin = time.perf_counter()
-    probe = train_mode(copy.deepcopy(model))
-    optimizer = build_optimizer(probe, cfg, device)
-    measure_for = min(30.0, 0.05 * seconds_left)
-    steps, timed, t0 = 0, 0.0, None
-    for images, labels in _forever(loaders["train"]):
-        images, labels = images.to(device), labels.to(device)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            loss = F.cross_entropy(probe(images), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        float(loss.detach())  # wait for the device
-        steps += 1
-        if steps == 2:  # the first steps pay one-time costs
-            t0 = time.perf_counter()
-        elif steps > 2:
-            timed = time.perf_counter() - t0
-            if timed >= measure_for or steps >= 200:
-                break
-    step_seconds = timed / (steps - 2)
-    t0 = time.perf_counter()
-    evaluate(probe, _first_batches(loaders["val"], 3), device, len(cfg.classes), amp_dtype)
-    val_seconds = (time.perf_counter() - t0) / min(3, len(loaders["val"])) * len(loaders["val"])
-    with tempfile.TemporaryDirectory() as tmp:  # every epoch also asks for last (and best) weights and the state
-        with CheckpointWriter(background=writes_behind(device), log=log) as files:  # what training waits for
-            t0 = time.perf_counter()
-            files.save_model(Path(tmp) / "m.safetensors", probe)
-            files.save_state(
-                Path(tmp) / "s.safetensors", {"model": probe.state_dict(), "optimizer": optimizer.state_dict()}
-            )
-            epoch_overhead = val_seconds + 2 * (time.perf_counter() - t0)
+    speed = backend.measure(loaders, min(30.0, 0.05 * seconds_left))
+    val_seconds = speed.val_batch * len(loaders["val"])
+    epoch_overhead = val_seconds + 2 * speed.checkpoint  # every epoch writes last (and best) weights and the state
     final_seconds = val_seconds + (val_seconds * len(loaders["test"]) / len(loaders["val"]) if "test" in loaders else 0)
-    margin = 0.03 * cfg.time_budget * 60 + 2.0  # 3% of the budget, and 2 s for the final plots
+    margin = budget_margin(cfg.time_budget)
     available = seconds_left - (time.perf_counter() - begin) - final_seconds - margin
     minutes = f"{round(cfg.time_budget, 2):g}"  # a chained run's second stage gets what is left: 7.65, not 7.65141
-    if available <= step_seconds + epoch_overhead:
+    if available <= speed.step + epoch_overhead:
         log(
             f"warning: --time-budget {minutes} min leaves no time to train after setup and the final "
             f"evaluation ({seconds_left - available:.0f}s); running one step"
         )
     steps_per_epoch = len(loaders["train"])
-    planned = max(1, steps_that_fit(available, step_seconds, epoch_overhead, steps_per_epoch))
+    planned = max(1, steps_that_fit(available, speed.step, epoch_overhead, steps_per_epoch))
     log(
-        f"time budget {minutes} min: {1 / step_seconds:.1f} steps/s, {epoch_overhead:.2f}s per epoch "
+        f"time budget {minutes} min: {1 / speed.step:.1f} steps/s, {epoch_overhead:.2f}s per epoch "
         "for validation and checkpoints "
         f"-> planning {planned} steps ({planned / steps_per_epoch:.2f} epochs)"
     )
     return {
         "minutes": cfg.time_budget,
         "planned_steps": planned,
-        "seconds_per_step": round(step_seconds, 5),
+        "seconds_per_step": round(speed.step, 5),
         "seconds_per_epoch_overhead": round(epoch_overhead, 3),
         "reserved_final_seconds": round(final_seconds, 2),
         "margin_seconds": round(margin, 2),
         "replans": [],
     }
+
+
+def epochs_plan(minutes: float, planned_steps: int, reserved_final_seconds: float = 0.0) -> dict[str, Any]:
+    """A plan without a probe: ``planned_steps`` to begin with, re-planned after the first epoch."""
+    return {
+        "minutes": minutes,
+        "planned_steps": planned_steps,
+        "seconds_per_epoch_overhead": 0.0,
+        "reserved_final_seconds": reserved_final_seconds,
+        "margin_seconds": round(budget_margin(minutes), 2),
+        "replans": [],
+    }
+
+
+class BudgetClock:
+    """When a budgeted run must be done, and the re-planning after each of its epochs.
+
+    ``train_end`` is when the plan should be done (the budget less the final evaluation and
+    the margin); ``deadline`` is when a running epoch stops regardless (the budget less the
+    final evaluation and one epoch's validation and checkpoints). A resumed run finishes its
+    plan: its clock has neither.
+    """
+
+    def __init__(self, budget: dict[str, Any] | None, started: float, resumed: bool) -> None:
+        self.budget = budget
+        end = math.inf
+        if budget is not None and not resumed:
+            end = started + budget["minutes"] * 60 - budget["reserved_final_seconds"]
+            budget.setdefault("first_plan", budget["planned_steps"])
+        self.train_end = end - (budget.get("margin_seconds", 0.0) if budget else 0.0)
+        self.deadline = end - (budget["seconds_per_epoch_overhead"] if budget else 0.0)
+        self.speed: list[tuple[int, float, float]] = []  # (steps, seconds, overhead seconds) of each epoch
+
+    @property
+    def running(self) -> bool:
+        """Whether the clock runs (a budgeted run that was not resumed)."""
+        return math.isfinite(self.train_end)
+
+    def past_deadline(self, reserve: float = 0.0) -> bool:
+        """Whether the deadline (less ``reserve`` seconds) has passed."""
+        return time.perf_counter() > self.deadline - reserve
+
+    def replan(
+        self,
+        done: int,
+        epoch: int,
+        steps: int,
+        train_seconds: float,
+        overhead: float,
+        steps_per_epoch: int,
+        reserve: float,
+    ) -> int | None:
+        """Record an epoch's speed and re-plan; ``reserve`` is what the epoch still has to do (its
+        checkpoints, a report). Returns the new total of steps, or None when the plan stands."""
+        self.speed.append((steps, train_seconds, overhead))
+        step_seconds, epoch_overhead = recent_speed(self.speed)
+        self.step_seconds = step_seconds  # for the log
+        seconds_left = self.train_end - time.perf_counter() - reserve
+        return replan_budget(self.budget, done, seconds_left, step_seconds, epoch_overhead, steps_per_epoch, epoch)
 
 
 def steps_that_fit(available: float, step_seconds: float, epoch_overhead: float, steps_per_epoch: int) -> int:
@@ -152,15 +179,3 @@ def replan_budget(
     )
     budget["planned_steps"] = total
     return total
-
-
-def _forever(loader: DataLoader):
-    while True:
-        yield from loader
-
-
-def _first_batches(loader: DataLoader, n: int):
-    for i, batch in enumerate(loader):
-        if i == n:
-            return
-        yield batch

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +14,10 @@ from ..checkpoint import (
 )
 from ..config import TrainConfig
 from ..data.sources import DataSplits
-from ..report import plot_confusion_matrix, plot_curves, plot_samples
+from ..report import plot_confusion_matrix, plot_curves, plot_samples, write_report
 from .distributed import Dist
 from .evaluate import evaluate
+from .state import Progress
 
 
 def write_samples(splits: DataSplits, targets, predictions, classes: list[str], path: Path, per_class: int = 6) -> None:
@@ -100,8 +102,9 @@ def final_report(
     }
 
 
-def log_epoch_scalars(writer, row: dict[str, Any], epoch: int, model: torch.nn.Module, grad_norm: torch.Tensor) -> None:
-    """TensorBoard scalars of an epoch: losses, accuracies, LR, speed, parameter norm, mean gradient norm."""
+def log_epoch_scalars(writer, row: dict[str, Any], epoch: int, scalars: dict[str, float]) -> None:
+    """TensorBoard scalars of an epoch: losses, accuracies, LR, speed, and ``scalars`` (parameter
+    norm, mean gradient norm before clipping)."""
     for key in ("train_loss", "val_loss"):
         writer.add_scalar(f"loss/{key[:-5]}", row[key], epoch)
     for key in ("train_accuracy", "val_accuracy"):
@@ -109,9 +112,43 @@ def log_epoch_scalars(writer, row: dict[str, Any], epoch: int, model: torch.nn.M
     writer.add_scalar("accuracy/val_balanced", row["val_balanced_accuracy"], epoch)
     writer.add_scalar("lr", row["lr"], epoch)
     writer.add_scalar("images_per_second", row["images_per_second"], epoch)
-    writer.add_scalar("param_norm", param_norm(model), epoch)
-    writer.add_scalar("grad_norm", float(grad_norm), epoch)  # before clipping
+    for name, value in scalars.items():
+        writer.add_scalar(name, value, epoch)
 
 
-def param_norm(model: torch.nn.Module) -> float:
-    return float(torch.sqrt(sum((p.detach().float() ** 2).sum() for p in model.parameters())))
+def finish_report(
+    report: dict[str, Any],
+    progress: Progress,
+    splits: DataSplits,
+    leakage: dict[str, Any],
+    stopped_by: str,
+    started: float,
+    imbalanced: bool,
+    out: Path,
+    log=print,
+) -> dict[str, Any]:
+    """Add what the run met on its way (leaks, skipped batches and images, the budget) to the
+    final report, write ``report.json`` and say how it went in one line."""
+    report["leakage"] = leakage
+    if progress.skipped_batches:
+        report["skipped_batches"] = progress.skipped_batches
+    if splits.skipped:
+        report["skipped_images"] = {"count": len(splits.skipped), "files": splits.skipped}
+    if progress.budget:
+        report["time_budget"] = {**progress.budget, "done_steps": progress.step, "stopped_by": stopped_by}
+    report["total_seconds"] = round(time.perf_counter() - started, 2)
+    write_report(out / "report.json", report)
+    score = (
+        "test accuracy"
+        if report["test"]["split"] == "test"
+        else "accuracy on the validation split (no test split; it also chose the best epoch)"
+    )
+    score += f" {report['test']['accuracy']:.4f}"
+    if imbalanced:
+        score += f", balanced accuracy {report['test']['balanced_accuracy']:.4f}"
+    best = progress.best
+    log(
+        f"done in {report['total_seconds']:.1f}s: {score} (best epoch {best['epoch']}, "
+        f"val accuracy {best['val_accuracy']:.4f}); report in {out / 'report.json'}"
+    )
+    return report

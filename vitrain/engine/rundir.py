@@ -13,9 +13,7 @@ from ..checkpoint import (
 from ..config import ConfigError, TrainConfig
 from . import distributed
 from .distributed import Dist
-
-STATE_FILE = "state.safetensors"
-
+from .state import STATE_FILE
 
 RUN_FILES = (
     "config.yaml",
@@ -68,12 +66,13 @@ def check_run_dir(cfg: TrainConfig, resume: bool, files: tuple[str, ...] = RUN_F
     return out
 
 
-def start_run_dir(out: Path) -> None:
-    """Create the folder, removing an old run's files (only vitrain's own) for --overwrite.
+def start_run_dir(out: Path, files: tuple[str, ...] = RUN_FILES) -> None:
+    """Create the folder, removing an old run's files (only vitrain's own: ``files`` and its
+    TensorBoard events) for --overwrite.
 
     Called once the data has loaded, so a mistyped option never costs the old run.
     """
-    for name in RUN_FILES:
+    for name in files:
         (out / name).unlink(missing_ok=True)
     shutil.rmtree(out / "tensorboard", ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,178 @@
+"""Setting a run up, before its first step: the options checked, the data loaded, the run folder started.
+
+``train`` and ``pretrain`` share it: the device and the process group, the run folder's
+checks (a new run never mixes into an old one), the data and its leak check, pretrained
+weights, the configuration resolved from the data and saved as ``config.yaml``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ..config import ConfigError, TrainConfig
+from ..data.leakage import content_hashes, find_leaks, without
+from ..data.sources import DataError, DataSplits, load_data
+from ..models.pretrained import Pretrained, PretrainedError, load_pretrained
+from . import distributed
+from .build import resolve_config_for_data
+from .device import resolve_device
+from .distributed import Dist
+from .evaluate import is_imbalanced
+from .rundir import RUN_FILES, agree_on_run_dir, check_run_dir, remove_interrupted_writes, start_run_dir
+
+
+def quiet(*args: Any, **kwargs: Any) -> None:
+    """The log of ranks other than 0."""
+
+
+@dataclass
+class RunSetup:
+    """A run ready to train: its resolved configuration, folder, data, device and process group."""
+
+    cfg: TrainConfig
+    out: Path
+    splits: DataSplits
+    leakage: dict[str, Any]
+    pretrained: Pretrained | None
+    device: torch.device
+    place: Dist
+    log: Callable[..., None]
+
+
+def prepare_run(
+    cfg: TrainConfig,
+    resume: bool,
+    log=print,
+    on_start: Callable[[], None] | None = None,
+    files: tuple[str, ...] = RUN_FILES,
+) -> RunSetup:
+    """Check, load and resolve everything a run needs, then start its folder (unless it resumes).
+
+    ``files`` are the names that make a folder a run of this kind. ``on_start`` runs once the
+    data has loaded, before anything is written (a chained run's own folder setup). Under
+    torchrun every rank comes through here; rank 0 writes, and the returned ``log`` is quiet
+    on the others.
+    """
+    cfg.validate()
+    device = resolve_device(cfg.device)
+    place = distributed.setup(device)  # one process unless started by torchrun
+    device = distributed.device_for(place, device)
+    if not place.main:
+        log = quiet  # rank 0 speaks and writes for all
+    cfg = agree_on_run_dir(cfg, place)
+    out = check_run_dir(cfg, resume, files)
+    splits = load_data(
+        cfg.data,
+        data_root=cfg.data_root,
+        download=cfg.download,
+        channels=cfg.channels,
+        classes=cfg.classes,
+        val_fraction=cfg.val_fraction,
+        test_fraction=cfg.test_fraction,
+        split_seed=cfg.split_seed,
+        skip_bad_images=cfg.skip_bad_images,
+    )
+    leakage = check_leaks(splits, cfg.dedupe, log)
+    pretrained = None
+    if cfg.pretrained and not resume:  # a resumed run's weights are in its state
+        try:
+            pretrained = load_pretrained(cfg.pretrained, cfg.num_heads)
+        except PretrainedError as err:
+            raise ConfigError(str(err)) from None
+        for note in pretrained.notes:
+            log(f"note: {note}")
+    cfg = dataclasses.replace(resolve_config_for_data(cfg, splits, pretrained), out=str(out))
+    check_global_batch(cfg, len(splits.train), place, log)
+    if place.main:
+        remove_interrupted_writes(out, log)
+    if not resume and place.main:
+        if on_start is not None:
+            on_start()
+        start_run_dir(out, files)
+        summary = {"splits": splits.sizes(), "notes": splits.notes, "leakage": leakage}
+        cfg.save(out / "config.yaml", {"data_summary": summary})
+    distributed.barrier(place)
+    return RunSetup(cfg, out, splits, leakage, pretrained, device, place, log)
+
+
+def check_global_batch(cfg: TrainConfig, n_train: int, place: Dist, log=print) -> None:
+    """Under torchrun incomplete global batches are dropped, so the training split must fill one.
+
+    Warns when the dropped remainder is a tenth of the split or more (other images each epoch,
+    as the order is reshuffled), naming the largest smaller ``--batch-size`` that leaves less than a tenth out.
+    """
+    if not place.active:
+        return
+    step = cfg.batch_size * place.world
+    if n_train < step:
+        raise ConfigError(
+            f"--batch-size {cfg.batch_size} x {place.world} processes = {step} "
+            f"images per step, more than the {n_train} training images of --data {cfg.data}, and "
+            "under torchrun incomplete global batches are dropped: lower --batch-size"
+        )
+
+    def left_out(batch_size: int) -> int:
+        return n_train % (batch_size * place.world)
+
+    dropped = left_out(cfg.batch_size)
+    if dropped * 10 >= n_train:
+        fit = next((b for b in range(cfg.batch_size - 1, 0, -1) if left_out(b) * 10 < n_train), None)
+        hint = f"; --batch-size {fit} would leave {left_out(fit)} out" if fit else ""
+        log(
+            f"warning: --batch-size {cfg.batch_size} x {place.world} processes = {step} images per step leaves "
+            f"{dropped} of the {n_train} training images out of each epoch ({dropped / n_train:.0%}; "
+            f"incomplete global batches are dropped under torchrun){hint}"
+        )
+
+
+def check_leaks(splits: DataSplits, dedupe: bool, log=print) -> dict[str, Any]:
+    """Warn about evaluation images identical to training images; with ``dedupe``, drop them."""
+    train_hashes = set(content_hashes(splits.train))
+    found: dict[str, Any] = {"dedupe": dedupe}
+    for name in ("val", "test"):
+        dataset = getattr(splits, name)
+        if dataset is None:
+            continue
+        leak = find_leaks(splits.train, dataset, name, train_hashes)
+        found[name] = leak.to_dict()
+        if leak.leaked:
+            action = "removed from it (--dedupe)" if dedupe else "kept (use --dedupe to remove them)"
+            log(f"warning: {len(leak.leaked)} of {leak.total} {name} images are identical to training images; {action}")
+            if dedupe:
+                found[name]["removed"] = len(leak.leaked)
+                kept = without(dataset, leak.leaked)
+                if len(kept) == 0 and name == "val":
+                    raise DataError(
+                        f"--dedupe: all {leak.total} validation images are identical to training "
+                        "images, so no validation split is left (raise --val-fraction, or train "
+                        "without --dedupe)"
+                    )
+                if len(kept) == 0:  # the final evaluation falls back to the validation split
+                    kept = None
+                    splits.notes.append(
+                        f"all {leak.total} test images are identical to training images and "
+                        "--dedupe removed them: the final evaluation uses the validation split"
+                    )
+                setattr(splits, name, kept)
+    return found
+
+
+def imbalance_note(splits: DataSplits, classes: list[str]) -> str | None:
+    """A note when the training split's classes are imbalanced (:func:`~.evaluate.is_imbalanced`):
+    accuracy then rewards answering the large classes."""
+    counts = np.bincount(np.asarray(splits.train.targets), minlength=len(classes))
+    big, small = int(counts.argmax()), int(counts.argmin())
+    if not is_imbalanced(counts):
+        return None
+    return (
+        f"imbalanced classes: {classes[big]} has {counts[big]} training images, {classes[small]} "
+        f"{counts[small]}; accuracy favours the large classes, so the balanced accuracy (the mean "
+        "per-class recall) is reported too; --class-weights balanced and --best-metric balanced-accuracy "
+        "are meant for such data"
+    )
