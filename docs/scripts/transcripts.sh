@@ -6,7 +6,8 @@
 set -euo pipefail
 out=runs/transcripts
 data=../shared/datasets
-rm -rf "$out" runs/imbalanced-flowers && mkdir -p "$out"
+rm -rf "$out" runs/digits runs/digits-budget runs/flowers runs/mri-from-flowers runs/digits-ddp \
+  runs/imbalanced runs/imbalanced-flowers predictions digits-png && mkdir -p "$out"
 say() { echo "\$ $*" | tee "$out/$name.txt"; "$@" 2>&1 | tee -a "$out/$name.txt"; }
 { lscpu | grep -E "Model name|^CPU\(s\)|Flags"; git rev-parse --short HEAD; date -u +%F; } > "$out/machine.txt"
 
