@@ -414,6 +414,14 @@ class TrainConfig:
         "report.json) instead of stopping at the first",
         group=DATA,
     )
+    backend: str = option(
+        "torch",
+        "what computes the steps: torch (PyTorch), or jax (the same ViT in Flax, trained with optax; "
+        "pip install 'vitrain[jax]')",
+        group=RUNNING,
+        choices=["torch", "jax"],
+        commands=TRAIN,
+    )
     device: str = option("auto", "auto, cpu, cuda or cuda:N", group=RUNNING, check=check_device, resumable=True)
     workers: Optional[int] = option(
         None, "data-loading processes (default: auto)", group=RUNNING, check=check_workers, resumable=True

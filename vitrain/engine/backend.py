@@ -54,6 +54,8 @@ class Backend(Protocol):
     """The framework side of a training run (see the module docstring)."""
 
     description: str  # how it computes, for the log: "on cpu (bf16 autocast)"
+    model: Any  # the PyTorch model (another backend: the one its checkpoints are written from)
+    amp_dtype: Any  # what the final evaluation of best.safetensors autocasts to (None: float32)
     compiled: bool  # whether its first epoch also compiles (the planner ignores that epoch's speed)
 
     def start(self, total_steps: int, steps_per_epoch: int) -> None:

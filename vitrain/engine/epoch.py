@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -104,8 +105,9 @@ def train_one_epoch(
         sums = torch.stack([torch.as_tensor(v, device=device).double() for v in (loss_sum, correct, float(seen))])
         sums = distributed.all_sum(sums, place)
         loss_sum, correct, seen = sums[0], sums[1], int(sums[2])
-    if deferred and not bool(torch.stack(deferred).all()):
-        first = int((~torch.stack(deferred)).nonzero()[0])
+    flags = _flags(deferred)
+    if deferred and not flags.all():
+        first = int(np.flatnonzero(~flags)[0])
         record_nonfinite(
             progress.skipped_batches, 0, epoch, progress.step - done + first + 1, first + 1, math.nan, out, log
         )
@@ -118,6 +120,15 @@ def train_one_epoch(
         grad_norm=float(grad_sum) / max(applied, 1),
         deadline=stopped,
     )
+
+
+def _flags(deferred: list[Any]) -> np.ndarray:
+    """Device-side finite flags (torch tensors, or another backend's arrays) as one boolean array."""
+    if not deferred:
+        return np.ones(0, dtype=bool)
+    if isinstance(deferred[0], torch.Tensor):
+        return torch.stack(deferred).cpu().numpy()
+    return np.asarray(deferred, dtype=bool)
 
 
 def record_nonfinite(

@@ -60,7 +60,13 @@ def prepare_run(
     on the others.
     """
     cfg.validate()
-    device = resolve_device(cfg.device)
+    if cfg.backend == "jax":  # JAX picks its own devices; the data and the final evaluation stay on the CPU
+        from .jax_backend import import_jax
+
+        import_jax()
+        device = torch.device("cpu")
+    else:
+        device = resolve_device(cfg.device)
     place = distributed.setup(device)  # one process unless started by torchrun
     device = distributed.device_for(place, device)
     if not place.main:

@@ -54,7 +54,7 @@ def train(
     started = time.perf_counter()
     run = prepare_run(cfg, resume, log, on_start)
     cfg, out, place, device, log = run.cfg, run.out, run.place, run.device, run.log
-    backend = TorchBackend(cfg, run.splits, device, place, run.pretrained)
+    backend = make_backend(run)
     loaders = build_loaders(cfg, run.splits, device, log, place)
     steps_per_epoch = len(loaders["train"])
     state = read_state(out) if resume else None
@@ -172,6 +172,14 @@ def train(
     return finish_report(report, progress, run.splits, run.leakage, stopped_by, started, bool(imbalanced), out, log)
 
 
+def make_backend(run: RunSetup) -> Backend:
+    """The backend ``--backend`` names, built for the run."""
+    kind = TorchBackend
+    if run.cfg.backend == "jax":
+        from .jax_backend import JaxBackend as kind
+    return kind(run.cfg, run.splits, run.device, run.place, run.pretrained)
+
+
 def epoch_row(epoch: int, stats: EpochStats, val: Any, lr: float, seconds: float) -> dict[str, Any]:
     """An epoch's line of ``metrics.csv``."""
     return {
@@ -217,7 +225,7 @@ def continue_run(
 
 
 def describe_run(
-    run: RunSetup, backend: TorchBackend, total_steps: int, steps_per_epoch: int, resume: bool, done_epochs: int
+    run: RunSetup, backend: Backend, total_steps: int, steps_per_epoch: int, resume: bool, done_epochs: int
 ) -> str | None:
     """Log the data, the model and the plan before the first step; returns the imbalance note, if any."""
     cfg, splits, place, log = run.cfg, run.splits, run.place, run.log
