@@ -36,8 +36,8 @@ from .backend import Speed, StepResult
 from .build import build_model
 from .distributed import Dist
 from .evaluate import EvalResult
-from .optim import Schedule, layer_id
-from .torch_backend import build_batch_mix, class_weights
+from .optim import Schedule, layer_id, schedule_for
+from .torch_backend import build_batch_mix, class_weights, first_batches, forever
 
 # steps the speed probe does not count: the first compiles, and XLA's CPU steps take a few more to reach speed
 WARMUP_STEPS = 5
@@ -200,10 +200,7 @@ class JaxBackend:
     def start(self, total_steps: int, steps_per_epoch: int) -> None:
         """Build the schedule, the optax state and the EMA."""
         cfg = self.cfg
-        self.schedule = Schedule(
-            cfg.schedule, total_steps, cfg.epochs, cfg.warmup_epochs, cfg.step_size, cfg.gamma,
-            list(cfg.milestones), cfg.min_lr / cfg.lr,
-        )  # fmt: skip
+        self.schedule = schedule_for(cfg, total_steps)
         self.state = self._fresh_state(self.state)
 
     def _fresh_state(self, state: dict[str, Any]) -> dict[str, Any]:
@@ -336,7 +333,7 @@ class JaxBackend:
         if short:  # an epoch's short last batch needs a step of its own: compiled now, as the plan is made
             probe, _ = self._apply(probe, images[:short], labels[:short], self.cfg.lr)
         steps, timed, t0 = 0, 0.0, 0.0
-        for images, labels in _forever(loaders["train"]):
+        for images, labels in forever(loaders["train"]):
             if len(labels) != self.cfg.batch_size:
                 continue
             probe, result = self._apply(probe, images, labels, self.cfg.lr)
@@ -348,9 +345,9 @@ class JaxBackend:
                 timed = time.perf_counter() - t0
                 if timed >= seconds or steps >= 200:
                     break
-        self.evaluate(_first_batches(loaders["val"], 1))  # compiles
+        self.evaluate(first_batches(loaders["val"], 1))  # compiles
         t0 = time.perf_counter()
-        self.evaluate(_first_batches(loaders["val"], 3))
+        self.evaluate(first_batches(loaders["val"], 3))
         val_batch = (time.perf_counter() - t0) / min(3, len(loaders["val"]))
         real, self.state = self.state, probe
         with tempfile.TemporaryDirectory() as tmp, CheckpointWriter(background=False) as files:
@@ -428,15 +425,3 @@ class JaxBackend:
     def epoch_scalars(self) -> dict[str, float]:
         """The evaluated model's parameter norm."""
         return {"param_norm": float(self._norm(self._evaluated()["params"]))}
-
-
-def _forever(loader):
-    while True:
-        yield from loader
-
-
-def _first_batches(loader, n: int):
-    for i, batch in enumerate(loader):
-        if i == n:
-            return
-        yield batch

@@ -106,6 +106,20 @@ class Schedule:
         return 1.0
 
 
+def schedule_for(cfg: TrainConfig, total_steps: int) -> Schedule:
+    """The learning-rate factor of ``cfg``'s schedule over ``total_steps`` steps (shared by every backend)."""
+    return Schedule(
+        cfg.schedule,
+        total_steps,
+        cfg.epochs,
+        cfg.warmup_epochs,
+        cfg.step_size,
+        cfg.gamma,
+        list(cfg.milestones),
+        cfg.min_lr / cfg.lr,
+    )
+
+
 def build_scheduler(
     optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int, total_steps: int | None = None
 ) -> lr_scheduler.LambdaLR:
@@ -119,16 +133,7 @@ def build_scheduler(
     ``warmup_epochs`` > 0 prepends a linear warmup from ``lr / 1000`` for any of them. The
     length can be changed later with :func:`replan`.
     """
-    schedule = Schedule(
-        cfg.schedule,
-        total_steps or cfg.epochs * steps_per_epoch,
-        cfg.epochs,
-        cfg.warmup_epochs,
-        cfg.step_size,
-        cfg.gamma,
-        list(cfg.milestones),
-        cfg.min_lr / cfg.lr,
-    )
+    schedule = schedule_for(cfg, total_steps or cfg.epochs * steps_per_epoch)
     return lr_scheduler.LambdaLR(optimizer, schedule)
 
 

@@ -174,7 +174,7 @@ class TorchBackend:
         optimizer = build_optimizer(probe, self.cfg, self.device)
         amp = {"dtype": self.amp_dtype, "enabled": self.amp_dtype is not None}
         steps, timed, t0 = 0, 0.0, 0.0
-        for images, labels in _forever(loaders["train"]):
+        for images, labels in forever(loaders["train"]):
             images, labels = images.to(self.device), labels.to(self.device)
             with torch.autocast(self.device.type, **amp):
                 loss = F.cross_entropy(probe(images), labels)
@@ -190,7 +190,7 @@ class TorchBackend:
                 if timed >= seconds or steps >= 200:
                     break
         t0 = time.perf_counter()
-        evaluate(probe, _first_batches(loaders["val"], 3), self.device, self.num_classes, self.amp_dtype)
+        evaluate(probe, first_batches(loaders["val"], 3), self.device, self.num_classes, self.amp_dtype)
         val_batch = (time.perf_counter() - t0) / min(3, len(loaders["val"]))
         with tempfile.TemporaryDirectory() as tmp:  # what training waits for
             with CheckpointWriter(background=writes_behind(self.device)) as files:
@@ -230,12 +230,14 @@ class TorchBackend:
         return {"param_norm": float(norm)}
 
 
-def _forever(loader):
+def forever(loader):
+    """The loader's batches, epoch after epoch."""
     while True:
         yield from loader
 
 
-def _first_batches(loader, n: int):
+def first_batches(loader, n: int):
+    """The loader's first ``n`` batches."""
     for i, batch in enumerate(loader):
         if i == n:
             return
