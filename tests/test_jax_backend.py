@@ -12,6 +12,8 @@ import torch
 from vitrain.cli import main
 from vitrain.models.vit import VisionTransformer, ViTConfig
 
+from .conftest import _metrics, _without_timing
+
 pytest.importorskip("jax")
 pytest.importorskip("optax")
 from flax import nnx  # noqa: E402
@@ -72,3 +74,117 @@ def test_without_jax_the_backend_says_how_to_install_it(monkeypatch, tmp_path, c
     assert main(["train", "--backend", "jax", "--out", str(tmp_path / "run")]) == 2
     assert "pip install 'vitrain[jax]'" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def _both_backends(tmp_path, **settings):
+    """A PyTorch and a JAX backend for the same digits run, from the same initial weights."""
+    from vitrain.config import TrainConfig
+    from vitrain.engine.jax_backend import JaxBackend
+    from vitrain.engine.setup import prepare_run
+    from vitrain.engine.torch_backend import TorchBackend
+
+    cfg = TrainConfig(out=str(tmp_path / "run"), dropout=0.0, drop_path=0.0, **settings)
+    run = prepare_run(cfg, resume=False, log=lambda *a, **k: None)
+    torch.manual_seed(0)
+    torch_side = TorchBackend(run.cfg, run.splits, run.device, run.place)
+    torch.manual_seed(0)
+    jax_side = JaxBackend(run.cfg, run.splits, run.device, run.place)
+    jax_side.state["params"], jax_side.state["rest"] = jax_side._from_torch(torch_side.model.state_dict())
+    return run.cfg, torch_side, jax_side
+
+
+def _assert_same_weights(torch_side, jax_side, atol):
+    jax_weights = jax_side._torch_weights(jax_side.state)
+    for name, value in torch_side.model.state_dict().items():
+        if name in jax_weights:
+            np.testing.assert_allclose(jax_weights[name].numpy(), value.numpy(), atol=atol, rtol=0, err_msg=name)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        dict(optimizer="adamw", weight_decay=0.05, clip_grad=0.5, label_smoothing=0.1),
+        dict(optimizer="sgd", lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3),
+        dict(optimizer="adam", weight_decay=1e-4, layer_decay=0.7, head_lr=3e-3),
+    ],
+    ids=["adamw", "sgd-nesterov", "adam-layer-decay"],
+)
+def test_the_same_steps_from_the_same_weights_give_the_same_weights_in_both_backends(tmp_path, settings):
+    cfg, torch_side, jax_side = _both_backends(tmp_path, epochs=2, warmup_epochs=0.5, schedule="cosine", **settings)
+    total = 8  # a warmup of two steps, then the cosine: every step runs at a different rate
+    torch_side.start(total, total // 2)
+    jax_side.start(total, total // 2)
+    torch_side.start_epoch(1)
+    jax_side.start_epoch(1)
+    generator = torch.Generator().manual_seed(1)
+    model = torch_side.model.config
+    size = (16, model.in_chans, model.img_size, model.img_size)
+    for step in range(5):
+        assert jax_side.lr() == pytest.approx(torch_side.lr(), rel=1e-12), f"learning rate of step {step}"
+        images = torch.randn(size, generator=generator)
+        labels = torch.randint(0, len(cfg.classes), (16,), generator=generator)
+        expected, got = torch_side.train_step(images, labels), jax_side.train_step(images, labels)
+        assert float(got.loss) == pytest.approx(float(expected.loss), abs=1e-5)
+        assert float(got.grad_norm) == pytest.approx(float(expected.grad_norm), rel=1e-4)
+        _assert_same_weights(torch_side, jax_side, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        dict(schedule="cosine", warmup_epochs=1, min_lr=1e-5),
+        dict(schedule="step", step_size=1, gamma=0.5),
+        dict(schedule="multistep", milestones=[0.6, 0.85], gamma=0.1),  # the tutorial's piecewise-constant one
+        dict(schedule="constant", warmup_epochs=0.5),
+    ],
+    ids=["warmup-cosine", "step", "multistep", "constant"],
+)
+def test_the_schedules_agree_step_by_step(tmp_path, settings):
+    cfg, torch_side, jax_side = _both_backends(tmp_path, epochs=4, **settings)
+    total, per_epoch = 20, 5
+    for side in (torch_side, jax_side):
+        side.start(total, per_epoch)
+        side.start_epoch(1)
+    model = torch_side.model.config
+    images = torch.zeros(4, model.in_chans, model.img_size, model.img_size)
+    labels = torch.zeros(4, dtype=torch.long)
+    rates = []
+    for step in range(16):
+        if step == 10:  # a time budget re-plans a running schedule: 16 steps instead of 20
+            torch_side.replan(16)
+            jax_side.replan(16)
+        expected = torch_side.lr()
+        assert jax_side.lr() == pytest.approx(expected, rel=1e-12), f"step {step}"
+        torch_side.train_step(images, labels)
+        jax_side.train_step(images, labels)
+        applied = float(jax_side.state["opt"].hyperparams["learning_rate"])  # what the jitted step used
+        assert applied == pytest.approx(expected, rel=1e-6), f"step {step}"
+        rates.append(expected)
+    assert len(set(rates)) > 2  # the schedule moved
+
+
+def test_a_stopped_and_resumed_jax_run_ends_with_the_same_weights(flat_folder, tmp_path, tiny_args, monkeypatch):
+    from safetensors.torch import load_file
+
+    from vitrain.engine.jax_backend import JaxBackend
+
+    # 24 training images in batches of 7: a short last batch, with MixUp/CutMix, EMA, dropout and drop path
+    common = ["--data", str(flat_folder), *tiny_args, "--backend", "jax", "--epochs", "3", "--batch-size", "7"]
+    common += ["--mixup", "0.8", "--cutmix", "1.0", "--ema", "0.9", "--dropout", "0.1", "--drop-path", "0.1"]
+    assert main(["train", "--out", str(tmp_path / "full"), *common]) == 0
+    real_evaluate, calls = JaxBackend.evaluate, {"n": 0}
+
+    def interrupt_in_epoch_three(self, batches):
+        calls["n"] += 1
+        if calls["n"] == 3:  # the validation pass of epoch 3: epochs 1-2 are saved, 3 is lost
+            raise KeyboardInterrupt
+        return real_evaluate(self, batches)
+
+    monkeypatch.setattr(JaxBackend, "evaluate", interrupt_in_epoch_three)
+    assert main(["train", "--out", str(tmp_path / "cut"), *common]) == 130
+    monkeypatch.setattr(JaxBackend, "evaluate", real_evaluate)
+    assert main(["train", "--resume", str(tmp_path / "cut"), "--no-progress"]) == 0
+    full, resumed = (load_file(str(tmp_path / name / "last.safetensors")) for name in ("full", "cut"))
+    assert full.keys() == resumed.keys()
+    assert all(torch.equal(full[k], resumed[k]) for k in full)
+    assert _without_timing(_metrics(tmp_path / "full")) == _without_timing(_metrics(tmp_path / "cut"))

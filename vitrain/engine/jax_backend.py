@@ -36,7 +36,7 @@ from .backend import Speed, StepResult
 from .build import build_model
 from .distributed import Dist
 from .evaluate import EvalResult
-from .optim import Schedule, layer_id, schedule_for
+from .optim import Schedule, layer_id, param_groups, schedule_for
 from .torch_backend import build_batch_mix, class_weights, first_batches, forever
 
 # steps the speed probe does not count: the first compiles, and XLA's CPU steps take a few more to reach speed
@@ -190,10 +190,13 @@ class JaxBackend:
         self.sched_step = 0  # optimizer steps so far: the schedule's position
         self.epoch_key: Any = jax.random.key(cfg.seed)
         self.epoch_step = 0
+        # lr() reports the rate of the PyTorch backend's first parameter group, as its metrics.csv does
+        first = param_groups(self.model, cfg.weight_decay, cfg.lr, cfg.layer_decay, cfg.head_lr)[0]
+        self.lr_scale = first.get("lr", cfg.lr) / cfg.lr
         self.tx = build_transformation(cfg, self.name_tree, params, trainable, self.model.config.depth)
         self._step = jax.jit(self._train_step, donate_argnums=(0,))
         self._logits = jax.jit(self._eval_logits)
-        self._norm = jax.jit(optax.global_norm)
+        self._norm = jax.jit(optax.tree.norm)
 
     # ---------------------------------------------------------------- the run
 
@@ -237,7 +240,7 @@ class JaxBackend:
         grad_fn = jax.value_and_grad(self._loss, has_aux=True)
         (loss, (correct, rest)), grads = grad_fn(state["params"], state["rest"], images, targets, labels, key)
         grads = jax.tree.map(lambda g, t: g * t, grads, self.trainable_mask)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(grad_norm) & jnp.isfinite(loss)
         if cfg.clip_grad > 0:
             coef = jnp.minimum(cfg.clip_grad / (grad_norm + 1e-6), 1.0)
@@ -312,8 +315,8 @@ class JaxBackend:
         )
 
     def lr(self) -> float:
-        """The learning rate of the next step."""
-        return self.cfg.lr * self.schedule(self.sched_step)
+        """The learning rate of the next step (of the first parameter group, as in the PyTorch backend)."""
+        return self.cfg.lr * self.lr_scale * self.schedule(self.sched_step)
 
     def replan(self, total_steps: int, step: int | None = None) -> None:
         """A new length for the schedule; with ``step``, it continues from that step."""
@@ -410,7 +413,10 @@ class JaxBackend:
     def _from_torch(self, weights: dict[str, Any]) -> tuple[Any, Any]:
         from ..models.vit_flax import load_torch_state
 
-        model = self.nnx.merge(self.graphdef, self.state["params"], self.state["rest"])
+        # merge() adopts the state's Variable objects and load_torch_state sets them: merge a copy of the tree,
+        # or self.state (and an EMA loaded after it) would share its arrays
+        fresh = self.jax.tree.map(lambda a: a, (self.state["params"], self.state["rest"]))
+        model = self.nnx.merge(self.graphdef, *fresh)
         load_torch_state(model, weights)
         _, params, rest = self.nnx.split(model, self.nnx.Param, ...)
         return self.jax.device_put((params, rest), self.replicated)

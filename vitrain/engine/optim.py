@@ -141,3 +141,7 @@ def replan(scheduler: lr_scheduler.LambdaLR, total_steps: int) -> None:
     """Give a running schedule a new length; the next step follows the re-scaled curve."""
     for schedule in scheduler.lr_lambdas:
         schedule.total = total_steps
+    # LambdaLR sets a group's rate when it steps: the rate of the next step is set here, from the new curve
+    for group, base, schedule in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        group["lr"] = base * schedule(scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]

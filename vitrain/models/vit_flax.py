@@ -201,12 +201,12 @@ class FlaxViT(nnx.Module):
         cfg = self.config
         x = self.patch_embed(jnp.transpose(images, (0, 2, 3, 1)).astype(self.dtype), train)
         prefix = [
-            jnp.broadcast_to(t.value, (x.shape[0], 1, x.shape[-1]))
+            jnp.broadcast_to(t[...], (x.shape[0], 1, x.shape[-1]))
             for t in (self.cls_token, self.dist_token)
             if t is not None
         ]
         x = jnp.concatenate([*[p.astype(x.dtype) for p in prefix], x], axis=1) if prefix else x
-        x = _dropout(x + self.pos_embed.value.astype(x.dtype), cfg.dropout, train, rngs)
+        x = _dropout(x + self.pos_embed[...].astype(x.dtype), cfg.dropout, train, rngs)
         rows = self.num_prefix_tokens or None  # the last block computes only what the head reads
         for i, block in enumerate(self.blocks):
             x = block(x, train, rngs, rows if i == len(self.blocks) - 1 else None)
@@ -278,7 +278,7 @@ def state_to_torch(states: list[nnx.State], names: dict[tuple, str]) -> dict[str
     found = {}
     for state in states:
         for path, variable in nnx.to_flat_state(state):
-            value = np.asarray(variable.value, dtype=np.float32)
+            value = np.asarray(variable.get_value(), dtype=np.float32)
             found[names[path]] = np.ascontiguousarray(_torch_layout(path, value))
     return found
 
@@ -302,8 +302,11 @@ def load_torch_state(model: FlaxViT, state: dict[str, Any]) -> None:
         if name not in state:
             raise KeyError(f"the weights have no {name!r}")
         value = state[name]
-        value = np.asarray(value.detach().cpu().float() if hasattr(value, "detach") else value, dtype=np.float32)
+        # a copy: JAX may share a CPU buffer with the array it is given, and the PyTorch tensors change later
+        value = value.detach().cpu().float().numpy() if hasattr(value, "detach") else value
+        value = np.array(value, np.float32, copy=True)
         value = _flax_layout(path, value)
-        if value.shape != variable.value.shape:
-            raise ValueError(f"{name}: shape {value.shape} where the model has {variable.value.shape}")
-        variable.value = jnp.asarray(value, dtype=variable.value.dtype)
+        current = variable.get_value()
+        if value.shape != current.shape:
+            raise ValueError(f"{name}: shape {value.shape} where the model has {current.shape}")
+        variable.set_value(jnp.asarray(value, dtype=current.dtype))
