@@ -106,8 +106,9 @@ def _assert_same_weights(torch_side, jax_side, atol):
         dict(optimizer="adamw", weight_decay=0.05, clip_grad=0.5, label_smoothing=0.1),
         dict(optimizer="sgd", lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3),
         dict(optimizer="adam", weight_decay=1e-4, layer_decay=0.7, head_lr=3e-3),
+        dict(optimizer="adamw", stem="conv", pool="avg"),  # BatchNorm's statistics are updated by the step
     ],
-    ids=["adamw", "sgd-nesterov", "adam-layer-decay"],
+    ids=["adamw", "sgd-nesterov", "adam-layer-decay", "conv-stem"],
 )
 def test_the_same_steps_from_the_same_weights_give_the_same_weights_in_both_backends(tmp_path, settings):
     cfg, torch_side, jax_side = _both_backends(tmp_path, epochs=2, warmup_epochs=0.5, schedule="cosine", **settings)

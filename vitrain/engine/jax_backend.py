@@ -225,7 +225,8 @@ class JaxBackend:
 
     def _loss(self, params, rest, images, targets, labels, key):
         nnx = self.nnx
-        model = nnx.merge(self.graphdef, params, rest)
+        # new Variables of this trace: BatchNorm updates its statistics in place while training
+        model = nnx.merge(self.graphdef, params, rest, copy=True)
         logits = model(images, train=True, rngs=nnx.Rngs(dropout=key))
         loss = _cross_entropy(self.jnp, logits, targets, self.loss_weight, self.cfg.label_smoothing)
         _, _, new_rest = nnx.split(model, nnx.Param, ...)
@@ -413,10 +414,9 @@ class JaxBackend:
     def _from_torch(self, weights: dict[str, Any]) -> tuple[Any, Any]:
         from ..models.vit_flax import load_torch_state
 
-        # merge() adopts the state's Variable objects and load_torch_state sets them: merge a copy of the tree,
-        # or self.state (and an EMA loaded after it) would share its arrays
-        fresh = self.jax.tree.map(lambda a: a, (self.state["params"], self.state["rest"]))
-        model = self.nnx.merge(self.graphdef, *fresh)
+        # a copy: merge() would otherwise adopt the state's Variable objects, which load_torch_state sets,
+        # and self.state (and an EMA loaded after it) would share their arrays
+        model = self.nnx.merge(self.graphdef, self.state["params"], self.state["rest"], copy=True)
         load_torch_state(model, weights)
         _, params, rest = self.nnx.split(model, self.nnx.Param, ...)
         return self.jax.device_put((params, rest), self.replicated)

@@ -52,6 +52,31 @@ class PatchEmbed(nnx.Module):
         return x.reshape(x.shape[0], -1, x.shape[-1])
 
 
+class BatchNorm(nnx.Module):
+    """``torch.nn.BatchNorm2d`` over channels-last maps: normalizes with the batch's (biased) variance and keeps
+    running statistics with the unbiased one, momentum 0.1, as PyTorch does (Flax's BatchNorm keeps the biased one).
+    """
+
+    def __init__(self, channels: int, dtype: Any, eps: float = 1e-5, momentum: float = 0.1) -> None:
+        self.eps, self.momentum, self.dtype = eps, momentum, dtype
+        self.scale, self.bias = nnx.Param(jnp.ones(channels)), nnx.Param(jnp.zeros(channels))
+        self.mean, self.var = nnx.BatchStat(jnp.zeros(channels)), nnx.BatchStat(jnp.ones(channels))
+
+    def __call__(self, x: jax.Array, use_running_average: bool) -> jax.Array:
+        if use_running_average:
+            mean, var = self.mean[...], self.var[...]
+        else:
+            x32 = x.astype(jnp.float32)
+            mean = x32.mean(axis=(0, 1, 2))
+            var = ((x32 - mean) ** 2).mean(axis=(0, 1, 2))
+            n = x.size // x.shape[-1]
+            m = self.momentum
+            self.mean[...] = (1 - m) * self.mean[...] + m * mean
+            self.var[...] = (1 - m) * self.var[...] + m * var * n / max(n - 1, 1)
+        y = (x.astype(jnp.float32) - mean) * jax.lax.rsqrt(var + self.eps) * self.scale[...] + self.bias[...]
+        return y.astype(self.dtype)
+
+
 class ConvStem(nnx.Module):
     """``log2(patch_size)`` stride-2 3x3 convolutions with BatchNorm and ReLU, then a 1x1 projection."""
 
@@ -73,10 +98,7 @@ class ConvStem(nnx.Module):
                     rngs=rngs,
                 )  # fmt: skip
             )
-            # PyTorch's BatchNorm2d: momentum 0.1 of the new statistics, eps 1e-5
-            norms.append(
-                nnx.BatchNorm(out, momentum=0.9, epsilon=1e-5, use_fast_variance=False, dtype=dtype, rngs=rngs)
-            )
+            norms.append(BatchNorm(out, dtype))
             channels = out
         self.convs, self.norms = nnx.List(convs), nnx.List(norms)
         self.frozen = False  # True: the norms keep their running statistics while training (a frozen stem)
@@ -120,14 +142,20 @@ class Attention(nnx.Module):
         """(B, N, C) -> (B, N, C), or only the first ``rows`` tokens' outputs (keys and values of all)."""
         B, N, C = x.shape
         heads, head_dim = self.num_heads, C // self.num_heads
-        qkv = self.qkv(x).reshape(B, N, 3, heads, head_dim)
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        # the projections go straight to and from the heads' layout (3, B, heads, N, head_dim): XLA's CPU backend
+        # otherwise copies the activations and their gradients through transposes, which cost more than the dots
+        kernel = self.qkv.kernel[...].reshape(C, 3, heads, head_dim).astype(x.dtype)
+        bias = self.qkv.bias[...].reshape(3, 1, heads, 1, head_dim).astype(x.dtype)
+        qkv = jnp.einsum("bnc,cthd->tbhnd", x, kernel) + bias
+        q, k, v = qkv[0], qkv[1], qkv[2]
         if rows is not None:
-            q = q[:, :rows]
-        weights = jax.nn.softmax(jnp.einsum("bqhd,bkhd->bhqk", q * head_dim**-0.5, k), axis=-1)
+            q = q[:, :, :rows]
+        weights = jax.nn.softmax(jnp.einsum("bhqd,bhkd->bhqk", q * head_dim**-0.5, k), axis=-1)
         weights = _dropout(weights, self.dropout, train, rngs)
-        out = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(B, q.shape[1], C)
-        return _dropout(self.proj(out), self.dropout, train, rngs)
+        out = jnp.einsum("bhqk,bhkd->bhqd", weights, v)
+        proj = self.proj.kernel[...].reshape(heads, head_dim, C).astype(x.dtype)
+        out = jnp.einsum("bhqd,hdc->bqc", out, proj) + self.proj.bias[...].astype(x.dtype)
+        return _dropout(out, self.dropout, train, rngs)
 
 
 class Mlp(nnx.Module):
@@ -246,7 +274,7 @@ def _variables(module: nnx.Module) -> dict[str, nnx.Variable]:
         found = {"weight": module.kernel}
         return found if module.bias is None else {**found, "bias": module.bias}
     found = {"weight": module.scale, "bias": module.bias}  # LayerNorm
-    if isinstance(module, nnx.BatchNorm):
+    if isinstance(module, BatchNorm):
         found.update(running_mean=module.mean, running_var=module.var)
     return found
 
