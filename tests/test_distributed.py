@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from vitrain.cli import main
-from vitrain.config import TrainConfig
+from vitrain.config import ConfigError, TrainConfig
 from vitrain.engine import setup as engine_setup
 from vitrain.engine import torch_backend
 from vitrain.engine.distributed import Dist
@@ -278,6 +278,19 @@ def test_a_global_batch_that_leaves_a_tenth_of_the_split_out_of_each_epoch_is_na
         "warning: --batch-size 2 x 3 processes = 6 images per step leaves 1 of the 7 training images "
         "out of each epoch (14%; incomplete global batches are dropped under torchrun)"
     ]  # no batch fits
+
+
+def test_several_jax_devices_in_one_process_fill_global_batches_too():
+    said: list[str] = []
+    cfg = TrainConfig(batch_size=10, data="flowers")
+    engine_setup.check_global_batch(cfg, 24, Dist(), said.append, devices=2)
+    assert said == [
+        "warning: --batch-size 10 x 2 devices = 20 images per step leaves 4 of the 24 training "
+        "images out of each epoch (17%; incomplete global batches are dropped with several devices); "
+        "--batch-size 6 would leave 0 out"
+    ]
+    with pytest.raises(ConfigError, match=r"--batch-size 10 x 2 processes x 2 devices = 40 images per step"):
+        engine_setup.check_global_batch(cfg, 24, Dist(rank=0, world=2), said.append, devices=2)
 
 
 def test_the_dropped_images_warning_reaches_the_torchrun_log(flat_folder, tmp_path):

@@ -189,3 +189,33 @@ def test_a_stopped_and_resumed_jax_run_ends_with_the_same_weights(flat_folder, t
     assert full.keys() == resumed.keys()
     assert all(torch.equal(full[k], resumed[k]) for k in full)
     assert _without_timing(_metrics(tmp_path / "full")) == _without_timing(_metrics(tmp_path / "cut"))
+
+
+def test_two_devices_train_as_one_device_with_their_global_batch(flat_folder, tmp_path, tiny_args):
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    # XLA makes its CPU devices when JAX starts, so the runs go in a process of their own
+    common = ["train", "--data", str(flat_folder), *tiny_args, "--backend", "jax", "--epochs", "3"]
+    common += ["--dropout", "0.1", "--mixup", "0.5"]  # the same dropout masks and mixing, however the batch is split
+    outputs = {}
+    for name, devices, batch in (("two", 2, 4), ("one", 1, 8)):
+        args = [*common, "--device", "cpu", "--batch-size", str(batch), "--out", str(tmp_path / name)]
+        env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+        script = f"from vitrain.cli import main; raise SystemExit(main({args!r}))"
+        done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        outputs[name] = done.stdout
+    assert "batch 4 per device x 2 = 8" in outputs["two"] and "JAX on 2 cpu device(s)" in outputs["two"]
+    report = json.loads((tmp_path / "two" / "report.json").read_text())
+    assert (report["devices_per_process"], report["global_batch_size"]) == (2, 8)
+    two_weights, one_weights = (load_file(str(tmp_path / name / "last.safetensors")) for name in ("two", "one"))
+    for name, value in one_weights.items():
+        np.testing.assert_allclose(two_weights[name].numpy(), value.numpy(), atol=1e-5, rtol=0, err_msg=name)
+    rows = [_without_timing(_metrics(tmp_path / name)) for name in ("two", "one")]
+    for a, b in zip(*rows):
+        assert float(a["train_loss"]) == pytest.approx(float(b["train_loss"]), abs=1e-5)
+        assert a["val_accuracy"] == b["val_accuracy"]

@@ -176,9 +176,17 @@ def use_memory(cfg: TrainConfig, splits: DataSplits) -> bool:
 
 
 def build_loaders(
-    cfg: TrainConfig, splits: DataSplits, device: torch.device, log=print, place: Dist | None = None
+    cfg: TrainConfig,
+    splits: DataSplits,
+    device: torch.device,
+    log=print,
+    place: Dist | None = None,
+    devices: int = 1,
 ) -> dict[str, DataLoader | memory.MemoryLoader]:
     """Train/val(/test) loaders. The train loader's generator is re-seeded every epoch.
+
+    ``devices`` share each batch in this process (the JAX backend's local devices): batches hold
+    ``--batch-size`` images per device, and an incomplete last training batch is dropped, as under torchrun.
 
     With ``--in-memory`` every split is decoded once and batches are augmented as tensors
     (:mod:`vitrain.data.memory`); otherwise DataLoader workers decode and augment per image.
@@ -186,8 +194,10 @@ def build_loaders(
     and a disjoint shard of each evaluation split.
     """
     place = place or Dist()
+    drop_last = devices > 1
+    cfg = dataclasses.replace(cfg, batch_size=cfg.batch_size * devices)
     if use_memory(cfg, splits):
-        return _memory_loaders(cfg, splits, device, log, place)
+        return _memory_loaders(cfg, splits, device, log, place, drop_last)
     train_tf = build_train_transform(
         cfg.img_size,
         cfg.augment,
@@ -220,7 +230,9 @@ def build_loaders(
         loaders = {"train": DataLoader(train_set, batch_sampler=sampler, generator=generator, **common)}
     else:
         loaders = {
-            "train": DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, generator=generator, **common)
+            "train": DataLoader(
+                train_set, batch_size=cfg.batch_size, shuffle=True, drop_last=drop_last, generator=generator, **common
+            )
         }
     for name in ("val", "test"):
         dataset = getattr(splits, name)
@@ -232,7 +244,12 @@ def build_loaders(
 
 
 def _memory_loaders(
-    cfg: TrainConfig, splits: DataSplits, device: torch.device, log=print, place: Dist | None = None
+    cfg: TrainConfig,
+    splits: DataSplits,
+    device: torch.device,
+    log=print,
+    place: Dist | None = None,
+    drop_last: bool = False,
 ) -> dict[str, memory.MemoryLoader]:
     t0 = time.perf_counter()
     resized = uses_resized_crop(splits.native_size, cfg.crop)
@@ -273,7 +290,7 @@ def _memory_loaders(
             std=cfg.std,
             augment=augment,
             device=device,
-            drop_last=device.type == "cuda",
+            drop_last=drop_last or device.type == "cuda",
             place=place,
         )
     }

@@ -43,6 +43,7 @@ def final_report(
     amp_dtype: torch.dtype | None,
     log=print,
     place: Dist | None = None,
+    devices: int = 1,
 ) -> dict[str, Any]:
     """Evaluate the best checkpoint on the test split (or validation, if there is none); plot and report.
 
@@ -94,9 +95,11 @@ def final_report(
         },
         "splits": splits.sizes(),
         "notes": splits.notes,
+        "backend": cfg.backend,
         "device": str(device),
         "processes": place.world,
-        "global_batch_size": cfg.batch_size * place.world,
+        "devices_per_process": devices,
+        "global_batch_size": cfg.batch_size * place.world * devices,
         "seed": cfg.seed,
         "train_seconds": round(train_seconds, 2),
     }

@@ -13,7 +13,8 @@ arrays. The step (forward, loss, gradient, clipping, the optax update, the EMA) 
 in as an argument (the PyTorch backend's schedule, computed on the host), a batch whose
 gradient is not finite leaves the weights as they were (decided on the device), and the
 dropout key is derived from ``--seed``, the epoch and the step. Several local devices share
-each batch (a ``Mesh`` over the batch axis, the weights replicated).
+each step (a ``Mesh`` over the batch axis, the weights replicated): ``--batch-size`` images per
+device, as per process under torchrun, and XLA averages the gradients over the devices.
 """
 
 from __future__ import annotations
@@ -154,8 +155,8 @@ class JaxBackend:
             raise ConfigError("--backend jax runs in one process over its local devices: start it without torchrun")
         self.cfg, self.jax, self.jnp, self.nnx = cfg, jax, jnp, nnx
         self.devices = jax_devices(cfg.device)
-        if cfg.batch_size % len(self.devices):
-            raise ConfigError(f"--batch-size {cfg.batch_size} does not divide among {len(self.devices)} JAX devices")
+        # --batch-size is per device, as it is per process under torchrun; the loaders deliver whole global batches
+        self.global_batch = cfg.batch_size * len(self.devices)
         mesh = Mesh(np.array(self.devices), ("data",))
         self.batch_sharding = NamedSharding(mesh, PartitionSpec("data"))
         self.replicated = NamedSharding(mesh, PartitionSpec())
@@ -294,7 +295,7 @@ class JaxBackend:
         for images, labels in batches:
             images = images.numpy()
             n = len(images)
-            size = size or n
+            size = size or -(-n // len(self.devices)) * len(self.devices)  # divides among the devices
             if n < size:
                 images = np.concatenate([images, np.zeros((size - n, *images.shape[1:]), images.dtype)])
             logits = torch.from_numpy(np.array(self._logits(tree["params"], tree["rest"], self._batch(images))[:n]))
@@ -333,12 +334,12 @@ class JaxBackend:
         jax = self.jax
         probe = self._fresh_state(jax.tree.map(lambda a: a.copy(), self.state))
         images, labels = next(iter(loaders["train"]))
-        short = self.n_train % self.cfg.batch_size
+        short = 0 if len(self.devices) > 1 else self.n_train % self.global_batch  # several devices: dropped
         if short:  # an epoch's short last batch needs a step of its own: compiled now, as the plan is made
             probe, _ = self._apply(probe, images[:short], labels[:short], self.cfg.lr)
         steps, timed, t0 = 0, 0.0, 0.0
         for images, labels in forever(loaders["train"]):
-            if len(labels) != self.cfg.batch_size:
+            if len(labels) != self.global_batch:
                 continue
             probe, result = self._apply(probe, images, labels, self.cfg.lr)
             float(result.loss)  # wait for the device

@@ -43,6 +43,7 @@ class RunSetup:
     device: torch.device
     place: Dist
     log: Callable[..., None]
+    devices: int = 1  # devices in this process that share each step (the JAX backend's local devices)
 
 
 def prepare_run(
@@ -60,10 +61,11 @@ def prepare_run(
     on the others.
     """
     cfg.validate()
+    devices = 1
     if cfg.backend == "jax":  # JAX picks its own devices; the data and the final evaluation stay on the CPU
-        from .jax_backend import import_jax
+        from .jax_backend import jax_devices
 
-        import_jax()
+        devices = len(jax_devices(cfg.device))
         device = torch.device("cpu")
     else:
         device = resolve_device(cfg.device)
@@ -94,7 +96,7 @@ def prepare_run(
         for note in pretrained.notes:
             log(f"note: {note}")
     cfg = dataclasses.replace(resolve_config_for_data(cfg, splits, pretrained), out=str(out))
-    check_global_batch(cfg, len(splits.train), place, log)
+    check_global_batch(cfg, len(splits.train), place, log, devices)
     if place.main:
         remove_interrupted_writes(out, log)
     if not resume and place.main:
@@ -104,36 +106,40 @@ def prepare_run(
         summary = {"splits": splits.sizes(), "notes": splits.notes, "leakage": leakage}
         cfg.save(out / "config.yaml", {"data_summary": summary})
     distributed.barrier(place)
-    return RunSetup(cfg, out, splits, leakage, pretrained, device, place, log)
+    return RunSetup(cfg, out, splits, leakage, pretrained, device, place, log, devices)
 
 
-def check_global_batch(cfg: TrainConfig, n_train: int, place: Dist, log=print) -> None:
-    """Under torchrun incomplete global batches are dropped, so the training split must fill one.
+def check_global_batch(cfg: TrainConfig, n_train: int, place: Dist, log=print, devices: int = 1) -> None:
+    """Under torchrun, or with several JAX devices, incomplete global batches are dropped, so the
+    training split must fill one (``--batch-size`` is per process, and per device).
 
     Warns when the dropped remainder is a tenth of the split or more (other images each epoch,
     as the order is reshuffled), naming the largest smaller ``--batch-size`` that leaves less than a tenth out.
     """
-    if not place.active:
+    shares = place.world * devices
+    if shares == 1:
         return
-    step = cfg.batch_size * place.world
+    parts = ([f"{place.world} processes"] if place.active else []) + ([f"{devices} devices"] if devices > 1 else [])
+    where = "under torchrun" if place.active else "with several devices"
+    step = cfg.batch_size * shares
     if n_train < step:
         raise ConfigError(
-            f"--batch-size {cfg.batch_size} x {place.world} processes = {step} "
+            f"--batch-size {cfg.batch_size} x {' x '.join(parts)} = {step} "
             f"images per step, more than the {n_train} training images of --data {cfg.data}, and "
-            "under torchrun incomplete global batches are dropped: lower --batch-size"
+            f"{where} incomplete global batches are dropped: lower --batch-size"
         )
 
     def left_out(batch_size: int) -> int:
-        return n_train % (batch_size * place.world)
+        return n_train % (batch_size * shares)
 
     dropped = left_out(cfg.batch_size)
     if dropped * 10 >= n_train:
         fit = next((b for b in range(cfg.batch_size - 1, 0, -1) if left_out(b) * 10 < n_train), None)
         hint = f"; --batch-size {fit} would leave {left_out(fit)} out" if fit else ""
         log(
-            f"warning: --batch-size {cfg.batch_size} x {place.world} processes = {step} images per step leaves "
+            f"warning: --batch-size {cfg.batch_size} x {' x '.join(parts)} = {step} images per step leaves "
             f"{dropped} of the {n_train} training images out of each epoch ({dropped / n_train:.0%}; "
-            f"incomplete global batches are dropped under torchrun){hint}"
+            f"incomplete global batches are dropped {where}){hint}"
         )
 
 

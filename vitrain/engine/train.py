@@ -55,7 +55,7 @@ def train(
     run = prepare_run(cfg, resume, log, on_start)
     cfg, out, place, device, log = run.cfg, run.out, run.place, run.device, run.log
     backend = make_backend(run)
-    loaders = build_loaders(cfg, run.splits, device, log, place)
+    loaders = build_loaders(cfg, run.splits, device, log, place, run.devices)
     steps_per_epoch = len(loaders["train"])
     state = read_state(out) if resume else None
     progress = Progress.from_state(state) if state else Progress(best=new_best(cfg.best_metric != "loss"))
@@ -165,6 +165,7 @@ def train(
         backend.amp_dtype,
         log,
         place,
+        run.devices,
     )
     if not place.main:
         return report
@@ -250,6 +251,8 @@ def describe_run(
     batch = f"batch {cfg.batch_size}"
     if place.active:
         batch += f" per process x {place.world} = {cfg.batch_size * place.world}"
+    elif run.devices > 1:
+        batch += f" per device x {run.devices} = {cfg.batch_size * run.devices}"
     log(
         f"training: {total_steps} steps ({math.ceil(total_steps / steps_per_epoch)} epochs x {steps_per_epoch}), "
         f"{batch}, {cfg.optimizer} lr {cfg.lr:g}, {cfg.schedule} schedule, {backend.description}"
