@@ -310,3 +310,21 @@ def test_the_dropped_images_warning_reaches_the_torchrun_log(flat_folder, tmp_pa
         tmp_path,
     )
     assert done.stdout.count("leaves 4 of the 24 training images out of each epoch") == 1  # rank 0 only
+
+
+def test_jax_processes_under_torchrun_train_as_one_process_with_the_global_batch(flat_folder, tmp_path):
+    pytest.importorskip("jax")
+    pytest.importorskip("optax")
+    data = ["--data", str(flat_folder), *COMMON, "--backend", "jax", "--epochs", "2", "--dropout", "0.1"]
+    assert main(["train", *data, "--batch-size", "8", "--out", str(tmp_path / "one")]) == 0
+    done = _torchrun(["train", *data, "--batch-size", "4", "--out", str(tmp_path / "two")], tmp_path)
+    assert "batch 4 per process x 2 = 8" in done.stdout and "JAX on 2 cpu device(s) in 2 processes" in done.stdout
+    assert _weight_difference(tmp_path / "one" / "last.safetensors", tmp_path / "two" / "last.safetensors") < 1e-5
+    r1, r2 = (json.loads((tmp_path / name / "report.json").read_text()) for name in ("one", "two"))
+    assert (r2["processes"], r2["devices_per_process"], r2["global_batch_size"]) == (2, 1, 8)
+    assert r2["test"]["images"] == r1["test"]["images"] == 3  # each rank evaluated its shard, counted once
+    assert r2["test"]["confusion_matrix"] == r1["test"]["confusion_matrix"]
+    for a, b in zip(_metrics(tmp_path / "one"), _metrics(tmp_path / "two")):
+        assert float(a["train_loss"]) == pytest.approx(float(b["train_loss"]), abs=1e-5)
+        assert float(a["train_accuracy"]) == pytest.approx(float(b["train_accuracy"]), abs=1e-9)
+        assert a["val_accuracy"] == b["val_accuracy"]

@@ -102,7 +102,8 @@ def train_one_epoch(
     shown.close()
     seconds = time.perf_counter() - start
     if place.active:  # the whole global batch's loss, accuracy and count
-        sums = torch.stack([torch.as_tensor(v, device=device).double() for v in (loss_sum, correct, float(seen))])
+        # float(): the sums may be another framework's arrays (read once, as the epoch ends)
+        sums = torch.tensor([float(v) for v in (loss_sum, correct, seen)], dtype=torch.float64, device=device)
         sums = distributed.all_sum(sums, place)
         loss_sum, correct, seen = sums[0], sums[1], int(sums[2])
     flags = _flags(deferred)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -67,24 +67,42 @@ def evaluate(
     are reduced and per-sample results gathered back in dataset order, so every rank gets
     the metrics of the whole split, each image counted once.
     """
-    place = place or Dist()
     was_training = model.training
     model.eval()
+
+    def logits_of(images: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            return model(images)
+
+    try:
+        return evaluate_logits(logits_of, loader, device, num_classes, place)
+    finally:
+        model.train(was_training)
+
+
+@torch.inference_mode()
+def evaluate_logits(
+    logits_of: Callable[[torch.Tensor], torch.Tensor],
+    loader: Iterable,
+    device: torch.device,
+    num_classes: int,
+    place: Dist | None = None,
+) -> EvalResult:
+    """:func:`evaluate` for any model: ``logits_of`` maps a batch of images on ``device`` to its logits
+    (a PyTorch model, or another backend's model whose logits come back as a tensor)."""
+    place = place or Dist()
     total_loss = torch.zeros((), dtype=torch.float64, device=device)
     top5_hits = torch.zeros((), dtype=torch.int64, device=device)
     preds, targets = [], []
     for images, labels in loader:
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            logits = model(images)
-        logits = logits.float()
+        logits = logits_of(images).float()
         total_loss += F.cross_entropy(logits, labels, reduction="sum").double()
         if num_classes >= 5:
             top5_hits += (logits.topk(5, dim=1).indices == labels[:, None]).any(dim=1).sum()
         preds.append(logits.argmax(dim=1))
         targets.append(labels)
-    model.train(was_training)
     y_pred = torch.cat(preds).cpu().numpy() if preds else np.zeros(0, dtype=np.int64)
     y_true = torch.cat(targets).cpu().numpy() if targets else np.zeros(0, dtype=np.int64)
     if place.active:

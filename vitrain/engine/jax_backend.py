@@ -27,7 +27,6 @@ from typing import Any, Iterable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..checkpoint import CheckpointError, CheckpointWriter
 from ..config import ConfigError, TrainConfig
@@ -36,7 +35,7 @@ from ..models.pretrained import Pretrained
 from .backend import Speed, StepResult
 from .build import build_model
 from .distributed import Dist
-from .evaluate import EvalResult
+from .evaluate import EvalResult, evaluate_logits
 from .optim import Schedule, layer_id, param_groups, schedule_for
 from .torch_backend import build_batch_mix, class_weights, first_batches, forever
 
@@ -57,7 +56,7 @@ def import_jax():
 
 
 def jax_devices(setting: str) -> list:
-    """The devices ``--device`` names for JAX: auto (JAX's default platform), cpu, cuda or cuda:N."""
+    """The devices ``--device`` names for JAX, in every process: auto (JAX's default platform), cpu, cuda or cuda:N."""
     jax = import_jax()
     if setting == "auto":
         return jax.devices()
@@ -66,7 +65,55 @@ def jax_devices(setting: str) -> list:
         devices = jax.devices("cpu" if platform == "cpu" else "gpu")
     except RuntimeError:
         raise ConfigError(f"--device {setting}: JAX has no {platform} device here (use --device cpu)") from None
+    if index and jax.process_count() > 1:
+        raise ConfigError(f"--device {setting}: under torchrun each process uses its own devices (use --device cuda)")
     return [devices[int(index)]] if index else devices
+
+
+def local_devices(setting: str) -> list:
+    """This process's share of :func:`jax_devices`."""
+    jax = import_jax()
+    return [d for d in jax_devices(setting) if d.process_index == jax.process_index()]
+
+
+def join_processes(place: Dist) -> None:
+    """Under torchrun, start JAX's distributed runtime: process ``place.rank`` of ``place.world``.
+
+    Rank 0 picks a free port on its host (``MASTER_ADDR``) for JAX's coordinator and tells the
+    others over the PyTorch process group, which vitrain keeps for its own bookkeeping. Each
+    process brings its local devices (with several processes on a node, the GPU of its local
+    rank); the training step's gradients are then averaged over every device of every process.
+    On CPUs the collectives go over gloo.
+    """
+    jax = import_jax()
+    if not place.active or jax.distributed.is_initialized():
+        return
+    import os
+    import socket
+
+    import torch.distributed as dist
+
+    port = [None]
+    if place.main:
+        with socket.socket() as probe:
+            probe.bind(("", 0))
+            port[0] = probe.getsockname()[1]
+    dist.broadcast_object_list(port, src=0)
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    jax.distributed.initialize(
+        f"{os.environ.get('MASTER_ADDR', '127.0.0.1')}:{port[0]}",
+        num_processes=place.world,
+        process_id=place.rank,
+        local_device_ids=[place.local_rank] if per_node > 1 and _has_gpu() else None,
+    )
+
+
+def _has_gpu() -> bool:
+    """Whether JAX's CUDA plugin is installed (asked before JAX starts, which would fix its devices)."""
+    import importlib.util
+
+    return any(importlib.util.find_spec(name) for name in ("jax_cuda12_plugin", "jax_cuda13_plugin"))
 
 
 def _cross_entropy(jnp, logits, targets, weight, smoothing: float):
@@ -151,15 +198,19 @@ class JaxBackend:
 
         from ..models.vit_flax import FlaxViT, load_torch_state, torch_names
 
-        if place.active:
-            raise ConfigError("--backend jax runs in one process over its local devices: start it without torchrun")
-        self.cfg, self.jax, self.jnp, self.nnx = cfg, jax, jnp, nnx
-        self.devices = jax_devices(cfg.device)
-        # --batch-size is per device, as it is per process under torchrun; the loaders deliver whole global batches
-        self.global_batch = cfg.batch_size * len(self.devices)
+        self.cfg, self.place, self.jax, self.jnp, self.nnx = cfg, place, jax, jnp, nnx
+        self.devices = jax_devices(cfg.device)  # of every process (under torchrun)
+        self.local = local_devices(cfg.device)
+        # --batch-size is per device, as it is per process under torchrun: this process's loader delivers its
+        # devices' share of each global batch, and the step computes on the whole global batch
+        self.process_batch = cfg.batch_size * len(self.local)
         mesh = Mesh(np.array(self.devices), ("data",))
         self.batch_sharding = NamedSharding(mesh, PartitionSpec("data"))
         self.replicated = NamedSharding(mesh, PartitionSpec())
+        # evaluation runs on this process's devices only (each rank evaluates its shard, as with PyTorch)
+        local_mesh = Mesh(np.array(self.local), ("data",))
+        self.local_batch = NamedSharding(local_mesh, PartitionSpec("data"))
+        self.local_replicated = NamedSharding(local_mesh, PartitionSpec())
         platform = self.devices[0].platform
         self.dtype = jnp.bfloat16 if platform in ("gpu", "tpu") else jnp.float32
         # the PyTorch model gives the initial (or pretrained) weights, the names and the checkpoints' format
@@ -183,10 +234,11 @@ class JaxBackend:
         self.batch_mix = build_batch_mix(cfg, self.num_classes)
         self.description = (
             f"JAX on {len(self.devices)} {platform} device(s)"
+            + (f" in {jax.process_count()} processes" if jax.process_count() > 1 else "")
             + (" (bf16)" if self.dtype == jnp.bfloat16 else "")
             + (f", EMA {cfg.ema:g}" if cfg.ema else "")
         )
-        self.state: dict[str, Any] = jax.device_put({"params": params, "rest": rest}, self.replicated)
+        self.state: dict[str, Any] = self._replicate({"params": params, "rest": rest})
         self.schedule: Schedule | None = None
         self.sched_step = 0  # optimizer steps so far: the schedule's position
         self.epoch_key: Any = jax.random.key(cfg.seed)
@@ -207,20 +259,24 @@ class JaxBackend:
         self.schedule = schedule_for(cfg, total_steps)
         self.state = self._fresh_state(self.state)
 
+    def _replicate(self, tree: Any) -> Any:
+        """Host values (or arrays of one device) as arrays replicated on every device of every process."""
+        return self.jax.device_put(self.jax.tree.map(np.asarray, tree), self.replicated)
+
     def _fresh_state(self, state: dict[str, Any]) -> dict[str, Any]:
         """``state``'s weights with a new optax state (and EMA)."""
         jax, params = self.jax, state["params"]
-        fresh = {"params": params, "rest": state["rest"], "opt": jax.device_put(self.tx.init(params), self.replicated)}
+        fresh = {"params": params, "rest": state["rest"], "opt": self._replicate(jax.jit(self.tx.init)(params))}
         if self.cfg.ema:
             fresh["ema"] = jax.tree.map(lambda a: a.copy(), {"params": params, "rest": state["rest"]})
-            fresh["ema_count"] = jax.device_put(np.int32(0), self.replicated)
+            fresh["ema_count"] = self._replicate(np.int32(0))
         return fresh
 
     def start_epoch(self, epoch: int) -> None:
         """Dropout keys from (seed, epoch); MixUp/CutMix (torch, on the CPU) seeded as in the PyTorch backend."""
         from .torch_backend import epoch_seed
 
-        torch.manual_seed(epoch_seed(self.cfg.seed, epoch))
+        torch.manual_seed(epoch_seed(self.cfg.seed, epoch) + self.place.rank)  # each rank mixes its own slice
         self.epoch_key = self.jax.random.fold_in(self.jax.random.key(self.cfg.seed), epoch)
         self.epoch_step = 0
 
@@ -262,7 +318,8 @@ class JaxBackend:
         return new, loss, correct, grad_norm, finite
 
     def _batch(self, array: np.ndarray):
-        return self.jax.device_put(array, self.batch_sharding)
+        """This process's slice of a global batch, as the global array the step computes on."""
+        return self.jax.make_array_from_process_local_data(self.batch_sharding, array)
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> StepResult:
         """One jitted step on a CPU batch (mixed first, with torch, when MixUp/CutMix is on)."""
@@ -280,6 +337,8 @@ class JaxBackend:
         key, step = self.epoch_key, np.int32(self.epoch_step)
         state, loss, correct, grad_norm, finite = self._step(state, *batch, np.float32(lr), key, step)
         self.epoch_step += 1
+        if self.place.active:  # the loop sums each rank's count; this one is already the global batch's
+            correct = correct / self.place.world
         return state, StepResult(loss, correct, grad_norm, finite, labels.shape[0])
 
     def _evaluated(self) -> dict[str, Any]:
@@ -289,32 +348,23 @@ class JaxBackend:
         return self.nnx.merge(self.graphdef, params, rest)(images, train=False)
 
     def evaluate(self, batches: Iterable) -> EvalResult:
-        """The evaluated model (the EMA with ``--ema``) over ``batches``; a short last batch is padded."""
-        tree = self._evaluated()
-        total_loss, top5, preds, targets, size = 0.0, 0, [], [], None
-        for images, labels in batches:
-            images = images.numpy()
-            n = len(images)
-            size = size or -(-n // len(self.devices)) * len(self.devices)  # divides among the devices
+        """The evaluated model (the EMA with ``--ema``) over ``batches`` (this rank's shard under torchrun),
+        on this process's devices; a batch is padded to a multiple of them."""
+        jax, tree = self.jax, self._evaluated()
+        if self.place.active:  # a copy on this process's devices: the ranks' shards differ in size
+            tree = jax.device_put(jax.tree.map(lambda a: a.addressable_data(0), tree), self.local_replicated)
+        n_devices, size = len(self.local), None
+
+        def logits_of(images: torch.Tensor) -> torch.Tensor:
+            nonlocal size
+            images, n = images.numpy(), len(images)
+            size = size or -(-n // n_devices) * n_devices  # the first batch's size, divided among the devices
             if n < size:
                 images = np.concatenate([images, np.zeros((size - n, *images.shape[1:]), images.dtype)])
-            logits = torch.from_numpy(np.array(self._logits(tree["params"], tree["rest"], self._batch(images))[:n]))
-            total_loss += float(F.cross_entropy(logits, labels, reduction="sum"))
-            if self.num_classes >= 5:
-                top5 += int((logits.topk(5, dim=1).indices == labels[:, None]).any(dim=1).sum())
-            preds.append(logits.argmax(dim=1).numpy())
-            targets.append(labels.numpy())
-        if not preds:
-            raise ValueError("cannot evaluate an empty split")
-        y_pred, y_true = np.concatenate(preds), np.concatenate(targets)
-        n = len(y_true)
-        return EvalResult(
-            loss=total_loss / n,
-            accuracy=float((y_pred == y_true).mean()),
-            top5=top5 / n if self.num_classes >= 5 else None,
-            targets=y_true,
-            predictions=y_pred,
-        )
+            logits = self._logits(tree["params"], tree["rest"], jax.device_put(images, self.local_batch))
+            return torch.from_numpy(np.array(logits)[:n])
+
+        return evaluate_logits(logits_of, batches, torch.device("cpu"), self.num_classes, self.place)
 
     def lr(self) -> float:
         """The learning rate of the next step (of the first parameter group, as in the PyTorch backend)."""
@@ -334,12 +384,12 @@ class JaxBackend:
         jax = self.jax
         probe = self._fresh_state(jax.tree.map(lambda a: a.copy(), self.state))
         images, labels = next(iter(loaders["train"]))
-        short = 0 if len(self.devices) > 1 else self.n_train % self.global_batch  # several devices: dropped
+        short = 0 if len(self.devices) > 1 else self.n_train % self.process_batch  # several devices: dropped
         if short:  # an epoch's short last batch needs a step of its own: compiled now, as the plan is made
             probe, _ = self._apply(probe, images[:short], labels[:short], self.cfg.lr)
         steps, timed, t0 = 0, 0.0, 0.0
         for images, labels in forever(loaders["train"]):
-            if len(labels) != self.global_batch:
+            if len(labels) != self.process_batch:
                 continue
             probe, result = self._apply(probe, images, labels, self.cfg.lr)
             float(result.loss)  # wait for the device

@@ -63,14 +63,17 @@ def prepare_run(
     cfg.validate()
     devices = 1
     if cfg.backend == "jax":  # JAX picks its own devices; the data and the final evaluation stay on the CPU
-        from .jax_backend import jax_devices
+        from .jax_backend import import_jax, join_processes, local_devices
 
-        devices = len(jax_devices(cfg.device))
+        import_jax()
         device = torch.device("cpu")
+        place = distributed.setup(device)  # one process unless started by torchrun
+        join_processes(place)  # under torchrun, the JAX processes form one system too
+        devices = len(local_devices(cfg.device))
     else:
         device = resolve_device(cfg.device)
-    place = distributed.setup(device)  # one process unless started by torchrun
-    device = distributed.device_for(place, device)
+        place = distributed.setup(device)  # one process unless started by torchrun
+        device = distributed.device_for(place, device)
     if not place.main:
         log = quiet  # rank 0 speaks and writes for all
     cfg = agree_on_run_dir(cfg, place)
