@@ -433,6 +433,14 @@ class TrainConfig:
         choices=["auto", "on", "off"],
         commands=TRAIN,
     )
+    precision: str = option(
+        "auto",
+        "what the steps compute in: bf16 (weights and optimizer state stay float32; PyTorch autocasts, the JAX "
+        "model computes in bfloat16) or fp32; auto: bf16 on GPUs that have it, fp32 on CPUs",
+        group=RUNNING,
+        choices=["auto", "fp32", "bf16"],
+        resumable=True,
+    )
     compile: str = option(
         "auto",
         "torch.compile the model for training (auto: on for CUDA, with CUDA graphs on one GPU; off on "

@@ -212,7 +212,8 @@ class JaxBackend:
         self.local_batch = NamedSharding(local_mesh, PartitionSpec("data"))
         self.local_replicated = NamedSharding(local_mesh, PartitionSpec())
         platform = self.devices[0].platform
-        self.dtype = jnp.bfloat16 if platform in ("gpu", "tpu") else jnp.float32
+        bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and platform in ("gpu", "tpu"))
+        self.dtype = jnp.bfloat16 if bf16 else jnp.float32
         # the PyTorch model gives the initial (or pretrained) weights, the names and the checkpoints' format
         self.model = build_model(cfg, pretrained)
         flax_model = FlaxViT(self.model.config, nnx.Rngs(cfg.seed), self.dtype)

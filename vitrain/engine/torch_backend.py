@@ -78,7 +78,7 @@ class TorchBackend:
     ) -> None:
         self.cfg, self.device, self.place = cfg, device, place
         self.model = build_model(cfg, pretrained).to(device)
-        self.amp_dtype = autocast_dtype(device)
+        self.amp_dtype = autocast_dtype(device, cfg.precision)
         self.num_classes = len(cfg.classes)
         self.loss_weight = class_weights(cfg, splits, device)
         self.batch_mix = build_batch_mix(cfg, self.num_classes)

@@ -150,7 +150,8 @@ class Attention(nnx.Module):
         q, k, v = qkv[0], qkv[1], qkv[2]
         if rows is not None:
             q = q[:, :, :rows]
-        weights = jax.nn.softmax(jnp.einsum("bhqd,bhkd->bhqk", q * head_dim**-0.5, k), axis=-1)
+        scores = jnp.einsum("bhqd,bhkd->bhqk", q * head_dim**-0.5, k)
+        weights = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(x.dtype)  # float32 statistics
         weights = _dropout(weights, self.dropout, train, rngs)
         out = jnp.einsum("bhqk,bhkd->bhqd", weights, v)
         proj = self.proj.kernel[...].reshape(heads, head_dim, C).astype(x.dtype)

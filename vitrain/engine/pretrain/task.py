@@ -66,7 +66,7 @@ class InstanceTask:
         model.dynamic_img_size = bool(cfg.local_crops)
         self.batch = min(cfg.batch_size, self.n)
         self.steps_per_epoch = self.n // self.batch  # drop the ragged last batch: every step has the same shape
-        self.amp_dtype = autocast_dtype(device)
+        self.amp_dtype = autocast_dtype(device, cfg.precision)
         self.check_each_step = checks_each_step(device, cfg.skip_nonfinite)
         self.generator = torch.Generator()
         self.order = torch.arange(self.n)
