@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from .conftest import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,3 +78,28 @@ def test_the_imbalance_table_gives_each_arms_accuracy_and_tail_recall(monkeypatc
     table = (tmp_path / "out" / "imbalance.md").read_text()
     assert "| default | 0 | 0.6000 | 0.2000 | 0.9000 | 3 / 4 |" in table
     assert "| balanced (`--class-weights balanced --best-metric balanced-accuracy`) | 0 | 0.6000 | 0.5000 |" in table
+
+
+def test_the_jax_profile_classes_each_xla_kernel_by_what_it_computes():
+    pytest.importorskip("jax")
+    pytest.importorskip("timm")
+    import jax
+    import jax.numpy as jnp
+
+    profile = _module("jax_profile")
+
+    def step(x, w, key):
+        h = x @ w  # (4, 8, 16) @ (16, 16): a dense matmul
+        scores = jnp.einsum("bqd,bkd->bqk", h, h)  # a batched one
+        keep = jax.random.bits(key, h.shape) < jnp.uint32(2**31)  # dropout's random bits
+        return jax.nn.softmax(scores, axis=-1).sum() + jnp.where(keep, h, 0).sum()
+
+    args = (jnp.ones((4, 8, 16)), jnp.ones((16, 16)), jax.random.key(0, impl="rbg"))
+    kinds = profile.hlo_kinds(jax.jit(step).lower(*args).compile().as_text())
+    found = set(kinds.values())
+    assert {"dense matmul", "batched matmul (attention)", "dropout (random bits, masks)"} <= found
+    assert found <= set(profile.KINDS)
+    assert profile.torch_kind("aten::addmm") == "dense matmul"
+    assert profile.torch_kind("aten::_scaled_dot_product_flash_attention_for_cpu") == "batched matmul (attention)"
+    assert profile.torch_kind("aten::native_dropout") == "dropout (random bits, masks)"
+    assert profile.torch_kind("aten::gelu") == profile.KINDS[-1]
