@@ -219,3 +219,9 @@ def test_two_devices_train_as_one_device_with_their_global_batch(flat_folder, tm
     for a, b in zip(*rows):
         assert float(a["train_loss"]) == pytest.approx(float(b["train_loss"]), abs=1e-5)
         assert a["val_accuracy"] == b["val_accuracy"]
+
+
+def test_a_jax_run_loads_files_in_worker_processes_started_from_a_fork_server(flat_folder, tmp_path, tiny_args):
+    args = ["train", "--data", str(flat_folder), *tiny_args, "--backend", "jax", "--epochs", "1"]
+    assert main([*args, "--in-memory", "off", "--workers", "2", "--out", str(tmp_path / "run")]) == 0
+    assert json.loads((tmp_path / "run" / "report.json").read_text())["test"]["images"] == 3

@@ -129,3 +129,16 @@ def test_training_in_memory_and_from_files_both_work_and_say_which(flat_folder, 
     log = capsys.readouterr().out
     assert log.count("in memory:") == 1
     assert all(0 <= a <= 1 for a in accuracies.values())
+
+
+def test_workers_start_from_a_fork_server_once_jax_is_imported(monkeypatch):
+    import sys
+    import types
+
+    from vitrain.data.workers import worker_context
+
+    monkeypatch.delitem(sys.modules, "jax", raising=False)
+    assert worker_context(2) is None  # the default start method (fork on Linux)
+    monkeypatch.setitem(sys.modules, "jax", types.ModuleType("jax"))
+    assert worker_context(0) is None  # no workers, nothing to start
+    assert worker_context(2).get_start_method() == "forkserver"

@@ -23,6 +23,7 @@ from .datasets import (
     stratified_split,
 )
 from .images import ImageReadError, image_mode, is_image_file, read_image
+from .workers import worker_context
 
 SPLIT_NAMES = {
     "train": "train",
@@ -139,7 +140,13 @@ def _check_files(paths: Sequence[Path], skip_bad: bool = False) -> tuple[int, di
     core (at most 8): opening 60,000 files is seconds of Python work per core.
     """
     workers = min(8, os.cpu_count() or 1) if len(paths) > PARALLEL_CHECK_MIN else 0
-    loader = DataLoader(_FileCheck(paths, skip_bad), batch_size=256, num_workers=workers, collate_fn=list)
+    loader = DataLoader(
+        _FileCheck(paths, skip_bad),
+        batch_size=256,
+        num_workers=workers,
+        collate_fn=list,
+        multiprocessing_context=worker_context(workers),
+    )
     modes: set[str] = set()
     bad: dict[Path, str] = {}
     checked = 0

@@ -32,6 +32,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from ..place import Dist
 from .transforms import eval_decode_side, policy_transform, resize_and_center, uses_resized_crop
+from .workers import worker_context
 
 MAX_BYTES = 2 * 1024**3  # --in-memory auto holds at most this much decoded image data
 POLICY_GROUP = 16  # images that share one AutoAugment/RandAugment/TrivialAugment operation (8 draws per batch of 128)
@@ -83,7 +84,13 @@ def decode_all(
     n = len(dataset)
     images = torch.empty((n, channels, side, side), dtype=torch.uint8)
     targets = torch.empty(n, dtype=torch.long)
-    loader = DataLoader(_Squared(dataset, side, crop_pct), batch_size=256, num_workers=workers if n > 2048 else 0)
+    workers = workers if n > 2048 else 0
+    loader = DataLoader(
+        _Squared(dataset, side, crop_pct),
+        batch_size=256,
+        num_workers=workers,
+        multiprocessing_context=worker_context(workers),
+    )
     start = 0
     for batch, labels in loader:
         images[start : start + len(labels)] = batch

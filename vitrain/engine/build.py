@@ -19,6 +19,7 @@ from ..data.transforms import (
     normalization,
     uses_resized_crop,
 )
+from ..data.workers import worker_context
 from ..models.pretrained import Pretrained, PretrainedError
 from ..models.registry import resolve_config
 from ..models.vit import VisionTransformer, ViTConfig
@@ -222,7 +223,9 @@ def build_loaders(
             dataset.max_side = eval_decode_side(cfg.img_size, cfg.crop_pct)  # as vitrain eval and predict decode
     # no persistent workers: each epoch's workers are seeded afresh from the re-seeded generator,
     # which is what makes a resumed run repeat the augmentations of an uninterrupted one
-    common = dict(num_workers=workers, pin_memory=device.type == "cuda")
+    common = dict(
+        num_workers=workers, pin_memory=device.type == "cuda", multiprocessing_context=worker_context(workers)
+    )
     generator = torch.Generator()
     train_set = TransformedDataset(splits.train, train_tf)
     if place.active:
