@@ -225,3 +225,21 @@ def test_a_jax_run_loads_files_in_worker_processes_started_from_a_fork_server(fl
     args = ["train", "--data", str(flat_folder), *tiny_args, "--backend", "jax", "--epochs", "1"]
     assert main([*args, "--in-memory", "off", "--workers", "2", "--out", str(tmp_path / "run")]) == 0
     assert json.loads((tmp_path / "run" / "report.json").read_text())["test"]["images"] == 3
+
+
+def test_compiled_steps_are_kept_in_the_user_cache_unless_jax_is_told_otherwise(monkeypatch, tmp_path):
+    import jax
+
+    from vitrain.engine.jax_backend import import_jax
+
+    before = jax.config.jax_compilation_cache_dir
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    try:
+        jax.config.update("jax_compilation_cache_dir", None)
+        import_jax()
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "vitrain" / "jax")
+        jax.config.update("jax_compilation_cache_dir", str(tmp_path / "mine"))  # JAX_COMPILATION_CACHE_DIR's effect
+        import_jax()
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "mine")
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before)

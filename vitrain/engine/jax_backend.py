@@ -20,6 +20,7 @@ device, as per process under torchrun, and XLA averages the gradients over the d
 from __future__ import annotations
 
 import dataclasses
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -55,6 +56,10 @@ def import_jax():
         from flax import nnx  # noqa: F401
     except ImportError:
         raise ConfigError(f"--backend jax: {INSTALL}") from None
+    if not jax.config.jax_compilation_cache_dir:  # unless JAX_COMPILATION_CACHE_DIR names one
+        # compiled steps are kept on disk: a resumed or repeated run with the same shapes skips compiling
+        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vitrain" / "jax"
+        jax.config.update("jax_compilation_cache_dir", str(cache))
     return jax
 
 
@@ -91,7 +96,6 @@ def join_processes(place: Dist) -> None:
     jax = import_jax()
     if not place.active or jax.distributed.is_initialized():
         return
-    import os
     import socket
 
     import torch.distributed as dist
