@@ -61,7 +61,7 @@ def jax_kind(body: str, name: str) -> str:
         return "dropout (random bits, masks)"
     if "copy" in name or "transpose" in name or " transpose(" in body:
         return "transposes and copies"
-    if " exponential(" in body and " reduce(" not in body:
+    if " exponential(" in body:  # a softmax (its max and sum are reductions fused with it)
         return "softmax"
     if " reduce(" in body:
         return "reductions and norms"

@@ -328,3 +328,12 @@ def test_jax_processes_under_torchrun_train_as_one_process_with_the_global_batch
         assert float(a["train_loss"]) == pytest.approx(float(b["train_loss"]), abs=1e-5)
         assert float(a["train_accuracy"]) == pytest.approx(float(b["train_accuracy"]), abs=1e-9)
         assert a["val_accuracy"] == b["val_accuracy"]
+
+
+def test_jax_processes_plan_a_time_budget_together(flat_folder, tmp_path):
+    pytest.importorskip("jax")
+    pytest.importorskip("optax")
+    data = ["--data", str(flat_folder), *COMMON, "--backend", "jax", "--batch-size", "4", "--time-budget", "0.4"]
+    done = _torchrun(["train", *data, "--out", str(tmp_path / "run")], tmp_path)  # the speed probe's steps agree
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["time_budget"]["done_steps"] >= 1 and "time budget 0.4 min" in done.stdout

@@ -243,3 +243,44 @@ def test_compiled_steps_are_kept_in_the_user_cache_unless_jax_is_told_otherwise(
         assert jax.config.jax_compilation_cache_dir == str(tmp_path / "mine")
     finally:
         jax.config.update("jax_compilation_cache_dir", before)
+
+
+def test_a_checkpoint_loads_into_the_flax_model_as_the_jax_guide_shows(tmp_path, tiny_args, flat_folder):
+    from safetensors.numpy import load_file
+
+    import vitrain
+
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(flat_folder), *tiny_args, "--epochs", "1", "--out", str(run)]) == 0
+    model = vitrain.load_model(run)
+    flax_model = vit_flax.FlaxViT(model.config, nnx.Rngs(0))
+    vit_flax.load_torch_state(flax_model, load_file(str(run / "best.safetensors")))
+    images = torch.randn(2, model.config.in_chans, model.config.img_size, model.config.img_size)
+    with torch.no_grad():
+        expected = model.eval()(images).numpy()
+    np.testing.assert_allclose(np.asarray(flax_model(images.numpy())), expected, atol=1e-5, rtol=0)
+
+
+def test_a_jax_run_starts_from_the_weights_of_a_pytorch_run(flat_folder, tmp_path, tiny_args):
+    from safetensors.torch import load_file
+
+    from vitrain.config import TrainConfig
+    from vitrain.engine.setup import prepare_run
+    from vitrain.engine.train import make_backend
+
+    source = tmp_path / "torch-run"
+    assert main(["train", "--data", str(flat_folder), *tiny_args, "--epochs", "2", "--out", str(source)]) == 0
+    cfg = TrainConfig(data=str(flat_folder), backend="jax", pretrained=str(source), out=str(tmp_path / "jax"))
+    backend = make_backend(prepare_run(cfg, resume=False, log=lambda *a, **k: None))
+    start, trained = backend._torch_weights(backend.state), load_file(str(source / "best.safetensors"))
+    assert start.keys() == trained.keys()  # the same classes: the trained head is kept too
+    assert all(torch.equal(start[k], trained[k]) for k in trained)
+
+
+def test_dropout_masks_keep_each_element_with_the_asked_probability():
+    import jax
+
+    key = jax.random.key(0, impl="rbg")
+    kept = np.asarray(vit_flax._keep(key, 0.8, (101, 99)))  # an odd number of elements
+    assert kept.shape == (101, 99) and abs(kept.mean() - 0.8) < 0.01
+    assert np.asarray(vit_flax._keep(key, 1 - 1e-7, (5,))).all()  # too small a rate for 16 bits: nothing dropped

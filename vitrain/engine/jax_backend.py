@@ -33,6 +33,7 @@ from ..checkpoint import CheckpointError, CheckpointWriter
 from ..config import ConfigError, TrainConfig
 from ..data.sources import DataSplits
 from ..models.pretrained import Pretrained
+from . import distributed
 from .backend import Speed, StepResult
 from .build import build_model
 from .distributed import Dist
@@ -84,14 +85,14 @@ def local_devices(setting: str) -> list:
     return [d for d in jax_devices(setting) if d.process_index == jax.process_index()]
 
 
-def join_processes(place: Dist) -> None:
+def join_processes(place: Dist, setting: str = "auto") -> None:
     """Under torchrun, start JAX's distributed runtime: process ``place.rank`` of ``place.world``.
 
     Rank 0 picks a free port on its host (``MASTER_ADDR``) for JAX's coordinator and tells the
     others over the PyTorch process group, which vitrain keeps for its own bookkeeping. Each
     process brings its local devices (with several processes on a node, the GPU of its local
-    rank); the training step's gradients are then averaged over every device of every process.
-    On CPUs the collectives go over gloo.
+    rank, unless ``--device`` (``setting``) is cpu); the training step's gradients are then averaged
+    over every device of every process. On CPUs the collectives go over gloo.
     """
     jax = import_jax()
     if not place.active or jax.distributed.is_initialized():
@@ -112,15 +113,19 @@ def join_processes(place: Dist) -> None:
         f"{os.environ.get('MASTER_ADDR', '127.0.0.1')}:{port[0]}",
         num_processes=place.world,
         process_id=place.rank,
-        local_device_ids=[place.local_rank] if per_node > 1 and _has_gpu() else None,
+        local_device_ids=[place.local_rank] if per_node > 1 and _uses_gpu(setting) else None,
     )
 
 
-def _has_gpu() -> bool:
-    """Whether JAX's CUDA plugin is installed (asked before JAX starts, which would fix its devices)."""
+def _uses_gpu(setting: str) -> bool:
+    """Whether ``--device`` means GPUs for JAX, asked before JAX starts (which would fix its devices):
+    cuda, or auto with JAX's CUDA plugin installed."""
     import importlib.util
 
-    return any(importlib.util.find_spec(name) for name in ("jax_cuda12_plugin", "jax_cuda13_plugin"))
+    if setting != "auto":
+        return setting.startswith("cuda")
+    names = ("jax_cuda12_plugin", "jax_cuda12_pjrt", "jax_cuda13_plugin", "jax_cuda13_pjrt")
+    return any(importlib.util.find_spec(name) for name in names)
 
 
 def _cross_entropy(jnp, logits, targets, weight, smoothing: float):
@@ -345,8 +350,8 @@ class JaxBackend:
         key, step = self.epoch_key, np.int32(self.epoch_step)
         state, loss, correct, grad_norm, finite = self._step(state, *batch, np.float32(lr), key, step)
         self.epoch_step += 1
-        if self.place.active:  # the loop sums each rank's count; this one is already the global batch's
-            correct = correct / self.place.world
+        if not self.place.main:  # the loop sums the ranks' counts; rank 0's is already the global batch's
+            correct = 0
         return state, StepResult(loss, correct, grad_norm, finite, labels.shape[0])
 
     def _evaluated(self) -> dict[str, Any]:
@@ -406,7 +411,8 @@ class JaxBackend:
                 t0 = time.perf_counter()
             elif steps > WARMUP_STEPS:
                 timed = time.perf_counter() - t0
-                if timed >= seconds or steps >= 200:
+                # every process takes part in every step: they stop together, when one of them would
+                if distributed.any_rank(timed >= seconds or steps >= 200, self.place, torch.device("cpu")):
                     break
         self.evaluate(first_batches(loaders["val"], 1))  # compiles
         t0 = time.perf_counter()
@@ -488,5 +494,6 @@ class JaxBackend:
         files.save_model(path, self.model, epoch=epoch)
 
     def epoch_scalars(self) -> dict[str, float]:
-        """The evaluated model's parameter norm."""
-        return {"param_norm": float(self._norm(self._evaluated()["params"]))}
+        """The evaluated model's parameter norm (computed on this process's copy: only rank 0 asks)."""
+        params = self.jax.tree.map(lambda a: a.addressable_data(0), self._evaluated()["params"])
+        return {"param_norm": float(self._norm(params))}

@@ -68,7 +68,7 @@ def prepare_run(
         import_jax()
         device = torch.device("cpu")
         place = distributed.setup(device)  # one process unless started by torchrun
-        join_processes(place)  # under torchrun, the JAX processes form one system too
+        join_processes(place, cfg.device)  # under torchrun, the JAX processes form one system too
         devices = len(local_devices(cfg.device))
     else:
         device = resolve_device(cfg.device)

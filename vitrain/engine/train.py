@@ -249,7 +249,10 @@ def describe_run(
         + (f"; {n_train:,} trainable (--freeze {cfg.freeze})" if n_train < n_params else "")
     )
     batch = f"batch {cfg.batch_size}"
-    if place.active:
+    if place.active and run.devices > 1:
+        batch += f" per device x {run.devices} devices x {place.world} processes = "
+        batch += str(cfg.batch_size * run.devices * place.world)
+    elif place.active:
         batch += f" per process x {place.world} = {cfg.batch_size * place.world}"
     elif run.devices > 1:
         batch += f" per device x {run.devices} = {cfg.batch_size * run.devices}"

@@ -120,10 +120,13 @@ def _keep(key: jax.Array, keep_prob: float, shape: tuple[int, ...]) -> jax.Array
     Making random bits is most of what dropout costs on a CPU; ``jax.random.bernoulli`` spends
     32 bits per element, this half of that.
     """
+    threshold = round(keep_prob * 65536)
+    if threshold >= 65536:  # a rate below 1/131072: nothing is dropped
+        return jnp.ones(shape, bool)
     n = int(np.prod(shape))
     bits = jax.random.bits(key, ((n + 1) // 2,), jnp.uint32)
     halves = jax.lax.bitcast_convert_type(bits, jnp.uint16).reshape(-1)[:n]
-    return (halves < round(keep_prob * 65536)).reshape(shape)
+    return (halves < threshold).reshape(shape)
 
 
 def _dropout(x: jax.Array, rate: float, train: bool, rngs: nnx.Rngs | None) -> jax.Array:
