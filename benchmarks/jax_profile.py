@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_enable_xprof_traceme=true").strip()
 
@@ -127,6 +128,28 @@ def profile_torch(backend, images: torch.Tensor, labels: torch.Tensor, steps: in
     return dict(total)
 
 
+def matmul_rates(n: int = 2048, seconds: float = 1.0) -> dict[str, dict[str, float]]:
+    """GFLOP/s of an n x n x n matrix product in JAX (XLA) and PyTorch, in float32 and bf16."""
+    import jax
+    import jax.numpy as jnp
+
+    def rate(run: Callable[[], Any]) -> float:
+        run()
+        count, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            run()
+            count += 1
+        return 2 * n**3 * count / (time.perf_counter() - start) / 1e9
+
+    rates: dict[str, dict[str, float]] = {}
+    for name, jax_type, torch_type in (("fp32", jnp.float32, torch.float32), ("bf16", jnp.bfloat16, torch.bfloat16)):
+        a, b = jnp.ones((n, n), jax_type), jnp.ones((n, n), jax_type)
+        product = jax.jit(jnp.matmul)
+        x, y = torch.ones(n, n, dtype=torch_type), torch.ones(n, n, dtype=torch_type)
+        rates[name] = {"jax": rate(lambda: product(a, b).block_until_ready()), "pytorch": rate(lambda: x @ y)}
+    return rates
+
+
 def step_ms(backend, images, labels, steps: int) -> float:
     """The step's own time without a profiler (median of ``steps``)."""
     times = []
@@ -145,9 +168,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args(argv)
     config = CONFIGS[args.config]
-    size = config.settings["img_size"]
+    size, channels = config.settings["img_size"], config.settings.get("channels", 3)
     generator = torch.Generator().manual_seed(0)
-    images = torch.randn(config.batch_size, 3, size, size, generator=generator)
+    images = torch.randn(config.batch_size, channels, size, size, generator=generator)
     labels = torch.randint(0, 10, (config.batch_size,), generator=generator)
     backends = {"jax": build("jax", config, args.precision), "pytorch": build("pytorch", config, args.precision)}
     for backend in backends.values():  # warm-up (JAX compiles), then each step timed without a profiler
@@ -161,6 +184,7 @@ def main(argv: list[str]) -> int:
     for kind in KINDS:
         j, t = found["jax"].get(kind, 0.0), found["pytorch"].get(kind, 0.0)
         rows.append([kind, f"{j:.0f}", f"{t:.0f}", f"{j - t:+.0f}"])
+    rates = matmul_rates()
     sums = {k: sum(v.values()) for k, v in found.items()}
     rows.append(["**kernels/operators, summed**", f"{sums['jax']:.0f}", f"{sums['pytorch']:.0f}", ""])
     rows.append(["**step, unprofiled**", f"{steps['jax']:.0f}", f"{steps['pytorch']:.0f}", ""])
@@ -170,10 +194,17 @@ def main(argv: list[str]) -> int:
         f"{args.precision}; milliseconds per training step.",
         "",
         *markdown_table(["kind of work", "JAX ms", "PyTorch ms", "JAX - PyTorch"], rows),
+        "",
+        *markdown_table(
+            ["2048 x 2048 matmul", "JAX GFLOP/s", "PyTorch GFLOP/s"],
+            [[name, f"{r['jax']:.0f}", f"{r['pytorch']:.0f}"] for name, r in rates.items()],
+        ),
     ]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"jax_profile_{args.config}.md").write_text("\n".join(lines) + "\n")
-    (args.out / f"jax_profile_{args.config}.json").write_text(json.dumps({"ms": found, "step_ms": steps}, indent=2))
+    (args.out / f"jax_profile_{args.config}.json").write_text(
+        json.dumps({"ms": found, "step_ms": steps, "matmul_gflops": rates}, indent=2)
+    )
     print("\n".join(lines))
     return 0
 

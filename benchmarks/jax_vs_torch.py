@@ -64,36 +64,52 @@ CONFIGS = {
     "tutorial": Config(
         "tutorial",
         128,
-        dict(img_size=32, patch_size=4, embed_dim=256, depth=6, num_heads=8, mlp_dim=512, dropout=0.2, clip_grad=1.0),
+        dict(
+            img_size=32,
+            patch_size=4,
+            embed_dim=256,
+            depth=6,
+            num_heads=8,
+            mlp_dim=512,
+            dropout=0.2,
+            clip_grad=1.0,
+            lr=3e-4,
+        ),
+    ),
+    # the default digits job's model: 8 px grayscale, 16 tokens, average pooling, batch 32 (AdamW 1e-3)
+    "digits": Config(
+        "digits",
+        32,
+        dict(
+            img_size=8, patch_size=2, embed_dim=64, depth=4, num_heads=4, mlp_dim=128, pool="avg", channels=1, lr=1e-3
+        ),
     ),
     "vit-ti16": Config(
-        "vit-ti16", 32, dict(img_size=224, patch_size=16, embed_dim=192, depth=12, num_heads=3, mlp_dim=768)
+        "vit-ti16", 32, dict(img_size=224, patch_size=16, embed_dim=192, depth=12, num_heads=3, mlp_dim=768, lr=3e-4)
     ),
 }
 IMPLEMENTATIONS = ("pytorch", "pytorch+compile", "timm", "jax")
 
 
 def train_config(config: Config, precision: str, compile: str = "off") -> TrainConfig:
-    """A resolved config for ``config`` (10 classes, 3 channels), as a run would save it."""
+    """A resolved config for ``config`` (10 classes), as a run would save it."""
+    channels = config.settings.get("channels", 3)
     return TrainConfig(
         model="vit",
         classes=[str(i) for i in range(10)],
-        channels=3,
-        mean=[0.5, 0.5, 0.5],
-        std=[0.25, 0.25, 0.25],
+        mean=[0.5] * channels,
+        std=[0.25] * channels,
         crop_pct=1.0,
         stem="patch",
-        pool="cls",
         distilled=False,
         norm_eps=1e-6,
         drop_path=0.0,
         batch_size=config.batch_size,
         optimizer="adamw",
-        lr=3e-4,
         weight_decay=0.01,
         precision=precision,
         compile=compile,
-        **{"dropout": 0.0, "clip_grad": 0.0, **config.settings},
+        **{"dropout": 0.0, "clip_grad": 0.0, "pool": "cls", "channels": 3, **config.settings},
     )
 
 
@@ -117,6 +133,9 @@ def build(name: str, config: Config, precision: str):
             num_heads=s["num_heads"],
             mlp_ratio=s["mlp_dim"] / s["embed_dim"],
             num_classes=10,
+            in_chans=s.get("channels", 3),
+            class_token=s.get("pool", "cls") == "cls",
+            global_pool="avg" if s.get("pool") == "avg" else "token",
             qkv_bias=True,
             pos_drop_rate=s.get("dropout", 0.0),  # where vitrain's --dropout applies (timm's drop_rate is the head's)
             proj_drop_rate=s.get("dropout", 0.0),
@@ -143,8 +162,8 @@ def timed_pair(backend, images: torch.Tensor, labels: torch.Tensor) -> dict[str,
 def measure(config: Config, precision: str, names: tuple[str, ...], repeats: int, steps: int) -> list[dict]:
     """Images/s of each implementation (median over interleaved repetitions), training and inference."""
     generator = torch.Generator().manual_seed(0)
-    size = config.settings["img_size"]
-    images = torch.randn(config.batch_size, 3, size, size, generator=generator)
+    size, channels = config.settings["img_size"], config.settings.get("channels", 3)
+    images = torch.randn(config.batch_size, channels, size, size, generator=generator)
     labels = torch.randint(0, 10, (config.batch_size,), generator=generator)
     backends = {name: build(name, config, precision) for name in names}
     fns = {name: timed_pair(backend, images, labels) for name, backend in backends.items()}
@@ -231,7 +250,7 @@ def budget_table(rows: list[dict]) -> list[str]:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--configs", default="tutorial,vit-ti16", help="comma-separated: tutorial, vit-ti16")
+    parser.add_argument("--configs", default="tutorial,vit-ti16", help="comma-separated: tutorial, vit-ti16, digits")
     parser.add_argument("--precisions", default="fp32,bf16", help="comma-separated: fp32, bf16")
     parser.add_argument("--implementations", default=",".join(IMPLEMENTATIONS), help="comma-separated subset")
     parser.add_argument("--repeats", type=int, default=5, help="interleaved repetitions; the median is kept")
