@@ -136,6 +136,7 @@ def build(name: str, config: Config, precision: str):
             in_chans=s.get("channels", 3),
             class_token=s.get("pool", "cls") == "cls",
             global_pool="avg" if s.get("pool") == "avg" else "token",
+            fc_norm=False,  # vitrain normalizes the tokens, then pools
             qkv_bias=True,
             pos_drop_rate=s.get("dropout", 0.0),  # where vitrain's --dropout applies (timm's drop_rate is the head's)
             proj_drop_rate=s.get("dropout", 0.0),
