@@ -31,7 +31,8 @@ from vitrain.engine.build import model_arch  # noqa: E402
 from vitrain.engine.device import resolve_device  # noqa: E402
 from vitrain.engine.distributed import Dist  # noqa: E402
 from vitrain.engine.optim import build_optimizer, build_scheduler  # noqa: E402
-from vitrain.engine.runtime import autocast_dtype, use_cuda_graphs  # noqa: E402
+from vitrain.engine.precision import choose_precision  # noqa: E402
+from vitrain.engine.runtime import use_cuda_graphs  # noqa: E402
 from vitrain.models.vit import VisionTransformer  # noqa: E402
 from vitrain.recipes import get_recipe  # noqa: E402
 
@@ -63,7 +64,7 @@ def measure(recipe: str, batch_size: int, device: torch.device, compiled: bool, 
     step_model = torch.compile(model, mode="reduce-overhead" if graphs else None) if compiled else model
     optimizer = build_optimizer(model, cfg, device)
     scheduler = build_scheduler(optimizer, cfg, len(loader), 10**6)
-    amp = autocast_dtype(device)
+    amp = choose_precision("auto", device).dtype  # bf16 on a GPU that has it, as training
     loss_sum = torch.zeros((), device=device)
     batches = iter(())
 

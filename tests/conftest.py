@@ -64,6 +64,15 @@ def write_class_folders(
     return root
 
 
+@pytest.fixture(autouse=True)
+def _a_cpu_without_bf16_units(monkeypatch):
+    """``--precision auto`` keeps float32 in the tests, whatever CPU runs them (no timing, no cache);
+    the tests of ``auto`` force the probe's answers themselves."""
+    from vitrain.engine import precision
+
+    monkeypatch.setattr(precision, "cpu_bf16_units", lambda: [])
+
+
 @pytest.fixture
 def flat_folder(tmp_path: Path) -> Path:
     """3 classes x 10 images, no split folders."""

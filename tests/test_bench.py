@@ -42,10 +42,20 @@ def test_run_benchmark_reports_ratios_and_mfu_for_train_and_inference():
     assert [r["mode"] for r in result["results"]] == ["train", "inference"]
     for row in result["results"]:
         ips = row["images_per_second"]
-        assert set(ips) == {"vitrain", "timm", "torchvision"} and all(v > 0 for v in ips.values())
-        assert row["vitrain_vs_timm"] == pytest.approx(ips["vitrain"] / ips["timm"], rel=0.01)
-        assert 0 < row["mfu"]["vitrain"] < 1
-    assert result["matmul_peak_gflops"] > 0
+        labels = {"vitrain fp32", "vitrain bf16", "timm fp32", "timm bf16", "torchvision fp32"}
+        assert set(ips) == labels and all(v > 0 for v in ips.values())
+        for p in ("fp32", "bf16"):
+            assert row["vitrain_vs_timm"][p] == pytest.approx(ips[f"vitrain {p}"] / ips[f"timm {p}"], rel=0.01)
+        assert row["bf16_vs_fp32"]["vitrain"] == pytest.approx(ips["vitrain bf16"] / ips["vitrain fp32"], rel=0.01)
+        assert 0 < row["mfu"]["vitrain fp32"] < 1
+    assert set(result["matmul_peak_gflops"]) == {"fp32", "bf16"} and min(result["matmul_peak_gflops"].values()) > 0
+
+
+def test_bench_times_the_precisions_it_is_asked_for(capsys):
+    result = bench.run_benchmark((TINY,), repeats=1, steps=1, log=lambda *a: None, precisions=("fp32",))
+    assert set(result["results"][0]["images_per_second"]) == {"vitrain fp32", "timm fp32", "torchvision fp32"}
+    assert main(["bench", "--precision", "fp16"]) == 2
+    assert "--precision: a comma-separated list of fp32 and bf16 (got fp16)" in capsys.readouterr().err
 
 
 def test_bench_command_refuses_unknown_configs(capsys):

@@ -21,6 +21,8 @@ from vitrain.engine import torch_backend
 from vitrain.engine.distributed import Dist
 
 COMMON = [
+    "--precision",  # the processes started by torchrun choose as one process would, whatever the CPU
+    "fp32",
     "--model",
     "vit",
     "--img-size",

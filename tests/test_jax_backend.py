@@ -83,7 +83,7 @@ def _both_backends(tmp_path, **settings):
     from vitrain.engine.setup import prepare_run
     from vitrain.engine.torch_backend import TorchBackend
 
-    cfg = TrainConfig(out=str(tmp_path / "run"), dropout=0.0, drop_path=0.0, **settings)
+    cfg = TrainConfig(out=str(tmp_path / "run"), dropout=0.0, drop_path=0.0, precision="fp32", **settings)
     run = prepare_run(cfg, resume=False, log=lambda *a, **k: None)
     torch.manual_seed(0)
     torch_side = TorchBackend(run.cfg, run.splits, run.device, run.place)

@@ -7,7 +7,6 @@ import json
 import pytest
 import torch
 
-from vitrain.config import ConfigError
 from vitrain.engine.runtime import checks_each_step, use_compile, use_cuda_graphs
 
 
@@ -32,21 +31,6 @@ def test_gradients_are_checked_every_step_on_cpu_or_when_batches_may_be_skipped(
     assert checks_each_step(torch.device("cpu"), 0)
     assert not checks_each_step(torch.device("cuda"), 0)  # read at the end of the epoch: no sync per step
     assert checks_each_step(torch.device("cuda"), 3)
-
-
-def test_precision_chooses_what_training_autocasts_to(monkeypatch):
-    from vitrain.engine.runtime import autocast_dtype
-
-    cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert autocast_dtype(cpu) is None and autocast_dtype(cpu, "fp32") is None  # auto: float32 on a CPU
-    assert autocast_dtype(cpu, "bf16") == torch.bfloat16
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
-    assert autocast_dtype(cuda) == torch.bfloat16 and autocast_dtype(cuda, "fp32") is None
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
-    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: "Tesla V100")
-    assert autocast_dtype(cuda) is None
-    with pytest.raises(ConfigError, match=r"--precision bf16: Tesla V100 has no bfloat16"):
-        autocast_dtype(cuda, "bf16")
 
 
 def test_bf16_training_on_a_cpu_says_so_and_learns(flat_folder, tmp_path, tiny_args, capsys):

@@ -114,6 +114,7 @@ def evaluate(
     batch_size: int = 64,
     workers: int = 0,
     device: str = "auto",
+    precision: str = "fp32",
     **data_options: Any,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint or run folder on any data source, as ``vitrain eval`` does.
@@ -123,7 +124,7 @@ def evaluate(
     ``CHECKPOINT_DIR/eval/DATA-SPLIT``) and returns the report: accuracy, balanced accuracy,
     top-5, loss, per-class precision/recall/F1/support, the confusion matrix.
     ``data_options`` are ``data_root``, ``download``, ``val_fraction``, ``test_fraction`` and
-    ``split_seed``.
+    ``split_seed``. ``precision``: ``fp32``, ``bf16`` or ``auto`` (as ``--precision``).
     """
     from .engine.device import resolve_device
     from .engine.evaluate import evaluate_checkpoint
@@ -138,6 +139,7 @@ def evaluate(
         workers=workers,
         device=resolve_device(device),
         classes=list(classes) if classes else None,
+        precision=_check_precision(precision),
         **data_options,
     )
 
@@ -152,6 +154,7 @@ def predict(
     out: str | Path | None = None,
     annotate: bool = False,
     attention: bool = False,
+    precision: str = "fp32",
 ):
     """Classify image files, folders (recursively) or glob patterns, as ``vitrain predict`` does.
 
@@ -159,7 +162,7 @@ def predict(
     ``probability``, ``top``, ``true_label`` when its folder names a class, ``correct``),
     ``result.failed`` (unreadable inputs, with the reason) and ``result.accuracy()``. With
     ``out``, also writes ``predictions.csv`` there, and with ``annotate``/``attention`` the
-    annotated copies and attention maps.
+    annotated copies and attention maps. ``precision``: ``fp32``, ``bf16`` or ``auto`` (as ``--precision``).
     """
     from .engine.device import resolve_device
     from .engine.predict import predict_files, write_outputs
@@ -171,10 +174,19 @@ def predict(
     if (annotate or attention) and out is None:
         raise ConfigError("annotate and attention write image files: give out=FOLDER too")
     paths = [str(inputs)] if isinstance(inputs, (str, Path)) else [str(i) for i in inputs]
-    result = predict_files(checkpoint, paths, top_k=top_k, batch_size=batch_size, attention=attention, device=device)
+    precision = _check_precision(precision)
+    result = predict_files(
+        checkpoint, paths, top_k=top_k, batch_size=batch_size, attention=attention, device=device, precision=precision
+    )
     if out is not None:
         write_outputs(result, out, top_k, annotated=annotate, attention=attention)
     return result
+
+
+def _check_precision(precision: str) -> str:
+    if precision not in ("auto", "fp32", "bf16"):
+        raise ConfigError(f"--precision must be auto, fp32 or bf16 (got {precision})")
+    return precision
 
 
 def _check_tool_options(batch_size: int, out: str | Path | None) -> None:

@@ -111,6 +111,11 @@ def _add_tool_parsers(sub: argparse._SubParsersAction) -> None:
     bench.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     bench.add_argument("--json", action="store_true", help="print the results as JSON")
     bench.add_argument(
+        "--precision",
+        default="fp32,bf16",
+        help="comma-separated precisions to time vitrain and timm in: fp32, bf16 (fp32,bf16)",
+    )
+    bench.add_argument(
         "--compile",
         action="store_true",
         help="also time torch.compile(vitrain's model) (compilation itself is not timed)",
@@ -173,6 +178,12 @@ def _add_tool_parsers(sub: argparse._SubParsersAction) -> None:
 def _add_running_arguments(p: argparse.ArgumentParser, data: bool) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="(64)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    p.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        default="fp32",
+        help="fp32 (default), bf16 autocast, or auto: bf16 where it makes this model's forward pass faster",
+    )
     if data:
         p.add_argument("--workers", type=int, default=0, help="data-loading processes (0)")
         p.add_argument("--data-root", help="where torchvision sets are stored")

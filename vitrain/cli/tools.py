@@ -52,6 +52,7 @@ def run_tool(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             workers=args.workers,
             device=args.device,
+            precision=args.precision,
             data_root=args.data_root,
             download=args.download,
             val_fraction=args.val_fraction,
@@ -66,6 +67,7 @@ def run_tool(args: argparse.Namespace) -> int:
         top_k=args.top_k,
         batch_size=args.batch_size,
         device=args.device,
+        precision=args.precision,
         out=args.out,
         annotate=args.annotate,
         attention=args.attention,
@@ -119,6 +121,9 @@ def _bench(args: argparse.Namespace) -> int:
         raise ConfigError(f"--configs: unknown {', '.join(unknown)}; choose from {', '.join(names)}")
     if args.repeats < 1 or args.steps < 1:
         raise ConfigError("--repeats and --steps must be at least 1")
+    precisions = tuple(p for p in args.precision.split(",") if p)
+    if not precisions or any(p not in ("fp32", "bf16") for p in precisions):
+        raise ConfigError(f"--precision: a comma-separated list of fp32 and bf16 (got {args.precision})")
     try:
         import timm  # noqa: F401
     except ImportError:
@@ -130,6 +135,7 @@ def _bench(args: argparse.Namespace) -> int:
         resolve_device(args.device),
         log=(lambda *a: None) if args.json else print,
         compiled=args.compile,
+        precisions=precisions,
     )
     if args.json:
         print(json.dumps(result, indent=2))

@@ -21,6 +21,7 @@ from typing import Any, Iterable, Protocol
 
 from ..checkpoint import CheckpointWriter
 from .evaluate import EvalResult
+from .precision import Precision
 
 
 @dataclass
@@ -56,6 +57,7 @@ class Backend(Protocol):
     description: str  # how it computes, for the log: "on cpu (bf16 autocast)"
     model: Any  # the PyTorch model (another backend: the one its checkpoints are written from)
     amp_dtype: Any  # what the final evaluation of best.safetensors autocasts to (None: float32)
+    precision: Precision  # what the steps compute in, and why (--precision)
     compiled: bool  # whether its first epoch also compiles (the planner ignores that epoch's speed)
 
     def start(self, total_steps: int, steps_per_epoch: int) -> None:

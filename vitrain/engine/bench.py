@@ -5,10 +5,10 @@ parameter names are timm's; torchvision's are mapped by :mod:`vitrain.models.con
 their logits and training gradients are checked equal before anything is timed. Timing is
 interleaved: each repetition times every implementation once, in turn, and the median
 over repetitions is reported, so a machine that speeds up or slows down during the run
-affects all of them alike. Model FLOP utilization (MFU) is the model's matmul FLOPs per
-second over the matmul rate measured on the same machine in the same precision: float32 on
-a CPU; on a GPU every implementation runs under bf16 autocast with fused AdamW, as
-``vitrain train`` does.
+affects all of them alike. vitrain's and timm's models are timed in float32 and under bf16
+autocast (``--precision``), torchvision's in float32. Model FLOP utilization (MFU) is the
+model's matmul FLOPs per second over the matmul rate measured on the same machine in the
+same precision. On a GPU the optimizer is fused AdamW, as ``vitrain train`` uses.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from torch import nn
 
 from ..models.convert import from_torchvision
 from ..models.vit import VisionTransformer, ViTConfig
-from .runtime import autocast_dtype
+from .precision import cpu_bf16_units
 
 
 @dataclass(frozen=True)
@@ -135,11 +135,9 @@ def forward_flops(cfg: BenchConfig) -> float:
     return patch + cfg.depth * per_block + 2 * d * NUM_CLASSES
 
 
-def matmul_peak(device: torch.device, n: int = 2048, seconds: float = 1.0) -> float:
-    """Matmul FLOP/s of an n x n x n product in the timed precision (float32; bf16 on a GPU), measured here."""
-    dtype = autocast_dtype(device) or torch.float32
-    if dtype != torch.float32:
-        n = 8192  # a GPU needs a big product to reach its peak
+def matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32, seconds: float = 1.0) -> float:
+    """Matmul FLOP/s of a square product in ``dtype`` on ``device``, measured here (2048 on a CPU, 8192 on a GPU)."""
+    n = 8192 if device.type == "cuda" else 2048  # a GPU needs a big product to reach its peak
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     a @ b
     _sync(device)
@@ -156,13 +154,11 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _train_step_fn(model: nn.Module, cfg: BenchConfig, device: torch.device) -> Callable[[], None]:
+def _train_step_fn(model: nn.Module, cfg: BenchConfig, device: torch.device, amp) -> Callable[[], None]:
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     x = torch.randn(cfg.batch_size, 3, cfg.img_size, cfg.img_size, device=device)
     y = torch.randint(0, NUM_CLASSES, (cfg.batch_size,), device=device)
-
-    amp = autocast_dtype(device)
 
     def step() -> None:
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
@@ -174,10 +170,8 @@ def _train_step_fn(model: nn.Module, cfg: BenchConfig, device: torch.device) -> 
     return step
 
 
-def _infer_fn(model: nn.Module, cfg: BenchConfig, device: torch.device) -> Callable[[], None]:
+def _infer_fn(model: nn.Module, cfg: BenchConfig, device: torch.device, amp) -> Callable[[], None]:
     x = torch.randn(cfg.batch_size, 3, cfg.img_size, cfg.img_size, device=device)
-
-    amp = autocast_dtype(device)
 
     def step() -> None:
         with torch.inference_mode(), torch.autocast(device.type, dtype=amp, enabled=amp is not None):
@@ -195,6 +189,25 @@ def _time(fn: Callable[[], None], steps: int, device: torch.device) -> float:
     return (time.perf_counter() - start) / steps
 
 
+DTYPES = {"fp32": None, "bf16": torch.bfloat16}
+
+
+def implementations(
+    models: dict[str, nn.Module], precisions: tuple[str, ...], compiled: bool
+) -> dict[str, tuple[nn.Module, str]]:
+    """What is timed, by label ("vitrain bf16"): vitrain's and timm's model in each precision, torchvision's in
+    float32 (and ``torch.compile`` of vitrain's in each precision), each its own copy of the same weights."""
+    found = {}
+    for precision in precisions:
+        for name in ("vitrain", "timm"):
+            found[f"{name} {precision}"] = (copy.deepcopy(models[name]), precision)
+        if compiled:
+            found[f"vitrain+compile {precision}"] = (torch.compile(copy.deepcopy(models["vitrain"])), precision)
+    if "fp32" in precisions:
+        found["torchvision fp32"] = (models["torchvision"], "fp32")
+    return found
+
+
 def run_benchmark(
     configs: tuple[BenchConfig, ...] = CONFIGS,
     repeats: int = 5,
@@ -202,21 +215,23 @@ def run_benchmark(
     device: torch.device | None = None,
     log=print,
     compiled: bool = False,
+    precisions: tuple[str, ...] = ("fp32", "bf16"),
 ) -> dict[str, Any]:
-    """Time every config's train step and inference for each implementation; return medians and ratios.
+    """Time every config's train step and inference for each implementation and precision; return medians,
+    ratios and MFU.
 
-    With ``compiled``, ``torch.compile`` of vitrain's model is timed too (as ``vitrain+compile``;
-    its compilation happens in the warm-up and is not timed).
+    ``precisions``: float32 and/or bf16 autocast. With ``compiled``, ``torch.compile`` of vitrain's model is
+    timed too (as ``vitrain+compile``; its compilation happens in the warm-up and is not timed).
     """
     device = device or torch.device("cpu")
-    peak = matmul_peak(device)
-    precision = "bf16 autocast" if autocast_dtype(device) else "float32"
-    log(f"timing in {precision} on {device}; matmul peak here: {peak / 1e9:.0f} GFLOP/s")
+    peaks = {p: matmul_peak(device, DTYPES[p] or torch.float32) for p in precisions}
+    log(
+        f"timing on {device}, {torch.get_num_threads()} threads; matmul peak here: "
+        + ", ".join(f"{p} {peak / 1e9:.0f} GFLOP/s" for p, peak in peaks.items())
+    )
     results = []
     for cfg in configs:
         models = build_models(cfg, device)
-        if compiled:
-            models["vitrain+compile"] = torch.compile(copy.deepcopy(models["vitrain"]))
         diffs = max_logit_difference(models, cfg, device)
         grad_diff = max_gradient_difference(models, cfg, device)
         log(
@@ -224,26 +239,44 @@ def run_benchmark(
             f"most {diffs['torchvision']:.1e}; training gradients from timm's by at most {grad_diff['timm']:.1e}, "
             f"from torchvision's by at most {grad_diff['torchvision']:.1e}"
         )
+        timed = implementations(models, precisions, compiled)
         for mode, make in (("train", _train_step_fn), ("inference", _infer_fn)):
-            fns = {name: make(m, cfg, device) for name, m in models.items()}
+            fns = {label: make(model, cfg, device, DTYPES[p]) for label, (model, p) in timed.items()}
             for fn in fns.values():  # warm-up: one-time allocations, kernel selection, compilation
                 fn()
                 fn()
-            seconds: dict[str, list[float]] = {name: [] for name in fns}
+            seconds: dict[str, list[float]] = {label: [] for label in fns}
             for _ in range(repeats):
-                for name, fn in fns.items():
-                    seconds[name].append(_time(fn, steps, device))
-            ips = {name: cfg.batch_size / statistics.median(s) for name, s in seconds.items()}
+                for label, fn in fns.items():
+                    seconds[label].append(_time(fn, steps, device))
+            ips = {label: cfg.batch_size / statistics.median(s) for label, s in seconds.items()}
             flops = forward_flops(cfg) * (3 if mode == "train" else 1)
             row = {
                 "config": cfg.name,
                 "mode": mode,
                 "batch_size": cfg.batch_size,
                 "images_per_second": {k: round(v, 2) for k, v in ips.items()},
-                "vitrain_vs_timm": round(ips["vitrain"] / ips["timm"], 3),
-                "vitrain_vs_torchvision": round(ips["vitrain"] / ips["torchvision"], 3),
-                **({"compiled_vs_timm": round(ips["vitrain+compile"] / ips["timm"], 3)} if compiled else {}),
-                "mfu": {k: round(v * flops / peak, 3) for k, v in ips.items()},
+                "vitrain_vs_timm": {p: round(ips[f"vitrain {p}"] / ips[f"timm {p}"], 3) for p in precisions},
+                **(
+                    {"vitrain_vs_torchvision": round(ips["vitrain fp32"] / ips["torchvision fp32"], 3)}
+                    if "fp32" in precisions
+                    else {}
+                ),
+                **(
+                    {"bf16_vs_fp32": {n: round(ips[f"{n} bf16"] / ips[f"{n} fp32"], 3) for n in ("vitrain", "timm")}}
+                    if {"fp32", "bf16"} <= set(precisions)
+                    else {}
+                ),
+                **(
+                    {
+                        "compiled_vs_timm": {
+                            p: round(ips[f"vitrain+compile {p}"] / ips[f"timm {p}"], 3) for p in precisions
+                        }
+                    }
+                    if compiled
+                    else {}
+                ),
+                "mfu": {label: round(v * flops / peaks[timed[label][1]], 3) for label, v in ips.items()},
                 "max_logit_diff": diffs,
                 "max_grad_diff": grad_diff,
             }
@@ -251,18 +284,25 @@ def run_benchmark(
             log(
                 f"{cfg.name:17s} {mode:9s} batch {cfg.batch_size:3d}  "
                 + "  ".join(f"{k} {v:8.1f} img/s" for k, v in ips.items())
-                + f"  vitrain/timm {row['vitrain_vs_timm']:.2f}x  vitrain/torchvision "
-                f"{row['vitrain_vs_torchvision']:.2f}x  MFU vitrain {row['mfu']['vitrain']:.1%}"
-                + (f"  compiled/timm {row['compiled_vs_timm']:.2f}x" if compiled else "")
+                + "  "
+                + "  ".join(f"vitrain/timm {p} {r:.2f}x" for p, r in row["vitrain_vs_timm"].items())
+                + (
+                    "  bf16/fp32 " + ", ".join(f"{n} {r:.2f}x" for n, r in row["bf16_vs_fp32"].items())
+                    if "bf16_vs_fp32" in row
+                    else ""
+                )
+                + "  MFU "
+                + ", ".join(f"vitrain {p} {row['mfu'][f'vitrain {p}']:.1%}" for p in precisions)
             )
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     return {
         "device": str(device),
         **({"gpu": name} if name else {}),
-        "precision": precision,
+        "precisions": list(precisions),
+        "cpu_bf16_units": cpu_bf16_units() if device.type == "cpu" else None,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
-        "matmul_peak_gflops": round(peak / 1e9, 1),
+        "matmul_peak_gflops": {p: round(peak / 1e9, 1) for p, peak in peaks.items()},
         "repeats": repeats,
         "steps_per_repeat": steps,
         "results": results,

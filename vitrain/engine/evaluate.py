@@ -200,6 +200,7 @@ def evaluate_checkpoint(
     device: torch.device | None = None,
     classes: list[str] | None = None,
     log=print,
+    precision: str = "fp32",
     **data_options: Any,
 ) -> dict[str, Any]:
     """``vitrain eval``: evaluate a checkpoint (or run folder) on one split of any ``--data`` source.
@@ -213,11 +214,13 @@ def evaluate_checkpoint(
     without it, data that the checkpoint was trained on is restricted to the checkpoint's
     classes (in its order) when it holds them all. Writes ``report.json``, ``confusion_matrix.png`` (counts) and
     ``confusion_matrix_normalized.png`` (row rates) into ``out`` and returns the report.
+    ``precision`` is ``--precision`` (:mod:`~vitrain.engine.precision`; ``auto`` times a forward pass).
     """
     from ..checkpoint import load_model, resolve_checkpoint_path
     from ..data.sources import load_split
     from ..data.transforms import TransformedDataset, eval_decode_side_for, eval_transform_for
     from ..report import plot_confusion_matrix, write_report
+    from .precision import choose_precision
 
     started = time.perf_counter()
     device = device or torch.device("cpu")
@@ -280,7 +283,10 @@ def evaluate_checkpoint(
         batch_size=batch_size,
         num_workers=workers,
     )
-    result = evaluate(model, loader, device, len(classes))
+    chosen = choose_precision(precision, device, model, batch_size, train=False)
+    if chosen.dtype is not None:
+        log(f"precision: {chosen.describe()}")
+    result = evaluate(model, loader, device, len(classes), chosen.dtype)
     matrix = result.confusion(len(classes))
     out = Path(out) if out else checkpoint.parent / "eval" / f"{Path(data).stem or 'data'}-{which.replace(' ', '-')}"
     out.mkdir(parents=True, exist_ok=True)
@@ -302,6 +308,7 @@ def evaluate_checkpoint(
         "loss": result.loss,
         "per_class": per_class_report(result, classes),
         "confusion_matrix": matrix.tolist(),
+        "precision": chosen.to_dict(),
         "seconds": round(time.perf_counter() - started, 2),
     }
     write_report(out / "report.json", report)

@@ -44,6 +44,7 @@ def final_report(
     log=print,
     place: Dist | None = None,
     devices: int = 1,
+    precision: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Evaluate the best checkpoint on the test split (or validation, if there is none); plot and report.
 
@@ -100,6 +101,7 @@ def final_report(
         "processes": place.world,
         "devices_per_process": devices,
         "global_batch_size": cfg.batch_size * place.world * devices,
+        **({"precision": precision} if precision else {}),
         "seed": cfg.seed,
         "train_seconds": round(train_seconds, 2),
     }

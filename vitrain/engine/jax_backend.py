@@ -39,6 +39,7 @@ from .build import build_model
 from .distributed import Dist
 from .evaluate import EvalResult, evaluate_logits
 from .optim import Schedule, layer_id, param_groups, schedule_for
+from .precision import Precision
 from .torch_backend import build_batch_mix, class_weights, first_batches, forever
 
 # steps the speed probe does not count: the first compiles, and XLA's CPU steps take a few more to reach speed
@@ -83,6 +84,18 @@ def local_devices(setting: str) -> list:
     """This process's share of :func:`jax_devices`."""
     jax = import_jax()
     return [d for d in jax_devices(setting) if d.process_index == jax.process_index()]
+
+
+def jax_precision(setting: str, platform: str) -> Precision:
+    """``--precision`` for the Flax model: bf16 on GPUs and TPUs (auto), never by itself on a CPU, where XLA
+    does not use bf16 matrix units (``benchmarks/jax_profile.py``: its bf16 products are no faster)."""
+    if setting == "fp32":
+        return Precision(None, setting, "--precision fp32")
+    if setting == "bf16":
+        return Precision(torch.bfloat16, setting, "--precision bf16: the Flax model computes in bfloat16")
+    if platform in ("gpu", "tpu"):
+        return Precision(torch.bfloat16, setting, f"auto: a {platform.upper()}; the Flax model computes in bfloat16")
+    return Precision(None, setting, "auto: on a CPU, XLA's bf16 matrix products are no faster than float32")
 
 
 def join_processes(place: Dist, setting: str = "auto") -> None:
@@ -224,8 +237,8 @@ class JaxBackend:
         self.local_batch = NamedSharding(local_mesh, PartitionSpec("data"))
         self.local_replicated = NamedSharding(local_mesh, PartitionSpec())
         platform = self.devices[0].platform
-        bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and platform in ("gpu", "tpu"))
-        self.dtype = jnp.bfloat16 if bf16 else jnp.float32
+        self.precision = jax_precision(cfg.precision, platform)
+        self.dtype = jnp.bfloat16 if self.precision.dtype else jnp.float32
         # the PyTorch model gives the initial (or pretrained) weights, the names and the checkpoints' format
         self.model = build_model(cfg, pretrained)
         flax_model = FlaxViT(self.model.config, nnx.Rngs(cfg.seed), self.dtype)

@@ -85,13 +85,18 @@ def predict_files(
     batch_size: int = 32,
     attention: bool = False,
     device: torch.device | None = None,
+    precision: str = "fp32",
 ) -> PredictResult:
     """Classify every image in ``inputs`` with the checkpoint (or run folder) ``source``.
 
-    Unreadable files are recorded in ``result.failed`` and skipped.
+    Unreadable files are recorded in ``result.failed`` and skipped. ``precision`` is
+    ``--precision`` (:mod:`~vitrain.engine.precision`; ``auto`` times a forward pass).
     """
+    from .precision import choose_precision
+
     device = device or torch.device("cpu")
     model = load_model(source).to(device)
+    amp = choose_precision(precision, device, model, batch_size, train=False).dtype
     classes = list(model.meta["classes"])
     transform = eval_transform_for(model.meta, model.config.img_size)
     max_side = eval_decode_side_for(model.meta, model.config.img_size)  # as training evaluated
@@ -109,7 +114,7 @@ def predict_files(
         if not batch:
             continue
         images = torch.stack(batch).to(device)
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             if attention:
                 logits, maps = attention_rollout_maps(model, images)
             else:

@@ -6,7 +6,7 @@ import os
 
 import torch
 
-from ..config import ConfigError, TrainConfig
+from ..config import TrainConfig
 from .distributed import Dist
 
 
@@ -47,19 +47,6 @@ def use_cuda_graphs(setting: str, device: torch.device, place: Dist) -> bool:
     DistributedDataParallel, whose gradient hooks run between the graphs.
     """
     return use_compile(setting, device) and device.type == "cuda" and not place.active
-
-
-def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
-    """What training autocasts to under ``--precision``: bf16 (auto: on a GPU that has it), else None (float32)."""
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            raise ConfigError(f"--precision bf16: {torch.cuda.get_device_name(device)} has no bfloat16 (use fp32)")
-        return torch.bfloat16
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return None
 
 
 def node_cores() -> int:

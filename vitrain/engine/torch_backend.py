@@ -26,13 +26,15 @@ from ..checkpoint import CheckpointWriter, load_weights
 from ..config import TrainConfig
 from ..data.sources import DataSplits
 from ..models.pretrained import Pretrained
+from . import distributed
 from .backend import Speed, StepResult
 from .build import build_model
 from .distributed import Dist
 from .evaluate import EvalResult, evaluate
 from .finetune import train_mode
 from .optim import build_optimizer, build_scheduler, replan
-from .runtime import autocast_dtype, checks_each_step, use_compile, use_cuda_graphs, writes_behind
+from .precision import Precision, choose_precision
+from .runtime import checks_each_step, use_compile, use_cuda_graphs, writes_behind
 
 
 def class_weights(cfg: TrainConfig, splits: DataSplits, device: torch.device) -> torch.Tensor | None:
@@ -59,6 +61,13 @@ def build_batch_mix(cfg: TrainConfig, num_classes: int) -> v2.Transform | None:
     return mixes[0] if len(mixes) == 1 else v2.RandomChoice(mixes)
 
 
+def run_precision(setting: str, device: torch.device, place: Dist, model: torch.nn.Module, batch: int) -> Precision:
+    """``--precision`` for this run; where ``auto`` times the model on a CPU, rank 0 does and tells the others."""
+    if place.active and device.type == "cpu" and setting == "auto":
+        return distributed.broadcast(choose_precision(setting, device, model, batch) if place.main else None, place)
+    return choose_precision(setting, device, model, batch)
+
+
 def epoch_seed(seed: int, epoch: int) -> int:
     """The seed of an epoch's randomness (shuffling, augmentation, dropout): it depends only on
     (seed, epoch), so a run resumed after epoch k repeats epochs k+1... exactly."""
@@ -78,7 +87,8 @@ class TorchBackend:
     ) -> None:
         self.cfg, self.device, self.place = cfg, device, place
         self.model = build_model(cfg, pretrained).to(device)
-        self.amp_dtype = autocast_dtype(device, cfg.precision)
+        self.precision = run_precision(cfg.precision, device, place, self.model, cfg.batch_size)
+        self.amp_dtype = self.precision.dtype
         self.num_classes = len(cfg.classes)
         self.loss_weight = class_weights(cfg, splits, device)
         self.batch_mix = build_batch_mix(cfg, self.num_classes)

@@ -166,6 +166,7 @@ def train(
         log,
         place,
         run.devices,
+        backend.precision.to_dict(),
     )
     if not place.main:
         return report
@@ -260,6 +261,7 @@ def describe_run(
         f"training: {total_steps} steps ({math.ceil(total_steps / steps_per_epoch)} epochs x {steps_per_epoch}), "
         f"{batch}, {cfg.optimizer} lr {cfg.lr:g}, {cfg.schedule} schedule, {backend.description}"
     )
+    log(f"precision: {backend.precision.describe()}")
     if resume:
         log(f"resuming {run.out} after epoch {done_epochs}")
     log(f"writing to {run.out}")

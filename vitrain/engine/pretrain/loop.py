@@ -172,6 +172,7 @@ def describe_pretraining(task: InstanceTask, run: RunSetup) -> None:
         + (" (bf16 autocast)" if task.amp_dtype else "")
         + (", torch.compile" if task.compiled else "")
     )
+    run.log(f"precision: {task.precision.describe()}")
     run.log(f"writing to {run.out}")
 
 
@@ -210,6 +211,7 @@ def pretraining_report(
         **({"knn": knn_part} if knn else {}),
         "model": task.model.config.to_dict(),
         "device": str(run.device),
+        "precision": task.precision.to_dict(),
         "seed": cfg.seed,
         "total_seconds": round(time.perf_counter() - started, 2),
     }

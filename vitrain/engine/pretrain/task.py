@@ -22,7 +22,8 @@ from ...data.strong import StrongAugment
 from ..backend import StepResult
 from ..build import build_model
 from ..optim import build_optimizer, build_scheduler, replan
-from ..runtime import autocast_dtype, checks_each_step, decode_workers, use_compile
+from ..precision import choose_precision
+from ..runtime import checks_each_step, decode_workers, use_compile
 from .method import (
     InstanceHead,
     Pretrainer,
@@ -66,7 +67,8 @@ class InstanceTask:
         model.dynamic_img_size = bool(cfg.local_crops)
         self.batch = min(cfg.batch_size, self.n)
         self.steps_per_epoch = self.n // self.batch  # drop the ragged last batch: every step has the same shape
-        self.amp_dtype = autocast_dtype(device, cfg.precision)
+        self.precision = choose_precision(cfg.precision, device, model, self.batch)  # one process: never torchrun
+        self.amp_dtype = self.precision.dtype
         self.check_each_step = checks_each_step(device, cfg.skip_nonfinite)
         self.generator = torch.Generator()
         self.order = torch.arange(self.n)
