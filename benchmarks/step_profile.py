@@ -1,13 +1,14 @@
 """Where a training step's time goes: the in-memory loader alone, the model step alone, both
 together, and a torch.profiler table of the whole step.
 
-The step is the one ``vitrain train`` runs (bf16 autocast and fused AdamW on a GPU, label
+The step is the one ``vitrain train`` runs (autocast as ``--precision`` says, fused AdamW, label
 smoothing, gradient-norm check, per-step LR schedule, on-device accumulators), on random
 CIFAR-sized images, so no dataset is needed. Used to find host-side overhead on a GPU,
 where a small ViT's step is launch-bound:
 
     python benchmarks/step_profile.py --recipe cifar10-best --batch-sizes 64,512 --device cuda
     python benchmarks/step_profile.py --recipe cifar10-best --batch-sizes 64 --device cpu --steps 20
+    python benchmarks/step_profile.py --recipe cifar10-best --batch-sizes 64 --device cpu --precisions fp32,bf16
 """
 
 from __future__ import annotations
@@ -45,8 +46,11 @@ def _timed(fn, steps: int, device: torch.device) -> float:
     return _time(fn, steps, device)
 
 
-def measure(recipe: str, batch_size: int, device: torch.device, compiled: bool, steps: int, profile: bool) -> dict:
-    """Seconds per batch of the loader, the step and both, for ``recipe``'s model at ``batch_size``."""
+def measure(
+    recipe: str, batch_size: int, device: torch.device, compiled: bool, steps: int, profile: bool, precision: str
+) -> dict:
+    """Seconds per batch of the loader, the step and both, for ``recipe``'s model at ``batch_size``
+    in ``precision`` (``auto``: what ``vitrain train --precision auto`` would take for it)."""
     cfg = config_from_dict(
         {**get_recipe(recipe).config, "batch_size": batch_size, "channels": 3, "classes": [str(c) for c in range(10)]}
     )
@@ -64,7 +68,7 @@ def measure(recipe: str, batch_size: int, device: torch.device, compiled: bool, 
     step_model = torch.compile(model, mode="reduce-overhead" if graphs else None) if compiled else model
     optimizer = build_optimizer(model, cfg, device)
     scheduler = build_scheduler(optimizer, cfg, len(loader), 10**6)
-    amp = choose_precision("auto", device).dtype  # bf16 on a GPU that has it, as training
+    amp = choose_precision(precision, device, model, batch_size).dtype
     loss_sum = torch.zeros((), device=device)
     batches = iter(())
 
@@ -96,6 +100,7 @@ def measure(recipe: str, batch_size: int, device: torch.device, compiled: bool, 
         "batch_size": batch_size,
         "device": str(device),
         "compiled": compiled,
+        "precision": "bf16" if amp else "fp32",
         "loader_s": _timed(next_batch, steps, device),
         "step_s": _timed(lambda: step(*fixed), steps, device),
         "loop_s": _timed(lambda: step(*next_batch()), steps, device),
@@ -121,24 +126,35 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--compile", choices=["on", "off", "both"], default="both")
     parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument(
+        "--precisions", default="auto", help="comma-separated: auto (as vitrain train decides), fp32, bf16"
+    )
     parser.add_argument("--profile", action="store_true", help="also print a torch.profiler table per batch size")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     device = resolve_device(args.device)
     modes = {"on": [True], "off": [False], "both": [False, True]}[args.compile]
     rows = []
+    print(f"{args.recipe} on {device}, {torch.get_num_threads()} threads, torch {torch.__version__}", flush=True)
     for batch_size in (int(b) for b in args.batch_sizes.split(",")):
-        for compiled in modes:
-            row = measure(args.recipe, batch_size, device, compiled, args.steps, args.profile and compiled == modes[-1])
-            rows.append(row)
-            print(
-                f"batch {batch_size:5d} compile {'on ' if compiled else 'off'}  loader {row['loader_s'] * 1e3:7.2f} ms"
-                f"  step {row['step_s'] * 1e3:7.2f} ms  loader+step {row['loop_s'] * 1e3:7.2f} ms"
-                f"  = {row['loop_images_per_s']:9.0f} img/s",
-                flush=True,
-            )
+        for precision in args.precisions.split(","):
+            for compiled in modes:
+                profile = args.profile and compiled == modes[-1]
+                row = measure(args.recipe, batch_size, device, compiled, args.steps, profile, precision)
+                rows.append(row)
+                _print(row)
     if args.json:
         print(json.dumps(rows, indent=2))
+
+
+def _print(row: dict) -> None:
+    print(
+        f"batch {row['batch_size']:5d} {row['precision']} compile {'on ' if row['compiled'] else 'off'}"
+        f"  loader {row['loader_s'] * 1e3:7.2f} ms"
+        f"  step {row['step_s'] * 1e3:7.2f} ms  loader+step {row['loop_s'] * 1e3:7.2f} ms"
+        f"  = {row['loop_images_per_s']:9.0f} img/s",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

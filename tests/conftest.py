@@ -64,6 +64,18 @@ def write_class_folders(
     return root
 
 
+@pytest.fixture(scope="session")
+def _session_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(autouse=True)
+def _own_cache(monkeypatch, _session_cache):
+    """What runs measure and cache (``--precision``/``--compile auto``, JAX's compiled steps) goes to
+    a folder of the test session's, never to the user's ~/.cache."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(_session_cache))
+
+
 @pytest.fixture(autouse=True)
 def _a_cpu_without_bf16_units(monkeypatch):
     """``--precision auto`` keeps float32 in the tests, whatever CPU runs them (no timing, no cache);

@@ -327,3 +327,32 @@ def test_eval_on_a_folder_holding_one_class_folder(trained, tmp_path):
     assert main(["eval", str(run), "--data", str(tmp_path / "only-foxes"), "--out", str(tmp_path / "ev")]) == 0
     report = json.loads((tmp_path / "ev" / "report.json").read_text())
     assert report["images"] == 10 and set(report["per_class"]) == {"fox"}
+
+
+def test_flip_tta_averages_the_probabilities_of_each_image_and_its_mirror(trained, tmp_path):
+    from vitrain.engine.evaluate import evaluate
+
+    run, _ = trained
+    model = vitrain.load_model(run)
+    images = torch.rand(6, 3, model.config.img_size, model.config.img_size)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    with torch.inference_mode():
+        mean = (model(images).softmax(-1) + model(images.flip(-1)).softmax(-1)) / 2
+    flipped = evaluate(model, [(images, labels)], torch.device("cpu"), 3, tta="flip")
+    assert np.array_equal(flipped.predictions, mean.argmax(-1).numpy())
+    assert flipped.loss == pytest.approx(float(-mean[torch.arange(6), labels].log().mean()), rel=1e-5)
+    plain = evaluate(model, [(images, labels)], torch.device("cpu"), 3)
+    assert plain.loss != pytest.approx(flipped.loss)  # the mirror images changed the probabilities
+    assert main(["eval", str(run), "--tta", "flip", "--out", str(tmp_path / "tta")]) == 0
+    assert json.loads((tmp_path / "tta" / "report.json").read_text())["tta"] == "flip"
+
+
+def test_a_run_evaluates_its_best_model_with_flip_tta_and_says_so(flat_folder, tmp_path, tiny_args, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(flat_folder), *tiny_args, "--tta", "flip", "--out", str(run)]) == 0
+    report = json.loads((run / "report.json").read_text())
+    assert report["tta"] == "flip"
+    again = vitrain.evaluate(run, tta="flip", out=tmp_path / "again")
+    assert again["accuracy"] == report["test"]["accuracy"]
+    assert main(["train", "--data", "digits", *tiny_args, "--tta", "flip", "--out", str(tmp_path / "d")]) == 2
+    assert "--tta flip: this run trains without flips" in capsys.readouterr().err

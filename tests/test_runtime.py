@@ -21,7 +21,7 @@ def test_cuda_graphs_only_for_a_compiled_single_gpu_step():
     assert not use_cuda_graphs("auto", cuda, Dist(rank=0, world=2))  # DDP's hooks run between graphs
 
 
-def test_compile_is_on_for_cuda_by_default_and_off_on_cpu():
+def test_pretraining_compiles_on_cuda_by_default_and_not_on_cpu():
     assert use_compile("auto", torch.device("cuda"))
     assert not use_compile("auto", torch.device("cpu"))
     assert use_compile("on", torch.device("cpu")) and not use_compile("off", torch.device("cuda"))
@@ -41,6 +41,11 @@ def test_bf16_training_on_a_cpu_says_so_and_learns(flat_folder, tmp_path, tiny_a
     assert "on cpu (bf16 autocast)" in capsys.readouterr().out
     report = json.loads((tmp_path / "torch" / "report.json").read_text())
     assert report["test"]["accuracy"] > 0.5  # three separable classes, 3 epochs
+    assert main([*common, "--out", str(tmp_path / "again")]) == 0  # the same seed: the same numbers in bf16
+    metrics = [(tmp_path / run / "metrics.csv").read_text() for run in ("torch", "again")]
+    assert [line.split(",")[:-2] for line in metrics[0].splitlines()] == [
+        line.split(",")[:-2] for line in metrics[1].splitlines()
+    ]
     pytest.importorskip("jax")
     assert main([*common, "--backend", "jax", "--out", str(tmp_path / "jax")]) == 0
     assert "JAX on 1 cpu device(s) (bf16)" in capsys.readouterr().out

@@ -115,6 +115,7 @@ def evaluate(
     workers: int = 0,
     device: str = "auto",
     precision: str = "fp32",
+    tta: str = "none",
     **data_options: Any,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint or run folder on any data source, as ``vitrain eval`` does.
@@ -125,10 +126,13 @@ def evaluate(
     top-5, loss, per-class precision/recall/F1/support, the confusion matrix.
     ``data_options`` are ``data_root``, ``download``, ``val_fraction``, ``test_fraction`` and
     ``split_seed``. ``precision``: ``fp32``, ``bf16`` or ``auto`` (as ``--precision``).
+    ``tta``: ``none`` or ``flip`` (as ``--tta``).
     """
     from .engine.device import resolve_device
     from .engine.evaluate import evaluate_checkpoint
 
+    if tta not in ("none", "flip"):
+        raise ConfigError(f"tta: must be none or flip, not {tta!r}")
     _check_tool_options(batch_size, out)
     return evaluate_checkpoint(
         checkpoint,
@@ -140,6 +144,7 @@ def evaluate(
         device=resolve_device(device),
         classes=list(classes) if classes else None,
         precision=_check_precision(precision),
+        tta=tta,
         **data_options,
     )
 

@@ -146,6 +146,13 @@ def _add_tool_parsers(sub: argparse._SubParsersAction) -> None:
         type=comma_list,
         help="only these classes of the data, as for train (default: all; without --data, the checkpoint's)",
     )
+    ev.add_argument(
+        "--tta",
+        choices=["none", "flip"],
+        default="none",
+        help="test-time augmentation: flip averages the probabilities of each image and its mirror image "
+        "(none; only for data whose labels a mirror keeps)",
+    )
     _add_running_arguments(ev, data=True)
 
     pr = sub.add_parser(

@@ -53,6 +53,7 @@ def run_tool(args: argparse.Namespace) -> int:
             workers=args.workers,
             device=args.device,
             precision=args.precision,
+            tta=args.tta,
             data_root=args.data_root,
             download=args.download,
             val_fraction=args.val_fraction,
@@ -146,6 +147,11 @@ def recipes_list() -> str:
     """``vitrain recipes``: each recipe with what it reaches and its command."""
     from ..recipes import recipes
 
-    return "\n".join(
+    listed = "\n".join(
         f"{r.name}\n  {r.summary}\n  reference: {r.reference}\n  run: {r.command}\n" for r in recipes().values()
+    )
+    return (
+        listed + "\nauto (the default when no recipe and no model option is named)\n  cifar10-best for images of "
+        "17 to 48 px, folder-best for larger ones, vitrain's defaults for smaller ones (digits); the batch size "
+        "halved for small datasets; the log says which and why\n"
     )

@@ -70,7 +70,7 @@ def layered_config(*layers: dict[str, Any]) -> TrainConfig:
     for layer in layers:
         merged.update(layer)
     base = None
-    if merged.get("recipe"):
+    if merged.get("recipe") and merged["recipe"] != "auto":  # auto: chosen from the data (engine/autorecipe.py)
         from ..recipes import get_recipe
 
         recipe = get_recipe(str(merged["recipe"]))

@@ -59,7 +59,10 @@ class TrainConfig:
     """Every setting of ``vitrain train``. Field names are the CLI flags with '-' for '_'."""
 
     recipe: Optional[str] = option(
-        None, "start from a named recipe (see `vitrain recipes`); flags still win", group=None
+        None,
+        "start from a named recipe (see `vitrain recipes`); flags still win. Without one (or with auto), "
+        "a recipe and batch size are chosen from the data unless a model option is given",
+        group=None,
     )
     # data
     data: str = option(
@@ -436,17 +439,29 @@ class TrainConfig:
     precision: str = option(
         "auto",
         "what the steps compute in: bf16 (weights and optimizer state stay float32; PyTorch autocasts, the JAX "
-        "model computes in bfloat16) or fp32; auto: bf16 on GPUs that have it, fp32 on CPUs",
+        "model computes in bfloat16) or fp32; auto: bf16 on GPUs that have it, and on CPUs with bf16 units where "
+        "the model's step measures faster in it",
         group=RUNNING,
         choices=["auto", "fp32", "bf16"],
         resumable=True,
     )
     compile: str = option(
         "auto",
-        "torch.compile the model for training (auto: on for CUDA, with CUDA graphs on one GPU; off on "
-        "CPU, where it was measured not to pay); the first steps are slower while it compiles",
+        "torch.compile the model for training (auto: on for CUDA, with CUDA graphs on one GPU; on a CPU, "
+        "on where a compiled copy of the step, timed once, wins back its compile time over the run); the "
+        "first steps are slower while it compiles",
         group=RUNNING,
         choices=["auto", "on", "off"],
+        resumable=True,
+    )
+    tta: str = option(
+        "none",
+        "test-time augmentation of the final evaluation (validation and test with the best model): flip "
+        "averages the predicted probabilities of each image and its mirror image (not for data whose labels "
+        "a mirror changes); the per-epoch validation stays plain",
+        group=RUNNING,
+        choices=["none", "flip"],
+        commands=TRAIN,
         resumable=True,
     )
     best_metric: str = option(

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Iterable, Protocol
 
 from ..checkpoint import CheckpointWriter
+from .compiling import CompileChoice
 from .evaluate import EvalResult
 from .precision import Precision
 
@@ -59,6 +60,7 @@ class Backend(Protocol):
     amp_dtype: Any  # what the final evaluation of best.safetensors autocasts to (None: float32)
     precision: Precision  # what the steps compute in, and why (--precision)
     compiled: bool  # whether its first epoch also compiles (the planner ignores that epoch's speed)
+    compiling: CompileChoice | None  # --compile's decision and why, once start() made it (None: not torch.compile)
 
     def start(self, total_steps: int, steps_per_epoch: int) -> None:
         """Build the optimizer and the schedule for a run of ``total_steps`` steps."""

@@ -60,8 +60,12 @@ def evaluate(
     num_classes: int,
     amp_dtype: torch.dtype | None = None,
     place: Dist | None = None,
+    tta: str = "none",
 ) -> EvalResult:
     """Run ``model`` over ``loader`` once; losses are plain cross entropy (no smoothing).
+
+    ``tta="flip"`` (test-time augmentation) predicts the mean of the probabilities of each
+    image and its horizontal mirror image; the loss is the cross entropy of that mean.
 
     With ``place`` of several ranks, ``loader`` holds this rank's shard ``rank::world``; sums
     are reduced and per-sample results gathered back in dataset order, so every rank gets
@@ -72,6 +76,9 @@ def evaluate(
 
     def logits_of(images: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            if tta == "flip":  # log of the mean probabilities: cross entropy and argmax read it as logits
+                both = model(torch.cat([images, images.flip(-1)])).float().softmax(dim=-1)
+                return both.view(2, len(images), -1).mean(dim=0).log()
             return model(images)
 
     try:
@@ -201,6 +208,7 @@ def evaluate_checkpoint(
     classes: list[str] | None = None,
     log=print,
     precision: str = "fp32",
+    tta: str = "none",
     **data_options: Any,
 ) -> dict[str, Any]:
     """``vitrain eval``: evaluate a checkpoint (or run folder) on one split of any ``--data`` source.
@@ -215,6 +223,7 @@ def evaluate_checkpoint(
     classes (in its order) when it holds them all. Writes ``report.json``, ``confusion_matrix.png`` (counts) and
     ``confusion_matrix_normalized.png`` (row rates) into ``out`` and returns the report.
     ``precision`` is ``--precision`` (:mod:`~vitrain.engine.precision`; ``auto`` times a forward pass).
+    ``tta`` is ``--tta`` (``flip``: each image and its mirror image, see :func:`evaluate`).
     """
     from ..checkpoint import load_model, resolve_checkpoint_path
     from ..data.sources import load_split
@@ -286,7 +295,7 @@ def evaluate_checkpoint(
     chosen = choose_precision(precision, device, model, batch_size, train=False)
     if chosen.dtype is not None:
         log(f"precision: {chosen.describe()}")
-    result = evaluate(model, loader, device, len(classes), chosen.dtype)
+    result = evaluate(model, loader, device, len(classes), chosen.dtype, tta=tta)
     matrix = result.confusion(len(classes))
     out = Path(out) if out else checkpoint.parent / "eval" / f"{Path(data).stem or 'data'}-{which.replace(' ', '-')}"
     out.mkdir(parents=True, exist_ok=True)
@@ -309,6 +318,7 @@ def evaluate_checkpoint(
         "per_class": per_class_report(result, classes),
         "confusion_matrix": matrix.tolist(),
         "precision": chosen.to_dict(),
+        "tta": tta,
         "seconds": round(time.perf_counter() - started, 2),
     }
     write_report(out / "report.json", report)

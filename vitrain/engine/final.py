@@ -44,7 +44,7 @@ def final_report(
     log=print,
     place: Dist | None = None,
     devices: int = 1,
-    precision: dict[str, str] | None = None,
+    runtime: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluate the best checkpoint on the test split (or validation, if there is none); plot and report.
 
@@ -53,11 +53,11 @@ def final_report(
     """
     place = place or Dist()
     model = model_from_checkpoint(out / "best.safetensors").to(device)
-    val = evaluate(model, loaders["val"], device, len(cfg.classes), amp_dtype, place)
+    val = evaluate(model, loaders["val"], device, len(cfg.classes), amp_dtype, place, cfg.tta)
     split = "test" if "test" in loaders else "val"
     if split == "val":
         log("note: no test split, so the final evaluation uses the validation split")
-    result = evaluate(model, loaders[split], device, len(cfg.classes), amp_dtype, place)
+    result = evaluate(model, loaders[split], device, len(cfg.classes), amp_dtype, place, cfg.tta)
     matrix = result.confusion(len(cfg.classes))
     if place.main:
         write_samples(splits, val.targets, val.predictions, cfg.classes, out / "samples.png")
@@ -101,7 +101,8 @@ def final_report(
         "processes": place.world,
         "devices_per_process": devices,
         "global_batch_size": cfg.batch_size * place.world * devices,
-        **({"precision": precision} if precision else {}),
+        **(runtime or {}),  # how the steps ran: precision, compile
+        "tta": cfg.tta,
         "seed": cfg.seed,
         "train_seconds": round(train_seconds, 2),
     }

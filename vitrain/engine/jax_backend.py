@@ -206,6 +206,7 @@ class JaxBackend:
     """A ViT trained with JAX, as ``cfg`` says (see the module docstring)."""
 
     compiled = True  # the first epoch also compiles the step
+    compiling = None  # jax.jit always compiles; --compile is torch.compile's
 
     def __init__(
         self,

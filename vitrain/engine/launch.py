@@ -18,6 +18,7 @@ from ..config import (
     load_config_file,
     options,
 )
+from .autorecipe import auto_applies
 
 # which command takes which option is declared with the option (vitrain/config/train.py)
 _OPTIONS = options(TrainConfig)
@@ -65,6 +66,12 @@ def resolve_config(
         return config_from_dict({**given, "out": str(resume)}, base), True
     file_values = load_config_file(config_file) if config_file else {}
     cfg = layered_config(file_values, given)
+    user = {**file_values, **given}
+    if command == "train" and user.get("recipe") in (None, "auto") and auto_applies(user):
+        cfg.recipe = "auto"  # chosen once the data has loaded (vitrain/engine/autorecipe.py)
+        cfg._user_settings = frozenset(user)  # what a recipe may not override; read by launch()
+    elif cfg.recipe == "auto":
+        cfg.recipe = None  # the user chose the model
     if command == "pretrain":  # a recipe's first-stage settings are this command's own, unless set
         for own, first_stage in FIRST_STAGE.items():
             if own not in given and own not in file_values and getattr(cfg, first_stage) is not None:
@@ -120,4 +127,4 @@ def launch(command: str, cfg: TrainConfig, resume: bool, given: Iterable[str]) -
         return pretrain(cfg, resume=resume)
     if cfg.pretrain:
         return pretrain_then_train(cfg, resume=resume)
-    return train(cfg, resume=resume)
+    return train(cfg, resume=resume, user_settings=getattr(cfg, "_user_settings", None))

@@ -15,20 +15,17 @@ once.
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
-import os
-import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+from torch.nn.functional import cross_entropy  # bound here: a probe's steps are its own
 
 from ..errors import ConfigError
+from .measured import cached, machine_key
 
 MIN_SPEEDUP = 1.1  # bf16 must be this much faster than float32 for auto to take it on a CPU
 BF16_UNITS = {"amx_bf16": "AMX-BF16", "avx512_bf16": "AVX512-BF16", "bf16": "BF16"}  # /proc/cpuinfo names
@@ -103,51 +100,16 @@ def choose_precision(
     return Precision(None, setting, f"auto: this CPU has {', '.join(units)}, but {measured}")
 
 
-def cache_file() -> Path:
-    """Where measured speedups are kept (``XDG_CACHE_HOME``/vitrain, else ~/.cache/vitrain)."""
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vitrain" / "precision.json"
-
-
-def _cache_key(model: nn.Module, batch_size: int, train: bool) -> str:
-    config = getattr(model, "config", None)
-    shape = config.to_dict() if hasattr(config, "to_dict") else repr(model)
-    facts = [platform.processor(), _cpu_name(), torch.__version__, torch.get_num_threads(), shape, batch_size, train]
-    return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()[:24]
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and ":" in line:
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
-
-
 def bf16_speedup(model: nn.Module, batch_size: int, train: bool = True) -> tuple[float, bool]:
     """float32 time / bf16 time of ``model``'s step on this CPU (cached), and whether it came from the cache."""
-    path, key = cache_file(), _cache_key(model, batch_size, train)
-    try:
-        known = json.loads(path.read_text())
-    except (OSError, ValueError):
-        known = {}
-    if isinstance(known.get(key), (int, float)):
-        return float(known[key]), True
-    speedup = measure_speedup(model, batch_size, train)
-    try:  # a cache that cannot be written costs a measurement next time, nothing else
-        path.parent.mkdir(parents=True, exist_ok=True)
-        known[key] = round(speedup, 4)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(known, indent=1))
-        os.replace(tmp, path)
-    except OSError:
-        pass
-    return speedup, False
+    key = machine_key(model, batch_size, train)
+    speedup, was_cached = cached("precision", key, lambda: round(measure_speedup(model, batch_size, train), 4))
+    return float(speedup), was_cached
 
 
 def measure_speedup(model: nn.Module, batch_size: int, train: bool = True, seconds: float = 2.0) -> float:
-    """Time ``model``'s step (AdamW, cross entropy; or a forward pass) in float32 and in bf16 autocast, in turn,
+    """Time ``model``'s step (fused AdamW, as training uses, and cross entropy; or a forward pass)
+    in float32 and in bf16 autocast, in turn,
     on random images: one warm-up step each, then rounds of one step each for about ``seconds``
     (at least two rounds, at most eight). Returns the ratio of the median times. The global
     random state is left as it was, so a measured run and a cached one train alike."""
@@ -160,13 +122,13 @@ def _measure(model: nn.Module, batch_size: int, train: bool, seconds: float) -> 
     probe = copy.deepcopy(model).train(train)
     images = torch.randn(batch_size, config.in_chans, config.img_size, config.img_size)
     labels = torch.randint(0, config.num_classes, (batch_size,))
-    optimizer = torch.optim.AdamW(probe.parameters(), lr=1e-6) if train else None
+    optimizer = torch.optim.AdamW(probe.parameters(), lr=1e-6, fused=True) if train else None
 
     def step(dtype: torch.dtype | None) -> float:
         start = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype is not None):
             if train:
-                loss = F.cross_entropy(probe(images), labels)
+                loss = cross_entropy(probe(images), labels)
             else:
                 with torch.inference_mode():
                     probe(images)

@@ -11,8 +11,9 @@ from .distributed import Dist
 
 
 def use_compile(setting: str, device: torch.device) -> bool:
-    """Whether ``--compile`` compiles the training step: on for CUDA by default (fixed batch shapes
-    there make it pay), off on CPU, where it was measured not to pay (docs/benchmarks/throughput.md)."""
+    """Whether ``--compile`` compiles ``vitrain pretrain``'s step: on for CUDA by default (fixed batch
+    shapes there make it pay), off on CPU. ``vitrain train`` decides with :mod:`.compiling`, which
+    measures on a CPU."""
     return setting == "on" or (setting == "auto" and device.type == "cuda")
 
 

@@ -20,6 +20,7 @@ from ..data.leakage import content_hashes, find_leaks, without
 from ..data.sources import DataError, DataSplits, load_data
 from ..models.pretrained import Pretrained, PretrainedError, load_pretrained
 from . import distributed
+from .autorecipe import SPLIT_OPTIONS, RecipeChoice, apply_recipe, choose_recipe
 from .build import resolve_config_for_data
 from .device import resolve_device
 from .distributed import Dist
@@ -44,6 +45,7 @@ class RunSetup:
     place: Dist
     log: Callable[..., None]
     devices: int = 1  # devices in this process that share each step (the JAX backend's local devices)
+    recipe_choice: RecipeChoice | None = None  # what --recipe auto chose, and why
 
 
 def prepare_run(
@@ -52,13 +54,15 @@ def prepare_run(
     log=print,
     on_start: Callable[[], None] | None = None,
     files: tuple[str, ...] = RUN_FILES,
+    user_settings: frozenset[str] | None = None,
 ) -> RunSetup:
     """Check, load and resolve everything a run needs, then start its folder (unless it resumes).
 
     ``files`` are the names that make a folder a run of this kind. ``on_start`` runs once the
     data has loaded, before anything is written (a chained run's own folder setup). Under
     torchrun every rank comes through here; rank 0 writes, and the returned ``log`` is quiet
-    on the others.
+    on the others. With ``cfg.recipe == "auto"``, the recipe is chosen from the loaded data
+    (:mod:`.autorecipe`); ``user_settings`` names the settings it may not override.
     """
     cfg.validate()
     devices = 1
@@ -78,17 +82,16 @@ def prepare_run(
         log = quiet  # rank 0 speaks and writes for all
     cfg = agree_on_run_dir(cfg, place)
     out = check_run_dir(cfg, resume, files)
-    splits = load_data(
-        cfg.data,
-        data_root=cfg.data_root,
-        download=cfg.download,
-        channels=cfg.channels,
-        classes=cfg.classes,
-        val_fraction=cfg.val_fraction,
-        test_fraction=cfg.test_fraction,
-        split_seed=cfg.split_seed,
-        skip_bad_images=cfg.skip_bad_images,
-    )
+    splits = _load(cfg)
+    recipe_choice = None
+    if cfg.recipe == "auto" and not resume:
+        recipe_choice = choose_recipe(splits)
+        chosen = apply_recipe(cfg, user_settings or (), recipe_choice)
+        if any(getattr(chosen, k) != getattr(cfg, k) for k in SPLIT_OPTIONS):
+            splits = _load(chosen)  # the recipe splits off another share for validation
+        cfg = chosen
+        chosen.validate()
+        log(f"recipe: {recipe_choice.name or 'none, the defaults'} ({recipe_choice.reason})")
     leakage = check_leaks(splits, cfg.dedupe, log)
     pretrained = None
     if cfg.pretrained and not resume:  # a resumed run's weights are in its state
@@ -99,6 +102,11 @@ def prepare_run(
         for note in pretrained.notes:
             log(f"note: {note}")
     cfg = dataclasses.replace(resolve_config_for_data(cfg, splits, pretrained), out=str(out))
+    if cfg.tta == "flip" and cfg.hflip == 0:
+        raise ConfigError(
+            "--tta flip: this run trains without flips (--hflip 0; for digits, a mirror image changes the label), "
+            "so its predictions on mirror images mean nothing; leave --tta out"
+        )
     check_global_batch(cfg, len(splits.train), place, log, devices)
     if place.main:
         remove_interrupted_writes(out, log)
@@ -109,7 +117,21 @@ def prepare_run(
         summary = {"splits": splits.sizes(), "notes": splits.notes, "leakage": leakage}
         cfg.save(out / "config.yaml", {"data_summary": summary})
     distributed.barrier(place)
-    return RunSetup(cfg, out, splits, leakage, pretrained, device, place, log, devices)
+    return RunSetup(cfg, out, splits, leakage, pretrained, device, place, log, devices, recipe_choice)
+
+
+def _load(cfg: TrainConfig) -> DataSplits:
+    return load_data(
+        cfg.data,
+        data_root=cfg.data_root,
+        download=cfg.download,
+        channels=cfg.channels,
+        classes=cfg.classes,
+        val_fraction=cfg.val_fraction,
+        test_fraction=cfg.test_fraction,
+        split_seed=cfg.split_seed,
+        skip_bad_images=cfg.skip_bad_images,
+    )
 
 
 def check_global_batch(cfg: TrainConfig, n_train: int, place: Dist, log=print, devices: int = 1) -> None:

@@ -29,12 +29,13 @@ from ..models.pretrained import Pretrained
 from . import distributed
 from .backend import Speed, StepResult
 from .build import build_model
+from .compiling import CompileChoice, choose_compile
 from .distributed import Dist
 from .evaluate import EvalResult, evaluate
 from .finetune import train_mode
 from .optim import build_optimizer, build_scheduler, replan
 from .precision import Precision, choose_precision
-from .runtime import checks_each_step, use_compile, use_cuda_graphs, writes_behind
+from .runtime import checks_each_step, writes_behind
 
 
 def class_weights(cfg: TrainConfig, splits: DataSplits, device: torch.device) -> torch.Tensor | None:
@@ -68,6 +69,27 @@ def run_precision(setting: str, device: torch.device, place: Dist, model: torch.
     return choose_precision(setting, device, model, batch)
 
 
+def run_compile(
+    cfg: TrainConfig,
+    device: torch.device,
+    place: Dist,
+    model: torch.nn.Module,
+    precision: Precision,
+    total_steps: int,
+) -> CompileChoice:
+    """``--compile`` for this run; where ``auto`` times the model on a CPU, rank 0 does and tells the others."""
+
+    def choose() -> CompileChoice:
+        budget = cfg.time_budget * 60 if cfg.time_budget else None
+        return choose_compile(
+            cfg.compile, device, place, model, cfg.batch_size, precision, total_steps, shapes=2, max_seconds=budget
+        )
+
+    if place.active and device.type == "cpu" and cfg.compile == "auto":
+        return distributed.broadcast(choose() if place.main else None, place)
+    return choose()
+
+
 def epoch_seed(seed: int, epoch: int) -> int:
     """The seed of an epoch's randomness (shuffling, augmentation, dropout): it depends only on
     (seed, epoch), so a run resumed after epoch k repeats epochs k+1... exactly."""
@@ -93,15 +115,8 @@ class TorchBackend:
         self.loss_weight = class_weights(cfg, splits, device)
         self.batch_mix = build_batch_mix(cfg, self.num_classes)
         self.check_each_step = checks_each_step(device, cfg.skip_nonfinite)
-        self.compiled = use_compile(cfg.compile, device)
-        self.graphs = use_cuda_graphs(cfg.compile, device, place)
-        self.description = (
-            f"on {device}"
-            + (" (bf16 autocast)" if self.amp_dtype else "")
-            + (", torch.compile" if self.compiled else "")
-            + (" with CUDA graphs" if self.graphs else "")
-            + (f", EMA {cfg.ema:g}" if cfg.ema else "")
-        )
+        self.compiling: CompileChoice | None = None  # decided in start(), when the run's length is known
+        self.compiled = self.graphs = False
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
         self.ema: AveragedModel | None = None
@@ -110,9 +125,24 @@ class TorchBackend:
 
     # ---------------------------------------------------------------- the run
 
+    @property
+    def description(self) -> str:
+        """How the steps compute, for the log: ``on cpu (bf16 autocast), torch.compile``."""
+        return (
+            f"on {self.device}"
+            + (" (bf16 autocast)" if self.amp_dtype else "")
+            + (", torch.compile" if self.compiled else "")
+            + (" with CUDA graphs" if self.graphs else "")
+            + (f", EMA {self.cfg.ema:g}" if self.cfg.ema else "")
+        )
+
     def start(self, total_steps: int, steps_per_epoch: int) -> None:
-        """Build the optimizer, the schedule and the EMA, and wrap the model for the step."""
+        """Decide ``--compile``; build the optimizer, the schedule and the EMA; wrap the model for the step."""
         cfg, model = self.cfg, self.model
+        self.compiling = run_compile(cfg, self.device, self.place, model, self.precision, total_steps)
+        self.compiled, self.graphs = self.compiling.on, self.compiling.graphs
+        if self.compiling.precision is not None:  # --precision auto: the other precision is faster compiled
+            self.precision, self.amp_dtype = self.compiling.precision, self.compiling.precision.dtype
         self.optimizer = build_optimizer(model, cfg, self.device)
         self.scheduler = build_scheduler(self.optimizer, cfg, steps_per_epoch, total_steps)
         if cfg.ema:
@@ -122,7 +152,11 @@ class TorchBackend:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.step_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
         if self.compiled:  # only the training forward/backward is compiled; checkpoints hold the plain weights
-            self.step_model = torch.compile(self.step_model, mode="reduce-overhead" if self.graphs else None)
+            mode = "reduce-overhead" if self.graphs else None
+            # on a CPU each epoch's short last batch gets a graph of its own, as the cost estimate assumed
+            self.step_model = torch.compile(
+                self.step_model, mode=mode, dynamic=False if self.device.type == "cpu" else None
+            )
 
     def start_epoch(self, epoch: int) -> None:
         """Seed dropout and mixing from (seed, epoch), per rank; enter training mode."""

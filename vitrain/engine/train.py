@@ -42,7 +42,11 @@ __all__ = ["TrainingError", "train"]
 
 
 def train(
-    cfg: TrainConfig, resume: bool = False, log=print, on_start: Callable[[], None] | None = None
+    cfg: TrainConfig,
+    resume: bool = False,
+    log=print,
+    on_start: Callable[[], None] | None = None,
+    user_settings: frozenset[str] | None = None,
 ) -> dict[str, Any]:
     """Train a ViT as ``cfg`` says and return the report (also written to ``report.json``).
 
@@ -52,7 +56,7 @@ def train(
     run's own folder setup).
     """
     started = time.perf_counter()
-    run = prepare_run(cfg, resume, log, on_start)
+    run = prepare_run(cfg, resume, log, on_start, user_settings=user_settings)
     cfg, out, place, device, log = run.cfg, run.out, run.place, run.device, run.log
     backend = make_backend(run)
     loaders = build_loaders(cfg, run.splits, device, log, place, run.devices)
@@ -166,12 +170,22 @@ def train(
         log,
         place,
         run.devices,
-        backend.precision.to_dict(),
+        runtime_report(run, backend),
     )
     if not place.main:
         return report
     stopped_by = "deadline" if stats is not None and stats.deadline else "plan"
     return finish_report(report, progress, run.splits, run.leakage, stopped_by, started, bool(imbalanced), out, log)
+
+
+def runtime_report(run: RunSetup, backend: Backend) -> dict[str, Any]:
+    """What report.json says about how the run was chosen and ran: recipe (auto), precision, compile."""
+    found: dict[str, Any] = {"precision": backend.precision.to_dict()}
+    if backend.compiling is not None:
+        found["compile"] = backend.compiling.to_dict()
+    if run.recipe_choice is not None:
+        found["recipe"] = run.recipe_choice.to_dict()
+    return found
 
 
 def make_backend(run: RunSetup) -> Backend:
@@ -262,6 +276,8 @@ def describe_run(
         f"{batch}, {cfg.optimizer} lr {cfg.lr:g}, {cfg.schedule} schedule, {backend.description}"
     )
     log(f"precision: {backend.precision.describe()}")
+    if backend.compiling is not None:
+        log(f"compile: {'on' if backend.compiling.on else 'off'} ({backend.compiling.reason})")
     if resume:
         log(f"resuming {run.out} after epoch {done_epochs}")
     log(f"writing to {run.out}")

@@ -1,0 +1,182 @@
+"""``--compile``: whether the training step runs through ``torch.compile``, and why.
+
+``on`` and ``off`` are what they say. ``auto`` compiles on a GPU (fixed batch shapes there
+make it pay, and one process on one GPU also records CUDA graphs). On a CPU, whether it
+pays depends on the model, the precision and the run's length: inductor's CPU kernels fuse
+the elementwise work around the matrix products, which is most of a small model's step
+(a small ViT's step in bf16, whose casts autocast adds, gains most), but compiling costs
+seconds to a minute. So ``auto`` on a CPU:
+
+1. leaves a run whose steps take under :data:`SHORT_RUN_SECONDS` in eager mode (timed
+   over a few steps) uncompiled: it could not win the compile time back;
+2. otherwise compiles a copy of the model, times its steps against eager ones (cached per
+   CPU, PyTorch version, threads, model, batch and precision, like ``--precision auto``),
+   and compiles when the time the run's steps save exceeds what compiling costs. Under
+   ``--precision auto`` on a CPU with bf16 units, it times both precisions compiled and
+   takes the faster: bf16 autocast adds casts, elementwise work that compiling fuses, so a
+   small model whose eager step gains nothing from bf16 can gain compiled.
+
+Measuring on a copy also leaves the compiled code in PyTorch's caches, so compiling the
+run's own model afterwards takes a fraction of the first compile.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.functional import cross_entropy  # bound here: a probe's steps are its own
+
+from .distributed import Dist
+from .measured import cached, machine_key
+from .precision import Precision, cpu_bf16_units
+
+SHORT_RUN_SECONDS = 180.0  # eager step time of a whole run below which auto does not try to compile on a CPU
+
+
+@dataclass(frozen=True)
+class CompileChoice:
+    """Whether the step is compiled (``on``), with CUDA graphs (``graphs``), and why; ``precision``
+    replaces the run's when ``--precision auto`` finds the other one faster compiled."""
+
+    on: bool
+    graphs: bool
+    reason: str
+    precision: Precision | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """``report.json``'s ``compile``."""
+        return {"on": self.on, "graphs": self.graphs, "reason": self.reason}
+
+
+def choose_compile(
+    setting: str,
+    device: torch.device,
+    place: Dist,
+    model: nn.Module,
+    batch_size: int,
+    precision: Precision,
+    total_steps: int,
+    shapes: int = 1,
+    max_seconds: float | None = None,
+) -> CompileChoice:
+    """What ``--compile setting`` means for a run of ``total_steps`` steps of ``model`` (see the module docstring).
+
+    ``precision`` is the run's; when it is ``--precision auto`` on a CPU with bf16 units, both
+    precisions are timed compiled (autocast's casts are elementwise work that compiling fuses,
+    so bf16 can pay compiled where it did not eager). ``shapes`` is how many batch shapes the
+    steps have (2 when each epoch ends with a short batch): each is compiled once.
+    ``max_seconds`` bounds the run's training time (its time budget): a budgeted run's steps
+    are those that fit.
+    """
+    if setting == "off":
+        return CompileChoice(False, False, "--compile off")
+    graphs = device.type == "cuda" and not place.active  # DDP's gradient hooks run between graphs
+    if setting == "on" or device.type != "cpu":
+        return CompileChoice(True, graphs, "--compile on" if setting == "on" else f"auto: {device.type}")
+    amp = precision.dtype
+    eager = eager_step_seconds(model, batch_size, amp)
+    if max_seconds is not None:
+        total_steps = max(1, min(total_steps, int(max_seconds / eager)))
+    if total_steps * eager < SHORT_RUN_SECONDS:
+        return CompileChoice(
+            False, False, f"auto: about {total_steps * eager:.0f}s of steps, too short to win back compiling"
+        )
+    units = cpu_bf16_units() if precision.setting == "auto" else []
+    dtypes = [None, torch.bfloat16] if units else [amp]
+    timings, was_cached = {}, True
+    for dtype in dtypes:
+        key = machine_key(model, batch_size, str(dtype))
+        timings[dtype], hit = cached("compile", key, lambda d=dtype: time_compiled(model, batch_size, d))
+        was_cached = was_cached and hit
+    eager = timings[amp]["eager"] if amp in timings else eager
+    costs = {d: total_steps * t["compiled"] + shapes * t["compile"] for d, t in timings.items()}
+    best = min(costs, key=costs.get)
+    faster = eager / timings[best]["compiled"]
+    measured = (
+        f"compiled {_name(best)} steps ran {faster:.2f}x as fast as eager {_name(amp)} ones after "
+        f"{timings[best]['compile']:.0f}s of compiling{' (cached)' if was_cached else ''}"
+    )
+    if costs[best] >= total_steps * eager:
+        return CompileChoice(False, False, f"auto: {measured}, which {total_steps} steps do not win back")
+    saved = f"auto: {measured}; {total_steps} steps save about {total_steps * eager - costs[best]:.0f}s"
+    if best == amp:
+        return CompileChoice(True, False, saved)
+    ratio = timings[None]["compiled"] / timings[torch.bfloat16]["compiled"]
+    changed = Precision(
+        best,
+        precision.setting,
+        f"auto: this CPU has {', '.join(units)}; compiled, this model's training step ran {ratio:.2f}x as fast in bf16",
+    )
+    return CompileChoice(True, False, saved, changed)
+
+
+def _name(dtype: torch.dtype | None) -> str:
+    return "bf16" if dtype == torch.bfloat16 else "float32"
+
+
+def _step(model: nn.Module, optimizer: torch.optim.Optimizer, images, labels, amp_dtype) -> None:
+    with torch.autocast("cpu", dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
+        loss = cross_entropy(model(images), labels)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+def _probe(model: nn.Module, batch_size: int) -> tuple[nn.Module, torch.optim.Optimizer, torch.Tensor, torch.Tensor]:
+    config = model.config
+    probe = copy.deepcopy(model).train()
+    images = torch.randn(batch_size, config.in_chans, config.img_size, config.img_size)
+    labels = torch.randint(0, config.num_classes, (batch_size,))
+    return probe, torch.optim.AdamW(probe.parameters(), lr=1e-6, fused=True), images, labels
+
+
+def _median_seconds(step, count: int) -> float:
+    times = []
+    for _ in range(count):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def eager_step_seconds(model: nn.Module, batch_size: int, amp_dtype: torch.dtype | None) -> float:
+    """The median time of 3 eager training steps of a copy of ``model`` (after one warm-up step) on random data."""
+    with torch.random.fork_rng(devices=[]):
+        probe, optimizer, images, labels = _probe(model, batch_size)
+        _step(probe, optimizer, images, labels, amp_dtype)
+        return _median_seconds(lambda: _step(probe, optimizer, images, labels, amp_dtype), 3)
+
+
+def time_compiled(model: nn.Module, batch_size: int, amp_dtype: torch.dtype | None, steps: int = 10) -> dict:
+    """Seconds to compile a copy of ``model``'s training step (its first two steps, less two eager
+    ones), and the median seconds of ``steps`` eager and compiled steps, timed in turn."""
+    with torch.random.fork_rng(devices=[]):
+        probe, optimizer, images, labels = _probe(model, batch_size)
+        compiled = torch.compile(probe, dynamic=False)
+
+        def eager() -> None:
+            _step(probe, optimizer, images, labels, amp_dtype)
+
+        def fast() -> None:
+            _step(compiled, optimizer, images, labels, amp_dtype)
+
+        eager()
+        start = time.perf_counter()
+        fast()
+        fast()
+        first_two = time.perf_counter() - start
+        times: dict[str, list[float]] = {"eager": [], "compiled": []}
+        for _ in range(steps):
+            times["eager"].append(_median_seconds(eager, 1))
+            times["compiled"].append(_median_seconds(fast, 1))
+        median = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+        return {
+            "eager": round(median["eager"], 6),
+            "compiled": round(median["compiled"], 6),
+            "compile": round(max(0.0, first_two - 2 * median["compiled"]), 2),
+        }
