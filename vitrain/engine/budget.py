@@ -39,6 +39,8 @@ def plan_budget(
     val_seconds = speed.val_batch * len(loaders["val"])
     epoch_overhead = val_seconds + 2 * speed.checkpoint  # every epoch writes last (and best) weights and the state
     final_seconds = val_seconds + (val_seconds * len(loaders["test"]) / len(loaders["val"]) if "test" in loaders else 0)
+    if cfg.tta == "flip":  # the final evaluation also predicts every image's mirror image
+        final_seconds *= 2
     margin = budget_margin(cfg.time_budget)
     available = seconds_left - (time.perf_counter() - begin) - final_seconds - margin
     minutes = f"{round(cfg.time_budget, 2):g}"  # a chained run's second stage gets what is left: 7.65, not 7.65141
