@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import os
 from pathlib import Path
 from types import ModuleType
 
@@ -62,6 +63,14 @@ def write_class_folders(
         for i in range(start, start + per_class):
             make_image(color, seed=c * 1000 + i).save(folder / f"{i:03d}{ext}")
     return root
+
+
+# JAX's compiled steps may stay in the user's cache between test sessions (they are keyed by
+# what was compiled, and a warm cache saves minutes); what vitrain measures may not (below)
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR",
+    str(Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vitrain" / "jax"),
+)
 
 
 @pytest.fixture(scope="session")

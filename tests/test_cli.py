@@ -88,7 +88,9 @@ def test_sigterm_saves_and_says_how_to_resume(tmp_path):
 
     run = tmp_path / "run"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "vitrain", "train", "--epochs", "500", "--out", str(run), "--no-progress"],
+        # a long run, stopped early: --compile off, or --compile auto would first time a compiled step
+        [sys.executable, "-m", "vitrain", "train", "--epochs", "500", "--compile", "off", "--out", str(run)]
+        + ["--no-progress"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
