@@ -22,17 +22,15 @@ run's own model afterwards takes a fraction of the first compile.
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.functional import cross_entropy  # bound here: a probe's steps are its own
 
 from .distributed import Dist
-from .measured import cached, machine_key
+from .measured import cached, machine_key, probe_copy, train_step
 from .precision import Precision, cpu_bf16_units
 
 SHORT_RUN_SECONDS = 180.0  # eager step time of a whole run below which auto does not try to compile on a CPU
@@ -119,22 +117,6 @@ def _name(dtype: torch.dtype | None) -> str:
     return "bf16" if dtype == torch.bfloat16 else "float32"
 
 
-def _step(model: nn.Module, optimizer: torch.optim.Optimizer, images, labels, amp_dtype) -> None:
-    with torch.autocast("cpu", dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
-        loss = cross_entropy(model(images), labels)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-
-
-def _probe(model: nn.Module, batch_size: int) -> tuple[nn.Module, torch.optim.Optimizer, torch.Tensor, torch.Tensor]:
-    config = model.config
-    probe = copy.deepcopy(model).train()
-    images = torch.randn(batch_size, config.in_chans, config.img_size, config.img_size)
-    labels = torch.randint(0, config.num_classes, (batch_size,))
-    return probe, torch.optim.AdamW(probe.parameters(), lr=1e-6, fused=True), images, labels
-
-
 def _median_seconds(step, count: int) -> float:
     times = []
     for _ in range(count):
@@ -147,23 +129,23 @@ def _median_seconds(step, count: int) -> float:
 def eager_step_seconds(model: nn.Module, batch_size: int, amp_dtype: torch.dtype | None) -> float:
     """The median time of 3 eager training steps of a copy of ``model`` (after one warm-up step) on random data."""
     with torch.random.fork_rng(devices=[]):
-        probe, optimizer, images, labels = _probe(model, batch_size)
-        _step(probe, optimizer, images, labels, amp_dtype)
-        return _median_seconds(lambda: _step(probe, optimizer, images, labels, amp_dtype), 3)
+        probe, optimizer, images, labels = probe_copy(model, batch_size)
+        train_step(probe, optimizer, images, labels, amp_dtype)
+        return _median_seconds(lambda: train_step(probe, optimizer, images, labels, amp_dtype), 3)
 
 
 def time_compiled(model: nn.Module, batch_size: int, amp_dtype: torch.dtype | None, steps: int = 10) -> dict:
     """Seconds to compile a copy of ``model``'s training step (its first two steps, less two eager
     ones), and the median seconds of ``steps`` eager and compiled steps, timed in turn."""
     with torch.random.fork_rng(devices=[]):
-        probe, optimizer, images, labels = _probe(model, batch_size)
+        probe, optimizer, images, labels = probe_copy(model, batch_size)
         compiled = torch.compile(probe, dynamic=False)
 
         def eager() -> None:
-            _step(probe, optimizer, images, labels, amp_dtype)
+            train_step(probe, optimizer, images, labels, amp_dtype)
 
         def fast() -> None:
-            _step(compiled, optimizer, images, labels, amp_dtype)
+            train_step(compiled, optimizer, images, labels, amp_dtype)
 
         eager()
         start = time.perf_counter()

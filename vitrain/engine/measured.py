@@ -1,4 +1,5 @@
-"""Measurements a run makes once per machine and reuses: a small JSON cache under ``~/.cache/vitrain``.
+"""Measurements a run makes once per machine and reuses: a small JSON cache under ``~/.cache/vitrain``,
+and the throwaway copy of a model that they time.
 
 ``--precision auto`` and ``--compile auto`` time a model's step on the CPU they run on. The
 answer depends on the CPU, the PyTorch version, the thread count, the model's shape and the
@@ -8,6 +9,7 @@ then decide alike (and train alike, seed for seed).
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -17,6 +19,7 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
+from torch.nn.functional import cross_entropy  # bound here: a probe's steps are its own
 
 
 def cache_dir() -> Path:
@@ -68,3 +71,31 @@ def cached(name: str, key: str, measure: Callable[[], Any]) -> tuple[Any, bool]:
     except OSError:
         pass
     return value, False
+
+
+def probe_copy(
+    model: nn.Module, batch_size: int, train: bool = True
+) -> tuple[nn.Module, torch.optim.Optimizer | None, torch.Tensor, torch.Tensor]:
+    """A copy of ``model`` to time (in training mode when ``train``), fused AdamW over it as training
+    uses (None when not ``train``), and a batch of random images and labels of its shape."""
+    config = model.config
+    probe = copy.deepcopy(model).train(train)
+    images = torch.randn(batch_size, config.in_chans, config.img_size, config.img_size)
+    labels = torch.randint(0, config.num_classes, (batch_size,))
+    optimizer = torch.optim.AdamW(probe.parameters(), lr=1e-6, fused=True) if train else None
+    return probe, optimizer, images, labels
+
+
+def train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    amp_dtype: torch.dtype | None,
+) -> None:
+    """One timed training step on a CPU: cross entropy under autocast to ``amp_dtype`` (None: float32)."""
+    with torch.autocast("cpu", dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
+        loss = cross_entropy(model(images), labels)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()

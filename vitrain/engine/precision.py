@@ -14,7 +14,6 @@ once.
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,10 +21,9 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.functional import cross_entropy  # bound here: a probe's steps are its own
 
 from ..errors import ConfigError
-from .measured import cached, machine_key
+from .measured import cached, machine_key, probe_copy, train_step
 
 MIN_SPEEDUP = 1.1  # bf16 must be this much faster than float32 for auto to take it on a CPU
 BF16_UNITS = {"amx_bf16": "AMX-BF16", "avx512_bf16": "AVX512-BF16", "bf16": "BF16"}  # /proc/cpuinfo names
@@ -118,24 +116,15 @@ def measure_speedup(model: nn.Module, batch_size: int, train: bool = True, secon
 
 
 def _measure(model: nn.Module, batch_size: int, train: bool, seconds: float) -> float:
-    config = model.config
-    probe = copy.deepcopy(model).train(train)
-    images = torch.randn(batch_size, config.in_chans, config.img_size, config.img_size)
-    labels = torch.randint(0, config.num_classes, (batch_size,))
-    optimizer = torch.optim.AdamW(probe.parameters(), lr=1e-6, fused=True) if train else None
+    probe, optimizer, images, labels = probe_copy(model, batch_size, train)
 
     def step(dtype: torch.dtype | None) -> float:
         start = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype is not None):
-            if train:
-                loss = cross_entropy(probe(images), labels)
-            else:
-                with torch.inference_mode():
-                    probe(images)
         if train:
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            train_step(probe, optimizer, images, labels, dtype)
+        else:
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype is not None):
+                probe(images)
         return time.perf_counter() - start
 
     step(None)

@@ -14,7 +14,7 @@ import math
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -62,11 +62,17 @@ def build_batch_mix(cfg: TrainConfig, num_classes: int) -> v2.Transform | None:
     return mixes[0] if len(mixes) == 1 else v2.RandomChoice(mixes)
 
 
-def run_precision(setting: str, device: torch.device, place: Dist, model: torch.nn.Module, batch: int) -> Precision:
-    """``--precision`` for this run; where ``auto`` times the model on a CPU, rank 0 does and tells the others."""
+def decided_by_rank_0(setting: str, device: torch.device, place: Dist, choose: Callable[[], Any]) -> Any:
+    """``choose()``; where ``auto`` times the model on a CPU under torchrun, rank 0 does and tells the others,
+    so every rank runs alike."""
     if place.active and device.type == "cpu" and setting == "auto":
-        return distributed.broadcast(choose_precision(setting, device, model, batch) if place.main else None, place)
-    return choose_precision(setting, device, model, batch)
+        return distributed.broadcast(choose() if place.main else None, place)
+    return choose()
+
+
+def run_precision(setting: str, device: torch.device, place: Dist, model: torch.nn.Module, batch: int) -> Precision:
+    """``--precision`` for this run (see :func:`decided_by_rank_0`)."""
+    return decided_by_rank_0(setting, device, place, lambda: choose_precision(setting, device, model, batch))
 
 
 def run_compile(
@@ -77,17 +83,16 @@ def run_compile(
     precision: Precision,
     total_steps: int,
 ) -> CompileChoice:
-    """``--compile`` for this run; where ``auto`` times the model on a CPU, rank 0 does and tells the others."""
-
-    def choose() -> CompileChoice:
-        budget = cfg.time_budget * 60 if cfg.time_budget else None
-        return choose_compile(
+    """``--compile`` for this run (see :func:`decided_by_rank_0`)."""
+    budget = cfg.time_budget * 60 if cfg.time_budget else None
+    return decided_by_rank_0(
+        cfg.compile,
+        device,
+        place,
+        lambda: choose_compile(
             cfg.compile, device, place, model, cfg.batch_size, precision, total_steps, shapes=2, max_seconds=budget
-        )
-
-    if place.active and device.type == "cpu" and cfg.compile == "auto":
-        return distributed.broadcast(choose() if place.main else None, place)
-    return choose()
+        ),
+    )
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
