@@ -25,12 +25,16 @@ def test_train_returns_the_run_folder_its_report_and_its_model(flat_folder, tmp_
     assert run.report["epochs"] == 2 and run.report["classes"] == ["cat", "dog", "fox"]
     assert run.model.meta["classes"] == ["cat", "dog", "fox"] and not run.model.training
     assert run.model(torch.zeros(1, 3, 16, 16)).shape == (1, 3)
+    assert run.report["command"].startswith(f"vitrain.train(data=PosixPath('{flat_folder}'), out=PosixPath(")
 
 
 def test_train_gives_the_same_numbers_as_the_command_line(flat_folder, tmp_path, tiny_args):
     assert main(["train", "--data", str(flat_folder), "--out", str(tmp_path / "cli"), *tiny_args]) == 0
     run = vitrain.train(str(flat_folder), out=str(tmp_path / "api"), **TINY)
     cli = json.loads((tmp_path / "cli" / "report.json").read_text())
+    assert cli["command"] == "vitrain train --data " + str(flat_folder) + " --out " + str(tmp_path / "cli") + (
+        " " + " ".join(tiny_args)
+    )
     assert run.report["test"]["accuracy"] == cli["test"]["accuracy"]
     assert run.report["val"] == cli["val"] and run.report["test"]["confusion_matrix"] == cli["test"]["confusion_matrix"]
 

@@ -146,3 +146,21 @@ def test_annotation_text_fits_inside_a_portrait_image(tmp_path, true_label):
     inside = pixels[border:150, border:-border]
     assert (inside == (210, 40, 40)).all(-1).sum() > 1000  # the label's banner...
     assert (inside[:, -1] == 255).all()  # ...ends before the border: the text fits
+
+
+def test_run_folder_examples_are_test_images_with_the_reports_answers(trained, tmp_path):
+    """examples/: 2 test images per class and the misclassified ones, whose files give the same answer again."""
+    import json
+
+    run, _ = trained
+    rows = _read_csv(run / "examples" / "index.csv")
+    report = json.loads((run / "report.json").read_text())
+    matrix = np.array(report["test"]["confusion_matrix"])
+    wrong = int(matrix.sum() - np.trace(matrix))
+    assert wrong <= 48 and sum(r["correct"] == "false" for r in rows) == wrong  # every one, up to 48
+    for c in report["classes"]:
+        assert sum(r["true_label"] == c for r in rows) >= min(2, int(matrix[report["classes"].index(c)].sum()))
+    assert all(r["split"] == "test" for r in rows)
+    result = vitrain.predict(run, [str(run / "examples" / r["file"]) for r in rows], top_k=1, out=tmp_path)
+    assert [p.label for p in result.predictions] == [r["predicted_label"] for r in rows]
+    assert [p.path.suffix for p in result.predictions] == [".png"] * len(rows)  # the files' own bytes

@@ -48,7 +48,10 @@ def _run(command: str, options: dict[str, Any], config: str | Path | None, resum
     resume = os.fspath(resume) if resume is not None else None
     cfg, resuming = resolve_config(given, config_file=config, resume=resume, command=command)
     try:
-        report = launch(command, cfg, resuming, given)
+        call = ", ".join(
+            f"{k}={v!r}" for k, v in {**options, "config": config, "resume": resume}.items() if v is not None
+        )
+        report = launch(command, cfg, resuming, given, invocation=f"vitrain.{command}({call})")
     finally:
         distributed.shutdown()
     return Run(path=Path(cfg.out), report=report)

@@ -8,6 +8,7 @@ and ``recipes``.
 from __future__ import annotations
 
 import argparse
+import shlex
 import signal
 import sys
 from typing import Sequence
@@ -48,6 +49,11 @@ def _worker_message(err: Exception) -> str:
     return last.split(": ", 1)[1] if ": " in last else last
 
 
+def _command_line(argv: Sequence[str] | None) -> str:
+    """The command as typed (recorded in the run's report)."""
+    return shlex.join(["vitrain", *(sys.argv[1:] if argv is None else argv)])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``vitrain`` console script and ``python -m vitrain``."""
     parser = build_parser()
@@ -71,7 +77,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command not in ("train", "pretrain"):
         try:
             return run_tool(args)
-        except (ConfigError, DataError, ArchiveError, ImageReadError, CheckpointError, ExportError, ValueError) as err:
+        except (
+            ConfigError,
+            DataError,
+            ArchiveError,
+            ImageReadError,
+            CheckpointError,
+            ExportError,
+            ValueError,
+        ) as err:
             print(f"vitrain: error: {err}", file=sys.stderr)
             return 2
         except OSError as err:  # an output that cannot be written: disk full, permissions
@@ -86,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg, resume = train_config_from_args(args)
         out = cfg.out
-        launch(args.command, cfg, resume, _given(args))
+        launch(args.command, cfg, resume, _given(args), invocation=_command_line(argv))
     except ImageReadError as err:  # a file that passed the header check but does not decode, mid-epoch
         message = _worker_message(err)
         if SKIP_BAD_IMAGES_HINT not in message:

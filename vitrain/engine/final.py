@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import csv
+import io
+import shutil
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader
 
 from ..checkpoint import (
@@ -29,6 +34,51 @@ def write_samples(splits: DataSplits, targets, predictions, classes: list[str], 
     plot_samples(
         images, [int(targets[i]) for i in chosen], [int(predictions[i]) for i in chosen], classes, path, per_class
     )
+
+
+EXAMPLES = "examples"  # the run folder's copies of test images, for `vitrain serve` and the model card
+
+
+def pick_examples(targets, predictions, num_classes: int, per_class: int = 2, max_wrong: int = 48) -> list[int]:
+    """Indices to keep: the first ``per_class`` images of each class, then up to ``max_wrong`` misclassified ones."""
+    chosen: list[int] = []
+    for c in range(num_classes):
+        chosen += [i for i, t in enumerate(targets) if t == c][:per_class]
+    wrong = [i for i, (t, p) in enumerate(zip(targets, predictions)) if t != p and i not in set(chosen)]
+    return sorted(chosen + wrong[:max_wrong])
+
+
+def write_examples(dataset, split: str, targets, predictions, classes: list[str], out: Path) -> Path:
+    """``examples/``: copies of some of ``split``'s images and ``index.csv`` (file, true and predicted label).
+
+    Files keep their bytes (a JPEG stays the JPEG the model was scored on, so predicting it
+    again gives the report's answer); images held in memory (digits, CIFAR) are saved as
+    lossless PNGs. The folder is rebuilt whole, beside the old one, then swapped in.
+    """
+    keep = pick_examples(targets, predictions, len(classes))
+    paths = getattr(dataset, "paths", None)
+    folder, staging = out / EXAMPLES, out / f".{EXAMPLES}.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    rows = []
+    for i in keep:
+        if paths is not None:
+            name = f"{split}-{i:05d}{Path(paths[i]).suffix.lower()}"
+            shutil.copyfile(paths[i], staging / name)
+        else:
+            name = f"{split}-{i:05d}.png"
+            array = np.asarray(dataset[i][0], dtype=np.uint8).transpose(1, 2, 0)
+            Image.fromarray(array[..., 0] if array.shape[2] == 1 else array).save(staging / name)
+        true, predicted = classes[int(targets[i])], classes[int(predictions[i])]
+        rows.append([name, split, i, true, predicted, str(true == predicted).lower()])
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(["file", "split", "index", "true_label", "predicted_label", "correct"])
+    writer.writerows(rows)
+    (staging / "index.csv").write_text(text.getvalue())
+    shutil.rmtree(folder, ignore_errors=True)
+    staging.rename(folder)
+    return folder
 
 
 def final_report(
@@ -62,6 +112,8 @@ def final_report(
     if place.main:
         write_samples(splits, val.targets, val.predictions, cfg.classes, out / "samples.png")
         plot_curves(history, out)
+        held_out = splits.test if split == "test" else splits.val
+        write_examples(held_out, split, result.targets, result.predictions, cfg.classes, out)
         plot_confusion_matrix(
             matrix,
             cfg.classes,

@@ -114,10 +114,13 @@ def check_options(command: str, cfg: TrainConfig, given: Iterable[str]) -> None:
             )
 
 
-def launch(command: str, cfg: TrainConfig, resume: bool, given: Iterable[str]) -> dict[str, Any]:
+def launch(
+    command: str, cfg: TrainConfig, resume: bool, given: Iterable[str], invocation: str | None = None
+) -> dict[str, Any]:
     """Check the options, then run ``vitrain pretrain``, a two-stage ``train --pretrain`` or ``train``.
 
-    Returns the run's report (also in its ``report.json``).
+    ``invocation`` (the command line, or the Python call) goes into a trained run's report
+    as ``command``. Returns the run's report (also in its ``report.json``).
     """
     from .pretrain import pretrain, pretrain_then_train
     from .train import train
@@ -127,4 +130,4 @@ def launch(command: str, cfg: TrainConfig, resume: bool, given: Iterable[str]) -
         return pretrain(cfg, resume=resume)
     if cfg.pretrain:
         return pretrain_then_train(cfg, resume=resume)
-    return train(cfg, resume=resume, user_settings=getattr(cfg, "_user_settings", None))
+    return train(cfg, resume=resume, user_settings=getattr(cfg, "_user_settings", None), invocation=invocation)

@@ -77,6 +77,68 @@ def collect_inputs(inputs: Sequence[str]) -> tuple[list[Path], list[tuple[str, s
     return list(dict.fromkeys(found)), missing
 
 
+class Predictor:
+    """A checkpoint loaded once, ready to classify image files (``vitrain predict`` and ``vitrain serve``).
+
+    ``precision`` is ``--precision`` (:mod:`~vitrain.engine.precision`; ``auto`` times a forward pass).
+    """
+
+    def __init__(
+        self,
+        source: str | Path,
+        *,
+        batch_size: int = 32,
+        device: torch.device | None = None,
+        precision: str = "fp32",
+    ) -> None:
+        from .precision import choose_precision
+
+        self.device = device or torch.device("cpu")
+        self.model = load_model(source).to(self.device)
+        self.batch_size = batch_size
+        self.amp = choose_precision(precision, self.device, self.model, batch_size, train=False).dtype
+        self.classes = list(self.model.meta["classes"])
+        self.transform = eval_transform_for(self.model.meta, self.model.config.img_size)
+        self.max_side = eval_decode_side_for(self.model.meta, self.model.config.img_size)  # as training evaluated
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """The checkpoint's classes and preprocessing."""
+        return dict(self.model.meta)
+
+    def predict(self, paths: Sequence[Path], *, top_k: int = 5, attention: bool = False) -> PredictResult:
+        """Classify ``paths``; unreadable files are recorded in ``result.failed`` and skipped."""
+        k = max(1, min(top_k, len(self.classes)))
+        result = PredictResult(meta=self.meta)
+        for start in range(0, len(paths), self.batch_size):
+            batch, kept = [], []
+            for path in paths[start : start + self.batch_size]:
+                try:
+                    batch.append(self.transform(read_image(path, self.model.config.in_chans, self.max_side)))
+                    kept.append(Path(path))
+                except ImageReadError as err:
+                    result.failed.append((str(path), str(err)))
+            if not batch:
+                continue
+            images = torch.stack(batch).to(self.device)
+            with (
+                torch.inference_mode(),
+                torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None),
+            ):
+                if attention:
+                    logits, maps = attention_rollout_maps(self.model, images)
+                else:
+                    logits, maps = self.model(images), None
+            probs = logits.float().softmax(dim=1)
+            values, indices = probs.topk(k, dim=1)
+            for i, path in enumerate(kept):
+                top = [(self.classes[j], float(v)) for v, j in zip(values[i].tolist(), indices[i].tolist())]
+                true = path.parent.name if path.parent.name in self.classes else None
+                attn = None if maps is None else maps[i].float().cpu().numpy()
+                result.predictions.append(Prediction(path, top, true, attn))
+        return result
+
+
 def predict_files(
     source: str | Path,
     inputs: Sequence[str],
@@ -87,44 +149,16 @@ def predict_files(
     device: torch.device | None = None,
     precision: str = "fp32",
 ) -> PredictResult:
-    """Classify every image in ``inputs`` with the checkpoint (or run folder) ``source``.
+    """Classify every image in ``inputs`` (files, folders, glob patterns) with the checkpoint (or run folder)
+    ``source``.
 
     Unreadable files are recorded in ``result.failed`` and skipped. ``precision`` is
     ``--precision`` (:mod:`~vitrain.engine.precision`; ``auto`` times a forward pass).
     """
-    from .precision import choose_precision
-
-    device = device or torch.device("cpu")
-    model = load_model(source).to(device)
-    amp = choose_precision(precision, device, model, batch_size, train=False).dtype
-    classes = list(model.meta["classes"])
-    transform = eval_transform_for(model.meta, model.config.img_size)
-    max_side = eval_decode_side_for(model.meta, model.config.img_size)  # as training evaluated
-    k = max(1, min(top_k, len(classes)))
-    paths, failed = collect_inputs(inputs)
-    result = PredictResult(failed=failed, meta=dict(model.meta))
-    for start in range(0, len(paths), batch_size):
-        batch, kept = [], []
-        for path in paths[start : start + batch_size]:
-            try:
-                batch.append(transform(read_image(path, model.config.in_chans, max_side)))
-                kept.append(path)
-            except ImageReadError as err:
-                result.failed.append((str(path), str(err)))
-        if not batch:
-            continue
-        images = torch.stack(batch).to(device)
-        with torch.inference_mode(), torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            if attention:
-                logits, maps = attention_rollout_maps(model, images)
-            else:
-                logits, maps = model(images), None
-        probs = logits.float().softmax(dim=1)
-        values, indices = probs.topk(k, dim=1)
-        for i, path in enumerate(kept):
-            top = [(classes[j], float(v)) for v, j in zip(values[i].tolist(), indices[i].tolist())]
-            true = path.parent.name if path.parent.name in classes else None
-            result.predictions.append(Prediction(path, top, true, None if maps is None else maps[i].cpu().numpy()))
+    predictor = Predictor(source, batch_size=batch_size, device=device, precision=precision)
+    paths, missing = collect_inputs(inputs)
+    result = predictor.predict(paths, top_k=top_k, attention=attention)
+    result.failed = missing + result.failed
     return result
 
 
@@ -207,17 +241,16 @@ def annotate(prediction: Prediction, out_path: Path) -> None:
     img.save(out_path)
 
 
-def save_attention(prediction: Prediction, png_path: Path, crop_pct: float = 1.0) -> None:
-    """The rollout map as a PNG overlay on the region the model saw, and the raw map as ``.npy`` beside it.
+def attention_overlay(prediction: Prediction, crop_pct: float = 1.0) -> Image.Image:
+    """The rollout map drawn over the region the model saw; the rest of the image is dimmed.
 
-    The model sees the central square of the image (``crop_pct`` of the shorter side), so the
-    map is drawn there and the rest of the image is dimmed.
+    The model sees the central square of the image (``crop_pct`` of the shorter side).
     """
     import matplotlib
 
     raw = prediction.attention
-    png_path.parent.mkdir(parents=True, exist_ok=True)
-    np.save(png_path.with_suffix(".npy"), raw)
+    if raw is None:
+        raise ValueError(f"{prediction.path}: predicted without attention maps")
     img = np.asarray(_display_copy(prediction.path), dtype=np.float32) / 255
     height, width = img.shape[:2]
     side = int(round(min(height, width) * crop_pct))
@@ -227,7 +260,14 @@ def save_attention(prediction: Prediction, png_path: Path, crop_pct: float = 1.0
     blend = img * 0.35  # outside the model's view
     seen = img[top : top + side, left : left + side]
     blend[top : top + side, left : left + side] = 0.55 * seen + 0.45 * matplotlib.colormaps["inferno"](heat)[..., :3]
-    Image.fromarray((blend * 255).clip(0, 255).astype(np.uint8)).save(png_path)
+    return Image.fromarray((blend * 255).clip(0, 255).astype(np.uint8))
+
+
+def save_attention(prediction: Prediction, png_path: Path, crop_pct: float = 1.0) -> None:
+    """The rollout overlay (:func:`attention_overlay`) as a PNG, and the raw map as ``.npy`` beside it."""
+    png_path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(png_path.with_suffix(".npy"), prediction.attention)
+    attention_overlay(prediction, crop_pct).save(png_path)
 
 
 def output_names(paths: Sequence[Path]) -> dict[Path, Path]:

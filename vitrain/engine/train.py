@@ -47,13 +47,14 @@ def train(
     log=print,
     on_start: Callable[[], None] | None = None,
     user_settings: frozenset[str] | None = None,
+    invocation: str | None = None,
 ) -> dict[str, Any]:
     """Train a ViT as ``cfg`` says and return the report (also written to ``report.json``).
 
     With ``resume``, ``cfg`` must be the run's saved config; training continues after the
     last completed epoch and ends with the same weights as an uninterrupted run (on CPU).
     ``on_start`` runs once the data has loaded, before anything is written (a chained
-    run's own folder setup).
+    run's own folder setup). ``invocation`` (the command that ran) is reported as ``command``.
     """
     started = time.perf_counter()
     run = prepare_run(cfg, resume, log, on_start, user_settings=user_settings)
@@ -170,7 +171,7 @@ def train(
         log,
         place,
         run.devices,
-        runtime_report(run, backend),
+        {**runtime_report(run, backend), **({"command": invocation} if invocation else {})},
     )
     if not place.main:
         return report
