@@ -1,5 +1,5 @@
-"""The ``vitrain`` command line: ``train``, ``pretrain``, ``eval``, ``predict``, ``export``, ``bench``, ``models``
-and ``recipes``.
+"""The ``vitrain`` command line: ``train``, ``pretrain``, ``eval``, ``predict``, ``export``, ``card``, ``push``,
+``serve``, ``bench``, ``models`` and ``recipes``.
 
 ``parser.py`` builds the parser (the ``train``/``pretrain`` options generated from
 :class:`~vitrain.config.TrainConfig`); ``tools.py`` runs the commands other than training.
@@ -72,7 +72,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ..data.archive import ArchiveError
     from ..data.images import ImageReadError
     from ..data.sources import SKIP_BAD_IMAGES_HINT, DataError
+    from ..engine.card import CardError
     from ..engine.export import ExportError
+    from ..engine.push import PushError
 
     if args.command not in ("train", "pretrain"):
         try:
@@ -84,6 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             ImageReadError,
             CheckpointError,
             ExportError,
+            CardError,
+            PushError,
             ValueError,
         ) as err:
             print(f"vitrain: error: {err}", file=sys.stderr)

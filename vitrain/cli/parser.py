@@ -12,6 +12,7 @@ from ..config.option import format_value
 from ..config.train import FINE_TUNING, RUNNING
 
 S = argparse.SUPPRESS  # only options given on the command line reach the config
+LICENSE_HELP = "the license the model card names (its YAML header's license), e.g. mit, apache-2.0, cc-by-4.0"
 
 
 def _flag_help(opt: Option, default: Any) -> str:
@@ -96,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_tool_parsers(sub: argparse._SubParsersAction) -> None:
-    """bench, eval, predict and export: plain flags, with their defaults in the parser."""
+    """bench, eval, predict, export, card, push and serve: plain flags, with their defaults in the parser."""
     bench = sub.add_parser(
         "bench",
         help="training/inference throughput vs timm and torchvision (needs timm)",
@@ -174,12 +175,66 @@ def _add_tool_parsers(sub: argparse._SubParsersAction) -> None:
 
     ex = sub.add_parser(
         "export",
-        help="export a checkpoint to ONNX or TorchScript",
-        description="Dynamic batch dimension, preprocessing in the metadata, parity checked.",
+        help="export a checkpoint to ONNX, TorchScript, Hugging Face transformers or timm",
+        description="onnx and torchscript: one file with a dynamic batch dimension and the preprocessing in its "
+        "metadata. hf and timm: a folder that transformers (ViTForImageClassification, ViTImageProcessor) or timm "
+        "loads, with a model card (README.md). Every export is loaded back and checked against vitrain's logits.",
     )
     ex.add_argument("checkpoint", help="a .safetensors checkpoint or a run folder (its best.safetensors)")
-    ex.add_argument("--format", choices=["onnx", "torchscript"], required=True, help="the file format to write")
-    ex.add_argument("--out", help="output file (default beside the checkpoint)")
+    ex.add_argument("--format", choices=["onnx", "torchscript", "hf", "timm"], required=True, help="what to write")
+    ex.add_argument(
+        "--out",
+        help="output file (onnx, torchscript; default beside the checkpoint) or folder (hf, timm; "
+        "default RUN/export-FORMAT)",
+    )
+    ex.add_argument("--license", help=LICENSE_HELP)
+    _add_share_parsers(sub)
+
+
+def _add_share_parsers(sub: argparse._SubParsersAction) -> None:
+    """card, push and serve: describing, publishing and showing a run."""
+    card = sub.add_parser(
+        "card",
+        help="write a run's model card (README.md in the Hugging Face Hub's form)",
+        description="Data, splits, test accuracy, per-class results, the leak check, the command and the "
+        "report's warnings as limitations, under a YAML header the Hub reads.",
+    )
+    card.add_argument("run", help="a run folder (with report.json)")
+    card.add_argument("--out", help="the file to write (default RUN/README.md)")
+    card.add_argument("--license", help=LICENSE_HELP)
+    card.add_argument(
+        "--format", choices=["vitrain", "hf", "timm"], default="vitrain", help="which export the card describes"
+    )
+
+    push = sub.add_parser(
+        "push",
+        help="upload a run's export and model card to the Hugging Face Hub",
+        description="Exports the run (--format hf or timm) with its model card into a temporary folder and "
+        "uploads it with huggingface_hub (a token from `hf auth login` or HF_TOKEN).",
+    )
+    push.add_argument("run", help="a run folder (with report.json)")
+    push.add_argument("--repo", required=True, help="the Hub repository, USER/NAME (created if missing)")
+    push.add_argument("--format", choices=["hf", "timm"], default="hf", help="which export to upload (hf)")
+    push.add_argument("--license", help=LICENSE_HELP)
+    push.add_argument("--private", action="store_true", help="create the repository as private")
+
+    serve = sub.add_parser(
+        "serve",
+        help="a local web app: classify images with a run's model, see its report (needs vitrain[serve])",
+        description="Gradio app with two tabs: classify an image (top classes, attention rollout, time) and "
+        "the run (curves, confusion matrix, per-class table, the test images it got wrong, notes, config).",
+    )
+    serve.add_argument("run", help="a run folder")
+    serve.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (127.0.0.1: this machine only; 0.0.0.0: every network, with a warning)",
+    )
+    serve.add_argument("--port", type=int, default=7860, help="(7860)")
+    serve.add_argument("--top-k", type=int, default=5, help="classes shown per image (5)")
+    serve.add_argument("--max-upload-mb", type=float, default=10, help="largest upload accepted, in MB (10)")
+    serve.add_argument("--device", default="cpu", help="cpu (default), auto, cuda or cuda:N")
+    serve.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="fp32", help="as for predict (fp32)")
 
 
 def _add_running_arguments(p: argparse.ArgumentParser, data: bool) -> None:

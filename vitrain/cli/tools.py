@@ -1,4 +1,5 @@
-"""The commands that work from a checkpoint or list things: eval, predict, export, bench, models, recipes."""
+"""The commands that work from a checkpoint or list things: eval, predict, export, card, push, serve, bench,
+models, recipes."""
 
 from __future__ import annotations
 
@@ -33,14 +34,31 @@ def models_table() -> str:
 
 
 def run_tool(args: argparse.Namespace) -> int:
-    """eval, predict, export (everything after training, from a checkpoint alone) and bench."""
+    """eval, predict, export, card, push, serve (everything after training, from a run or checkpoint) and bench."""
     if args.command == "bench":
         return _bench(args)
     if args.command == "export":
         from ..engine.export import export_model
 
-        export_model(args.checkpoint, args.format, args.out)
+        export_model(args.checkpoint, args.format, args.out, license=args.license)
         return 0
+    if args.command == "card":
+        from ..engine.card import model_card, read_run, write_card
+
+        folder, _ = read_run(args.run)
+        fmt = None if args.format == "vitrain" else args.format
+        written = write_card(
+            Path(args.out) if args.out else folder / "README.md", model_card(folder, fmt, args.license)
+        )
+        print(f"model card: {written}")
+        return 0
+    if args.command == "push":
+        from ..engine.push import push_run
+
+        push_run(args.run, args.repo, fmt=args.format, license=args.license, private=args.private)
+        return 0
+    if args.command == "serve":
+        return _serve(args)
     from .. import api
 
     if args.command == "eval":
@@ -105,6 +123,35 @@ def _print_predictions(args: argparse.Namespace, result) -> int:
     if result.failed:
         print(f"vitrain: {len(result.failed)} input(s) failed", file=sys.stderr)
         return 1
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    """``vitrain serve``: the web app, until Ctrl-C."""
+    from ..checkpoint import resolve_checkpoint_path
+    from ..engine.device import resolve_device
+
+    resolve_checkpoint_path(args.run)  # a clear error before the web framework loads
+    if not 1 <= args.port <= 65535:
+        raise ConfigError(f"--port must be between 1 and 65535, got {args.port}")
+    if args.top_k < 1 or args.max_upload_mb <= 0:
+        raise ConfigError("--top-k must be at least 1 and --max-upload-mb positive")
+    try:
+        from ..serve.app import serve
+    except ImportError as err:
+        raise ConfigError(f"vitrain serve needs Gradio ({err.name} is missing): pip install 'vitrain[serve]'") from None
+    try:
+        serve(
+            args.run,
+            host=args.host,
+            port=args.port,
+            top_k=args.top_k,
+            max_upload_mb=args.max_upload_mb,
+            device=resolve_device(args.device),
+            precision=args.precision,
+        )
+    except KeyboardInterrupt:
+        print("vitrain serve: stopped")
     return 0
 
 

@@ -1,4 +1,5 @@
-"""``vitrain export``: ONNX or TorchScript with a dynamic batch, preprocessing in the metadata, parity checked."""
+"""``vitrain export``: ONNX or TorchScript with a dynamic batch and the preprocessing in the metadata, or a
+Hugging Face / timm folder (:mod:`.hub_export`); every export is parity checked and gets a model card."""
 
 from __future__ import annotations
 
@@ -11,8 +12,11 @@ import torch
 
 from ..checkpoint import load_model, resolve_checkpoint_path
 from ..data.transforms import eval_decode_side_for
+from .card import CardError, model_card, write_card
+from .hub_export import FOLDER_FORMATS, FolderExportError, export_folder
 
-FORMATS = ("onnx", "torchscript")
+FILE_FORMATS = ("onnx", "torchscript")
+FORMATS = FILE_FORMATS + FOLDER_FORMATS
 PARITY_TOLERANCE = 1e-3
 
 
@@ -81,15 +85,46 @@ def _run_onnx(path: Path, batch: np.ndarray) -> tuple[np.ndarray, str]:
         return ReferenceEvaluator(str(path)).run(None, {"images": batch})[0], "onnx reference evaluator"
 
 
-def export_model(source: str | Path, fmt: str, out: str | Path | None = None, log=print) -> tuple[Path, float]:
-    """Export a checkpoint; returns the file and the max abs logit difference against PyTorch.
+def _card_for(checkpoint: Path, fmt: str | None, license: str | None, log) -> str | None:
+    """The model card of the run the checkpoint belongs to, or None (with a note) when it has no report."""
+    try:
+        return model_card(checkpoint.parent, fmt, license=license)
+    except CardError as err:
+        log(f"note: no model card written ({err})")
+        return None
 
-    The parity check runs a random batch of a different size than the one traced, so the
-    dynamic batch dimension is checked too.
+
+def export_model(
+    source: str | Path, fmt: str, out: str | Path | None = None, log=print, license: str | None = None
+) -> tuple[Path, float]:
+    """Export a checkpoint; returns what was written and the max abs logit difference against PyTorch.
+
+    ``onnx`` and ``torchscript`` write a file (the parity check runs a random batch of a different
+    size than the one traced, so the dynamic batch dimension is checked too) and refresh the model
+    card (README.md) beside it; ``hf`` and ``timm`` write a folder with the card inside.
     """
     if fmt not in FORMATS:
         raise ExportError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     checkpoint = resolve_checkpoint_path(source)
+    if fmt in FOLDER_FORMATS:
+        target = Path(out) if out else checkpoint.parent / f"export-{fmt}"
+        card = _card_for(checkpoint, fmt, license, log)
+        try:
+            return export_folder(load_model(checkpoint), fmt, target, card=card, log=log, source=str(checkpoint))
+        except FolderExportError as err:
+            raise ExportError(str(err)) from None
+    written, diff = _export_file(checkpoint, fmt, out, log)
+    card = _card_for(checkpoint, None, license, log)
+    if card is not None:
+        try:
+            log(f"model card: {write_card(written.parent / 'README.md', card)}")
+        except CardError as err:
+            log(f"note: model card not written: {err}")
+    return written, diff
+
+
+def _export_file(checkpoint: Path, fmt: str, out: str | Path | None, log) -> tuple[Path, float]:
+    """ONNX or TorchScript: the file and its parity with PyTorch."""
     model = load_model(checkpoint)
     cfg = model.config
     out = Path(out) if out else checkpoint.with_suffix(".onnx" if fmt == "onnx" else ".torchscript.pt")
@@ -113,7 +148,9 @@ def export_model(source: str | Path, fmt: str, out: str | Path | None = None, lo
             warnings.simplefilter("ignore")
             traced = torch.jit.trace(model, example)
         traced.save(str(out), _extra_files={"vitrain.json": json.dumps(metadata)})
-        got, runtime = torch.jit.load(str(out))(check).detach().numpy(), "torch.jit.load"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.jit's deprecation notice, about the format itself
+            got, runtime = torch.jit.load(str(out))(check).detach().numpy(), "torch.jit.load"
     diff = float(np.abs(got - expected).max())
     log(f"exported {checkpoint} -> {out} ({fmt}); parity on a batch of 3 via {runtime}: max abs diff {diff:.2e}")
     if not diff <= PARITY_TOLERANCE:

@@ -173,6 +173,32 @@ def from_huggingface(state_dict: StateDict) -> StateDict:
     return out
 
 
+def to_huggingface(state_dict: StateDict, hf_keys) -> StateDict:
+    """vitrain's weights under the names of a ``transformers`` ViT whose state dict has ``hf_keys``.
+
+    The inverse of :func:`from_huggingface` for whichever naming the installed ``transformers``
+    uses (``encoder.layer.N`` or ``layers.N``): the fused q|k|v projection is split in three.
+    """
+    out: StateDict = {}
+    block = re.compile(r"^(?:encoder\.layer|layers)\.(\d+)\.(.+)\.(weight|bias)$")
+    for key in hf_keys:
+        name = re.sub(r"^(vit|deit)\.", "", key)
+        match = block.match(name)
+        if match:
+            index, part, kind = match.groups()
+            if part in _HF_QKV:
+                qkv = state_dict[f"blocks.{index}.attn.qkv.{kind}"]
+                out[key] = qkv.chunk(3)["qkv".index(_HF_QKV[part])]
+                continue
+            ours = f"blocks.{index}.{_HF_BLOCK[part]}.{kind}" if part in _HF_BLOCK else None
+        else:
+            ours = _rename(name, _HF_TOP)
+        if ours is None or ours not in state_dict:
+            raise KeyError(f"no vitrain weight for the Hugging Face ViT key {key!r}")
+        out[key] = state_dict[ours]
+    return out
+
+
 CONVERTERS = {"timm": from_timm, "vitrain": dict, "torchvision": from_torchvision, "huggingface": from_huggingface}
 
 
