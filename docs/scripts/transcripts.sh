@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Regenerates the command outputs quoted in README.md and the docs (getting started, the
 # guides' transcripts), on this machine, into runs/transcripts/*.txt. Run from the
-# repository root with the venv active; it takes about 8 minutes on 2 CPU cores and needs
+# repository root with the venv active; it takes about 11 minutes on 2 CPU cores and needs
 # ../shared/datasets for the folder examples. The quoted outputs name the machine and commit.
 set -euo pipefail
 out=runs/transcripts
 data=../shared/datasets
 rm -rf "$out" runs/digits runs/digits-budget runs/flowers runs/mri-from-flowers runs/digits-ddp \
-  runs/imbalanced runs/imbalanced-flowers predictions digits-png && mkdir -p "$out"
+  runs/imbalanced runs/imbalanced-flowers runs/flowers-patch predictions digits-png && mkdir -p "$out"
 say() { echo "\$ $*" | tee "$out/$name.txt"; "$@" 2>&1 | tee -a "$out/$name.txt"; }
 { lscpu | grep -E "Model name|^CPU\(s\)|Flags"; git rev-parse --short HEAD; date -u +%F; } > "$out/machine.txt"
 
@@ -47,3 +47,10 @@ PY
 name=imbalanced  say vitrain train --data runs/imbalanced-flowers --model vit-mini4 --img-size 32 --epochs 3 --no-progress --out runs/imbalanced
 name=models      say vitrain models
 name=recipes     say vitrain recipes
+# sharing a model: a patch-stem model (transformers and timm have no convolutional stem)
+name=share-train say vitrain train --data $data/flowers17.tar --recipe folder-best --stem patch --time-budget 2 --no-progress --out runs/flowers-patch
+name=export-hf   say vitrain export runs/flowers-patch --format hf --license mit
+name=export-timm say vitrain export runs/flowers-patch --format timm --license mit
+name=export-refused say vitrain export runs/flowers --format hf || true
+name=card        say vitrain card runs/flowers-patch --license mit
+name=hf-pipeline say python docs/scripts/hf_parity.py runs/flowers-patch
