@@ -70,6 +70,19 @@ def test_card_never_replaces_a_readme_it_did_not_write(trained, tmp_path, capsys
     assert (copy / "README.md").read_text() == "my own notes"
     assert main(["card", str(tmp_path)]) == 2  # no report.json
     assert "no report.json" in capsys.readouterr().err
+    assert main(["card", str(tmp_path / "typo")]) == 2
+    assert f"{tmp_path / 'typo'}: no such run folder" in capsys.readouterr().err
+
+
+def test_card_tables_keep_their_shape_with_odd_class_names(trained, tmp_path):
+    run, _ = trained
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    report = json.loads((copy / "report.json").read_text())
+    report["classes"] = ["cat | kitten", "dog", "fox"]
+    (copy / "report.json").write_text(json.dumps(report))
+    assert main(["card", str(copy)]) == 0
+    assert "| cat \\| kitten | " in (copy / "README.md").read_text()
 
 
 class _FakeHub:
@@ -84,11 +97,11 @@ class _FakeHub:
         self.calls.append(("create_repo", repo_id, repo_type, private, exist_ok, self.token))
         return f"https://huggingface.co/{repo_id}"
 
-    def upload_folder(self, folder_path, repo_id, repo_type, commit_message):
+    def upload_folder(self, folder_path, repo_id, repo_type, commit_message, delete_patterns):
         from pathlib import Path
 
         files = {p.name: p.read_bytes() for p in Path(folder_path).iterdir()}
-        self.calls.append(("upload_folder", repo_id, repo_type, commit_message, files))
+        self.calls.append(("upload_folder", repo_id, repo_type, commit_message, files, delete_patterns))
 
 
 def test_push_exports_writes_the_card_and_uploads_that_folder(trained, monkeypatch, capsys):
@@ -110,6 +123,25 @@ def test_push_exports_writes_the_card_and_uploads_that_folder(trained, monkeypat
     assert _front_matter(card)["license"] == "mit"
     assert 'model="someone/pets-vit"' in card
     assert "accuracy" in upload[3]
+    assert "*.json" in upload[5] and "*.safetensors" in upload[5]  # an earlier push of the other format goes
+
+
+def test_push_of_a_model_the_format_cannot_express_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    import huggingface_hub
+
+    from .conftest import TINY_MODEL
+
+    out = tmp_path / "run"
+    args = ["train", "--out", str(out), "--epochs", "1", "--no-progress", "--compile", "off", "--stem", "conv"]
+    for key, value in {**TINY_MODEL, "img_size": 8, "patch_size": 2}.items():
+        args += [f"--{key.replace('_', '-')}", str(value)]
+    assert main(args) == 0
+    _FakeHub.calls = []
+    monkeypatch.setattr(huggingface_hub, "HfApi", _FakeHub)
+    monkeypatch.setenv("HF_TOKEN", "hf_x")
+    capsys.readouterr()
+    assert main(["push", str(out), "--repo", "someone/digits"]) == 2
+    assert "convolutional stem" in capsys.readouterr().err and _FakeHub.calls == []
 
 
 @pytest.mark.parametrize(

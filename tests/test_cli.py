@@ -31,6 +31,16 @@ def test_existing_run_is_not_overwritten_by_accident(flat_folder, tmp_path, tiny
     assert (run / "my-notes.txt").read_text() == "keep me"  # only vitrain's own files are replaced
 
 
+def test_overwrite_clears_the_old_runs_examples(tmp_path):
+    from vitrain.engine.rundir import start_run_dir
+
+    (tmp_path / "examples").mkdir()
+    (tmp_path / "examples" / "test-00001.png").write_bytes(b"old")
+    (tmp_path / "notes.txt").write_text("keep me")
+    start_run_dir(tmp_path)
+    assert not (tmp_path / "examples").exists() and (tmp_path / "notes.txt").read_text() == "keep me"
+
+
 @pytest.mark.parametrize(
     "flags, message",
     [

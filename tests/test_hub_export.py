@@ -85,6 +85,7 @@ def test_rgb_model_in_transformers_and_timm_with_equal_logits(trained, tmp_path,
         assert torch.allclose(loaded(batch), model(batch), atol=1e-5)
         local = timm.create_model(f"local-dir:{tmp_path / 'timm'}", pretrained=True).eval()
         assert torch.allclose(local(batch), model(batch), atol=1e-5)
+    assert local.pretrained_cfg["label_names"] == ["cat", "dog", "fox"]
 
     assert main(["export", str(run), "--format", "hf", "--out", str(tmp_path / "hf")]) == 0
     files = sorted((data / "cat").glob("*.png"))[:3]
@@ -124,7 +125,7 @@ def test_average_pooling_goes_to_timm_but_not_transformers(tmp_path, capsys):
     assert "average pooling" in capsys.readouterr().err
 
 
-def test_export_never_replaces_a_folder_holding_other_files(trained, tmp_path, capsys):
+def test_export_never_replaces_a_folder_holding_other_files(trained, tmp_path, capsys, monkeypatch):
     run, _ = trained
     target = tmp_path / "mine"
     target.mkdir()
@@ -132,6 +133,17 @@ def test_export_never_replaces_a_folder_holding_other_files(trained, tmp_path, c
     assert main(["export", str(run), "--format", "timm", "--out", str(target)]) == 2
     assert "notes.txt" in capsys.readouterr().err
     assert (target / "notes.txt").read_text() == "keep me"
+    theirs = tmp_path / "their-model"  # a model folder of another tool: an export's names, not vitrain's
+    theirs.mkdir()
+    (theirs / "README.md").write_text("my model")
+    (theirs / "config.json").write_text('{"model_type": "vit"}')
+    assert main(["export", str(run), "--format", "hf", "--out", str(theirs)]) == 2
+    assert "an export of another tool" in capsys.readouterr().err
+    assert (theirs / "README.md").read_text() == "my model"
+    monkeypatch.chdir(tmp_path)
+    for here in (".", "..", str(tmp_path)):
+        assert main(["export", str(run), "--format", "timm", "--out", here]) == 2
+        assert "give a folder of its own" in capsys.readouterr().err
     # an earlier export in the same place is replaced
     again = tmp_path / "again"
     assert main(["export", str(run), "--format", "timm", "--out", str(again)]) == 0

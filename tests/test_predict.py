@@ -164,3 +164,29 @@ def test_run_folder_examples_are_test_images_with_the_reports_answers(trained, t
     result = vitrain.predict(run, [str(run / "examples" / r["file"]) for r in rows], top_k=1, out=tmp_path)
     assert [p.label for p in result.predictions] == [r["predicted_label"] for r in rows]
     assert [p.path.suffix for p in result.predictions] == [".png"] * len(rows)  # the files' own bytes
+
+
+def test_examples_pick_per_class_then_mistakes_and_keep_the_files_bytes(tmp_path):
+    import filecmp
+
+    from vitrain.data.datasets import FileImageDataset
+    from vitrain.engine.final import pick_examples, write_examples
+
+    targets = [0] * 5 + [1] * 5 + [2] * 100
+    predictions = [0, 1, 0, 0, 0] + [1] * 5 + [0] * 100  # one mistake in class 0, every class-2 image wrong
+    picked = pick_examples(targets, predictions, 3)
+    assert picked[:4] == [0, 1, 5, 6] and len(picked) == 2 * 3 + 48  # 1 is both a first and a mistake
+    paths = []
+    for i in range(4):
+        Image.new("RGB", (30, 20), (i * 60, 0, 0)).save(tmp_path / f"{i}.jpg", quality=70)
+        paths.append(tmp_path / f"{i}.jpg")
+    dataset = FileImageDataset(paths, [0, 0, 1, 1], 3)
+    (tmp_path / "run").mkdir()
+    folder = write_examples(dataset, "test", [0, 0, 1, 1], [0, 1, 1, 1], ["a", "b"], tmp_path / "run")
+    rows = _read_csv(folder / "index.csv")
+    assert [r["file"] for r in rows] == ["test-00000.jpg", "test-00001.jpg", "test-00002.jpg", "test-00003.jpg"]
+    assert [r["correct"] for r in rows] == ["true", "false", "true", "true"]
+    assert all(filecmp.cmp(paths[i], folder / rows[i]["file"], shallow=False) for i in range(4))
+    (folder / "stale.png").write_bytes(b"old")  # a second write replaces the folder whole
+    write_examples(dataset, "val", [0, 0, 1, 1], [0, 0, 1, 1], ["a", "b"], tmp_path / "run")
+    assert not (folder / "stale.png").exists() and not list((tmp_path / "run").glob(".*.tmp"))

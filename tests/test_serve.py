@@ -53,7 +53,7 @@ def _get(url: str) -> int:
 
 
 @pytest.fixture(scope="module")
-def served(trained):
+def served(trained, tmp_path_factory):
     """``vitrain serve`` in its own process on a free loopback port: (url, run folder).
 
     ``$VITRAIN_SERVE_RUN`` serves another run folder (the docs' screenshots come from a real run).
@@ -61,7 +61,9 @@ def served(trained):
     run = Path(os.environ.get("VITRAIN_SERVE_RUN") or trained[0])
     port = free_port()
     command = [sys.executable, "-m", "vitrain", "serve", str(run), "--port", str(port)]
-    process = subprocess.Popen(command + ["--max-upload-mb", str(UPLOAD_LIMIT_MB)], stderr=subprocess.PIPE, text=True)
+    log = tmp_path_factory.mktemp("serve") / "serve.log"  # a file, not a pipe: the server never waits on it
+    with open(log, "w") as output:
+        process = subprocess.Popen(command + ["--max-upload-mb", str(UPLOAD_LIMIT_MB)], stdout=output, stderr=output)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 90
     while True:
@@ -72,7 +74,7 @@ def served(trained):
             pass
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
-            pytest.fail(f"vitrain serve did not start: {process.stderr.read()}")
+            pytest.fail(f"vitrain serve did not start: {log.read_text()}")
         time.sleep(0.5)
     yield url, run
     process.terminate()
@@ -84,8 +86,12 @@ def test_the_app_serves_its_examples_and_plots_and_nothing_else(served):
     example = next((run / "examples").glob("*.png"))
     assert _get(f"{url}gradio_api/file={example}") == 200
     assert _get(f"{url}gradio_api/file={run / 'confusion_matrix.png'}") == 200
-    for path in (run / "best.safetensors", run / "config.yaml", Path("/etc/passwd"), Path(__file__)):
+    refused = [run / n for n in ("best.safetensors", "last.safetensors", "config.yaml", "report.json")]
+    refused += [run / "examples" / ".." / "best.safetensors", Path("/etc/passwd"), Path(__file__)]
+    for path in refused:
         assert _get(f"{url}gradio_api/file={path}") == 403, path
+    encoded = str(run / "examples" / "%2e%2e" / "best.safetensors")
+    assert _get(f"{url}gradio_api/file={encoded}") in (403, 404)
 
 
 def test_classifier_gives_predicts_answer(trained, tmp_path):
@@ -100,23 +106,47 @@ def test_classifier_gives_predicts_answer(trained, tmp_path):
     assert found["overlay"].size == (240, 240)  # the 20 px image enlarged 12x (to >= 224 px), the rollout over it
 
 
-def test_listening_beyond_this_machine_warns(trained):
+def test_listening_beyond_this_machine_warns(trained, monkeypatch):
+    import gradio as gr
+
     from vitrain.serve.app import is_loopback, serve
 
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.20")
+    launched = {}
+    monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kwargs: launched.update(kwargs))
     said = []
-    app = serve(trained[0], host="0.0.0.0", port=free_port(), block=False, log=said.append)
-    app.close()
+    serve(trained[0], host="0.0.0.0", port=7860, block=False, log=said.append)
     assert said[0].startswith("warning: listening on 0.0.0.0: anyone who can reach this machine")
+    assert launched["server_name"] == "0.0.0.0" and launched["share"] is False
+    assert all(Path(p).parent == trained[0].resolve() or Path(p).name == "examples" for p in launched["allowed_paths"])
+
+
+def test_a_run_without_examples_or_report_still_serves(trained, tmp_path):
+    from vitrain.serve.app import build_app
+
+    run = tmp_path / "bare"
+    run.mkdir()
+    shutil.copy(trained[0] / "best.safetensors", run / "best.safetensors")
+    build_app(run).close()
+    (run / "report.json").write_text("{not json")
+    with pytest.raises(ValueError, match="report.json: not valid JSON"):
+        build_app(run)
 
 
 def test_serve_refuses_a_folder_without_a_model_and_bad_options(tmp_path, capsys):
     assert main(["serve", str(tmp_path)]) == 2
     assert "without best.safetensors or last.safetensors" in capsys.readouterr().err
     (tmp_path / "last.safetensors").write_bytes(b"")
-    assert main(["serve", str(tmp_path), "--port", "70000"]) == 2
-    assert "--port must be between 1 and 65535" in capsys.readouterr().err
+    assert main(["serve", str(tmp_path / "last.safetensors")]) == 2
+    assert "vitrain serve takes a run folder" in capsys.readouterr().err
+    for flags, message in (
+        (["--port", "70000"], "--port must be between 1 and 65535, got 70000"),
+        (["--top-k", "0"], "--top-k must be at least 1, got 0"),
+        (["--max-upload-mb", "0"], "--max-upload-mb must be positive, got 0"),
+    ):
+        assert main(["serve", str(tmp_path), *flags]) == 2
+        assert message in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------ in a real browser
@@ -182,6 +212,25 @@ def test_run_tab_shows_curves_table_mistakes_notes_and_config(page, served):
     assert "seed:" in page.locator("body").inner_text()  # config.yaml
     page.wait_for_timeout(500)  # the plots finish drawing
     _screenshot(page, "serve-run.png")
+
+
+def test_an_rgba_upload_is_read_as_predict_reads_it(page, served, tmp_path):
+    """The app classifies the uploaded file itself (Gradio does not convert it): a PNG with transparency
+    gets predict's answer, whose reading composites it on white."""
+    _, run = served
+    source = next((run / "examples").glob("*.png"), None) or next((run / "examples").glob("*.jp*g"))
+    with Image.open(source) as img:
+        rgba = img.convert("RGBA")
+    alpha = np.full(rgba.size[::-1], 255, dtype=np.uint8)
+    alpha[: alpha.shape[0] // 2] = 60
+    rgba.putalpha(Image.fromarray(alpha))
+    rgba.save(tmp_path / "see-through.png")
+    page.locator("#input-image input[type=file]").set_input_files(str(tmp_path / "see-through.png"))
+    page.wait_for_function("document.querySelector('#summary').innerText.includes('probability')", timeout=60_000)
+    shown = re.fullmatch(r"(.+) with probability ([0-9.]+), in \d+ ms on cpu", page.locator("#summary").inner_text())
+    assert main(["predict", str(run), str(tmp_path / "see-through.png"), "--out", str(tmp_path / "pred")]) == 0
+    expected = _read_csv(tmp_path / "pred" / "predictions.csv")[0]
+    assert shown.group(1) == expected["label"] and abs(float(shown.group(2)) - float(expected["probability"])) < 5e-5
 
 
 def test_uploads_that_are_not_images_or_too_big_are_refused_with_a_message(page, tmp_path):

@@ -131,27 +131,31 @@ def _serve(args: argparse.Namespace) -> int:
     from ..checkpoint import resolve_checkpoint_path
     from ..engine.device import resolve_device
 
-    resolve_checkpoint_path(args.run)  # a clear error before the web framework loads
+    run = Path(args.run).expanduser()
+    if run.is_file():
+        raise ConfigError(f"{run}: vitrain serve takes a run folder (the one holding it: {run.parent})")
+    if run.is_dir() and (run / "backbone.safetensors").is_file() and not (run / "last.safetensors").is_file():
+        raise ConfigError(f"{run} is a pretraining run (vitrain pretrain): train a classifier from it with --init")
+    resolve_checkpoint_path(run)  # a clear error before the web framework loads
     if not 1 <= args.port <= 65535:
         raise ConfigError(f"--port must be between 1 and 65535, got {args.port}")
-    if args.top_k < 1 or args.max_upload_mb <= 0:
-        raise ConfigError("--top-k must be at least 1 and --max-upload-mb positive")
+    if args.top_k < 1:
+        raise ConfigError(f"--top-k must be at least 1, got {args.top_k}")
+    if args.max_upload_mb <= 0:
+        raise ConfigError(f"--max-upload-mb must be positive, got {args.max_upload_mb:g}")
     try:
         from ..serve.app import serve
     except ImportError as err:
         raise ConfigError(f"vitrain serve needs Gradio ({err.name} is missing): pip install 'vitrain[serve]'") from None
-    try:
-        serve(
-            args.run,
-            host=args.host,
-            port=args.port,
-            top_k=args.top_k,
-            max_upload_mb=args.max_upload_mb,
-            device=resolve_device(args.device),
-            precision=args.precision,
-        )
-    except KeyboardInterrupt:
-        print("vitrain serve: stopped")
+    serve(
+        run,
+        host=args.host,
+        port=args.port,
+        top_k=args.top_k,
+        max_upload_mb=args.max_upload_mb,
+        device=resolve_device(args.device),
+        precision=args.precision,
+    )
     return 0
 
 

@@ -1,8 +1,8 @@
 """A run's model card: README.md in the Hugging Face Hub's form (a YAML header, then Markdown).
 
 Everything in it comes from the run folder: ``report.json`` (data, splits, scores, per-class
-results, the leak check, the command), the checkpoint's metadata (architecture,
-preprocessing) and ``config.yaml``. The report's warnings become the card's limitations.
+results, the leak check, the command) and the checkpoint's metadata (architecture,
+preprocessing). The report's warnings become the card's limitations.
 """
 
 from __future__ import annotations
@@ -36,12 +36,15 @@ class CardError(ValueError):
 def read_run(run: str | Path) -> tuple[Path, dict[str, Any]]:
     """(run folder, its report.json) for a run folder or a checkpoint inside one."""
     path = Path(run).expanduser()
+    if not path.exists():
+        raise CardError(f"{path}: no such run folder")
     folder = path if path.is_dir() else path.parent
     report = folder / "report.json"
     if not report.is_file():
-        raise CardError(f"{folder}: no report.json (a model card describes a finished training run)")
+        kind = "a pretraining run" if (folder / "backbone.safetensors").is_file() else "not a finished training run"
+        raise CardError(f"{folder}: no report.json ({kind}; a model card describes a finished training run)")
     try:
-        return folder, json.loads(report.read_text())
+        return folder, json.loads(report.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise CardError(f"{report}: not valid JSON ({err})") from None
 
@@ -82,8 +85,8 @@ def limitations(report: dict[str, Any]) -> list[str]:
         )
     low, high = interval(test["accuracy"], test["images"])
     found.append(
-        f"The test accuracy was measured on {test['images']:,} images; its 95% confidence interval is "
-        f"{low:.1%} to {high:.1%}."
+        f"The {test.get('split', 'test')} accuracy was measured on {test['images']:,} images; its 95% confidence "
+        f"interval is {low:.1%} to {high:.1%}."
     )
     leakage = report.get("leakage") or {}
     for split in ("val", "test"):
@@ -140,7 +143,12 @@ def _header(report: dict[str, Any], name: str, fmt: str | None, license: str | N
     return "---\n" + yaml.safe_dump(header, sort_keys=False, allow_unicode=True) + "---\n"
 
 
-def _usage(fmt: str | None, repo: str | None, name: str) -> str:
+def _cell(text: str) -> str:
+    """Text for a Markdown table cell (a class name may hold a ``|``)."""
+    return str(text).replace("|", "\\|")
+
+
+def _usage(fmt: str | None, repo: str | None, name: str, channels: int = 3) -> str:
     where = repo or f"path/to/{name}"
     if fmt == "hf":
         return (
@@ -154,7 +162,9 @@ def _usage(fmt: str | None, repo: str | None, name: str) -> str:
             "```python\nimport timm\nfrom timm.data import create_transform, resolve_data_config\n\n"
             f'model = timm.create_model("{source}", pretrained=True).eval()\n'
             "transform = create_transform(**resolve_data_config({}, model=model))\n"
-            'labels = model.pretrained_cfg["label_names"]\n```\n'
+            'labels = model.pretrained_cfg["label_names"]\n'
+            + ('# a grayscale model: open images with PIL.Image.open(path).convert("L")\n' if channels == 1 else "")
+            + "```\n"
         )
     return f"```bash\nvitrain predict {where} image.jpg\nvitrain eval {where} --data FOLDER\n```\n"
 
@@ -186,7 +196,7 @@ def model_card(run: str | Path, fmt: str | None = None, license: str | None = No
     extra = [f"balanced accuracy {test['balanced_accuracy']:.4f}"] if test.get("balanced_accuracy") else []
     extra += [f"top-5 {test['top5']:.4f}"] if test.get("top5") is not None else []
     extra += [f"validation accuracy {report['val']['accuracy']:.4f} at the best epoch ({report['best_epoch']})"]
-    lines += [f"({'; '.join(extra)}).", "", "## How to use", "", _usage(fmt, repo, name)]
+    lines += [f"({'; '.join(extra)}).", "", "## How to use", "", _usage(fmt, repo, name, cfg.in_chans)]
     crop = meta.get("crop_pct", 1.0)
     lines += [
         "Preprocessing: resize the shorter side to "
@@ -214,7 +224,7 @@ def model_card(run: str | Path, fmt: str | None = None, license: str | None = No
     lines += ["", "## Results per class", "", f"On the {test.get('split', 'test')} split.", ""]
     lines += ["| class | images | recall | precision |", "|---|---|---|---|"]
     for cls, support, recall, precision in per_class_rows(report):
-        lines.append(f"| {cls} | {support} | {_rate(recall)} | {_rate(precision)} |")
+        lines.append(f"| {_cell(cls)} | {support} | {_rate(recall)} | {_rate(precision)} |")
     leakage = report.get("leakage") or {}
     lines += ["", "## Leak check", ""]
     if leakage:
@@ -231,7 +241,12 @@ def model_card(run: str | Path, fmt: str | None = None, license: str | None = No
         lines.append("This run's report holds no leak check.")
     lines += ["", "## Training", ""]
     if report.get("command"):
-        lines += ["The command that trained it:", "", f"```bash\n{report['command']}\n```", ""]
+        lines += [
+            "The command that ran it (the last one, for a resumed run):",
+            "",
+            f"```bash\n{report['command']}\n```",
+            "",
+        ]
     lines += [
         "Every setting is in `config.yaml` of the run folder; "
         "`vitrain train --config config.yaml --out NEW_FOLDER` repeats it.",
@@ -258,14 +273,8 @@ def write_card(path: Path, text: str) -> Path:
     """Write the card, refusing to replace a README.md that vitrain did not write."""
     if path.is_dir():
         path = path / "README.md"
-    if path.exists() and MARK not in path.read_text(errors="replace"):
+    if path.exists() and MARK not in path.read_text(encoding="utf-8", errors="replace"):
         raise CardError(f"{path} exists and was not written by vitrain card; give another --out")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    path.write_text(text, encoding="utf-8")
     return path
-
-
-def config_yaml(folder: Path) -> str:
-    """The run's config.yaml, or a line saying there is none."""
-    path = folder / "config.yaml"
-    return path.read_text() if path.is_file() else "# no config.yaml in this run folder\n"

@@ -86,10 +86,16 @@ def _run_onnx(path: Path, batch: np.ndarray) -> tuple[np.ndarray, str]:
 
 
 def _card_for(checkpoint: Path, fmt: str | None, license: str | None, log) -> str | None:
-    """The model card of the run the checkpoint belongs to, or None (with a note) when it has no report."""
+    """The model card of the run the checkpoint belongs to, or None (with a note) when there is none to write:
+    a checkpoint outside a finished run folder, or not the run's best model, which the card describes."""
+    from ..checkpoint import CheckpointError
+
+    if resolve_checkpoint_path(checkpoint.parent) != checkpoint:
+        log(f"note: no model card written: it describes {checkpoint.parent / 'best.safetensors'}, not {checkpoint}")
+        return None
     try:
         return model_card(checkpoint.parent, fmt, license=license)
-    except CardError as err:
+    except (CardError, CheckpointError, KeyError, ValueError) as err:
         log(f"note: no model card written ({err})")
         return None
 
@@ -100,8 +106,9 @@ def export_model(
     """Export a checkpoint; returns what was written and the max abs logit difference against PyTorch.
 
     ``onnx`` and ``torchscript`` write a file (the parity check runs a random batch of a different
-    size than the one traced, so the dynamic batch dimension is checked too) and refresh the model
-    card (README.md) beside it; ``hf`` and ``timm`` write a folder with the card inside.
+    size than the one traced, so the dynamic batch dimension is checked too) and the model card
+    (README.md) beside it, unless one is there already (with ``license``, vitrain's own card is
+    written again); ``hf`` and ``timm`` write a folder with the card inside.
     """
     if fmt not in FORMATS:
         raise ExportError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
@@ -114,10 +121,14 @@ def export_model(
         except FolderExportError as err:
             raise ExportError(str(err)) from None
     written, diff = _export_file(checkpoint, fmt, out, log)
+    readme = written.parent / "README.md"
+    if readme.exists() and license is None:  # an earlier card (perhaps with its license) stays
+        log(f"model card: kept {readme} (vitrain card {checkpoint.parent} writes it again)")
+        return written, diff
     card = _card_for(checkpoint, None, license, log)
     if card is not None:
         try:
-            log(f"model card: {write_card(written.parent / 'README.md', card)}")
+            log(f"model card: {write_card(readme, card)}")
         except CardError as err:
             log(f"note: model card not written: {err}")
     return written, diff

@@ -1,9 +1,9 @@
-"""A run's final report: the best model on the test split, the plots, the samples, TensorBoard scalars."""
+"""A run's final report: the best model on the test split, the plots, the samples, the ``examples/`` folder,
+TensorBoard scalars."""
 
 from __future__ import annotations
 
 import csv
-import io
 import shutil
 import time
 from pathlib import Path
@@ -36,16 +36,15 @@ def write_samples(splits: DataSplits, targets, predictions, classes: list[str], 
     )
 
 
-EXAMPLES = "examples"  # the run folder's copies of test images, for `vitrain serve` and the model card
+EXAMPLES = "examples"  # the run folder's copies of test images, which `vitrain serve` shows
 
 
 def pick_examples(targets, predictions, num_classes: int, per_class: int = 2, max_wrong: int = 48) -> list[int]:
     """Indices to keep: the first ``per_class`` images of each class, then up to ``max_wrong`` misclassified ones."""
-    chosen: list[int] = []
-    for c in range(num_classes):
-        chosen += [i for i, t in enumerate(targets) if t == c][:per_class]
-    wrong = [i for i, (t, p) in enumerate(zip(targets, predictions)) if t != p and i not in set(chosen)]
-    return sorted(chosen + wrong[:max_wrong])
+    targets, predictions = np.asarray(targets), np.asarray(predictions)
+    chosen = {int(i) for c in range(num_classes) for i in np.flatnonzero(targets == c)[:per_class]}
+    wrong = [int(i) for i in np.flatnonzero(targets != predictions) if int(i) not in chosen]
+    return sorted(chosen | set(wrong[:max_wrong]))
 
 
 def write_examples(dataset, split: str, targets, predictions, classes: list[str], out: Path) -> Path:
@@ -53,31 +52,35 @@ def write_examples(dataset, split: str, targets, predictions, classes: list[str]
 
     Files keep their bytes (a JPEG stays the JPEG the model was scored on, so predicting it
     again gives the report's answer); images held in memory (digits, CIFAR) are saved as
-    lossless PNGs. The folder is rebuilt whole, beside the old one, then swapped in.
+    lossless PNGs. The folder is built beside the old one, then swapped in.
     """
     keep = pick_examples(targets, predictions, len(classes))
     paths = getattr(dataset, "paths", None)
     folder, staging = out / EXAMPLES, out / f".{EXAMPLES}.tmp"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    rows = []
-    for i in keep:
-        if paths is not None:
-            name = f"{split}-{i:05d}{Path(paths[i]).suffix.lower()}"
-            shutil.copyfile(paths[i], staging / name)
-        else:
-            name = f"{split}-{i:05d}.png"
-            array = np.asarray(dataset[i][0], dtype=np.uint8).transpose(1, 2, 0)
-            Image.fromarray(array[..., 0] if array.shape[2] == 1 else array).save(staging / name)
-        true, predicted = classes[int(targets[i])], classes[int(predictions[i])]
-        rows.append([name, split, i, true, predicted, str(true == predicted).lower()])
-    text = io.StringIO()
-    writer = csv.writer(text)
-    writer.writerow(["file", "split", "index", "true_label", "predicted_label", "correct"])
-    writer.writerows(rows)
-    (staging / "index.csv").write_text(text.getvalue())
-    shutil.rmtree(folder, ignore_errors=True)
-    staging.rename(folder)
+    try:
+        rows = []
+        for i in keep:
+            if paths is not None:
+                name = f"{split}-{i:05d}{Path(paths[i]).suffix.lower()}"
+                shutil.copyfile(paths[i], staging / name)
+            else:
+                name = f"{split}-{i:05d}.png"
+                array = np.asarray(dataset[i][0], dtype=np.uint8).transpose(1, 2, 0)
+                Image.fromarray(array[..., 0] if array.shape[2] == 1 else array).save(staging / name)
+            true, predicted = classes[int(targets[i])], classes[int(predictions[i])]
+            rows.append([name, split, i, true, predicted, str(true == predicted).lower()])
+        with open(staging / "index.csv", "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(["file", "split", "index", "true_label", "predicted_label", "correct"])
+            writer.writerows(rows)
+        if folder.is_symlink() or folder.is_file():
+            folder.unlink()
+        shutil.rmtree(folder, ignore_errors=True)
+        staging.rename(folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return folder
 
 
@@ -113,7 +116,10 @@ def final_report(
         write_samples(splits, val.targets, val.predictions, cfg.classes, out / "samples.png")
         plot_curves(history, out)
         held_out = splits.test if split == "test" else splits.val
-        write_examples(held_out, split, result.targets, result.predictions, cfg.classes, out)
+        try:
+            write_examples(held_out, split, result.targets, result.predictions, cfg.classes, out)
+        except OSError as err:  # an image moved away during training, a full disk: the report comes first
+            log(f"warning: examples/ not written ({err})")
         plot_confusion_matrix(
             matrix,
             cfg.classes,

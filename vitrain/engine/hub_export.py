@@ -16,6 +16,7 @@ refused with the reason, pointing to ``--format onnx``.
 
 from __future__ import annotations
 
+import json
 import shutil
 import warnings
 from contextlib import contextmanager
@@ -30,6 +31,7 @@ from ..models.vit import VisionTransformer
 FOLDER_FORMATS = ("hf", "timm")
 # what an export folder holds; a folder holding anything else is never replaced
 EXPORT_FILES = frozenset({"config.json", "model.safetensors", "preprocessor_config.json", "README.md"})
+STAMP = "vitrain_export"  # a key of the export's config.json: the folder is vitrain's to replace
 PARITY_TOLERANCE = 1e-4
 # Pillow's RGB -> L weights (ITU-R 601-2 luma): a grayscale model exported for RGB input weighs the
 # channels as vitrain's own reading of an RGB file as grayscale does
@@ -83,6 +85,7 @@ def _huggingface(model: VisionTransformer, folder: Path) -> Callable[[torch.Tens
         qkv_bias=True,
         id2label=dict(enumerate(classes)),
         label2id={name: i for i, name in enumerate(classes)},
+        **{STAMP: True},  # kept in config.json
     )
     hf_model = ViTForImageClassification(config).eval()
     state = model.state_dict()
@@ -146,7 +149,7 @@ def _timm(model: VisionTransformer, folder: Path) -> Callable[[torch.Tensor], to
         save_for_hf(
             timm_model,
             str(folder),
-            model_config={"label_names": list(model.meta["classes"])},
+            model_config={"label_names": list(model.meta["classes"]), STAMP: True},
             safe_serialization=True,
             data_config=data_config,
         )
@@ -170,16 +173,22 @@ def _quiet_progress_bars():
 
 
 def _replaceable(out: Path) -> None:
-    """Refuse an ``--out`` that holds anything an export does not write (it is never deleted)."""
-    if out.is_file():
+    """Refuse an ``--out`` that vitrain may not replace: anything but a new or empty folder, or an
+    earlier export (its config.json stamped by vitrain, nothing else in it but an export's files)."""
+    if out.resolve() in (Path.cwd().resolve(), *Path.cwd().resolve().parents) or out.name in ("", ".", ".."):
+        raise FolderExportError(f"--out {out}: give a folder of its own for the export (it is replaced whole)")
+    if out.exists() and not out.is_dir():
         raise FolderExportError(f"--out {out} is a file; an hf or timm export is a folder")
-    if out.is_dir():
-        foreign = sorted(p.name for p in out.iterdir() if p.name not in EXPORT_FILES)
-        if foreign:
-            raise FolderExportError(
-                f"--out {out} holds files an export does not write ({', '.join(foreign[:3])}); "
-                "choose an empty or new folder"
-            )
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in EXPORT_FILES)
+    try:
+        stamped = json.loads((out / "config.json").read_text(encoding="utf-8")).get(STAMP) is True
+    except (OSError, ValueError, AttributeError):
+        stamped = False
+    if foreign or not stamped:
+        what = f"files an export does not write ({', '.join(foreign[:3])})" if foreign else "an export of another tool"
+        raise FolderExportError(f"--out {out} holds {what}; choose an empty or new folder")
 
 
 def export_folder(
@@ -206,6 +215,7 @@ def export_folder(
         raise FolderExportError(
             f"--format {fmt} needs {'transformers' if fmt == 'hf' else 'timm'}: pip install 'vitrain[hub]'"
         ) from None
+    out = Path(out)
     _replaceable(out)
     staging = out.parent / f".{out.name}.tmp"
     shutil.rmtree(staging, ignore_errors=True)

@@ -241,17 +241,21 @@ def annotate(prediction: Prediction, out_path: Path) -> None:
     img.save(out_path)
 
 
-def attention_overlay(prediction: Prediction, crop_pct: float = 1.0) -> Image.Image:
+def attention_overlay(prediction: Prediction, crop_pct: float = 1.0, max_side: int | None = None) -> Image.Image:
     """The rollout map drawn over the region the model saw; the rest of the image is dimmed.
 
-    The model sees the central square of the image (``crop_pct`` of the shorter side).
+    The model sees the central square of the image (``crop_pct`` of the shorter side). With
+    ``max_side``, a larger image is drawn shrunk to that longer side.
     """
     import matplotlib
 
     raw = prediction.attention
     if raw is None:
         raise ValueError(f"{prediction.path}: predicted without attention maps")
-    img = np.asarray(_display_copy(prediction.path), dtype=np.float32) / 255
+    picture = _display_copy(prediction.path)
+    if max_side is not None and max(picture.size) > max_side:
+        picture.thumbnail((max_side, max_side), Image.BILINEAR)
+    img = np.asarray(picture, dtype=np.float32) / 255
     height, width = img.shape[:2]
     side = int(round(min(height, width) * crop_pct))
     top, left = (height - side) // 2, (width - side) // 2

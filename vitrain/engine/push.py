@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..checkpoint import load_model, resolve_checkpoint_path
 from .card import model_card, read_run
-from .hub_export import export_folder
+from .hub_export import FolderExportError, export_folder
 
 
 class PushError(RuntimeError):
@@ -26,8 +26,9 @@ def push_run(
 ) -> str:
     """Export ``run`` as ``fmt`` with its model card and upload it to the Hub repository ``repo``.
 
-    The repository is created when missing (``private`` if asked). The token is ``token``,
-    else the one ``hf auth login`` stored or ``HF_TOKEN``. Returns the repository's URL.
+    The repository is created when missing (``private`` if asked); an earlier push's model and
+    config files that this export does not write are deleted. The token is ``token``, else
+    ``HF_TOKEN``, else the one ``hf auth login`` stored. Returns the repository's URL.
     """
     try:
         from huggingface_hub import HfApi, get_token
@@ -47,7 +48,10 @@ def push_run(
     model = load_model(resolve_checkpoint_path(folder))
     card = model_card(folder, fmt, license=license, repo=repo)
     with tempfile.TemporaryDirectory(prefix="vitrain-push-") as tmp:
-        staged, _ = export_folder(model, fmt, Path(tmp) / "export", card=card, log=log, source=folder.name)
+        try:
+            staged, _ = export_folder(model, fmt, Path(tmp) / "export", card=card, log=log, source=folder.name)
+        except FolderExportError as err:
+            raise PushError(f"--format {fmt}: {err}") from None
         api = HfApi(token=token)
         url = api.create_repo(repo, repo_type="model", private=private, exist_ok=True)
         accuracy = report["test"]["accuracy"]
@@ -57,6 +61,7 @@ def push_run(
             repo_type="model",
             commit_message=f"vitrain export ({fmt}) of {folder.name}: {report['test'].get('split', 'test')} "
             f"accuracy {accuracy:.4f}",
+            delete_patterns=["*.json", "*.safetensors", "README.md"],  # an earlier push's, of the other format
         )
     log(f"uploaded {folder.name} ({fmt} export and model card) to {url}")
     return str(url)

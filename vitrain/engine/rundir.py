@@ -67,14 +67,15 @@ def check_run_dir(cfg: TrainConfig, resume: bool, files: tuple[str, ...] = RUN_F
 
 
 def start_run_dir(out: Path, files: tuple[str, ...] = RUN_FILES) -> None:
-    """Create the folder, removing an old run's files (only vitrain's own: ``files`` and its
-    TensorBoard events) for --overwrite.
+    """Create the folder, removing an old run's files (only vitrain's own: ``files``, its
+    TensorBoard events and its ``examples/``) for --overwrite.
 
     Called once the data has loaded, so a mistyped option never costs the old run.
     """
     for name in files:
         (out / name).unlink(missing_ok=True)
-    shutil.rmtree(out / "tensorboard", ignore_errors=True)
+    for folder in ("tensorboard", "examples"):
+        shutil.rmtree(out / folder, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
 
 

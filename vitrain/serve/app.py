@@ -5,9 +5,10 @@ offered as examples): the top-k classes as bars, the attention rollout over the 
 the time it took. Tab two shows the run: its curves, confusion matrix, per-class table, the
 test images it got wrong, the notes of its report and its config.
 
-The model is loaded once. The app serves files from the run folder only (Gradio's
-``allowed_paths``); uploads over the size limit and files that are not images are refused
-with a message that says so.
+The model is loaded once. Of the run folder, the app serves only its example images and
+plots (Gradio's ``allowed_paths``; besides them, Gradio serves its own cache of uploads and
+of the images the app shows, which it deletes after a day); uploads over the size limit and
+files that are not images are refused with a message that says so.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from ..engine.predict import Predictor, attention_overlay  # noqa: E402
 
 DEFAULT_PORT = 7860
 MAX_UPLOAD_MB = 10
+OVERLAY_SIDE = 768  # the attention overlay's longer side at most: a 12-megapixel photo stays a small picture
+SHOWN_EXAMPLES = 40
 # small images (digits are 8 px) fill the frame, their pixels kept sharp
 CSS = "#input-image img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }"
 
@@ -44,7 +47,8 @@ def image_input(**kwargs) -> gr.Image:
     (The check wraps the instance's ``preprocess``: subclassing a Gradio component makes Gradio
     write a type-stub file beside this module.)
     """
-    image = gr.Image(type="filepath", **kwargs)
+    # image_mode None: the file as uploaded, not converted and saved again; format png: a pasted image is kept lossless
+    image = gr.Image(type="filepath", image_mode=None, format="png", **kwargs)
     preprocess = image.preprocess
 
     def checked(payload):
@@ -63,8 +67,10 @@ def read_examples(run: Path) -> list[dict[str, str]]:
     index = run / EXAMPLES / "index.csv"
     if not index.is_file():
         return []
-    with open(index, newline="") as f:
-        return [row for row in csv.DictReader(f) if (run / EXAMPLES / row["file"]).is_file()]
+    with open(index, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    # plain file names inside examples/ only: the index is not trusted to point anywhere else
+    return [r for r in rows if Path(r["file"]).name == r["file"] and (run / EXAMPLES / r["file"]).is_file()]
 
 
 def is_loopback(host: str) -> bool:
@@ -92,7 +98,7 @@ class Classifier:
         if result.failed:
             raise ImageReadError(result.failed[0][1])
         prediction = result.predictions[0]
-        overlay = attention_overlay(prediction, self.crop_pct)
+        overlay = attention_overlay(prediction, self.crop_pct, max_side=OVERLAY_SIDE)
         return {
             "top": prediction.top,
             "overlay": overlay,
@@ -133,8 +139,9 @@ def _run_summary(report: dict[str, Any]) -> str:
 
 
 def _notes(report: dict[str, Any]) -> str:
-    notes = [f"- {n}" for n in report.get("notes", [])] + [f"- {n}" for n in limitations(report)]
-    return "\n".join(notes)
+    notes = list(report.get("notes", []))
+    notes += [n for n in limitations(report) if n.rstrip(".").lower() not in {m.lower() for m in notes}]
+    return "\n".join(f"- {n}" for n in notes)
 
 
 def build_app(
@@ -142,12 +149,18 @@ def build_app(
 ) -> gr.Blocks:
     """The Gradio app of the run folder ``run`` (its ``best.safetensors`` or ``last.safetensors``)."""
     run = Path(run).expanduser().resolve()
+    if not run.is_dir():
+        raise ValueError(f"{run}: vitrain serve takes a run folder")
     classifier = Classifier(run, top_k=top_k, device=device, precision=precision)
     classes = classifier.predictor.classes
     examples = read_examples(run)
     report_path = run / "report.json"
-    report = json.loads(report_path.read_text()) if report_path.is_file() else None
-    with gr.Blocks(title=f"vitrain · {run.name}", analytics_enabled=False) as app:
+    try:
+        report = json.loads(report_path.read_text(encoding="utf-8")) if report_path.is_file() else None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{report_path}: not valid JSON ({err})") from None
+    day = 24 * 3600
+    with gr.Blocks(title=f"vitrain · {run.name}", analytics_enabled=False, delete_cache=(day, day)) as app:
         gr.Markdown(f"# {run.name}\nA Vision Transformer trained with vitrain: {len(classes)} classes.")
         with gr.Tab("Classify", id="classify"):
             with gr.Row():
@@ -163,12 +176,18 @@ def build_app(
             shown = [r for r in examples if r["correct"] == "true"] or examples
             if shown:
                 gr.Examples(
-                    examples=[[str(run / EXAMPLES / r["file"])] for r in shown[: 4 * len(classes)]],
+                    examples=[[str(run / EXAMPLES / r["file"])] for r in shown[:SHOWN_EXAMPLES]],
                     inputs=[image],
                     label="Test images of this run",
                 )
-            for trigger in (image.change, button.click):
-                trigger(classifier, inputs=[image], outputs=[label, overlay, summary], concurrency_limit=1)
+            for trigger in (image.change, button.click):  # one model, one image at a time
+                trigger(
+                    classifier,
+                    inputs=[image],
+                    outputs=[label, overlay, summary],
+                    concurrency_limit=1,
+                    concurrency_id="classify",
+                )
         with gr.Tab("Run", id="run"):
             if report is None:
                 gr.Markdown(f"No report.json in {run.name}: the run has not finished.")
@@ -242,21 +261,25 @@ def serve(
             "see this run's report and test images"
         )
     app.queue(default_concurrency_limit=1)
-    app.launch(
-        server_name=host,
-        server_port=port,
-        max_file_size=int(max_upload_mb * 1024 * 1024),
-        allowed_paths=served_files(run),
-        share=False,
-        show_error=True,
-        ssr_mode=False,
-        enable_monitoring=False,
-        mcp_server=False,
-        prevent_thread_lock=True,
-        quiet=True,
-        css=CSS,
-    )
-    log(f"serving {run} at http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port} (Ctrl-C stops)")
+    try:
+        app.launch(
+            server_name=host,
+            server_port=port,
+            max_file_size=int(max_upload_mb * 1024 * 1024),
+            allowed_paths=served_files(run),
+            share=False,
+            show_error=True,
+            ssr_mode=False,
+            enable_monitoring=False,
+            mcp_server=False,
+            prevent_thread_lock=True,
+            quiet=True,
+            css=CSS,
+        )
+    except OSError as err:  # the port is taken, or the host is not an address of this machine
+        raise OSError(f"--host {host} --port {port}: cannot listen there ({err})") from None
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    log(f"serving {run} at http://{f'[{shown}]' if ':' in shown else shown}:{port} (Ctrl-C stops)")
     if block:
         app.block_thread()
     return app

@@ -22,7 +22,9 @@ from ..train import train
 from .loop import PRETRAIN_FILES, pretrain
 
 
-def pretrain_then_train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
+def pretrain_then_train(
+    cfg: TrainConfig, resume: bool = False, log=print, invocation: str | None = None
+) -> dict[str, Any]:
     """``vitrain train`` with ``--pretrain``: a first stage into ``OUT/pretrain``, then fine-tuning
     from that model into ``OUT``. The first stage is instance-discrimination pretraining on the
     training images (``--pretrain instance-discrimination``), or training on the labels
@@ -60,10 +62,10 @@ def pretrain_then_train(cfg: TrainConfig, resume: bool = False, log=print) -> di
     started = time.perf_counter()
     if resume and cfg.pretrained:  # the second stage had started
         if (out / STATE_FILE).is_file():
-            report = train(cfg, resume=True, log=log)
+            report = train(cfg, resume=True, log=log, invocation=invocation)
         else:
             log(f"no epoch of the fine-tuning stage completed; starting it again from {out / 'pretrain'}")
-            report = train(dataclasses.replace(cfg, overwrite=True), log=log)
+            report = train(dataclasses.replace(cfg, overwrite=True), log=log, invocation=invocation)
         return _merge_reports(out, report, started) if main else report
     if cfg.pretrained:
         raise ConfigError(f"--pretrain with --pretrained {cfg.pretrained}: the first stage starts from scratch")
@@ -125,7 +127,7 @@ def pretrain_then_train(cfg: TrainConfig, resume: bool = False, log=print) -> di
         model="vit",
         img_size=cfg.img_size or resolve_config(first_model).img_size,
     )
-    report = train(second, log=log)
+    report = train(second, log=log, invocation=invocation)
     return _merge_reports(out, report, started) if main else report  # another rank's has no totals
 
 
