@@ -148,6 +148,55 @@ def test_a_run_resumes_with_another_number_of_processes(flat_folder, tmp_path, m
     assert json.loads((run / "report.json").read_text())["test"]["images"] == 3
 
 
+# the entry point of a worker that dies (SIGKILL, as the kernel's OOM killer or a lost machine would kill
+# it) once, at the start of epoch 2 on rank 1, after rank 0 has committed epoch 1
+DIES_ONCE = """
+import os, signal, sys, time
+from pathlib import Path
+from vitrain.engine import torch_backend
+from vitrain.cli import main
+
+marker, out = Path(os.environ["VITRAIN_TEST_KILLED"]), Path(sys.argv[sys.argv.index("--out") + 1])
+start_epoch = torch_backend.TorchBackend.start_epoch
+
+def start_epoch_or_die(self, epoch):
+    if epoch == 2 and self.place.rank == 1 and not marker.exists():
+        while not (out / "state.safetensors").exists():  # rank 0's commit of epoch 1
+            time.sleep(0.05)
+        marker.write_text("killed")
+        os.kill(os.getpid(), signal.SIGKILL)
+    start_epoch(self, epoch)
+
+torch_backend.TorchBackend.start_epoch = start_epoch_or_die
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_torchrun_max_restarts_with_resume_auto_ends_as_a_run_never_stopped(flat_folder, tmp_path, monkeypatch):
+    """torchrun restarts every worker with the same command line after one is killed; ``--resume auto``
+    continues from the last committed epoch, and the run ends with the weights, metrics and report of a
+    run that was never stopped."""
+    script = tmp_path / "dies_once.py"
+    script.write_text(DIES_ONCE)
+    monkeypatch.setenv("VITRAIN_TEST_KILLED", str(tmp_path / "killed"))
+    args = ["train", "--data", str(flat_folder), *COMMON, "--epochs", "4", "--batch-size", "4", "--resume", "auto"]
+    _torchrun([*args, "--out", str(tmp_path / "never-stopped")], tmp_path)
+    assert not (tmp_path / "killed").exists()
+    done = _torchrun(
+        [*args, "--out", str(tmp_path / "restarted")], tmp_path, entry=("--max-restarts", "3", str(script))
+    )
+    assert (tmp_path / "killed").exists()  # a worker did die, and the agent restarted both
+    assert f"resuming {tmp_path / 'restarted'} after epoch 1" in done.stdout, done.stdout[-2000:]
+    never, restarted = tmp_path / "never-stopped", tmp_path / "restarted"
+    assert _weight_difference(never / "last.safetensors", restarted / "last.safetensors") == 0.0
+    timing = ("epoch_seconds", "images_per_second")
+    assert [{k: v for k, v in r.items() if k not in timing} for r in _metrics(never)] == [
+        {k: v for k, v in r.items() if k not in timing} for r in _metrics(restarted)
+    ]
+    reports = [json.loads((run / "report.json").read_text()) for run in (never, restarted)]
+    assert reports[0]["test"] == reports[1]["test"] and reports[0]["val"] == reports[1]["val"]
+
+
 def test_a_labels_first_chain_on_two_processes_matches_one_process(flat_folder, tmp_path, monkeypatch):
     """``--pretrain labels`` under torchrun: both stages run on every rank, rank 0 writes the merged report,
     and the weights are those of one process with the same global batch."""

@@ -132,6 +132,56 @@ def _interrupt_then_resume(common: list[str], tmp_path: Path, monkeypatch) -> No
     assert _without_timing(_metrics(tmp_path / "full")) == _without_timing(_metrics(tmp_path / "cut"))
 
 
+def test_resume_auto_starts_a_run_then_continues_it_with_the_same_command(
+    flat_folder, tmp_path, tiny_args, monkeypatch, capsys
+):
+    """One command line for a preempted job: it starts the run, and after an interruption it continues it,
+    ending identical to a run never stopped; changed settings are refused by name."""
+    common = ["--data", str(flat_folder), *tiny_args, "--epochs", "4"]
+    assert main(["train", "--out", str(tmp_path / "full"), *common]) == 0
+    command = ["train", "--out", str(tmp_path / "cut"), "--resume", "auto", *common]
+    real_evaluate = torch_backend.evaluate
+    calls = {"n": 0}
+
+    def interrupt_in_epoch_three(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(torch_backend, "evaluate", interrupt_in_epoch_three)
+    assert main(command) == 130
+    assert "Continue with: the same command (it has --resume auto)" in capsys.readouterr().err
+    monkeypatch.setattr(torch_backend, "evaluate", real_evaluate)
+    assert main([*command, "--lr", "0.5", "--epochs", "5"]) == 2
+    assert "changed: --epochs, --lr" in capsys.readouterr().err
+    assert main([*command, "--workers", "0"]) == 0  # where and how fast it runs may change
+    full = load_file(str(tmp_path / "full" / "last.safetensors"))
+    resumed = load_file(str(tmp_path / "cut" / "last.safetensors"))
+    assert all(torch.equal(full[k], resumed[k]) for k in full)
+    assert _without_timing(_metrics(tmp_path / "full")) == _without_timing(_metrics(tmp_path / "cut"))
+
+
+def test_resume_auto_needs_out_and_restarts_a_run_that_never_committed_an_epoch(
+    flat_folder, tmp_path, tiny_args, capsys
+):
+    assert main(["train", "--data", str(flat_folder), "--resume", "auto", *tiny_args]) == 2
+    assert "--resume auto needs --out DIR" in capsys.readouterr().err
+    started = tmp_path / "started"  # killed while loading its data: only its config.yaml
+    started.mkdir()
+    (started / "config.yaml").write_text("train: {}\n")
+    (started / "notes.txt").write_text("keep me")
+    assert main(["train", "--data", str(flat_folder), "--out", str(started), "--resume", "auto", *tiny_args]) == 0
+    assert (started / "state.safetensors").is_file() and (started / "notes.txt").read_text() == "keep me"
+    finished = tmp_path / "no-state"  # run files without a training state: not vitrain's to replace
+    finished.mkdir()
+    (finished / "best.safetensors").write_bytes(b"mine")
+    args = ["train", "--data", str(flat_folder), "--out", str(finished), "--resume", "auto", *tiny_args]
+    assert main(args) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert (finished / "best.safetensors").read_bytes() == b"mine"
+
+
 @pytest.mark.parametrize("in_memory", ["on", "off"])  # batched in-memory augmentation, and the per-image DataLoader
 def test_resume_ends_identical_to_an_uninterrupted_run(flat_folder, tmp_path, tiny_args, monkeypatch, in_memory):
     _interrupt_then_resume(

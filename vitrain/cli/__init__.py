@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import signal
 import sys
@@ -49,9 +50,22 @@ def _worker_message(err: Exception) -> str:
     return last.split(": ", 1)[1] if ": " in last else last
 
 
+def _continue_with(args: argparse.Namespace, out: str | None) -> str:
+    """The command that continues an interrupted run: the same one under ``--resume auto``."""
+    if args.resume == "auto":
+        return "the same command (it has --resume auto)"
+    return f"vitrain {args.command} --resume {out or 'RUN_FOLDER'}"
+
+
 def _command_line(argv: Sequence[str] | None) -> str:
-    """The command as typed (recorded in the run's report)."""
-    return shlex.join(["vitrain", *(sys.argv[1:] if argv is None else argv)])
+    """The command as typed (recorded in the run's report); under torchrun, as its launch (the rendezvous
+    options, which each site chooses, left out)."""
+    words = list(sys.argv[1:] if argv is None else argv)
+    world, local = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    if world > 1:
+        nodes = f"--nnodes {world // local} " if world > local else ""
+        return f"torchrun {nodes}--nproc-per-node {local} -m vitrain {shlex.join(words)}"
+    return shlex.join(["vitrain", *words])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -118,13 +132,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"vitrain: training stopped: {err}", file=sys.stderr)
         return 1
     except OSError as err:  # disk full, permissions: the files of the last completed epoch are intact
-        where = f"; continue with: vitrain {args.command} --resume {out}" if out else ""
+        where = f"; continue with: {_continue_with(args, out)}" if out else ""
         print(f"vitrain: error: {err}. Files already written are intact{where}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        where = f" --resume {out}" if out else " --resume RUN_FOLDER"
         print(
-            f"\nvitrain: interrupted; every completed epoch is saved. Continue with: vitrain {args.command}{where}",
+            f"\nvitrain: interrupted; every completed epoch is saved. Continue with: {_continue_with(args, out)}",
             file=sys.stderr,
         )
         return 130

@@ -52,7 +52,13 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         group = parser if title is None else parser.add_argument_group(title)
         if title == RUNNING:
             group.add_argument("--config", help="YAML file with any of these options (flags given here win)")
-            group.add_argument("--resume", metavar="DIR", help="continue the run in DIR after its last completed epoch")
+            group.add_argument(
+                "--resume",
+                metavar="DIR|auto",
+                help="continue the run in DIR after its last completed epoch; auto: continue the run in --out "
+                "if it holds one (with the same settings), else start it there: one command line that starts "
+                "or continues (torchrun --max-restarts, requeued or preempted jobs)",
+            )
         for opt in group_options:
             _add_option(group, opt, hints[opt.name], defaults[opt.name])
         if title == FINE_TUNING:

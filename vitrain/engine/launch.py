@@ -47,11 +47,27 @@ def resolve_config(
 ) -> tuple[TrainConfig, bool]:
     """Merge defaults < recipe < ``config_file`` < ``given`` (or the resumed run's saved config).
 
-    ``given`` holds only the options the user set, by field name. Returns the configuration
-    and whether the run resumes.
+    ``given`` holds only the options the user set, by field name. ``resume`` is a run folder to
+    continue, or ``"auto"``: continue the run in ``--out`` if it has committed an epoch (its
+    settings must be the given ones), else start it there. Returns the configuration and
+    whether the run resumes.
     """
     from .rundir import default_run_dir
 
+    if resume == "auto":
+        resume, unfinished_start = _resume_auto(given, config_file)
+        if resume is None:  # nothing to continue: start the run, as the same command would without --resume
+            start = {**given, "overwrite": True} if unfinished_start else given
+            return resolve_config(start, config_file=config_file, command=command)
+        base = config_from_dict(load_config_file(Path(resume) / "config.yaml"))
+        changed = changed_settings({**load_config_file(config_file), **given} if config_file else given, base)
+        if changed:
+            raise ConfigError(
+                f"--resume auto: {resume} holds a run started with other settings; changed: {', '.join(changed)} "
+                f"(give the run's own settings to continue it, or another --out to start a new run)"
+            )
+        resumable = {k: v for k, v in given.items() if k in RESUME_OVERRIDABLE}
+        return config_from_dict({**resumable, "out": str(resume)}, base), True
     if resume:
         saved = Path(resume) / "config.yaml"
         if not saved.is_file():
@@ -81,6 +97,38 @@ def resolve_config(
     if cfg.out is None:
         cfg.out = default_run_dir(cfg.data)
     return cfg, False
+
+
+def _resume_auto(given: dict[str, Any], config_file: str | Path | None) -> tuple[Path | None, bool]:
+    """``--resume auto``: (the run folder to continue, when ``--out`` holds a committed epoch, else None;
+    whether ``--out`` holds only the start of a run that never committed an epoch).
+
+    Such a start (killed while loading its data or during its first epoch: a config.yaml and
+    TensorBoard events) is replaced, since there is nothing in it to continue; a folder with
+    other run files and no training state is left to the usual check, which refuses it.
+    """
+    from .rundir import RUN_FILES
+    from .state import STATE_FILE
+
+    out = given.get("out") or (load_config_file(config_file).get("out") if config_file else None)
+    if not out:
+        raise ConfigError("--resume auto needs --out DIR: the folder the run is started in, or continued from")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a folder")
+    if (out / STATE_FILE).is_file() and (out / "config.yaml").is_file():
+        return out, False
+    return None, [name for name in RUN_FILES if (out / name).exists()] == ["config.yaml"]
+
+
+def changed_settings(user: dict[str, Any], saved: TrainConfig) -> list[str]:
+    """The options in ``user`` (given values, by field name) whose values differ from the saved run's, as flags.
+
+    Options that may change on resuming (where and how fast it runs) and ``out`` are not compared.
+    """
+    fixed = {k: v for k, v in user.items() if k not in RESUME_OVERRIDABLE and k not in ("out", "overwrite")}
+    wanted = config_from_dict(fixed, saved)  # the saved run with these values: equal where nothing changed
+    return ["--" + k.replace("_", "-") for k in sorted(fixed) if getattr(wanted, k) != getattr(saved, k)]
 
 
 def check_options(command: str, cfg: TrainConfig, given: Iterable[str]) -> None:
@@ -129,5 +177,5 @@ def launch(
     if command == "pretrain":
         return pretrain(cfg, resume=resume)
     if cfg.pretrain:
-        return pretrain_then_train(cfg, resume=resume)
+        return pretrain_then_train(cfg, resume=resume, invocation=invocation)
     return train(cfg, resume=resume, user_settings=getattr(cfg, "_user_settings", None), invocation=invocation)
