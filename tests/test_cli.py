@@ -31,14 +31,25 @@ def test_existing_run_is_not_overwritten_by_accident(flat_folder, tmp_path, tiny
     assert (run / "my-notes.txt").read_text() == "keep me"  # only vitrain's own files are replaced
 
 
-def test_overwrite_clears_the_old_runs_examples(tmp_path):
+def test_overwrite_clears_what_describes_the_old_model_and_nothing_else(tmp_path):
+    from vitrain.engine.card import MARK
     from vitrain.engine.rundir import start_run_dir
 
     (tmp_path / "examples").mkdir()
     (tmp_path / "examples" / "test-00001.png").write_bytes(b"old")
+    (tmp_path / "best.onnx").write_bytes(b"old")
+    (tmp_path / "README.md").write_text("# old card\n" + MARK)
+    for name, stamp in (("export-hf", True), ("export-timm", None)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps({"vitrain_export": stamp}))
     (tmp_path / "notes.txt").write_text("keep me")
     start_run_dir(tmp_path)
-    assert not (tmp_path / "examples").exists() and (tmp_path / "notes.txt").read_text() == "keep me"
+    assert not any((tmp_path / n).exists() for n in ("examples", "best.onnx", "README.md", "export-hf"))
+    assert (tmp_path / "export-timm" / "config.json").exists()  # not stamped by vitrain: kept
+    assert (tmp_path / "notes.txt").read_text() == "keep me"
+    (tmp_path / "README.md").write_text("my own notes")
+    start_run_dir(tmp_path)
+    assert (tmp_path / "README.md").read_text() == "my own notes"
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 import time
 from pathlib import Path
@@ -12,7 +13,9 @@ from ..checkpoint import (
 )
 from ..config import ConfigError, TrainConfig
 from . import distributed
+from .card import MARK as CARD_MARK
 from .distributed import Dist
+from .hub_export import STAMP as EXPORT_STAMP
 from .state import STATE_FILE
 
 RUN_FILES = (
@@ -68,15 +71,31 @@ def check_run_dir(cfg: TrainConfig, resume: bool, files: tuple[str, ...] = RUN_F
 
 def start_run_dir(out: Path, files: tuple[str, ...] = RUN_FILES) -> None:
     """Create the folder, removing an old run's files (only vitrain's own: ``files``, its
-    TensorBoard events and its ``examples/``) for --overwrite.
+    TensorBoard events and ``examples/``, and what describes the old model: the exports that
+    ``vitrain export`` writes into the run folder by default and a model card vitrain wrote) for
+    --overwrite.
 
     Called once the data has loaded, so a mistyped option never costs the old run.
     """
-    for name in files:
+    for name in (*files, "best.onnx", "best.onnx.data", "best.torchscript.pt"):
         (out / name).unlink(missing_ok=True)
     for folder in ("tensorboard", "examples"):
         shutil.rmtree(out / folder, ignore_errors=True)
+    for folder in ("export-hf", "export-timm"):
+        if _stamped_export(out / folder):
+            shutil.rmtree(out / folder, ignore_errors=True)
+    readme = out / "README.md"
+    if readme.is_file() and CARD_MARK in readme.read_text(encoding="utf-8", errors="replace"):
+        readme.unlink()
     out.mkdir(parents=True, exist_ok=True)
+
+
+def _stamped_export(folder: Path) -> bool:
+    """Whether ``folder`` is an hf/timm export that vitrain wrote (its config.json says so)."""
+    try:
+        return json.loads((folder / "config.json").read_text(encoding="utf-8")).get(EXPORT_STAMP) is True
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def remove_interrupted_writes(out: Path, log=print) -> None:
