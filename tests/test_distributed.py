@@ -187,6 +187,8 @@ def test_torchrun_max_restarts_with_resume_auto_ends_as_a_run_never_stopped(flat
     )
     assert (tmp_path / "killed").exists()  # a worker did die, and the agent restarted both
     assert f"resuming {tmp_path / 'restarted'} after epoch 1" in done.stdout, done.stdout[-2000:]
+    # the restart's processes meet in a rendezvous of their own, not at the dead processes' addresses
+    assert "connectFullMesh failed" not in done.stdout + done.stderr, done.stderr[-2000:]
     never, restarted = tmp_path / "never-stopped", tmp_path / "restarted"
     assert _weight_difference(never / "last.safetensors", restarted / "last.safetensors") == 0.0
     timing = ("epoch_seconds", "images_per_second")

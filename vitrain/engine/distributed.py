@@ -46,8 +46,36 @@ def setup(device: torch.device) -> Dist:
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(place.local_rank)
-        dist.init_process_group(backend)
+        store = _attempt_store(place)
+        if store is None:
+            dist.init_process_group(backend)
+        else:
+            dist.init_process_group(backend, store=store, rank=place.rank, world_size=place.world)
     return place
+
+
+def _attempt_store(place: Dist) -> dist.Store | None:
+    """Under ``torchrun --max-restarts``, the rendezvous store of this attempt only (None: torch's default).
+
+    The elastic agent's store outlives a failed attempt, and the processes of a restart
+    would otherwise read the addresses that the previous attempt's processes published
+    (their gloo peers, now dead: "Connection refused"); a prefix per restart count keeps
+    the attempts apart.
+    """
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if restart in (None, "0") or "MASTER_ADDR" not in os.environ:
+        return None
+    from datetime import timedelta
+
+    agent_hosts = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        place.world,
+        is_master=not agent_hosts and place.rank == 0,
+        timeout=timedelta(minutes=30),
+    )
+    return dist.PrefixStore(f"vitrain/attempt_{restart}", store)
 
 
 def device_for(place: Dist, device: torch.device) -> torch.device:
