@@ -269,11 +269,19 @@ def model_card(run: str | Path, fmt: str | None = None, license: str | None = No
     return "\n".join(lines)
 
 
+def is_vitrain_card(path: Path) -> bool:
+    """Whether the file at ``path`` is a model card that vitrain wrote (it ends with :data:`MARK`)."""
+    try:
+        return MARK in path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+
+
 def write_card(path: Path, text: str) -> Path:
     """Write the card, refusing to replace a README.md that vitrain did not write."""
     if path.is_dir():
         path = path / "README.md"
-    if path.exists() and MARK not in path.read_text(encoding="utf-8", errors="replace"):
+    if path.exists() and not is_vitrain_card(path):
         raise CardError(f"{path} exists and was not written by vitrain card; give another --out")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")

@@ -172,6 +172,14 @@ def _quiet_progress_bars():
         transformers_logging.enable_progress_bar()
 
 
+def is_vitrain_export(folder: Path) -> bool:
+    """Whether ``folder`` is an hf/timm export that vitrain wrote (its config.json carries the stamp)."""
+    try:
+        return json.loads((folder / "config.json").read_text(encoding="utf-8")).get(STAMP) is True
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def _replaceable(out: Path) -> None:
     """Refuse an ``--out`` that vitrain may not replace: anything but a new or empty folder, or an
     earlier export (its config.json stamped by vitrain, nothing else in it but an export's files)."""
@@ -182,11 +190,7 @@ def _replaceable(out: Path) -> None:
     if not out.is_dir() or not any(out.iterdir()):
         return
     foreign = sorted(p.name for p in out.iterdir() if p.name not in EXPORT_FILES)
-    try:
-        stamped = json.loads((out / "config.json").read_text(encoding="utf-8")).get(STAMP) is True
-    except (OSError, ValueError, AttributeError):
-        stamped = False
-    if foreign or not stamped:
+    if foreign or not is_vitrain_export(out):
         what = f"files an export does not write ({', '.join(foreign[:3])})" if foreign else "an export of another tool"
         raise FolderExportError(f"--out {out} holds {what}; choose an empty or new folder")
 

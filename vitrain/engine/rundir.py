@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 import time
 from pathlib import Path
@@ -13,9 +12,9 @@ from ..checkpoint import (
 )
 from ..config import ConfigError, TrainConfig
 from . import distributed
-from .card import MARK as CARD_MARK
+from .card import is_vitrain_card
 from .distributed import Dist
-from .hub_export import STAMP as EXPORT_STAMP
+from .hub_export import is_vitrain_export
 from .state import STATE_FILE
 
 RUN_FILES = (
@@ -82,20 +81,12 @@ def start_run_dir(out: Path, files: tuple[str, ...] = RUN_FILES) -> None:
     for folder in ("tensorboard", "examples"):
         shutil.rmtree(out / folder, ignore_errors=True)
     for folder in ("export-hf", "export-timm"):
-        if _stamped_export(out / folder):
+        if is_vitrain_export(out / folder):
             shutil.rmtree(out / folder, ignore_errors=True)
     readme = out / "README.md"
-    if readme.is_file() and CARD_MARK in readme.read_text(encoding="utf-8", errors="replace"):
+    if readme.is_file() and is_vitrain_card(readme):
         readme.unlink()
     out.mkdir(parents=True, exist_ok=True)
-
-
-def _stamped_export(folder: Path) -> bool:
-    """Whether ``folder`` is an hf/timm export that vitrain wrote (its config.json says so)."""
-    try:
-        return json.loads((folder / "config.json").read_text(encoding="utf-8")).get(EXPORT_STAMP) is True
-    except (OSError, ValueError, AttributeError):
-        return False
 
 
 def remove_interrupted_writes(out: Path, log=print) -> None:
