@@ -16,6 +16,7 @@ import numpy as np
 import yaml
 
 from ..checkpoint import load_model, resolve_checkpoint_path
+from ..models.vit import VisionTransformer
 from .evaluate import is_imbalanced
 
 MARK = "<!-- model card written by vitrain card; vitrain replaces this file when it writes the card again -->"
@@ -173,15 +174,21 @@ def _rate(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
-def model_card(run: str | Path, fmt: str | None = None, license: str | None = None, repo: str | None = None) -> str:
+def model_card(
+    run: str | Path,
+    fmt: str | None = None,
+    license: str | None = None,
+    repo: str | None = None,
+    model: VisionTransformer | None = None,
+) -> str:
     """The model card of ``run`` (a run folder) as Markdown with the Hub's YAML header.
 
     ``fmt`` is the export it describes (``hf``, ``timm``, or None for vitrain's own checkpoint);
-    ``repo`` (``USER/NAME``) names it in the usage example.
+    ``repo`` (``USER/NAME``) names it in the usage example. ``model`` is the run's model when
+    the caller has loaded it already (else it is loaded from the run folder).
     """
     folder, report = read_run(run)
-    checkpoint = resolve_checkpoint_path(folder)
-    model = load_model(checkpoint)
+    model = model if model is not None else load_model(resolve_checkpoint_path(folder))
     cfg, meta, test = model.config, model.meta, report["test"]
     name = repo.split("/")[-1] if repo else folder.resolve().name
     params = report.get("model", {}).get("parameters") or sum(p.numel() for p in model.parameters())

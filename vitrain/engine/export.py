@@ -85,7 +85,7 @@ def _run_onnx(path: Path, batch: np.ndarray) -> tuple[np.ndarray, str]:
         return ReferenceEvaluator(str(path)).run(None, {"images": batch})[0], "onnx reference evaluator"
 
 
-def _card_for(checkpoint: Path, fmt: str | None, license: str | None, log) -> str | None:
+def _card_for(checkpoint: Path, fmt: str | None, license: str | None, log, model=None) -> str | None:
     """The model card of the run the checkpoint belongs to, or None (with a note) when there is none to write:
     a checkpoint outside a finished run folder, or not the run's best model, which the card describes."""
     from ..checkpoint import CheckpointError
@@ -94,7 +94,7 @@ def _card_for(checkpoint: Path, fmt: str | None, license: str | None, log) -> st
         log(f"note: no model card written: it describes {checkpoint.parent / 'best.safetensors'}, not {checkpoint}")
         return None
     try:
-        return model_card(checkpoint.parent, fmt, license=license)
+        return model_card(checkpoint.parent, fmt, license=license, model=model)
     except (CardError, CheckpointError, KeyError, ValueError) as err:
         log(f"note: no model card written ({err})")
         return None
@@ -113,19 +113,20 @@ def export_model(
     if fmt not in FORMATS:
         raise ExportError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     checkpoint = resolve_checkpoint_path(source)
+    model = load_model(checkpoint)
     if fmt in FOLDER_FORMATS:
         target = Path(out) if out else checkpoint.parent / f"export-{fmt}"
-        card = _card_for(checkpoint, fmt, license, log)
+        card = _card_for(checkpoint, fmt, license, log, model)
         try:
-            return export_folder(load_model(checkpoint), fmt, target, card=card, log=log, source=str(checkpoint))
+            return export_folder(model, fmt, target, card=card, log=log, source=str(checkpoint))
         except FolderExportError as err:
             raise ExportError(str(err)) from None
-    written, diff = _export_file(checkpoint, fmt, out, log)
+    written, diff = _export_file(model, checkpoint, fmt, out, log)
     readme = written.parent / "README.md"
     if readme.exists() and license is None:  # an earlier card (perhaps with its license) stays
         log(f"model card: kept {readme} (vitrain card {checkpoint.parent} writes it again)")
         return written, diff
-    card = _card_for(checkpoint, None, license, log)
+    card = _card_for(checkpoint, None, license, log, model)
     if card is not None:
         try:
             log(f"model card: {write_card(readme, card)}")
@@ -134,9 +135,8 @@ def export_model(
     return written, diff
 
 
-def _export_file(checkpoint: Path, fmt: str, out: str | Path | None, log) -> tuple[Path, float]:
-    """ONNX or TorchScript: the file and its parity with PyTorch."""
-    model = load_model(checkpoint)
+def _export_file(model, checkpoint: Path, fmt: str, out: str | Path | None, log) -> tuple[Path, float]:
+    """ONNX or TorchScript of ``model`` (loaded from ``checkpoint``): the file and its parity with PyTorch."""
     cfg = model.config
     out = Path(out) if out else checkpoint.with_suffix(".onnx" if fmt == "onnx" else ".torchscript.pt")
     if out.is_dir():

@@ -46,7 +46,7 @@ def push_run(
     if not token:
         raise PushError("no Hugging Face token: run `hf auth login`, or set HF_TOKEN")
     model = load_model(resolve_checkpoint_path(folder))
-    card = model_card(folder, fmt, license=license, repo=repo)
+    card = model_card(folder, fmt, license=license, repo=repo, model=model)
     with tempfile.TemporaryDirectory(prefix="vitrain-push-") as tmp:
         try:
             staged, _ = export_folder(model, fmt, Path(tmp) / "export", card=card, log=log, source=folder.name)
