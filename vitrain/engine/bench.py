@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models.convert import from_torchvision
+from ..models.convert import from_torchvision, timm_args
 from ..models.vit import VisionTransformer, ViTConfig
 from .precision import cpu_bf16_units
 
@@ -68,17 +68,7 @@ def build_models(cfg: BenchConfig, device: torch.device) -> dict[str, nn.Module]
             num_classes=NUM_CLASSES,
         )
     )
-    timm_model = timm_vit.VisionTransformer(
-        img_size=cfg.img_size,
-        patch_size=cfg.patch_size,
-        embed_dim=cfg.embed_dim,
-        depth=cfg.depth,
-        num_heads=cfg.num_heads,
-        mlp_ratio=cfg.mlp_dim / cfg.embed_dim,
-        num_classes=NUM_CLASSES,
-        global_pool="token",
-        qkv_bias=True,
-    )
+    timm_model = timm_vit.VisionTransformer(**timm_args(ours.config))
     timm_model.load_state_dict(ours.state_dict())
     tv_model = tv_vit.VisionTransformer(
         image_size=cfg.img_size,

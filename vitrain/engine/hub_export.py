@@ -25,7 +25,7 @@ from typing import Callable
 
 import torch
 
-from ..models.convert import to_huggingface
+from ..models.convert import timm_args, to_huggingface
 from ..models.vit import VisionTransformer
 
 FOLDER_FORMATS = ("hf", "timm")
@@ -119,20 +119,7 @@ def _timm(model: VisionTransformer, folder: Path) -> Callable[[torch.Tensor], to
     from timm.models import save_for_hf
 
     cfg = model.config
-    args = dict(
-        img_size=cfg.img_size,
-        patch_size=cfg.patch_size,
-        in_chans=cfg.in_chans,
-        num_classes=cfg.num_classes,
-        embed_dim=cfg.embed_dim,
-        depth=cfg.depth,
-        num_heads=cfg.num_heads,
-        mlp_ratio=cfg.mlp_dim / cfg.embed_dim,
-        qkv_bias=True,
-        class_token=cfg.pool == "cls",
-        global_pool="token" if cfg.pool == "cls" else "avg",
-        fc_norm=False,  # vitrain normalizes the tokens, then pools
-    )
+    args = timm_args(cfg)
     architecture = "deit_base_distilled_patch16_224" if cfg.distilled else "vit_base_patch16_224"
     timm_model = timm.create_model(architecture, pretrained=False, **args).eval()
     timm_model.load_state_dict(model.state_dict(), strict=True)

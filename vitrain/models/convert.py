@@ -202,6 +202,28 @@ def to_huggingface(state_dict: StateDict, hf_keys) -> StateDict:
 CONVERTERS = {"timm": from_timm, "vitrain": dict, "torchvision": from_torchvision, "huggingface": from_huggingface}
 
 
+def timm_args(config: Any) -> dict[str, Any]:
+    """The keyword arguments of timm's ``VisionTransformer`` that build the model a
+    :class:`~vitrain.models.vit.ViTConfig` describes (same parameter names, same outputs).
+
+    Models with a conv stem or an MLP head have no timm equivalent; callers refuse them first.
+    """
+    return dict(
+        img_size=config.img_size,
+        patch_size=config.patch_size,
+        in_chans=config.in_chans,
+        num_classes=config.num_classes,
+        embed_dim=config.embed_dim,
+        depth=config.depth,
+        num_heads=config.num_heads,
+        mlp_ratio=config.mlp_dim / config.embed_dim,
+        qkv_bias=True,
+        class_token=config.pool == "cls",
+        global_pool="token" if config.pool == "cls" else "avg",
+        fc_norm=False,  # vitrain normalizes the tokens, then pools
+    )
+
+
 def to_vitrain(state_dict: StateDict) -> tuple[StateDict, str]:
     """Detect the layout and convert; returns (vitrain state dict, layout name)."""
     layout = detect_format(state_dict)
