@@ -55,12 +55,13 @@ def resolve_config(
     from .rundir import default_run_dir
 
     if resume == "auto":
-        resume, unfinished_start = _resume_auto(given, config_file)
+        user = {**(load_config_file(config_file) if config_file else {}), **given}
+        resume, unfinished_start = _resume_auto(user.get("out"))
         if resume is None:  # nothing to continue: start the run, as the same command would without --resume
             start = {**given, "overwrite": True} if unfinished_start else given
             return resolve_config(start, config_file=config_file, command=command)
         base = config_from_dict(load_config_file(Path(resume) / "config.yaml"))
-        changed = changed_settings({**load_config_file(config_file), **given} if config_file else given, base)
+        changed = changed_settings(user, base)
         if changed:
             raise ConfigError(
                 f"--resume auto: {resume} holds a run started with other settings; changed: {', '.join(changed)} "
@@ -99,9 +100,9 @@ def resolve_config(
     return cfg, False
 
 
-def _resume_auto(given: dict[str, Any], config_file: str | Path | None) -> tuple[Path | None, bool]:
-    """``--resume auto``: (the run folder to continue, when ``--out`` holds a committed epoch, else None;
-    whether ``--out`` holds only the start of a run that never committed an epoch).
+def _resume_auto(out: str | Path | None) -> tuple[Path | None, bool]:
+    """``--resume auto`` with ``--out`` ``out``: (the run folder to continue, when it holds a committed
+    epoch, else None; whether it holds only the start of a run that never committed an epoch).
 
     Such a start (killed while loading its data or during its first epoch: a config.yaml and
     TensorBoard events) is replaced, since there is nothing in it to continue; a folder with
@@ -110,7 +111,6 @@ def _resume_auto(given: dict[str, Any], config_file: str | Path | None) -> tuple
     from .rundir import RUN_FILES
     from .state import STATE_FILE
 
-    out = given.get("out") or (load_config_file(config_file).get("out") if config_file else None)
     if not out:
         raise ConfigError("--resume auto needs --out DIR: the folder the run is started in, or continued from")
     out = Path(out)
