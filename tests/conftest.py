@@ -65,6 +65,21 @@ def write_class_folders(
     return root
 
 
+def interrupt_validation(monkeypatch, owner, name: str = "evaluate", at: int = 3):
+    """Make the ``at``-th call of ``owner.<name>`` raise KeyboardInterrupt, as Ctrl-C during epoch ``at``'s
+    validation pass would (epochs before it are saved, epoch ``at`` is lost); returns what undoes it."""
+    real, calls = getattr(owner, name), {"n": 0}
+
+    def interrupting(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == at:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, interrupting)
+    return lambda: monkeypatch.setattr(owner, name, real)
+
+
 # JAX's compiled steps may stay in the user's cache between test sessions (they are keyed by
 # what was compiled, and a warm cache saves minutes); what vitrain measures may not (below)
 os.environ.setdefault(

@@ -20,6 +20,8 @@ from vitrain.engine import setup as engine_setup
 from vitrain.engine import torch_backend
 from vitrain.engine.distributed import Dist
 
+from .conftest import interrupt_validation
+
 COMMON = [
     "--precision",  # the processes started by torchrun choose as one process would, whatever the CPU
     "fp32",
@@ -127,19 +129,10 @@ def _compare_with_one_process(flat_folder: Path, tmp_path: Path, in_memory: str)
 def test_a_run_resumes_with_another_number_of_processes(flat_folder, tmp_path, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     run = tmp_path / "run"
-    real = torch_backend.evaluate
-    calls = {"n": 0}
-
-    def stop_in_epoch_three(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(torch_backend, "evaluate", stop_in_epoch_three)
+    undo = interrupt_validation(monkeypatch, torch_backend)
     args = ["train", "--data", str(flat_folder), *COMMON, "--epochs", "3", "--batch-size", "4", "--out", str(run)]
     assert main(args) == 130 and len(_metrics(run)) == 2  # one process: 6 steps per epoch
-    monkeypatch.setattr(torch_backend, "evaluate", real)
+    undo()
     done = _torchrun(["train", "--resume", str(run), "--no-progress"], tmp_path)
     assert "instead of 6 (2 process(es))" in done.stdout
     rows = _metrics(run)

@@ -12,7 +12,7 @@ import torch
 from vitrain.cli import main
 from vitrain.models.vit import VisionTransformer, ViTConfig
 
-from .conftest import _metrics, _without_timing
+from .conftest import _metrics, _without_timing, interrupt_validation
 
 pytest.importorskip("jax")
 pytest.importorskip("optax")
@@ -173,17 +173,9 @@ def test_a_stopped_and_resumed_jax_run_ends_with_the_same_weights(flat_folder, t
     common = ["--data", str(flat_folder), *tiny_args, "--backend", "jax", "--epochs", "3", "--batch-size", "7"]
     common += ["--mixup", "0.8", "--cutmix", "1.0", "--ema", "0.9", "--dropout", "0.1", "--drop-path", "0.1"]
     assert main(["train", "--out", str(tmp_path / "full"), *common]) == 0
-    real_evaluate, calls = JaxBackend.evaluate, {"n": 0}
-
-    def interrupt_in_epoch_three(self, batches):
-        calls["n"] += 1
-        if calls["n"] == 3:  # the validation pass of epoch 3: epochs 1-2 are saved, 3 is lost
-            raise KeyboardInterrupt
-        return real_evaluate(self, batches)
-
-    monkeypatch.setattr(JaxBackend, "evaluate", interrupt_in_epoch_three)
+    undo = interrupt_validation(monkeypatch, JaxBackend)
     assert main(["train", "--out", str(tmp_path / "cut"), *common]) == 130
-    monkeypatch.setattr(JaxBackend, "evaluate", real_evaluate)
+    undo()
     assert main(["train", "--resume", str(tmp_path / "cut"), "--no-progress"]) == 0
     full, resumed = (load_file(str(tmp_path / name / "last.safetensors")) for name in ("full", "cut"))
     assert full.keys() == resumed.keys()

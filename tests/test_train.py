@@ -19,7 +19,7 @@ import vitrain
 from vitrain.cli import main
 from vitrain.engine import torch_backend
 
-from .conftest import CLASS_COLORS, _metrics, _without_timing, write_class_folders
+from .conftest import CLASS_COLORS, _metrics, _without_timing, interrupt_validation, write_class_folders
 
 RUN_FILES = [
     "config.yaml",
@@ -112,19 +112,10 @@ def test_same_seed_same_numbers(flat_folder, tmp_path, tiny_args):
 def _interrupt_then_resume(common: list[str], tmp_path: Path, monkeypatch) -> None:
     """Train ``full`` uninterrupted; train ``cut`` with Ctrl-C during epoch 3's validation, then resume it."""
     assert main(["train", "--out", str(tmp_path / "full"), *common]) == 0
-    real_evaluate = torch_backend.evaluate
-    calls = {"n": 0}
-
-    def interrupt_in_epoch_three(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:  # the validation pass of epoch 3: epochs 1-2 are saved, 3 is lost
-            raise KeyboardInterrupt
-        return real_evaluate(*args, **kwargs)
-
-    monkeypatch.setattr(torch_backend, "evaluate", interrupt_in_epoch_three)
+    undo = interrupt_validation(monkeypatch, torch_backend)
     assert main(["train", "--out", str(tmp_path / "cut"), *common]) == 130
     assert len(_metrics(tmp_path / "cut")) == 2
-    monkeypatch.setattr(torch_backend, "evaluate", real_evaluate)
+    undo()
     assert main(["train", "--resume", str(tmp_path / "cut"), "--no-progress"]) == 0
     full = load_file(str(tmp_path / "full" / "last.safetensors"))
     resumed = load_file(str(tmp_path / "cut" / "last.safetensors"))
@@ -140,19 +131,10 @@ def test_resume_auto_starts_a_run_then_continues_it_with_the_same_command(
     common = ["--data", str(flat_folder), *tiny_args, "--epochs", "4"]
     assert main(["train", "--out", str(tmp_path / "full"), *common]) == 0
     command = ["train", "--out", str(tmp_path / "cut"), "--resume", "auto", *common]
-    real_evaluate = torch_backend.evaluate
-    calls = {"n": 0}
-
-    def interrupt_in_epoch_three(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real_evaluate(*args, **kwargs)
-
-    monkeypatch.setattr(torch_backend, "evaluate", interrupt_in_epoch_three)
+    undo = interrupt_validation(monkeypatch, torch_backend)
     assert main(command) == 130
     assert "Continue with: the same command (it has --resume auto)" in capsys.readouterr().err
-    monkeypatch.setattr(torch_backend, "evaluate", real_evaluate)
+    undo()
     assert main([*command, "--lr", "0.5", "--epochs", "5"]) == 2
     assert "changed: --epochs, --lr" in capsys.readouterr().err
     assert main([*command, "--workers", "0"]) == 0  # where and how fast it runs may change
