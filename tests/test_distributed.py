@@ -374,3 +374,83 @@ def test_jax_processes_plan_a_time_budget_together(flat_folder, tmp_path):
     done = _torchrun(["train", *data, "--out", str(tmp_path / "run")], tmp_path)  # the speed probe's steps agree
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["time_budget"]["done_steps"] >= 1 and "time budget 0.4 min" in done.stdout
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _two_nodes(args: list[str], homes: list[Path]) -> list[subprocess.CompletedProcess]:
+    """Two ``torchrun --nnodes 2`` launches, one process each, that meet through a c10d rendezvous on
+    loopback as two machines would; each runs in its own folder with its own HOME and cache."""
+    endpoint = f"127.0.0.1:{_free_port()}"
+    launches = []
+    for node, home in enumerate(homes):
+        home.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "HOME": str(home), "XDG_CACHE_HOME": str(home / ".cache")}
+        command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(node)]
+        command += ["--nproc-per-node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint]
+        command += ["--rdzv-id", "vitrain-test", "-m", "vitrain", *args]
+        launches.append(
+            subprocess.Popen(command, env=env, cwd=home, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        )
+    done = []
+    for launch in launches:
+        stdout, stderr = launch.communicate(timeout=300)
+        done.append(subprocess.CompletedProcess(launch.args, launch.returncode, stdout, stderr))
+    for d in done:
+        assert d.returncode == 0, d.stdout[-3000:] + d.stderr[-3000:]
+    return done
+
+
+def _files_under(folder: Path) -> list[Path]:
+    return sorted(p.relative_to(folder) for p in folder.rglob("*") if p.is_file())
+
+
+def test_two_nodes_train_as_one_node_with_two_processes(tmp_path):
+    """``--nnodes 2`` launches joined by the c10d rendezvous: the same weights, metrics and report as one
+    ``--nproc-per-node 2`` launch; each node runs in its own folder, HOME and cache (machines that share no
+    file system but ``--out``'s), and only rank 0 writes: the other node's folders stay empty."""
+    args = ["train", "--data", "digits", *COMMON, "--epochs", "2", "--batch-size", "32", "--precision", "auto"]
+    _torchrun([*args, "--out", str(tmp_path / "one-node")], tmp_path)
+    done = _two_nodes([*args, "--out", str(tmp_path / "two-nodes")], [tmp_path / "node0", tmp_path / "node1"])
+    one, two = tmp_path / "one-node", tmp_path / "two-nodes"
+    assert _weight_difference(one / "last.safetensors", two / "last.safetensors") == 0.0
+    assert _without_timing(_metrics(one)) == _without_timing(_metrics(two))
+    reports = [json.loads((run / "report.json").read_text()) for run in (one, two)]
+    assert reports[0]["test"] == reports[1]["test"] and reports[1]["processes"] == 2
+    # the rendezvous, not --node-rank, orders the nodes: rank 0 is the launch that logged the run
+    writer = [i for i, d in enumerate(done) if f"writing to {two}" in d.stdout]
+    assert len(writer) == 1, [d.stdout[-1000:] for d in done]
+    other = tmp_path / f"node{1 - writer[0]}"
+    assert _files_under(other) == []  # no run folder, no cache, nothing in HOME
+    # rank 0's node measured and cached the --precision auto probe in its own HOME's cache
+    assert _files_under(tmp_path / f"node{writer[0]}" / ".cache") != []
+
+
+# rank 1 reads another copy of the data folder, one that lacks an image, as a machine with a stale copy would
+OTHER_COPY = """import os, sys
+if os.environ["RANK"] == "1":
+    sys.argv[sys.argv.index("--data") + 1] = os.environ["VITRAIN_TEST_OTHER_COPY"]
+from vitrain.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_processes_that_read_different_data_are_stopped_before_training(flat_folder, tmp_path, monkeypatch):
+    import shutil
+
+    copy = tmp_path / "stale-copy"
+    shutil.copytree(flat_folder, copy)
+    next(p for p in sorted(copy.rglob("*.png"))).unlink()
+    script = tmp_path / "other_copy.py"
+    script.write_text(OTHER_COPY)
+    monkeypatch.setenv("VITRAIN_TEST_OTHER_COPY", str(copy))
+    args = ["train", "--data", str(flat_folder), *COMMON, "--epochs", "1", "--batch-size", "4"]
+    done = _torchrun([*args, "--out", str(tmp_path / "run")], tmp_path, succeeds=False, entry=(str(script),))
+    assert "process(es) 1 found other images or labels than process 0" in done.stderr
+    assert not (tmp_path / "run").exists()

@@ -7,13 +7,9 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")  # files only, never a window
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from .checkpoint import atomic_write_bytes  # noqa: E402
+from .checkpoint import atomic_write_bytes
 
 METRIC_COLUMNS = [
     "epoch",
@@ -26,6 +22,17 @@ METRIC_COLUMNS = [
     "epoch_seconds",
     "images_per_second",
 ]
+
+
+def _pyplot():
+    """matplotlib's pyplot, drawing to files only (imported when a plot is made: only the process that
+    writes the run's files pays for it, and caches its fonts)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, never a window
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def metrics_csv_bytes(history: Sequence[dict[str, Any]]) -> bytes:
@@ -55,6 +62,7 @@ def plot_curves(history: Sequence[dict[str, Any]], out_dir: Path, labels: dict[s
     Epochs without a value (an empty cell) are left out, and so is a split without any;
     ``labels`` renames a split's curve.
     """
+    plt = _pyplot()
     names = {"train": "training", "val": "validation", **(labels or {})}
     for metric, filename, ylabel in (("accuracy", "accuracy.png", "accuracy"), ("loss", "loss.png", "loss")):
         fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
@@ -81,6 +89,7 @@ def plot_confusion_matrix(
     matrix: np.ndarray, classes: Sequence[str], path: Path, title: str, normalized: bool = False
 ) -> None:
     """A confusion matrix colored by row-normalized rate, with counts (or the rates) in the cells."""
+    plt = _pyplot()
     n = len(classes)
     size = min(4 + 0.45 * n, 22)
     fig, ax = plt.subplots(figsize=(size, size * 0.9), dpi=120)
@@ -127,6 +136,7 @@ def plot_samples(
     ``images`` are (C, H, W) uint8 arrays in row order (``per_class`` per row, fewer where a
     class has fewer images).
     """
+    plt = _pyplot()
     rows = sorted(set(true), key=list(true).index)
     fig, axes = plt.subplots(len(rows), per_class, figsize=(1.6 * per_class, 1.75 * len(rows)), dpi=110, squeeze=False)
     for ax in axes.flat:

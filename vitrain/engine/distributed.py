@@ -116,6 +116,15 @@ def broadcast(obj: Any, place: Dist) -> Any:
     return box[0]
 
 
+def ranks_differing(value: Any, place: Dist) -> list[int]:
+    """The ranks whose ``value`` differs from rank 0's (every rank gets the same list; empty when alone)."""
+    if not place.active:
+        return []
+    values: list = [None] * place.world
+    dist.all_gather_object(values, value)
+    return [rank for rank, v in enumerate(values) if v != values[0]]
+
+
 def gather_in_order(values: list, place: Dist) -> list:
     """Per-sample ``values`` of the shard ``rank::world`` from every rank, interleaved back into dataset order."""
     if not place.active:

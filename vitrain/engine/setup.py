@@ -17,7 +17,7 @@ import torch
 
 from ..config import ConfigError, TrainConfig
 from ..data.leakage import content_hashes, find_leaks, without
-from ..data.sources import DataError, DataSplits, load_data
+from ..data.sources import DataError, DataSplits, load_data, split_digest
 from ..models.pretrained import Pretrained, PretrainedError, load_pretrained
 from . import distributed
 from .autorecipe import SPLIT_OPTIONS, RecipeChoice, apply_recipe, choose_recipe
@@ -92,6 +92,7 @@ def prepare_run(
         cfg = chosen
         chosen.validate()
         log(f"recipe: {recipe_choice.name or 'none, the defaults'} ({recipe_choice.reason})")
+    check_same_data_on_every_rank(cfg, splits, place)
     leakage = check_leaks(splits, cfg.dedupe, log)
     pretrained = None
     if cfg.pretrained and not resume:  # a resumed run's weights are in its state
@@ -118,6 +119,17 @@ def prepare_run(
         cfg.save(out / "config.yaml", {"data_summary": summary})
     distributed.barrier(place)
     return RunSetup(cfg, out, splits, leakage, pretrained, device, place, log, devices, recipe_choice)
+
+
+def check_same_data_on_every_rank(cfg: TrainConfig, splits: DataSplits, place: Dist) -> None:
+    """Refuse, on every rank at once, a run whose processes read different images (a copy of ``--data``
+    that differs on another machine), which would deal other splits and train on test images."""
+    differing = distributed.ranks_differing(split_digest(splits), place)
+    if differing:
+        raise ConfigError(
+            f"--data {cfg.data}: process(es) {', '.join(map(str, differing))} found other images or labels than "
+            "process 0; every machine needs the same data at the same path (a shared folder, or identical copies)"
+        )
 
 
 def _load(cfg: TrainConfig) -> DataSplits:
