@@ -454,3 +454,80 @@ def test_processes_that_read_different_data_are_stopped_before_training(flat_fol
     done = _torchrun([*args, "--out", str(tmp_path / "run")], tmp_path, succeeds=False, entry=(str(script),))
     assert "process(es) 1 found other images or labels than process 0" in done.stderr
     assert not (tmp_path / "run").exists()
+
+
+# rank 1 stops (SIGSTOP: as a hung process, or a machine that froze) before its 2nd step of epoch 2
+STOPS = """
+import os, signal, sys
+from pathlib import Path
+from vitrain.engine import torch_backend
+from vitrain.cli import main
+
+pids = Path(os.environ["VITRAIN_TEST_PIDS"])
+Backend = torch_backend.TorchBackend
+step, start_epoch, at = Backend.train_step, Backend.start_epoch, {"epoch": 0, "step": 0}
+
+def start_epoch_counting(self, epoch):
+    at.update(epoch=epoch, step=0)
+    start_epoch(self, epoch)
+
+def train_step_or_stop(self, images, labels):
+    at["step"] += 1
+    if self.place.rank == 1 and (at["epoch"], at["step"]) == (2, 2):
+        (pids / "stopped").write_text(str(os.getpid()))
+        os.kill(os.getpid(), signal.SIGSTOP)
+    return step(self, images, labels)
+
+Backend.start_epoch, Backend.train_step = start_epoch_counting, train_step_or_stop
+(pids / ("rank" + os.environ["RANK"])).write_text(str(os.getpid()))
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_a_stopped_process_makes_the_others_stop_naming_the_step_instead_of_waiting_forever(tmp_path, monkeypatch):
+    """``--dist-timeout``: rank 0 waits that long in the gradient all-reduce for a rank that stopped mid-epoch,
+    then stops with an error naming the step and the command that continues the run."""
+    import signal
+    import time
+
+    script, pids, run = tmp_path / "stops.py", tmp_path / "pids", tmp_path / "run"
+    script.write_text(STOPS)
+    pids.mkdir()
+    monkeypatch.setenv("VITRAIN_TEST_PIDS", str(pids))
+    args = ["train", "--data", "digits", *COMMON, "--img-size", "8", "--epochs", "3", "--batch-size", "32"]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launch = subprocess.Popen(
+        [*command, *args, "--dist-timeout", "5", "--out", str(run)],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (pids / "stopped").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        started = time.monotonic()
+        rank0 = int((pids / "rank0").read_text())
+        while _running(rank0) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        waited = time.monotonic() - started
+    finally:  # the stopped process would hold the agent for its 30 s grace period
+        os.kill(int((pids / "stopped").read_text()), signal.SIGKILL)
+        stdout, stderr = launch.communicate(timeout=120)
+    assert launch.returncode != 0
+    assert 4 < waited < 60, waited
+    said = stdout + stderr
+    where = "in step 2 of epoch 2 (the gradient all-reduce)"
+    assert f"process 0 of 2 waited more than --dist-timeout 5 s for the other processes {where}" in said, said[-3000:]
+    assert "Every completed epoch is saved; continue with: vitrain train --resume " + str(run) in said
+    assert (run / "state.safetensors").exists() and len(_metrics(run)) == 1

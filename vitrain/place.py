@@ -10,11 +10,13 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Dist:
-    """Where this process sits: its rank, the number of processes and its rank on its node."""
+    """Where this process sits: its rank, the number of processes and its rank on its node (and how
+    long it waits for the others in a collective, ``--dist-timeout``)."""
 
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    timeout: float = 600.0
 
     @property
     def main(self) -> bool:

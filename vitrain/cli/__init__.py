@@ -110,6 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"vitrain: error: {err}", file=sys.stderr)
             return 1
 
+    from ..engine.distributed import PeerLost, from_environment, waiting_in
     from ..engine.launch import launch
     from ..engine.train import TrainingError
 
@@ -118,7 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg, resume = train_config_from_args(args)
         out = cfg.out
-        launch(args.command, cfg, resume, _given(args), invocation=_command_line(argv))
+        with waiting_in(f"vitrain {args.command}", from_environment(cfg.dist_timeout)):
+            launch(args.command, cfg, resume, _given(args), invocation=_command_line(argv))
     except ImageReadError as err:  # a file that passed the header check but does not decode, mid-epoch
         message = _worker_message(err)
         if SKIP_BAD_IMAGES_HINT not in message:
@@ -130,6 +132,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except TrainingError as err:
         print(f"vitrain: training stopped: {err}", file=sys.stderr)
+        return 1
+    except PeerLost as err:
+        print(
+            f"vitrain: training stopped: {err}. Every completed epoch is saved; continue with: "
+            f"{_continue_with(args, out)}",
+            file=sys.stderr,
+        )
         return 1
     except OSError as err:  # disk full, permissions: the files of the last completed epoch are intact
         where = f"; continue with: {_continue_with(args, out)}" if out else ""

@@ -429,6 +429,16 @@ class TrainConfig:
     workers: Optional[int] = option(
         None, "data-loading processes (default: auto)", group=RUNNING, check=check_workers, resumable=True
     )
+    dist_timeout: float = option(
+        600.0,
+        "under torchrun, how long a process waits for the others in a collective (a step's gradient "
+        "all-reduce, a shared decision) before the run stops with an error naming it; raise it when "
+        "rank 0 alone does long work the others wait for (a download, a checkpoint on a slow filesystem)",
+        group=RUNNING,
+        check=positive(),
+        metavar="SECONDS",
+        resumable=True,
+    )
     in_memory: str = option(
         "auto",
         "decode every image once and augment whole batches in memory (auto: when the decoded images fit in 2 GiB)",

@@ -16,6 +16,9 @@ A single process (no ``WORLD_SIZE``, or 1) runs exactly as without this module.
 from __future__ import annotations
 
 import os
+import re
+from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any, Iterator
 
 import torch
@@ -25,21 +28,53 @@ from torch.utils.data import Dataset, Sampler
 from ..place import Dist
 
 
-def from_environment() -> Dist:
+class PeerLost(RuntimeError):
+    """Another process stopped answering in a collective (hung, stopped, killed, or its machine lost)."""
+
+
+# what gloo and NCCL say when a peer does not answer in time, or its connection is gone
+_TIMED_OUT = re.compile(r"Timed out waiting|timed out|Watchdog caught collective operation timeout", re.I)
+_GONE = re.compile(r"Connection closed by peer|Connection reset by peer|Broken pipe|Connection refused", re.I)
+
+
+@contextmanager
+def waiting_in(what: str, place: Dist) -> Iterator[None]:
+    """Turn a collective's timeout (or a peer's lost connection) inside the block into :class:`PeerLost`
+    naming ``what`` the process was doing; the innermost block names it."""
+    try:
+        yield
+    except PeerLost:
+        raise
+    except RuntimeError as err:
+        if not place.active or not (_TIMED_OUT.search(str(err)) or _GONE.search(str(err))):
+            raise
+        how = (
+            f"waited more than --dist-timeout {place.timeout:g} s for the other processes"
+            if _TIMED_OUT.search(str(err))
+            else "lost its connection to another process"
+        )
+        raise PeerLost(
+            f"process {place.rank} of {place.world} {how} in {what}: a process stopped answering (hung, stopped, "
+            f"killed, or its machine lost)"
+        ) from err
+
+
+def from_environment(timeout: float = 600.0) -> Dist:
     """The process's place as ``torchrun`` (or any launcher setting ``WORLD_SIZE``/``RANK``) describes it."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        return Dist()
-    return Dist(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+        return Dist(timeout=timeout)
+    return Dist(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")), timeout)
 
 
-def setup(device: torch.device) -> Dist:
+def setup(device: torch.device, timeout: float = 600.0) -> Dist:
     """Join the process group (once) and return this process's :class:`Dist`.
 
     The backend is NCCL when training on CUDA, else gloo. On CUDA each process takes the
-    GPU of its local rank.
+    GPU of its local rank. A collective that waits more than ``timeout`` seconds for a
+    process (``--dist-timeout``) fails instead of waiting forever.
     """
-    place = from_environment()
+    place = from_environment(timeout)
     if not place.active:
         return place
     if not dist.is_initialized():
@@ -47,10 +82,11 @@ def setup(device: torch.device) -> Dist:
         if device.type == "cuda":
             torch.cuda.set_device(place.local_rank)
         store = _attempt_store(place)
+        wait = timedelta(seconds=timeout)
         if store is None:
-            dist.init_process_group(backend)
+            dist.init_process_group(backend, timeout=wait)
         else:
-            dist.init_process_group(backend, store=store, rank=place.rank, world_size=place.world)
+            dist.init_process_group(backend, store=store, rank=place.rank, world_size=place.world, timeout=wait)
     return place
 
 
@@ -65,8 +101,6 @@ def _attempt_store(place: Dist) -> dist.Store | None:
     restart = os.environ.get("TORCHELASTIC_RESTART_COUNT")
     if restart in (None, "0") or "MASTER_ADDR" not in os.environ:
         return None
-    from datetime import timedelta
-
     agent_hosts = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
     store = dist.TCPStore(
         os.environ["MASTER_ADDR"],

@@ -68,7 +68,8 @@ def train_one_epoch(
     shown = tqdm(batches, desc=label, leave=False, disable=not bar, dynamic_ncols=True, total=steps)
     stopped = False
     for images, labels in shown:
-        result = backend.train_step(images, labels)
+        with distributed.waiting_in(f"step {done + 1} of epoch {epoch} (the gradient all-reduce)", place):
+            result = backend.train_step(images, labels)
         done += 1
         progress.step += 1
         if result.finite is False:
@@ -96,15 +97,18 @@ def train_one_epoch(
             shown.set_postfix(loss=f"{float(loss_sum) / max(seen, 1):.4f}")
         if done >= steps:
             break
-        if clock.running and distributed.any_rank(clock.past_deadline(reserve), place, device):
-            stopped = True
-            break
+        if clock.running:
+            with distributed.waiting_in(f"the time budget's deadline check after step {done} of epoch {epoch}", place):
+                stopped = distributed.any_rank(clock.past_deadline(reserve), place, device)
+            if stopped:
+                break
     shown.close()
     seconds = time.perf_counter() - start
     if place.active:  # the whole global batch's loss, accuracy and count
         # float(): the sums may be another framework's arrays (read once, as the epoch ends)
         sums = torch.tensor([float(v) for v in (loss_sum, correct, seen)], dtype=torch.float64, device=device)
-        sums = distributed.all_sum(sums, place)
+        with distributed.waiting_in(f"the sums of epoch {epoch}'s training metrics", place):
+            sums = distributed.all_sum(sums, place)
         loss_sum, correct, seen = sums[0], sums[1], int(sums[2])
     flags = _flags(deferred)
     if deferred and not flags.all():

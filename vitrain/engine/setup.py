@@ -71,12 +71,12 @@ def prepare_run(
 
         import_jax()
         device = torch.device("cpu")
-        place = distributed.setup(device)  # one process unless started by torchrun
+        place = distributed.setup(device, cfg.dist_timeout)  # one process unless started by torchrun
         join_processes(place, cfg.device)  # under torchrun, the JAX processes form one system too
         devices = len(local_devices(cfg.device))
     else:
         device = resolve_device(cfg.device)
-        place = distributed.setup(device)  # one process unless started by torchrun
+        place = distributed.setup(device, cfg.dist_timeout)  # one process unless started by torchrun
         device = distributed.device_for(place, device)
     if not place.main:
         log = quiet  # rank 0 speaks and writes for all

@@ -107,7 +107,8 @@ def train(
                 label=f"epoch {epoch}/{n_epochs}",
                 log=log,
             )
-            val = backend.evaluate(loaders["val"])
+            with distributed.waiting_in(f"the validation of epoch {epoch}", place):
+                val = backend.evaluate(loaders["val"])
             row = epoch_row(epoch, stats, val, backend.lr(), time.perf_counter() - epoch_start)
             progress.history.append(row)
             progress.train_seconds += row["epoch_seconds"]
@@ -157,22 +158,23 @@ def train(
         if writer is not None:
             writer.close()
 
-    distributed.barrier(place)  # best.safetensors is written
-    report = final_report(
-        cfg,
-        run.splits,
-        loaders,
-        device,
-        out,
-        progress.history,
-        progress.best,
-        progress.train_seconds,
-        backend.amp_dtype,
-        log,
-        place,
-        run.devices,
-        {**runtime_report(run, backend), **({"command": invocation} if invocation else {})},
-    )
+    with distributed.waiting_in("the final evaluation (after rank 0's last checkpoints)", place):
+        distributed.barrier(place)  # best.safetensors is written
+        report = final_report(
+            cfg,
+            run.splits,
+            loaders,
+            device,
+            out,
+            progress.history,
+            progress.best,
+            progress.train_seconds,
+            backend.amp_dtype,
+            log,
+            place,
+            run.devices,
+            {**runtime_report(run, backend), **({"command": invocation} if invocation else {})},
+        )
     if not place.main:
         return report
     stopped_by = "deadline" if stats is not None and stats.deadline else "plan"

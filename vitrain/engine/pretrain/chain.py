@@ -52,7 +52,7 @@ def pretrain_then_train(
             f"--pretrain {cfg.pretrain} runs in one process; start it without torchrun (or use "
             "--pretrain labels, which runs under torchrun)"
         )
-    place = distributed.setup(resolve_device(cfg.device))  # the stages find the process group up
+    place = distributed.setup(resolve_device(cfg.device), cfg.dist_timeout)  # the stages find the process group up
     main = place.main
     if not main:
         log = quiet  # rank 0 speaks and writes for all
