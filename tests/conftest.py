@@ -80,6 +80,25 @@ def interrupt_validation(monkeypatch, owner, name: str = "evaluate", at: int = 3
     return lambda: monkeypatch.setattr(owner, name, real)
 
 
+def interrupt_step(monkeypatch, n: int, do=None) -> None:
+    """Run ``do()`` (default: raise KeyboardInterrupt, as Ctrl-C would) at the start of the ``n``-th training
+    step of the process, before it computes; ``monkeypatch.undo()`` undoes it."""
+    from vitrain.engine import torch_backend
+
+    real, calls = torch_backend.TorchBackend.train_step, {"n": 0}
+
+    def stop() -> None:
+        raise KeyboardInterrupt
+
+    def step(self, images, labels):
+        calls["n"] += 1
+        if calls["n"] == n:
+            (do or stop)()
+        return real(self, images, labels)
+
+    monkeypatch.setattr(torch_backend.TorchBackend, "train_step", step)
+
+
 # JAX's compiled steps may stay in the user's cache between test sessions (they are keyed by
 # what was compiled, and a warm cache saves minutes); what vitrain measures may not (below)
 os.environ.setdefault(

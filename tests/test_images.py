@@ -100,3 +100,87 @@ def test_only_visible_image_files_count(tmp_path):
     assert is_image_file(tmp_path / "a.JPG")
     assert not is_image_file(tmp_path / "notes.txt")
     assert not is_image_file(tmp_path / ".hidden.png")
+
+
+@pytest.mark.parametrize("name", ["scan.png", "scan.tif"])
+def test_twelve_bit_scans_in_sixteen_bit_files_keep_their_grey_levels(tmp_path, name):
+    """A 12-bit scan stored in 16 bits (values 0..4095): divided by 257 it would be dark, with 16 grey levels;
+    ``auto`` stretches its own range, ``--bit-depth 12`` maps 0..4095 for every image alike."""
+    arr = (np.arange(64 * 64).reshape(64, 64) % 4096).astype(np.uint16)
+    arr[0, 0], arr[0, 1] = 100, 4000  # darkest and brightest samples
+    arr = np.clip(arr, 100, 4000)
+    path = tmp_path / name
+    Image.fromarray(arr).save(path)
+    auto = read_image(path, 1)
+    assert (int(auto.min()), int(auto.max())) == (0, 255) and len(auto.unique()) > 200
+    twelve = read_image(path, 1, bit_depth=12)
+    assert int(twelve.max()) == round(4000 * 255 / 4095) and int(twelve.min()) == round(100 * 255 / 4095)
+    sixteen = read_image(path, 1, bit_depth=16)
+    assert int(sixteen.max()) == round(4000 / 257) and len(sixteen.unique()) <= 17  # what 1/257 leaves
+
+
+def _dicom(path, pixels: np.ndarray, **tags) -> None:
+    """Write a single-frame grayscale DICOM file with pydicom (``tags``: window, rescale, photometric)."""
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.PatientName = "MR", "Test^Phantom"
+    ds.Rows, ds.Columns = pixels.shape[-2:]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, tags.pop("photometric", "MONOCHROME2")
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    if pixels.ndim == 3:
+        ds.NumberOfFrames = pixels.shape[0]
+    for key, value in tags.items():
+        setattr(ds, key, value)
+    ds.PixelData = pixels.astype(np.uint16).tobytes()
+    ds.save_as(str(path), enforce_file_format=True)
+    del pydicom
+
+
+def test_dicom_images_are_read_through_their_rescale_and_window(tmp_path):
+    pixels = np.array([[0, 1000, 2000, 3000, 4000]], dtype=np.uint16).repeat(4, axis=0)
+    # Hounsfield-like values = 1 * stored - 1000; a window of width 2001 centred on 0.5 spans stored 0..2000
+    _dicom(
+        tmp_path / "windowed.dcm", pixels, RescaleSlope=1, RescaleIntercept=-1000, WindowCenter=0.5, WindowWidth=2001
+    )
+    row = read_image(tmp_path / "windowed.dcm", 1)[0, 0].tolist()
+    assert row == [0, 128, 255, 255, 255]
+    _dicom(tmp_path / "inverted.dcm", pixels, photometric="MONOCHROME1", WindowCenter=2000.5, WindowWidth=4001)
+    assert read_image(tmp_path / "inverted.dcm", 1)[0, 0].tolist() == [255, 191, 127, 64, 0]
+    _dicom(tmp_path / "plain.dcm", pixels)  # no window: scaled as --bit-depth says
+    assert read_image(tmp_path / "plain.dcm", 1)[0, 0].tolist() == [0, 64, 128, 191, 255]
+    assert read_image(tmp_path / "plain.dcm", 3, bit_depth=12).shape == (3, 4, 5)
+    _dicom(tmp_path / "cine.dcm", np.stack([pixels, pixels]))
+    with pytest.raises(ImageReadError, match="cine.dcm: a DICOM file of 2 frames; vitrain reads single images"):
+        read_image(tmp_path / "cine.dcm", 1)
+    (tmp_path / "broken.dcm").write_bytes(b"DICM but not really")
+    with pytest.raises(ImageReadError, match="broken.dcm: not a readable DICOM image"):
+        read_image(tmp_path / "broken.dcm", 1)
+
+
+def test_a_folder_of_dicom_files_trains_and_predicts_end_to_end(tmp_path, tiny_args, capsys):
+    """Class folders of ``.dcm`` files: trained, predicted and annotated like any images; --bit-depth is
+    recorded in the checkpoint, so prediction decodes as training did."""
+    import vitrain
+    from vitrain.cli import main
+
+    rng = np.random.default_rng(0)
+    for c, level in (("benign", 800), ("malignant", 3200)):
+        (tmp_path / "scans" / c).mkdir(parents=True)
+        for i in range(8):
+            _dicom(tmp_path / "scans" / c / f"{i}.dcm", rng.normal(level, 300, (20, 20)).clip(0, 4095))
+    run = tmp_path / "run"
+    args = ["train", "--data", str(tmp_path / "scans"), *tiny_args, "--bit-depth", "12", "--out", str(run)]
+    assert main(args) == 0
+    assert vitrain.load_model(run).meta["bit_depth"] == "12"
+    assert "1 channel(s)" in capsys.readouterr().out
+    scan = tmp_path / "scans" / "malignant" / "0.dcm"
+    assert main(["predict", str(run), str(scan), "--out", str(tmp_path / "pred"), "--annotate"]) == 0
+    assert (tmp_path / "pred" / "predictions.csv").read_text().count("0.dcm") == 1

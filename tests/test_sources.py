@@ -201,6 +201,39 @@ def test_mnist_from_data_root_without_download(tmp_path):
     assert splits.train[0][0].shape == (1, 28, 28)
 
 
+def test_fashion_mnist_from_the_gz_files_its_site_ships(tmp_path, capsys):
+    """``--no-download`` with the four ``*-ubyte.gz`` files in ``FashionMNIST/raw/``: they are decompressed
+    beside themselves (as torchvision's own download does) and read; a broken one is named."""
+    import gzip
+
+    from vitrain.cli import main
+
+    raw = tmp_path / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 60), ("t10k", 20)):
+        for kind, array in (("images-idx3", rng.integers(0, 255, (n, 28, 28))), ("labels-idx1", np.arange(n) % 10)):
+            plain = raw / f"{prefix}-{kind}-ubyte"
+            _write_idx(plain, array)
+            (raw / f"{plain.name}.gz").write_bytes(gzip.compress(plain.read_bytes()))
+            plain.unlink()
+    splits = load_data("fashion-mnist", data_root=tmp_path, download=False, val_fraction=0.2)
+    assert splits.sizes() == {"train": 50, "val": 10, "test": 20}
+    assert splits.classes[0] == "T-shirt/top" and splits.train[0][0].shape == (1, 28, 28)
+    assert sorted(p.name for p in raw.iterdir() if not p.name.endswith(".gz")) == [
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+    ]
+    # end to end, and a truncated archive named
+    for p in raw.glob("*-ubyte"):
+        p.unlink()
+    (raw / "t10k-labels-idx1-ubyte.gz").write_bytes(b"\x1f\x8b\x08\x00broken")
+    assert main(["train", "--data", "fashion-mnist", "--data-root", str(tmp_path), "--no-download"]) == 2
+    assert f"{raw / 't10k-labels-idx1-ubyte.gz'}: not a readable gzip file" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("name", ["cifar10", "fashion-mnist"])
 def test_missing_torchvision_set_says_where_to_put_it(tmp_path, name):
     with pytest.raises(DataError, match=rf"--data {name}: not found under --data-root {tmp_path}.*Put "):

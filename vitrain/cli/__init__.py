@@ -33,8 +33,13 @@ def train_config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, bool]
     return resolve_config(_given(args), config_file=args.config, resume=args.resume, command=args.command)
 
 
-def _raise_keyboard_interrupt(signum, frame):  # noqa: ARG001 - signal handler signature
-    raise KeyboardInterrupt
+def _on_sigterm(signum, frame):  # noqa: ARG001 - signal handler signature
+    """A SIGTERM (a scheduler or spot machine about to stop the job): a running epoch saves at its next
+    step and stops; elsewhere, or at a second SIGTERM, stop like Ctrl-C (every completed epoch is saved)."""
+    from ..engine.midepoch import request_stop
+
+    if not request_stop():
+        raise KeyboardInterrupt
 
 
 def _worker_message(err: Exception) -> str:
@@ -112,9 +117,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from ..engine.distributed import PeerLost, from_environment, waiting_in
     from ..engine.launch import launch
+    from ..engine.midepoch import StopRequested
     from ..engine.train import TrainingError
 
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)  # stop like Ctrl-C: the last epoch is saved
+    signal.signal(signal.SIGTERM, _on_sigterm)
     out = None
     try:
         cfg, resume = train_config_from_args(args)
@@ -144,11 +150,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f"; continue with: {_continue_with(args, out)}" if out else ""
         print(f"vitrain: error: {err}. Files already written are intact{where}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print(
-            f"\nvitrain: interrupted; every completed epoch is saved. Continue with: {_continue_with(args, out)}",
-            file=sys.stderr,
-        )
+    except KeyboardInterrupt as err:
+        saved = f"{err}" if isinstance(err, StopRequested) else "interrupted; every completed epoch is saved"
+        print(f"\nvitrain: {saved}. Continue with: {_continue_with(args, out)}", file=sys.stderr)
         return 130
     finally:
         from ..engine.distributed import shutdown

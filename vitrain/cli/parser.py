@@ -195,6 +195,24 @@ def _add_tool_parsers(sub: argparse._SubParsersAction) -> None:
     )
     ex.add_argument("--license", help=LICENSE_HELP)
     _add_share_parsers(sub)
+    _add_shards_parser(sub)
+
+
+def _add_shards_parser(sub: argparse._SubParsersAction) -> None:
+    """shards: a folder of class folders as WebDataset shards, for data larger than memory."""
+    shards = sub.add_parser(
+        "shards",
+        help="write a folder of class folders (or an archive of one) as WebDataset shards to stream",
+        description="Splits the data as training would (split folders, or --val-fraction/--test-fraction/"
+        "--split-seed for a flat folder) and writes OUT/{train,val,test}-NNNNNN.tar of --shard-size samples "
+        "each (KEY.jpg|png|... with its bytes, KEY.cls) and OUT/classes.txt; train with --data OUT.",
+    )
+    shards.add_argument("data", help="a folder of class folders, or a .zip/.tar of one")
+    shards.add_argument("--out", required=True, help="the folder to write the shards into (new, or empty)")
+    shards.add_argument("--shard-size", type=int, default=1000, help="samples per shard (1000)")
+    shards.add_argument("--val-fraction", type=float, default=0.1, help="for a flat folder, as for training (0.1)")
+    shards.add_argument("--test-fraction", type=float, default=0.1, help="for a flat folder, as for training (0.1)")
+    shards.add_argument("--split-seed", type=int, default=0, help="for a flat folder, as for training (0)")
 
 
 def _add_share_parsers(sub: argparse._SubParsersAction) -> None:

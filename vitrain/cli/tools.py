@@ -59,6 +59,8 @@ def run_tool(args: argparse.Namespace) -> int:
         return 0
     if args.command == "serve":
         return _serve(args)
+    if args.command == "shards":
+        return _shards(args)
     from .. import api
 
     if args.command == "eval":
@@ -206,3 +208,26 @@ def recipes_list() -> str:
         "17 to 48 px, folder-best for larger ones, vitrain's defaults for smaller ones (digits); the batch size "
         "halved for small datasets; the log says which and why\n"
     )
+
+
+def _shards(args: argparse.Namespace) -> int:
+    """``vitrain shards``: a folder's splits as WebDataset shards."""
+    from ..data.shards import write_shards
+    from ..data.sources import load_data
+
+    out = Path(args.out)
+    if args.shard_size < 1:
+        raise ValueError(f"--shard-size must be at least 1 (got {args.shard_size})")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ValueError(f"--out {out}: already holds files; shards go into a new or empty folder")
+    splits = load_data(
+        args.data, val_fraction=args.val_fraction, test_fraction=args.test_fraction, split_seed=args.split_seed
+    )
+    if not hasattr(splits.train, "paths"):
+        raise ValueError(f"vitrain shards {args.data}: reads a folder of class folders or an archive of one")
+    for note in splits.notes:
+        print(f"note: {note}")
+    parts = {"train": splits.train, "val": splits.val, "test": splits.test}
+    write_shards(parts, splits.classes, out, args.shard_size)
+    print(f"wrote {out}; train with: vitrain train --data {out}")
+    return 0

@@ -8,6 +8,7 @@ it means "not set", and is resolved later from the data or the weights.
 from __future__ import annotations
 
 import os
+import re
 from typing import Any, Callable, Optional, Sequence
 
 from ..models.registry import ALIASES, model_names
@@ -132,3 +133,48 @@ FREEZE = rule(
 HEAD = rule(_valid_head, "must be linear or mlp:HIDDEN[:DROPOUT], e.g. mlp:512:0.3")
 ALPHA = non_negative(" (0 turns it off)", message="alpha must be >= 0")  # MixUp and CutMix alphas
 CROP_SCALE = min_max(at_most=1)  # the area range of a random crop
+
+
+def parse_save_every(text: str | None) -> tuple[float | None, int | None]:
+    """``--save-every``: ``30`` or ``30m`` (minutes of training), ``2h``, or ``500steps``; (minutes, steps)."""
+    if text is None:
+        return None, None
+    found = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(m|min|minutes?|h|hours?|steps?)?\s*", str(text))
+    if not found or float(found[1]) <= 0:
+        raise ValueError(f"--save-every {text}: expected minutes (30, 30m, 1.5h) or steps (500steps)")
+    value, unit = float(found[1]), (found[2] or "m")
+    if unit.startswith("step"):
+        if value != int(value):
+            raise ValueError(f"--save-every {text}: a whole number of steps")
+        return None, int(value)
+    return (value * 60 if unit.startswith("h") else value), None
+
+
+def check_save_every(value: Any, cfg: Any) -> Optional[str]:
+    """``--save-every``: minutes or steps, with the PyTorch backend."""
+    if value is None:
+        return None
+    try:
+        parse_save_every(value)
+    except ValueError:
+        return "must be minutes (30, 30m, 1.5h) or steps (500steps)"
+    if cfg.backend == "jax":
+        return "needs --backend torch (the jax backend saves at the end of each epoch)"
+    return None
+
+
+def parse_bit_depth(value: Any) -> str | int:
+    """``--bit-depth``: ``auto``, or a number of bits from 8 to 16."""
+    if str(value) == "auto":
+        return "auto"
+    if str(value).isdigit() and 8 <= int(value) <= 16:
+        return int(value)
+    raise ValueError(f"--bit-depth {value}: expected auto or a number of bits from 8 to 16")
+
+
+def check_bit_depth(value: Any, cfg: Any) -> Optional[str]:  # noqa: ARG001 - a check's signature
+    try:
+        parse_bit_depth(value)
+    except ValueError:
+        return "must be auto or a number of bits from 8 to 16 (12 for 12-bit scans stored in 16 bits)"
+    return None

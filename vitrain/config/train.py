@@ -22,8 +22,10 @@ from .checks import (
     FREEZE,
     HEAD,
     at_least,
+    check_bit_depth,
     check_device,
     check_model,
+    check_save_every,
     check_workers,
     in_range,
     min_max,
@@ -69,6 +71,24 @@ class TrainConfig:
         "digits",
         "digits, cifar10, cifar100, mnist, fashion-mnist, a folder of class folders, or a .zip/.tar of one",
         group=DATA,
+    )
+    shuffle_buffer: int = option(
+        1000,
+        "with WebDataset shards, how many samples each DataLoader worker shuffles among (more: a better "
+        "shuffle, more memory)",
+        group=DATA,
+        check=positive(),
+        metavar="N",
+        commands=TRAIN,
+    )
+    bit_depth: str = option(
+        "auto",
+        "how images of more than 8 bits per sample (16-bit PNG/TIFF, DICOM without a window) become 8-bit: "
+        "auto stretches each image's own range over 0-255; N (8-16) maps 0..2^N-1 onto 0-255 for every "
+        "image alike (12 for 12-bit MRI or CT stored in 16 bits)",
+        group=DATA,
+        check=check_bit_depth,
+        metavar="auto|N",
     )
     data_root: Optional[str] = option(
         None,
@@ -428,6 +448,16 @@ class TrainConfig:
     device: str = option("auto", "auto, cpu, cuda or cuda:N", group=RUNNING, check=check_device, resumable=True)
     workers: Optional[int] = option(
         None, "data-loading processes (default: auto)", group=RUNNING, check=check_workers, resumable=True
+    )
+    save_every: Optional[str] = option(
+        None,
+        "also save the resumable state inside epochs: every N minutes of training (30, 30m, 1.5h) or every "
+        "N steps (500steps); a SIGTERM saves at the next step in any case",
+        group=RUNNING,
+        check=check_save_every,
+        metavar="WHEN",
+        commands=TRAIN,
+        resumable=True,
     )
     dist_timeout: float = option(
         600.0,

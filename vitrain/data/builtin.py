@@ -52,6 +52,26 @@ def _filter_array_classes(
     return subset, chosen
 
 
+def unpack_ubyte_gz(raw: Path, archives: Sequence[str]) -> None:
+    """Decompress the ``*-ubyte.gz`` files of an (Fashion-)MNIST ``raw/`` folder that have no uncompressed
+    copy beside them yet, as torchvision reads only those (its download does this step itself)."""
+    import gzip
+    import os
+
+    for archive in archives:
+        packed, unpacked = raw / archive, raw / Path(archive).stem
+        if not packed.is_file() or unpacked.is_file():
+            continue
+        try:
+            with gzip.open(packed) as f:
+                data = f.read()
+        except (OSError, EOFError) as err:
+            raise DataError(f"{packed}: not a readable gzip file ({err})") from None
+        partial = unpacked.with_name(f".{unpacked.name}.{os.getpid()}.tmp")  # never a half-written file
+        partial.write_bytes(data)
+        os.replace(partial, unpacked)
+
+
 def torchvision_splits(
     name: str,
     root: Path,
@@ -74,10 +94,13 @@ def torchvision_splits(
     files = {
         "cifar10": "cifar-10-python.tar.gz (or its extracted cifar-10-batches-py/)",
         "cifar100": "cifar-100-python.tar.gz (or its extracted cifar-100-python/)",
-        "mnist": "MNIST/raw/ with the four uncompressed *-ubyte files",
-        "fashion-mnist": "FashionMNIST/raw/ with the four uncompressed *-ubyte files",
+        "mnist": "MNIST/raw/ with the four *-ubyte.gz files (as the official site ships them, or uncompressed)",
+        "fashion-mnist": "FashionMNIST/raw/ with the four *-ubyte.gz files (as the official site ships them, or "
+        "uncompressed)",
     }[name]
     root = Path(root).expanduser()
+    if name in ("mnist", "fashion-mnist"):
+        unpack_ubyte_gz(Path(root) / cls.__name__ / "raw", [Path(url).name for url, _ in cls.resources])
     try:
         train_set = cls(str(root), train=True, download=download)
         test_set = cls(str(root), train=False, download=download)

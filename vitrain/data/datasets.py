@@ -52,22 +52,32 @@ class FileImageDataset(Dataset):
     """Images decoded from files on every access."""
 
     def __init__(
-        self, paths: Sequence[Path], targets: Sequence[int], channels: int, max_side: int | None = None
+        self,
+        paths: Sequence[Path],
+        targets: Sequence[int],
+        channels: int,
+        max_side: int | None = None,
+        bit_depth: str | int = "auto",
     ) -> None:
         self.paths = list(paths)
         self.targets = [int(t) for t in targets]
         self.channels = channels
         self.max_side = max_side  # set by the loader to decode big JPEGs at reduced size
+        self.bit_depth = bit_depth  # how 16-bit images become 8-bit (--bit-depth)
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return read_image(self.paths[index], self.channels, self.max_side), self.targets[index]
+        return read_image(self.paths[index], self.channels, self.max_side, self.bit_depth), self.targets[index]
 
     def subset(self, indices: Sequence[int]) -> "FileImageDataset":
         return FileImageDataset(
-            [self.paths[i] for i in indices], [self.targets[i] for i in indices], self.channels, self.max_side
+            [self.paths[i] for i in indices],
+            [self.targets[i] for i in indices],
+            self.channels,
+            self.max_side,
+            self.bit_depth,
         )
 
 
@@ -99,6 +109,12 @@ class DataSplits:
     # where the data's own split folders or a fixed split decide everything (digits)
     split_options: dict[str, Any] = field(default_factory=dict)
 
+    def decode_bits(self, bit_depth: str | int) -> None:
+        """Decode 16-bit images as ``bit_depth`` says (``--bit-depth``; see :func:`~.images.read_image`)."""
+        for dataset in (self.train, self.val, self.test):
+            if hasattr(dataset, "bit_depth"):
+                dataset.bit_depth = bit_depth
+
     def sizes(self) -> dict[str, int]:
         return {k: len(v) for k, v in (("train", self.train), ("val", self.val), ("test", self.test)) if v is not None}
 
@@ -115,8 +131,10 @@ def split_digest(splits: DataSplits) -> str:
         digest.update(f"|{part}:{0 if dataset is None else len(dataset)}|".encode())
         if dataset is None:
             continue
-        for path in getattr(dataset, "paths", []):
+        for path in getattr(dataset, "paths", getattr(dataset, "shards", [])):  # files, or shards
             digest.update(os.path.relpath(path, splits.name).encode() + b"\0")
+        if hasattr(dataset, "dropped"):  # a split carved out of shards: which of their samples it holds
+            digest.update(np.asarray(sorted(dataset.dropped), dtype=np.int64).tobytes())
         digest.update(np.asarray(getattr(dataset, "targets", []), dtype=np.int64).tobytes())
     return digest.hexdigest()
 

@@ -22,7 +22,7 @@ from .datasets import (
     _select_classes,
     stratified_split,
 )
-from .images import ImageReadError, image_mode, is_image_file, read_image
+from .images import ImageReadError, image_mode, image_side, is_image_file, read_image
 from .workers import worker_context
 
 SPLIT_NAMES = {
@@ -174,14 +174,8 @@ def _skip_note(bad: dict[Path, str]) -> list[str]:
 
 
 def _typical_size(paths: Sequence[Path], sample: int = 32) -> int:
-    from PIL import Image
-
     step = max(1, len(paths) // sample)
-    sides = []
-    for p in paths[::step][:sample]:
-        with Image.open(p) as img:
-            sides.append(min(img.size))
-    return int(np.median(sides))
+    return int(np.median([image_side(p) for p in paths[::step][:sample]]))
 
 
 def _flat_dataset(

@@ -17,6 +17,8 @@ from .datasets import ArrayImageDataset, FileImageDataset
 
 def content_hashes(dataset: Dataset) -> list[str]:
     """One digest per image: of the file's bytes, or of the decoded uint8 pixels held in memory."""
+    if hasattr(dataset, "hashes"):  # shards: digests of the images' bytes, made as they were scanned
+        return list(dataset.hashes)
     if isinstance(dataset, FileImageDataset):
         return [hashlib.sha256(p.read_bytes()).hexdigest() for p in dataset.paths]
     if isinstance(dataset, ArrayImageDataset):

@@ -285,6 +285,9 @@ class MemoryLoader:
         self.place = place or Dist()
         self.drop_last = drop_last and len(targets) >= batch_size
         self.generator = torch.Generator()
+        self.start = 0  # the batch the next epoch starts at (a resumed epoch's); reset once it has begun
+        self.augmenting: torch.Generator | None = None  # what augments the current epoch's batches
+        self._resumed_state: torch.Tensor | None = None
 
     def __len__(self) -> int:
         n = len(self.targets)
@@ -294,26 +297,37 @@ class MemoryLoader:
             return math.ceil(len(range(self.place.rank, n, self.place.world)) / self.batch_size)
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
+    def augment_state(self) -> torch.Tensor:
+        """The state of the generator that augments this epoch's next batch (saved inside an epoch)."""
+        return (self.augmenting or self.generator).get_state()
+
+    def resume_epoch(self, batch: int, augment_state: torch.Tensor) -> None:
+        """Make the next epoch start at ``batch``, augmenting as the saved :meth:`augment_state` says:
+        with the generator re-seeded as for the whole epoch, batches ``batch, batch+1, ...`` are those
+        of the uninterrupted epoch."""
+        self.start, self._resumed_state = batch, augment_state
+
     def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Generator]]:
         """Index tensors of this process's batches, with the generator that augments them."""
         n = len(self.targets)
-        if not self.place.active:
-            order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
-            for start in range(0, len(self) * self.batch_size, self.batch_size):
-                yield order[start : start + self.batch_size], self.generator
-        elif self.shuffle:
-            order = torch.randperm(n, generator=self.generator)  # the same on every rank
-            mine = torch.Generator().manual_seed(
-                int(torch.randint(0, 2**62, (1,), generator=self.generator)) + self.place.rank
-            )
-            size = self.batch_size * self.place.world
-            for step in range(len(self)):
-                start = step * size + self.place.rank * self.batch_size
-                yield order[start : start + self.batch_size], mine
+        first, self.start = self.start, 0
+        resumed, self._resumed_state = self._resumed_state, None
+        if not self.place.active or not self.shuffle:
+            if self.place.active:
+                order = torch.arange(self.place.rank, n, self.place.world)
+            else:
+                order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+            self.augmenting, size, offset = self.generator, self.batch_size, 0
         else:
-            order = torch.arange(self.place.rank, n, self.place.world)
-            for start in range(0, len(order), self.batch_size):
-                yield order[start : start + self.batch_size], self.generator
+            order = torch.randperm(n, generator=self.generator)  # the same on every rank
+            seed = int(torch.randint(0, 2**62, (1,), generator=self.generator)) + self.place.rank
+            self.augmenting = torch.Generator().manual_seed(seed)
+            size, offset = self.batch_size * self.place.world, self.place.rank * self.batch_size
+        if resumed is not None:
+            self.augmenting.set_state(resumed)
+        for step in range(first, len(self)):
+            start = step * size + offset
+            yield order[start : start + self.batch_size], self.augmenting
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for index, generator in self._batches():

@@ -35,6 +35,7 @@ from .datasets import (
     stratified_split,
 )
 from .folders import SPLIT_NAMES, _flat_dataset, _subdirs, find_dataset_root, folder_splits
+from .shards import is_shard_folder, shard_splits
 
 # load_data and load_split, and the names code imported from here before this module was split
 # by job (re-exported from where they now live)
@@ -97,6 +98,8 @@ def load_data(
         root = Path(data_root) if data_root else default_cache_dir() / "datasets"
         return torchvision_splits(key, root, download, val_fraction, split_seed, channels, classes)
     path = Path(data).expanduser()
+    if is_shard_folder(path):
+        return shard_splits(path, channels, classes, val_fraction, test_fraction, split_seed)
     if path.is_dir():
         return folder_splits(path, channels, classes, val_fraction, test_fraction, split_seed, skip_bad_images)
     if is_archive(path):
@@ -137,7 +140,7 @@ def load_split(
         raise DataError(f"--split must be all, train, val or test, got {split!r}")
     path = Path(data).expanduser()
     folder = extract_archive(path, cache_dir) if is_archive(path) else path
-    if (split == "all" or (split is None and whole_flat_folder)) and folder.is_dir():
+    if (split == "all" or (split is None and whole_flat_folder)) and folder.is_dir() and not is_shard_folder(folder):
         root = find_dataset_root(folder)
         if not any(d.name.lower() in SPLIT_NAMES for d in _subdirs(root)):
             # evaluating a folder of a single class is legitimate: no minimum class count

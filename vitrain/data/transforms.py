@@ -135,9 +135,19 @@ class TransformedDataset(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        image, target = self.dataset[index]
-        return self.transform(image), (target if self.target_map is None else self.target_map[target])
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+        """The transformed image at ``key``: an index, or ``(index, seed)`` for a training sample whose
+        random transform draws from ``seed`` alone (see :mod:`vitrain.data.sampling`)."""
+        if isinstance(key, tuple):
+            index, seed = key
+            image, target = self.dataset[index]
+            with torch.random.fork_rng(devices=[]):  # the process's own stream (dropout, when workers=0) stays put
+                torch.manual_seed(seed)
+                image = self.transform(image)
+        else:
+            image, target = self.dataset[key]
+            image = self.transform(image)
+        return image, (target if self.target_map is None else self.target_map[target])
 
 
 def dataset_mean_std(dataset: Dataset, img_size: int, max_images: int = 1000) -> tuple[list[float], list[float]]:
@@ -150,8 +160,12 @@ def dataset_mean_std(dataset: Dataset, img_size: int, max_images: int = 1000) ->
     step = max(1, n // max_images)
     total = total_sq = None
     pixels = 0
-    for index in range(0, n, step):
-        image = resize(dataset[index][0]).flatten(1).double()
+    if hasattr(dataset, "first_images"):  # streamed shards: the first images, not evenly spaced ones
+        images = dataset.first_images(max_images)
+    else:
+        images = (dataset[index][0] for index in range(0, n, step))
+    for raw in images:
+        image = resize(raw).flatten(1).double()
         s, sq = image.sum(1), (image * image).sum(1)
         total = s if total is None else total + s
         total_sq = sq if total_sq is None else total_sq + sq

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import signal
 import sys
 from multiprocessing.context import BaseContext
 
@@ -21,3 +22,9 @@ def worker_context(workers: int) -> BaseContext | None:
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(PRELOAD)
     return context
+
+
+def leave_sigterm_to_the_main_process(worker_id: int) -> None:  # noqa: ARG001 - DataLoader's worker_init_fn
+    """A DataLoader worker ignores SIGTERM: a scheduler that signals every process of a job would otherwise
+    kill the workers under the training loop, which saves and stops at its next step and then ends them."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -61,6 +61,7 @@ class Backend(Protocol):
     precision: Precision  # what the steps compute in, and why (--precision)
     compiled: bool  # whether its first epoch also compiles (the planner ignores that epoch's speed)
     compiling: CompileChoice | None  # --compile's decision and why, once start() made it (None: not torch.compile)
+    saves_inside: bool  # whether it saves inside an epoch (--save-every, SIGTERM): random_state/load_random_state
 
     def start(self, total_steps: int, steps_per_epoch: int) -> None:
         """Build the optimizer and the schedule for a run of ``total_steps`` steps."""

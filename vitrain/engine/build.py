@@ -10,6 +10,8 @@ from torch.utils.data import DataLoader
 
 from ..config import ConfigError, TrainConfig, parse_head
 from ..data import memory
+from ..data.sampling import SeededBatches
+from ..data.shards import ShardEvalStream, ShardLoader, ShardSplit, ShardStream
 from ..data.sources import ArrayImageDataset, DataSplits
 from ..data.transforms import (
     TransformedDataset,
@@ -19,7 +21,7 @@ from ..data.transforms import (
     normalization,
     uses_resized_crop,
 )
-from ..data.workers import worker_context
+from ..data.workers import leave_sigterm_to_the_main_process, worker_context
 from ..models.pretrained import Pretrained, PretrainedError
 from ..models.registry import resolve_config
 from ..models.vit import VisionTransformer, ViTConfig
@@ -157,6 +159,7 @@ def build_model(cfg: TrainConfig, pretrained: Pretrained | None = None) -> Visio
         "std": list(cfg.std),
         "crop_pct": cfg.crop_pct,
         "interpolation": "bilinear",
+        "bit_depth": cfg.bit_depth,
         "model_name": cfg.model,
         "data": cfg.data,
         "split": {"val_fraction": cfg.val_fraction, "test_fraction": cfg.test_fraction, "split_seed": cfg.split_seed},
@@ -167,6 +170,10 @@ def build_model(cfg: TrainConfig, pretrained: Pretrained | None = None) -> Visio
 
 def use_memory(cfg: TrainConfig, splits: DataSplits) -> bool:
     """Whether ``--in-memory`` (auto: when the decoded images fit in :data:`memory.MAX_BYTES`) applies."""
+    if isinstance(splits.train, ShardSplit):  # shards are streamed: the point is not to hold them
+        if cfg.in_memory == "on":
+            raise ConfigError(f"--in-memory on with --data {cfg.data}: shards are streamed from disk; leave it out")
+        return False
     if cfg.in_memory != "auto":
         return cfg.in_memory == "on"
     side = memory.train_side(cfg.img_size, splits.native_size, cfg.augment, cfg.crop)
@@ -221,28 +228,55 @@ def build_loaders(
     for dataset in (splits.val, splits.test):
         if dataset is not None and hasattr(dataset, "max_side"):
             dataset.max_side = eval_decode_side(cfg.img_size, cfg.crop_pct)  # as vitrain eval and predict decode
-    # no persistent workers: each epoch's workers are seeded afresh from the re-seeded generator,
-    # which is what makes a resumed run repeat the augmentations of an uninterrupted one
+    # each training sample's augmentation is seeded by its place in the epoch, whichever worker decodes it
     common = dict(
-        num_workers=workers, pin_memory=device.type == "cuda", multiprocessing_context=worker_context(workers)
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        multiprocessing_context=worker_context(workers),
+        worker_init_fn=leave_sigterm_to_the_main_process,
     )
+    if isinstance(splits.train, ShardSplit):
+        return _shard_loaders(cfg, splits, train_tf, eval_tf, place, workers, common, log)
+    # the generator that orders each epoch and seeds its augmentations (see vitrain.data.sampling)
     generator = torch.Generator()
     train_set = TransformedDataset(splits.train, train_tf)
-    if place.active:
-        sampler = distributed.GlobalBatchSampler(len(train_set), cfg.batch_size, place, generator)
-        loaders = {"train": DataLoader(train_set, batch_sampler=sampler, generator=generator, **common)}
-    else:
-        loaders = {
-            "train": DataLoader(
-                train_set, batch_size=cfg.batch_size, shuffle=True, drop_last=drop_last, generator=generator, **common
-            )
-        }
+    batches = SeededBatches(len(train_set), cfg.batch_size, generator, place, drop_last)
+    loaders = {"train": DataLoader(train_set, batch_sampler=batches, generator=generator, **common)}
     for name in ("val", "test"):
         dataset = getattr(splits, name)
         if dataset is not None:
             dataset = TransformedDataset(dataset, eval_tf)
             shard = distributed.ShardSampler(dataset, place) if place.active else None
             loaders[name] = DataLoader(dataset, batch_size=cfg.batch_size, sampler=shard, **common)
+    return loaders
+
+
+def _shard_loaders(
+    cfg: TrainConfig,
+    splits: DataSplits,
+    train_tf,
+    eval_tf,
+    place: Dist,
+    workers: int,
+    common: dict,
+    log=print,
+) -> dict[str, DataLoader]:
+    """Loaders that stream WebDataset shards (:mod:`vitrain.data.shards`): whole batches come from the
+    streams, so the DataLoaders only run them in ``workers`` processes."""
+    stream = ShardStream(splits.train, train_tf, cfg.batch_size, place, workers, cfg.shuffle_buffer)
+    left_out = stream.dropped_per_epoch()
+    if left_out >= 0.1 * len(splits.train):
+        log(
+            f"  note: each epoch streams {len(stream) * cfg.batch_size * place.world} of the "
+            f"{len(splits.train)} training samples: every DataLoader worker yields as many whole batches "
+            "as the one with the fewest samples can; shards of equal size (vitrain shards) leave fewer out"
+        )
+    loaders = {"train": ShardLoader(stream, batch_size=None, generator=torch.Generator(), **common)}
+    for name in ("val", "test"):
+        dataset = getattr(splits, name)
+        if dataset is not None:
+            batches = ShardEvalStream(dataset, eval_tf, cfg.batch_size, place)
+            loaders[name] = DataLoader(batches, batch_size=None, **common)
     return loaders
 
 

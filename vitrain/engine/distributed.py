@@ -5,7 +5,7 @@
 (NCCL on GPUs, gloo on CPUs). Everything else is a thin layer over ``torch.distributed``:
 
 * each rank trains on its own slice of every global batch (see
-  :class:`vitrain.data.memory.MemoryLoader` and :func:`shard_sampler`);
+  :class:`vitrain.data.memory.MemoryLoader` and :class:`vitrain.data.sampling.SeededBatches`);
 * evaluation splits are cut into disjoint, unpadded shards (``rank::world``), and the
   per-sample results are gathered back in dataset order, so counts are exact;
 * only rank 0 writes files or logs.
@@ -134,11 +134,25 @@ def all_sum(tensor: torch.Tensor, place: Dist) -> torch.Tensor:
 
 def any_rank(flag: bool, place: Dist, device: torch.device) -> bool:
     """True on every rank when ``flag`` is true on at least one (for decisions all ranks must share)."""
+    return any_ranks([flag], place, device)[0]
+
+
+def any_ranks(flags: list[bool], place: Dist, device: torch.device) -> list[bool]:
+    """Each of ``flags`` made true on every rank where it is true on at least one (one collective)."""
     if not place.active:
-        return flag
-    value = torch.tensor([1.0 if flag else 0.0], device=device)
+        return list(flags)
+    value = torch.tensor([1.0 if f else 0.0 for f in flags], device=device)
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return bool(value.item())
+    return [bool(v) for v in value.tolist()]
+
+
+def gather_objects(obj: Any, place: Dist) -> list:
+    """Every rank's ``obj`` (picklable, CPU tensors), in rank order, on every rank; ``[obj]`` when alone."""
+    if not place.active:
+        return [obj]
+    values: list = [None] * place.world
+    dist.all_gather_object(values, obj)
+    return values
 
 
 def broadcast(obj: Any, place: Dist) -> Any:
@@ -152,10 +166,7 @@ def broadcast(obj: Any, place: Dist) -> Any:
 
 def ranks_differing(value: Any, place: Dist) -> list[int]:
     """The ranks whose ``value`` differs from rank 0's (every rank gets the same list; empty when alone)."""
-    if not place.active:
-        return []
-    values: list = [None] * place.world
-    dist.all_gather_object(values, value)
+    values = gather_objects(value, place)
     return [rank for rank, v in enumerate(values) if v != values[0]]
 
 
@@ -206,27 +217,3 @@ class ShardSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return len(range(self.place.rank, self.n, self.place.world))
-
-
-class GlobalBatchSampler(Sampler[list[int]]):
-    """Training batches for one rank: each global batch of ``batch_size x world`` shuffled indices is
-    cut into ``world`` consecutive slices and this rank takes its own.
-
-    The permutation comes from ``generator`` (re-seeded from the run's seed every epoch, the
-    same on every rank), so the union of the ranks' batches at a step is exactly the batch
-    one process would draw with ``batch_size x world``. Incomplete global batches are
-    dropped, so every rank makes the same number of steps.
-    """
-
-    def __init__(self, n: int, batch_size: int, place: Dist, generator: torch.Generator) -> None:
-        self.n, self.batch_size, self.place, self.generator = n, batch_size, place, generator
-
-    def __len__(self) -> int:
-        return self.n // (self.batch_size * self.place.world)
-
-    def __iter__(self) -> Iterator[list[int]]:
-        order = torch.randperm(self.n, generator=self.generator).tolist()
-        size = self.batch_size * self.place.world
-        for step in range(len(self)):
-            start = step * size + self.place.rank * self.batch_size
-            yield order[start : start + self.batch_size]

@@ -16,6 +16,7 @@ from . import distributed
 from .backend import Backend
 from .budget import BudgetClock
 from .distributed import Dist
+from .midepoch import EpochSums, MidEpochSaves
 from .state import Progress
 
 
@@ -53,78 +54,115 @@ def train_one_epoch(
     log=print,
     checkpoint: str = "last.safetensors",
     reserve: float = 0.0,
+    saves: MidEpochSaves | None = None,
+    resumed: tuple[int, EpochSums] | None = None,
 ) -> EpochStats:
     """Run up to ``steps`` training steps over ``batches``; ``progress.step`` counts them.
 
     A batch whose gradient is not finite is recorded in ``progress.skipped_batches`` (and
     the run stops with :class:`TrainingError`, naming ``checkpoint`` as the last good one,
     once more than ``skip_nonfinite`` were). A budgeted run stops mid-epoch at its deadline
-    (less ``reserve`` seconds that the epoch still needs after its steps).
+    (less ``reserve`` seconds that the epoch still needs after its steps). With ``saves``,
+    the run is committed inside the epoch when they say (``--save-every``), and after a
+    SIGTERM it is committed and :class:`~.midepoch.StopRequested` raised. ``resumed``
+    (steps already done in the epoch, their sums) continues an epoch saved that way.
     """
     start = time.perf_counter()
-    loss_sum = correct = grad_sum = 0
-    seen = done = applied = 0
-    deferred: list[Any] = []  # device-side finite flags, read once the epoch ends
+    first, sums = resumed or (0, EpochSums())
+    done = 0
     shown = tqdm(batches, desc=label, leave=False, disable=not bar, dynamic_ncols=True, total=steps)
     stopped = False
-    for images, labels in shown:
-        with distributed.waiting_in(f"step {done + 1} of epoch {epoch} (the gradient all-reduce)", place):
-            result = backend.train_step(images, labels)
-        done += 1
-        progress.step += 1
-        if result.finite is False:
-            record_nonfinite(
-                progress.skipped_batches,
-                skip_nonfinite,
-                epoch,
-                progress.step,
-                done,
-                float(result.loss),
-                out,
-                log,
-                checkpoint,
-            )
-        else:
-            if result.finite is not True:
-                deferred.append(result.finite)
-            # accumulated on the device: no host synchronization inside the step
-            grad_sum = grad_sum + result.grad_norm
-            loss_sum = loss_sum + result.loss * result.images
-            correct = correct + result.correct
-            seen += result.images
-            applied += 1
-        if bar and done % 10 == 0:
-            shown.set_postfix(loss=f"{float(loss_sum) / max(seen, 1):.4f}")
-        if done >= steps:
-            break
-        if clock.running:
-            with distributed.waiting_in(f"the time budget's deadline check after step {done} of epoch {epoch}", place):
-                stopped = distributed.any_rank(clock.past_deadline(reserve), place, device)
+    if saves is not None:
+        saves.listen(True)  # a SIGTERM now saves and stops at the next step
+    try:
+        for images, labels in shown:
+            at = first + done + 1  # the step of the epoch
+            with distributed.waiting_in(f"step {at} of epoch {epoch} (the gradient all-reduce)", place):
+                result = backend.train_step(images, labels)
+            done += 1
+            progress.step += 1
+            if result.finite is False:
+                record_nonfinite(
+                    progress.skipped_batches,
+                    skip_nonfinite,
+                    epoch,
+                    progress.step,
+                    at,
+                    float(result.loss),
+                    out,
+                    log,
+                    checkpoint,
+                )
+            else:
+                if result.finite is not True:
+                    sums.deferred.append(result.finite)
+                # accumulated on the device: no host synchronization inside the step
+                sums.grad = sums.grad + result.grad_norm
+                sums.loss = sums.loss + result.loss * result.images
+                sums.correct = sums.correct + result.correct
+                sums.seen += result.images
+                sums.applied += 1
+            if bar and done % 10 == 0:
+                shown.set_postfix(loss=f"{float(sums.loss) / max(sums.seen, 1):.4f}")
+            if done >= steps:
+                break
+            stopped = _checks_after_step(saves, clock, reserve, progress.step, epoch, at, sums, batches, place, device)
             if stopped:
                 break
-    shown.close()
+    finally:
+        if saves is not None:
+            saves.listen(False)
+        shown.close()
     seconds = time.perf_counter() - start
+    loss_sum, correct, seen = sums.loss, sums.correct, sums.seen
     if place.active:  # the whole global batch's loss, accuracy and count
         # float(): the sums may be another framework's arrays (read once, as the epoch ends)
-        sums = torch.tensor([float(v) for v in (loss_sum, correct, seen)], dtype=torch.float64, device=device)
+        totals = torch.tensor([float(v) for v in (loss_sum, correct, seen)], dtype=torch.float64, device=device)
         with distributed.waiting_in(f"the sums of epoch {epoch}'s training metrics", place):
-            sums = distributed.all_sum(sums, place)
-        loss_sum, correct, seen = sums[0], sums[1], int(sums[2])
-    flags = _flags(deferred)
-    if deferred and not flags.all():
-        first = int(np.flatnonzero(~flags)[0])
-        record_nonfinite(
-            progress.skipped_batches, 0, epoch, progress.step - done + first + 1, first + 1, math.nan, out, log
-        )
+            totals = distributed.all_sum(totals, place)
+        loss_sum, correct, seen = totals[0], totals[1], int(totals[2])
+    flags = _flags(sums.deferred)
+    if sums.deferred and not flags.all():
+        bad = int(np.flatnonzero(~flags)[0])
+        epoch_start = progress.step - first - done
+        record_nonfinite(progress.skipped_batches, 0, epoch, epoch_start + bad + 1, bad + 1, math.nan, out, log)
     return EpochStats(
         steps=done,
         loss=float(loss_sum) / max(seen, 1),
         accuracy=float(correct) / max(seen, 1),
         images=seen,
         seconds=seconds,
-        grad_norm=float(grad_sum) / max(applied, 1),
+        grad_norm=float(sums.grad) / max(sums.applied, 1),
         deadline=stopped,
     )
+
+
+def _checks_after_step(
+    saves: MidEpochSaves | None,
+    clock: BudgetClock,
+    reserve: float,
+    step: int,
+    epoch: int,
+    at: int,
+    sums: EpochSums,
+    batches: Iterable,
+    place: Dist,
+    device: torch.device,
+) -> bool:
+    """After global ``step`` (step ``at`` of ``epoch``): whether the time budget's deadline ends the epoch
+    now; saves inside the epoch when ``saves`` say so, and after a SIGTERM raises once saved."""
+    if saves is not None:
+        past = clock.running and clock.past_deadline(reserve)
+        deadline, save, stop = saves.poll(step, past, f"the checks after step {at} of epoch {epoch}")
+        if save:
+            saves.save(epoch, at, sums, batches)
+        if stop:
+            raise saves.stop(epoch, at)
+        return deadline
+    if not clock.running:
+        return False
+    with distributed.waiting_in(f"the deadline check after step {at} of epoch {epoch}", place):
+        return distributed.any_rank(clock.past_deadline(reserve), place, device)
 
 
 def _flags(deferred: list[Any]) -> np.ndarray:

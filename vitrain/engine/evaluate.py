@@ -230,6 +230,7 @@ def evaluate_checkpoint(
     from ..data.transforms import TransformedDataset, eval_decode_side_for, eval_transform_for
     from ..report import plot_confusion_matrix, write_report
     from .precision import choose_precision
+    from .predict import checkpoint_bit_depth
 
     started = time.perf_counter()
     device = device or torch.device("cpu")
@@ -287,11 +288,18 @@ def evaluate_checkpoint(
     target_map = match_classes(classes, data_classes)
     if hasattr(dataset, "max_side"):  # big JPEGs decode as in training's evaluation
         dataset.max_side = eval_decode_side_for(model.meta, model.config.img_size)
-    loader = DataLoader(
-        TransformedDataset(dataset, eval_transform_for(model.meta, model.config.img_size), target_map),
-        batch_size=batch_size,
-        num_workers=workers,
-    )
+    if hasattr(dataset, "bit_depth"):  # and 16-bit images as training decoded them
+        dataset.bit_depth = checkpoint_bit_depth(model.meta)
+    transform = eval_transform_for(model.meta, model.config.img_size)
+    if hasattr(dataset, "shards"):  # WebDataset shards: streamed in order
+        from ..data.shards import ShardEvalStream
+
+        batches = ShardEvalStream(dataset, transform, batch_size, target_map=target_map)
+        loader = DataLoader(batches, batch_size=None, num_workers=workers)
+    else:
+        loader = DataLoader(
+            TransformedDataset(dataset, transform, target_map), batch_size=batch_size, num_workers=workers
+        )
     chosen = choose_precision(precision, device, model, batch_size, train=False)
     if chosen.dtype is not None:
         log(f"precision: {chosen.describe()}")

@@ -30,7 +30,13 @@ def write_samples(splits: DataSplits, targets, predictions, classes: list[str], 
     chosen: list[int] = []
     for c in range(len(classes)):
         chosen += [i for i, t in enumerate(targets) if t == c][:per_class]
-    images = [splits.val[i][0].numpy() for i in chosen]
+    if hasattr(splits.val, "sample_files"):  # shards: the chosen images in one streaming pass
+        from ..data.shards import Sample, decode
+
+        files = splits.val.sample_files(chosen)
+        images = [decode(Sample("", *files[i], 0), splits.channels).numpy() for i in chosen]
+    else:
+        images = [splits.val[i][0].numpy() for i in chosen]
     plot_samples(
         images, [int(targets[i]) for i in chosen], [int(predictions[i]) for i in chosen], classes, path, per_class
     )
@@ -56,6 +62,7 @@ def write_examples(dataset, split: str, targets, predictions, classes: list[str]
     """
     keep = pick_examples(targets, predictions, len(classes))
     paths = getattr(dataset, "paths", None)
+    streamed = dataset.sample_files(keep) if hasattr(dataset, "sample_files") else None  # shards: one pass
     folder, staging = out / EXAMPLES, out / f".{EXAMPLES}.tmp"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -65,6 +72,10 @@ def write_examples(dataset, split: str, targets, predictions, classes: list[str]
             if paths is not None:
                 name = f"{split}-{i:05d}{Path(paths[i]).suffix.lower()}"
                 shutil.copyfile(paths[i], staging / name)
+            elif streamed is not None:
+                suffix, data = streamed[i]
+                name = f"{split}-{i:05d}.{suffix}"
+                (staging / name).write_bytes(data)
             else:
                 name = f"{split}-{i:05d}.png"
                 array = np.asarray(dataset[i][0], dtype=np.uint8).transpose(1, 2, 0)

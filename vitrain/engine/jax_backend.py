@@ -207,6 +207,7 @@ class JaxBackend:
 
     compiled = True  # the first epoch also compiles the step
     compiling = None  # jax.jit always compiles; --compile is torch.compile's
+    saves_inside = False  # commits at the end of each epoch only
 
     def __init__(
         self,

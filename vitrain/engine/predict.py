@@ -14,7 +14,8 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from ..checkpoint import load_model
-from ..data.images import ImageReadError, convert_channels, is_image_file, read_image, upright
+from ..config.checks import parse_bit_depth
+from ..data.images import ImageReadError, convert_channels, is_image_file, read_dicom, read_image, upright
 from ..data.transforms import eval_decode_side_for, eval_transform_for
 from .attention import attention_rollout_maps
 
@@ -100,6 +101,7 @@ class Predictor:
         self.classes = list(self.model.meta["classes"])
         self.transform = eval_transform_for(self.model.meta, self.model.config.img_size)
         self.max_side = eval_decode_side_for(self.model.meta, self.model.config.img_size)  # as training evaluated
+        self.bit_depth = checkpoint_bit_depth(self.model.meta)
 
     @property
     def meta(self) -> dict[str, Any]:
@@ -114,7 +116,8 @@ class Predictor:
             batch, kept = [], []
             for path in paths[start : start + self.batch_size]:
                 try:
-                    batch.append(self.transform(read_image(path, self.model.config.in_chans, self.max_side)))
+                    image = read_image(path, self.model.config.in_chans, self.max_side, self.bit_depth)
+                    batch.append(self.transform(image))
                     kept.append(Path(path))
                 except ImageReadError as err:
                     result.failed.append((str(path), str(err)))
@@ -205,11 +208,20 @@ def write_predictions_csv(path: Path, result: PredictResult, top_k: int) -> None
             writer.writerow(row)
 
 
-def _display_copy(path: Path, min_side: int = 224) -> Image.Image:
+def checkpoint_bit_depth(meta: dict[str, Any]) -> str | int:
+    """How the checkpoint's training decoded 16-bit images (``--bit-depth``; checkpoints from before the
+    option divided by 2**16 - 1)."""
+    return parse_bit_depth(meta.get("bit_depth", 16))
+
+
+def _display_copy(path: Path, min_side: int = 224, bit_depth: str | int = "auto") -> Image.Image:
     """The image as RGB, enlarged (nearest neighbour, pixels stay visible) when it is small."""
-    with Image.open(path) as img:
-        img.load()
-        rgb = convert_channels(upright(img), 3)
+    if path.suffix.lower() == ".dcm":
+        rgb = read_dicom(path, bit_depth).convert("RGB")
+    else:
+        with Image.open(path) as img:
+            img.load()
+            rgb = convert_channels(upright(img), 3, bit_depth)
     scale = max(1, -(-min_side // min(rgb.size)))
     return rgb.resize((rgb.width * scale, rgb.height * scale), Image.NEAREST) if scale > 1 else rgb
 

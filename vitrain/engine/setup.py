@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..config import ConfigError, TrainConfig
+from ..config.checks import parse_bit_depth
 from ..data.leakage import content_hashes, find_leaks, without
 from ..data.sources import DataError, DataSplits, load_data, split_digest
 from ..models.pretrained import Pretrained, PretrainedError, load_pretrained
@@ -133,7 +134,7 @@ def check_same_data_on_every_rank(cfg: TrainConfig, splits: DataSplits, place: D
 
 
 def _load(cfg: TrainConfig) -> DataSplits:
-    return load_data(
+    splits = load_data(
         cfg.data,
         data_root=cfg.data_root,
         download=cfg.download,
@@ -144,6 +145,8 @@ def _load(cfg: TrainConfig) -> DataSplits:
         split_seed=cfg.split_seed,
         skip_bad_images=cfg.skip_bad_images,
     )
+    splits.decode_bits(parse_bit_depth(cfg.bit_depth))
+    return splits
 
 
 def check_global_batch(cfg: TrainConfig, n_train: int, place: Dist, log=print, devices: int = 1) -> None:

@@ -104,6 +104,8 @@ def epoch_seed(seed: int, epoch: int) -> int:
 class TorchBackend:
     """A ViT trained with PyTorch, as ``cfg`` says (see the module docstring)."""
 
+    saves_inside = True  # --save-every and SIGTERM commit inside an epoch
+
     def __init__(
         self,
         cfg: TrainConfig,
@@ -167,6 +169,19 @@ class TorchBackend:
         """Seed dropout and mixing from (seed, epoch), per rank; enter training mode."""
         torch.manual_seed(epoch_seed(self.cfg.seed, epoch) + self.place.rank)
         train_mode(self.model)
+
+    def random_state(self) -> dict[str, torch.Tensor]:
+        """This process's random stream as it stands inside an epoch (dropout, drop-path, MixUp/CutMix)."""
+        found = {"cpu": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            found["cuda"] = torch.cuda.get_rng_state(self.device)
+        return found
+
+    def load_random_state(self, saved: dict[str, torch.Tensor]) -> None:
+        """Continue the random stream saved by :meth:`random_state` (after :meth:`start_epoch`)."""
+        torch.set_rng_state(saved["cpu"])
+        if "cuda" in saved and self.device.type == "cuda":
+            torch.cuda.set_rng_state(saved["cuda"], self.device)
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> StepResult:
         """Forward, backward, clip, and (when the gradient is finite, or not checked at once) update."""

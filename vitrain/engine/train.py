@@ -14,7 +14,7 @@ import math
 import time
 from typing import Any, Callable
 
-from ..checkpoint import CheckpointWriter
+from ..checkpoint import CheckpointError, CheckpointWriter
 from ..config import TrainConfig
 from ..data.sources import split_digest
 from ..report import metrics_csv_bytes
@@ -24,6 +24,7 @@ from .budget import BudgetClock, plan_budget
 from .build import build_loaders
 from .epoch import EpochStats, TrainingError, train_one_epoch
 from .final import final_report, finish_report, log_epoch_scalars
+from .midepoch import MidEpochSaves, check_partial, resume_epoch
 from .runtime import writes_behind
 from .setup import RunSetup, imbalance_note, prepare_run
 from .state import (
@@ -74,16 +75,24 @@ def train(
     total_steps = progress.budget["planned_steps"] if progress.budget else cfg.epochs * steps_per_epoch
     backend.start(total_steps, steps_per_epoch)
     digest = split_digest(run.splits)
+    partial = state.get("partial") if state is not None else None  # an epoch saved inside
     if state is not None:
         total_steps = continue_run(state, backend, progress, run, digest, steps_per_epoch, total_steps)
     n_epochs = math.ceil(total_steps / steps_per_epoch)
-    imbalanced = describe_run(run, backend, total_steps, steps_per_epoch, resume, progress.epoch)
+    imbalanced = describe_run(run, backend, total_steps, steps_per_epoch, resume, progress.epoch, partial)
 
     from torch.utils.tensorboard import SummaryWriter  # imported late: it is slow to import
 
     purge = progress.epoch + 1 if resume else None
     writer = SummaryWriter(str(out / "tensorboard"), purge_step=purge) if place.main else None
     files = CheckpointWriter(background=writes_behind(device), log=log)  # rank 0's checkpoints
+    fingerprint = data_fingerprint(run.splits, cfg.classes, digest)
+
+    def commit(inside: dict[str, Any] | None = None) -> None:  # the state file: the commit point of a run
+        entries = {**backend.state_dict(), "steps_per_epoch": steps_per_epoch, **fingerprint}
+        save_state(files, out, progress, **entries, **({"partial": inside} if inside else {}))
+
+    saves = MidEpochSaves(cfg.save_every, place, device, backend, commit, log) if backend.saves_inside else None
     first_epoch, save_seconds, stats = progress.epoch + 1, 0.0, None
     try:
         while progress.epoch < n_epochs:  # n_epochs changes when the time budget re-plans
@@ -91,7 +100,9 @@ def train(
             epoch_start = time.perf_counter()
             loaders["train"].generator.manual_seed(epoch_seed(cfg.seed, epoch))  # the data order: shared
             backend.start_epoch(epoch)  # dropout, MixUp: per rank
-            steps = min(steps_per_epoch, total_steps - progress.step)
+            resumed = partial and resume_epoch(partial, loaders["train"], backend, place, device)
+            partial = None
+            steps = min(steps_per_epoch - (resumed[0] if resumed else 0), total_steps - progress.step)
             stats = train_one_epoch(
                 backend,
                 loaders["train"],
@@ -106,6 +117,8 @@ def train(
                 bar=cfg.progress,
                 label=f"epoch {epoch}/{n_epochs}",
                 log=log,
+                saves=saves,
+                resumed=resumed or None,
             )
             with distributed.waiting_in(f"the validation of epoch {epoch}", place):
                 val = backend.evaluate(loaders["val"])
@@ -136,9 +149,7 @@ def train(
                 if improved:
                     backend.save_weights(files, out / "best.safetensors", epoch)
                 backend.save_weights(files, out / "last.safetensors", epoch)
-                # the state file is the commit point of an epoch: resume starts after the last one written
-                fingerprint = data_fingerprint(run.splits, cfg.classes, digest)
-                save_state(files, out, progress, **backend.state_dict(), steps_per_epoch=steps_per_epoch, **fingerprint)
+                commit()  # resume starts after the last epoch committed
                 files.write_bytes(out / "metrics.csv", metrics_csv_bytes(progress.history))
                 log_epoch_scalars(writer, row, epoch, {**backend.epoch_scalars(), "grad_norm": stats.grad_norm})
             save_seconds = time.perf_counter() - save_start
@@ -230,6 +241,10 @@ def continue_run(
     """
     out = run.out
     check_same_data(state, out, run.cfg.data, run.cfg.classes, run.splits, digest)
+    try:
+        check_partial(state.get("partial"), run.place, out)
+    except ValueError as err:
+        raise CheckpointError(str(err)) from None
     backend.load_state_dict(state, str(out / STATE_FILE))
     saved_steps = state.get("steps_per_epoch", steps_per_epoch)
     if saved_steps != steps_per_epoch:
@@ -244,7 +259,13 @@ def continue_run(
 
 
 def describe_run(
-    run: RunSetup, backend: Backend, total_steps: int, steps_per_epoch: int, resume: bool, done_epochs: int
+    run: RunSetup,
+    backend: Backend,
+    total_steps: int,
+    steps_per_epoch: int,
+    resume: bool,
+    done_epochs: int,
+    partial: dict[str, Any] | None = None,
 ) -> str | None:
     """Log the data, the model and the plan before the first step; returns the imbalance note, if any."""
     cfg, splits, place, log = run.cfg, run.splits, run.place, run.log
@@ -281,7 +302,9 @@ def describe_run(
     log(f"precision: {backend.precision.describe()}")
     if backend.compiling is not None:
         log(f"compile: {'on' if backend.compiling.on else 'off'} ({backend.compiling.reason})")
-    if resume:
+    if partial:
+        log(f"resuming {run.out} at step {partial['step']} of epoch {partial['epoch']}")
+    elif resume:
         log(f"resuming {run.out} after epoch {done_epochs}")
     log(f"writing to {run.out}")
     return imbalanced
