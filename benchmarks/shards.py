@@ -3,7 +3,7 @@
 Writes the training images of a folder (default ``../shared/datasets/brain-tumor-mri.tar``,
 224 px JPEGs) as shards with ``vitrain shards``' code, then times the training loader of
 each (the file pipeline: decode, augment, batch; no model) over the same number of batches,
-with the same workers, one after the other in this process; also the time the shards'
+with the same workers, alternately in this process (the median of ``--rounds`` timings); also the time the shards'
 scan takes (what ``--data SHARDS`` reads once before training), and the peak memory of a
 process that scans and streams an epoch of half the training shards, then of all::
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import statistics
 import sys
 import tempfile
 import time
@@ -95,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--batches", type=int, default=60)
     parser.add_argument("--shard-size", type=int, default=500)
+    parser.add_argument("--rounds", type=int, default=3, help="timings of each, alternated (3)")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench" / "shards.json")
     args = parser.parse_args(argv)
     if not Path(args.data).exists():
@@ -108,7 +110,11 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         streamed = shard_splits(Path(tmp))
         scanned = time.perf_counter() - t0
-        rows = {"files": images_per_second(files, args), "shards": images_per_second(streamed, args)}
+        rounds: dict[str, list[float]] = {"files": [], "shards": []}
+        for _ in range(args.rounds):  # alternated, so that a drift of the machine's speed hits both
+            rounds["files"].append(images_per_second(files, args))
+            rounds["shards"].append(images_per_second(streamed, args))
+        rows = {k: statistics.median(v) for k, v in rounds.items()}
         half = len(streamed.train.shards) // 2
         memory = [peak_memory(Path(tmp), n) for n in (half, 2 * half)]
     result = {
@@ -119,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         "training_images": len(files.train),
         "workers": args.workers,
         "batch_size": args.batch_size,
-        "images_per_second": {k: round(v, 1) for k, v in rows.items()},
+        "images_per_second_median": {k: round(v, 1) for k, v in rows.items()},
+        "images_per_second_rounds": {k: [round(x, 1) for x in v] for k, v in rounds.items()},
         "shards_over_files": round(rows["shards"] / rows["files"], 3),
         "write_seconds": round(written, 1),
         "scan_seconds": round(scanned, 1),
