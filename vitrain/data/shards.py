@@ -68,9 +68,19 @@ def shard_files(root: Path, split: str) -> list[Path]:
     return sorted(root.glob(f"{split}-*.tar"))
 
 
+def _webdataset():
+    try:
+        import webdataset
+        import webdataset.tariterators
+    except ImportError:
+        raise DataError("WebDataset shards need the webdataset library: pip install 'vitrain[shards]'") from None
+    return webdataset
+
+
 def iter_samples(shard: Path) -> Iterator[Sample]:
     """The samples of one shard, in the order they are stored (a streaming read, front to back)."""
-    from webdataset.tariterators import group_by_keys, tar_file_iterator
+    tariterators = _webdataset().tariterators
+    group_by_keys, tar_file_iterator = tariterators.group_by_keys, tariterators.tar_file_iterator
 
     def files(stream) -> Iterator[dict[str, Any]]:
         for member in tar_file_iterator(stream):
@@ -410,8 +420,7 @@ def write_shards(
 ) -> dict[str, list[int]]:
     """Write each split of ``splits`` (file datasets: ``paths`` and ``targets``) as shards of ``shard_size``
     samples into ``out``, with ``classes.txt``; the files keep their bytes. Returns the samples per shard."""
-    from webdataset import TarWriter
-
+    TarWriter = _webdataset().TarWriter
     out.mkdir(parents=True, exist_ok=True)
     written: dict[str, list[int]] = {}
     for split, dataset in splits.items():
