@@ -37,6 +37,8 @@ def _add_option(group: argparse._ActionsContainer, opt: Option, hint: Any, defau
             kwargs["choices"] = list(opt.choices)
         if opt.metavar is not None:
             kwargs["metavar"] = opt.metavar
+        if opt.const is not None:  # the flag alone means this value
+            kwargs["nargs"], kwargs["const"] = "?", opt.const
     group.add_argument(opt.flag, **kwargs)
 
 
@@ -196,6 +198,40 @@ def _add_tool_parsers(sub: argparse._SubParsersAction) -> None:
     ex.add_argument("--license", help=LICENSE_HELP)
     _add_share_parsers(sub)
     _add_shards_parser(sub)
+    _add_inspect_parser(sub)
+
+
+def _add_inspect_parser(sub: argparse._SubParsersAction) -> None:
+    """inspect: know the data before training on it."""
+    ins = sub.add_parser(
+        "inspect",
+        help="look at a dataset before training: classes, sizes, modes, duplicates, near-duplicates, split shift",
+        description="Reads every image once (with the splits training would make) and writes OUT/inspect.json and "
+        "OUT/inspect.html (one self-contained page): images and classes per split, modes, bit depths and sizes, "
+        "unreadable files, exact and near duplicates within and across splits, side by side, whether an "
+        "evaluation split looks shifted from training, intensity histograms and a contact sheet.",
+    )
+    ins.add_argument("data", help="a folder, an archive, a folder of shards, or a built-in set")
+    ins.add_argument("--out", help="the folder to write into (default runs/inspect-DATA)")
+    ins.add_argument(
+        "--near-bits",
+        type=int,
+        default=12,
+        help="near-duplicates: thumbnails that correlate at least 0.95 and whose perceptual hashes differ in at "
+        "most this many of 64 bits (12)",
+    )
+    ins.add_argument(
+        "--labels",
+        metavar="RUN",
+        help="also list images whose label disagrees most with RUN's predicted probabilities (cleanlab's "
+        "confident learning on the run's held-out validation and test images), as candidates to review",
+    )
+    ins.add_argument("--val-fraction", type=float, default=0.1, help="for a flat folder, as for training (0.1)")
+    ins.add_argument("--test-fraction", type=float, default=0.1, help="for a flat folder, as for training (0.1)")
+    ins.add_argument("--split-seed", type=int, default=0, help="for a flat folder, as for training (0)")
+    ins.add_argument("--data-root", help="where built-in sets are stored (as for training)")
+    ins.add_argument("--no-download", dest="download", action="store_false", help="never download a built-in set")
+    ins.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
 
 def _add_shards_parser(sub: argparse._SubParsersAction) -> None:

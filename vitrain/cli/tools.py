@@ -61,6 +61,23 @@ def run_tool(args: argparse.Namespace) -> int:
         return _serve(args)
     if args.command == "shards":
         return _shards(args)
+    if args.command == "inspect":
+        from ..engine.inspect import inspect_data
+
+        name = Path(args.data.rstrip("/")).name.split(".")[0] or "data"
+        inspect_data(
+            args.data,
+            Path(args.out) if args.out else Path("runs") / f"inspect-{name}",
+            data_root=args.data_root,
+            download=args.download,
+            val_fraction=args.val_fraction,
+            test_fraction=args.test_fraction,
+            split_seed=args.split_seed,
+            near_distance=args.near_bits,
+            labels=args.labels,
+            progress=args.progress,
+        )
+        return 0
     from .. import api
 
     if args.command == "eval":

@@ -17,8 +17,14 @@ def comma_list(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
+# settings that were true/false in earlier versions, and what those values mean now
+FORMER_BOOLS = {"dedupe": {True: "exact", False: "off"}}
+
+
 def _coerce(name: str, hint: Any, value: Any) -> Any:
     """Check a YAML value against the field's type, converting ints to floats where expected."""
+    if isinstance(value, bool) and name in FORMER_BOOLS:  # a config.yaml written by an earlier version
+        return FORMER_BOOLS[name][value]
     origin = get_origin(hint)
     if origin is not None and type(None) in get_args(hint):
         if value is None:

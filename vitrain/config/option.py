@@ -37,6 +37,8 @@ class Option:
         scope: None, or "first-stage" / "instance" (see ``SCOPES``).
         resumable: may change when a run is resumed (it changes where and how fast it runs, not what).
         label: what its errors call it (default: ``flag``), e.g. ``--mean/--std``.
+        const: the value of the flag given without one (``--dedupe`` means ``--dedupe exact``); None: the
+            flag always takes a value (or none, for a bool).
         name: the field's name (filled in by :func:`options`).
     """
 
@@ -50,6 +52,7 @@ class Option:
     scope: str | None = None
     resumable: bool = False
     label: str | None = None
+    const: Any = None
     name: str = ""
 
 
@@ -66,6 +69,7 @@ def option(
     scope: str | None = None,
     resumable: bool = False,
     label: str | None = None,
+    const: Any = None,
 ) -> Any:
     """A dataclass field declaring one option; its type is the field's annotation.
 
@@ -79,7 +83,7 @@ def option(
         choices = tuple(choices)
         if check is None:
             check = one_of(choices)
-    meta = Option(help, group, check, choices, flag, metavar, tuple(commands), scope, resumable, label)
+    meta = Option(help, group, check, choices, flag, metavar, tuple(commands), scope, resumable, label, const)
     if isinstance(default, list):
         return dataclasses.field(default_factory=lambda: list(default), metadata={"option": meta})
     return dataclasses.field(default=default, metadata={"option": meta})

@@ -425,11 +425,15 @@ class TrainConfig:
     )
     # running
     seed: int = option(0, "seed of the model's initialization, the data order and the augmentation", group=RUNNING)
-    dedupe: bool = option(
-        False,
-        "drop validation/test images identical to a training image (they are always counted)",
+    dedupe: str = option(
+        "off",
+        "drop validation/test images that copy a training image (they are always counted): exact (the flag "
+        "alone) drops identical files; near also drops resized, re-encoded or slightly edited copies, found "
+        "by perceptual hashes as vitrain inspect finds them (every image is read once more to hash it)",
         group=RUNNING,
+        choices=["off", "exact", "near"],
         commands=TRAIN,
+        const="exact",
     )
     skip_bad_images: bool = option(
         False,

@@ -141,7 +141,7 @@ def _check_files(paths: Sequence[Path], skip_bad: bool = False) -> tuple[int, di
     """
     workers = min(8, os.cpu_count() or 1) if len(paths) > PARALLEL_CHECK_MIN else 0
     loader = DataLoader(
-        _FileCheck(paths, skip_bad),
+        _FileCheck(paths, skip_bad is True),  # "headers": unreadable headers listed, nothing decoded
         batch_size=256,
         num_workers=workers,
         collate_fn=list,

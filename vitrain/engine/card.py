@@ -94,7 +94,11 @@ def limitations(report: dict[str, Any]) -> list[str]:
         leak = leakage.get(split) or {}
         count = leak.get("identical_to_train", 0)
         if count:
-            what = "removed before scoring (--dedupe)" if leakage.get("dedupe") else "kept, so the score is inflated"
+            what = (
+                "removed before scoring (--dedupe)"
+                if leakage.get("dedupe") not in (None, False, "off")
+                else "kept, so the score is inflated"
+            )
             found.append(f"{count} of the {split} images were byte-identical to training images: {what}.")
     support = np.asarray(test["confusion_matrix"]).sum(axis=1)
     if len(support) and is_imbalanced(support):

@@ -345,3 +345,52 @@ def evaluate_checkpoint(
         log(f"  {name:<{width}}{row['precision']:>10.4f}{row['recall']:>10.4f}{row['f1']:>10.4f}{row['support']:>10}")
     log(f"report: {out / 'report.json'}")
     return report
+
+
+GAP_P_VALUE = 0.01  # below this, a test accuracy lower than validation's is more than the splits' sizes allow
+
+
+def split_gap(val: EvalResult, test: EvalResult, classes: list[str]) -> dict[str, Any] | None:
+    """When the test accuracy is below the validation accuracy by more than the two splits' sizes allow
+    (a one-sided two-proportion z-test, p < :data:`GAP_P_VALUE`): the gap, the test, and the classes whose
+    recall fell most from validation to test; else None.
+
+    Validation also chose the best epoch, which favours it a little; the threshold is strict for that.
+    """
+    import math
+
+    n1, n2 = len(val.targets), len(test.targets)
+    if n1 == 0 or n2 == 0 or test.accuracy >= val.accuracy:
+        return None
+    pooled = (val.accuracy * n1 + test.accuracy * n2) / (n1 + n2)
+    spread = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
+    z = (val.accuracy - test.accuracy) / spread if spread > 0 else math.inf
+    p_value = 0.5 * math.erfc(z / math.sqrt(2))
+    if p_value >= GAP_P_VALUE:
+        return None
+    before, after = val.per_class_accuracy(classes), test.per_class_accuracy(classes)
+    fell = sorted(
+        (c for c in classes if before[c] is not None and after[c] is not None and after[c] < before[c]),
+        key=lambda c: after[c] - before[c],
+    )
+    return {
+        "val_accuracy": round(val.accuracy, 4),
+        "val_images": n1,
+        "test_accuracy": round(test.accuracy, 4),
+        "test_images": n2,
+        "z": round(z, 2),
+        "p_value": float(f"{p_value:.3g}"),
+        "recall_fell_most": [{"class": c, "val": round(before[c], 4), "test": round(after[c], 4)} for c in fell[:3]],
+    }
+
+
+def gap_warning(gap: dict[str, Any], data: str) -> str:
+    """The log's words for :func:`split_gap`'s finding."""
+    fell = ", ".join(f"{r['class']} ({r['val']:.2f} on val, {r['test']:.2f} on test)" for r in gap["recall_fell_most"])
+    return (
+        f"warning: test accuracy {gap['test_accuracy']:.4f} is below validation accuracy {gap['val_accuracy']:.4f} "
+        f"by more than the splits' sizes allow (two-proportion z-test, p = {gap['p_value']:.2g}): the test split "
+        "seems to differ from the training distribution"
+        + (f"; recall fell most for {fell}" if fell else "")
+        + f". Compare the splits with: vitrain inspect {data}"
+    )

@@ -21,7 +21,7 @@ from ..config import TrainConfig
 from ..data.sources import DataSplits
 from ..report import plot_confusion_matrix, plot_curves, plot_samples, write_report
 from .distributed import Dist
-from .evaluate import evaluate
+from .evaluate import evaluate, gap_warning, split_gap
 from .state import Progress
 
 
@@ -123,6 +123,9 @@ def final_report(
         log("note: no test split, so the final evaluation uses the validation split")
     result = evaluate(model, loaders[split], device, len(cfg.classes), amp_dtype, place, cfg.tta)
     matrix = result.confusion(len(cfg.classes))
+    gap = split_gap(val, result, cfg.classes) if split == "test" else None
+    if gap is not None:
+        log(gap_warning(gap, cfg.data))
     if place.main:
         write_samples(splits, val.targets, val.predictions, cfg.classes, out / "samples.png")
         plot_curves(history, out)
@@ -152,7 +155,10 @@ def final_report(
             "accuracy": best["val_accuracy"],
             "balanced_accuracy": best.get("val_balanced_accuracy"),
             "loss": best["val_loss"],
+            "images": int(len(val.targets)),
+            "per_class": val.per_class_accuracy(cfg.classes),  # the best model's recall per class
         },
+        **({"split_gap": gap} if gap is not None else {}),
         "test": {
             "split": split,
             "images": int(len(result.targets)),

@@ -183,10 +183,12 @@ def check_global_batch(cfg: TrainConfig, n_train: int, place: Dist, log=print, d
         )
 
 
-def check_leaks(splits: DataSplits, dedupe: bool, log=print) -> dict[str, Any]:
-    """Warn about evaluation images identical to training images; with ``dedupe``, drop them."""
+def check_leaks(splits: DataSplits, dedupe: str, log=print) -> dict[str, Any]:
+    """Warn about evaluation images identical to training images; with ``dedupe`` (``--dedupe exact|near``),
+    drop them, and with ``near`` also their near copies (:func:`near_copies`)."""
     train_hashes = set(content_hashes(splits.train))
     found: dict[str, Any] = {"dedupe": dedupe}
+    near = near_copies(splits) if dedupe == "near" else {}
     for name in ("val", "test"):
         dataset = getattr(splits, name)
         if dataset is None:
@@ -194,25 +196,47 @@ def check_leaks(splits: DataSplits, dedupe: bool, log=print) -> dict[str, Any]:
         leak = find_leaks(splits.train, dataset, name, train_hashes)
         found[name] = leak.to_dict()
         if leak.leaked:
-            action = "removed from it (--dedupe)" if dedupe else "kept (use --dedupe to remove them)"
+            action = f"removed from it (--dedupe {dedupe})" if dedupe != "off" else "kept (use --dedupe to remove them)"
             log(f"warning: {len(leak.leaked)} of {leak.total} {name} images are identical to training images; {action}")
-            if dedupe:
-                found[name]["removed"] = len(leak.leaked)
-                kept = without(dataset, leak.leaked)
-                if len(kept) == 0 and name == "val":
-                    raise DataError(
-                        f"--dedupe: all {leak.total} validation images are identical to training "
-                        "images, so no validation split is left (raise --val-fraction, or train "
-                        "without --dedupe)"
-                    )
-                if len(kept) == 0:  # the final evaluation falls back to the validation split
-                    kept = None
-                    splits.notes.append(
-                        f"all {leak.total} test images are identical to training images and "
-                        "--dedupe removed them: the final evaluation uses the validation split"
-                    )
-                setattr(splits, name, kept)
+        close = sorted(set(near.get(name, ())) - set(leak.leaked))
+        if dedupe == "near":
+            found[name]["near_copies_of_train"] = len(close)
+            if close:
+                log(f"warning: {len(close)} of {leak.total} {name} images are near copies of training images; removed")
+        drop = sorted({*leak.leaked, *close}) if dedupe != "off" else []
+        if drop:
+            found[name]["removed"] = len(drop)
+            kept = without(dataset, drop)
+            copies = "identical to training images" if dedupe == "exact" else "copies of training images"
+            if len(kept) == 0 and name == "val":
+                raise DataError(
+                    f"--dedupe: all {leak.total} validation images are {copies}, so no validation split is left "
+                    "(raise --val-fraction, or train without --dedupe)"
+                )
+            if len(kept) == 0:  # the final evaluation falls back to the validation split
+                kept = None
+                splits.notes.append(
+                    f"all {leak.total} test images are {copies} and --dedupe removed them: the final "
+                    "evaluation uses the validation split"
+                )
+            setattr(splits, name, kept)
     return found
+
+
+def near_copies(splits: DataSplits) -> dict[str, list[int]]:
+    """Per evaluation split, the indices of its images that are near copies of a training image (resized,
+    re-encoded, slightly edited: see :func:`vitrain.data.inspection.near_duplicates`)."""
+    from ..data.inspection import near_duplicates, scan
+
+    parts = {n: d for n, d in (("train", splits.train), ("val", splits.val), ("test", splits.test)) if d is not None}
+    facts = {n: scan(d, n, splits.channels) for n, d in parts.items()}
+    found: dict[str, set[int]] = {"val": set(), "test": set()}
+    for (a, i), (b, j), _ in near_duplicates(list(facts.values())):
+        if a == "train" and b != "train":
+            found[b].add(facts[b].indices[j])
+        elif b == "train" and a != "train":
+            found[a].add(facts[a].indices[i])
+    return {name: sorted(indices) for name, indices in found.items()}
 
 
 def imbalance_note(splits: DataSplits, classes: list[str]) -> str | None:

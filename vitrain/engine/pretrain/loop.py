@@ -48,7 +48,7 @@ def pretrain(
         raise ConfigError("vitrain pretrain runs in one process; start it without torchrun")
     started = time.perf_counter()
     # evaluation images are never used here (but by the kNN report), so none are removed as leaks
-    cfg = dataclasses.replace(cfg, pretrain="instance-discrimination", pretrained=None, freeze="none", dedupe=False)
+    cfg = dataclasses.replace(cfg, pretrain="instance-discrimination", pretrained=None, freeze="none", dedupe="off")
     run = prepare_run(cfg, resume, log, on_start, PRETRAIN_FILES)
     cfg, out, device, log = run.cfg, run.out, run.device, run.log
     task = InstanceTask(cfg, run.splits, device, resume)
