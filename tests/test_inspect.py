@@ -18,8 +18,8 @@ pytest.importorskip("imagehash")
 
 
 def _picture(rng: np.random.Generator, side: int = 48, brighter: int = 0) -> Image.Image:
-    """A smooth random picture: 4x4 random colours blown up, so that it has structure a hash can see."""
-    coarse = Image.fromarray(rng.integers(0, 200, (4, 4, 3), dtype=np.uint8))
+    """A random picture: 8x8 random colours blown up, so that it has structure a hash can see."""
+    coarse = Image.fromarray(rng.integers(0, 200, (8, 8, 3), dtype=np.uint8))
     array = np.asarray(coarse.resize((side, side), Image.BICUBIC), dtype=np.int16) + brighter
     return Image.fromarray(np.clip(array, 0, 255).astype(np.uint8))
 

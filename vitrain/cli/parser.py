@@ -216,9 +216,9 @@ def _add_inspect_parser(sub: argparse._SubParsersAction) -> None:
     ins.add_argument(
         "--near-bits",
         type=int,
-        default=12,
+        default=4,
         help="near-duplicates: thumbnails that correlate at least 0.95 and whose perceptual hashes differ in at "
-        "most this many of 64 bits (12)",
+        "most this many of 64 bits (4; more finds more look-alikes too)",
     )
     ins.add_argument(
         "--labels",

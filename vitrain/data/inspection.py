@@ -35,7 +35,7 @@ from .datasets import DataError
 from .images import convert_channels, upright
 
 NEAR_CORRELATION = 0.95  # near-duplicates: their 16x16 grayscale thumbnails correlate at least this much
-NEAR_DISTANCE = 12  # and at most this many of their perceptual hashes' 64 bits differ
+NEAR_DISTANCE = 4  # and at most this many of their perceptual hashes' 64 bits differ
 NULL_DRAWS = 200  # random parts of the training split that calibrate the split-shift test (p < 1/201)
 FEATURES = ("brightness", "contrast", "saturation", "sharpness", "shorter_side", "aspect_ratio")
 BINS = 32
