@@ -362,7 +362,8 @@ def render_page(found, facts, datasets, exact, near, classes) -> str:
     for title, pairs, extra in (
         ("Exact duplicates (the same bytes)", shown_exact, [""] * len(shown_exact)),
         (
-            f"Near duplicates (at most {found['near_duplicates']['max_bits']} of 64 hash bits differ)",
+            f"Near duplicates (thumbnails correlate at least 0.95, at most {found['near_duplicates']['max_bits']} "
+            "of 64 hash bits differ)",
             shown_near,
             [f"{d} bits" for _, _, d in near[:SHOWN_PAIRS]],
         ),
