@@ -131,7 +131,11 @@ def test_a_run_whose_test_split_differs_says_so_and_a_fair_one_does_not(tmp_path
         else:
             assert report["split_gap"]["p_value"] < 0.01, report["val"]
             assert "the test split seems to differ from the training distribution; recall fell most for" in said
-            assert f"Compare the splits with: vitrain inspect {root}" in said
+            assert f"Compare them with: vitrain inspect {root}" in said
+            # vitrain eval on the run's test split compares with the run's validation split in the same way
+            assert main(["eval", str(tmp_path / f"run-{name}"), "--data", str(root), "--split", "test"]) == 0
+            evaluated = capsys.readouterr().out
+            assert f"): {root.name} (test) seems to differ from the training distribution" in evaluated
 
 
 def test_the_page_in_a_real_browser(tmp_path):

@@ -329,6 +329,9 @@ def evaluate_checkpoint(
         "tta": tta,
         "seconds": round(time.perf_counter() - started, 2),
     }
+    gap = _gap_with_the_run(checkpoint, which, result, classes)
+    if gap is not None:
+        report["split_gap"] = gap
     write_report(out / "report.json", report)
     log(f"{checkpoint} on {data} ({which}, {report['images']} images)")
     imbalanced = is_imbalanced([row["support"] for row in report["per_class"].values()])
@@ -339,6 +342,8 @@ def evaluate_checkpoint(
         + (f"  top-5 {result.top5:.4f}" if result.top5 is not None else "")
         + f"  loss {result.loss:.4f}"
     )
+    if gap is not None:
+        log(gap_warning(gap, data, f"{Path(data).name} ({which})"))
     width = max(len("class"), *(len(c) for c in report["per_class"])) + 2
     log(f"  {'class':<{width}}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}")
     for name, row in report["per_class"].items():
@@ -357,26 +362,35 @@ def split_gap(val: EvalResult, test: EvalResult, classes: list[str]) -> dict[str
 
     Validation also chose the best epoch, which favours it a little; the threshold is strict for that.
     """
+    return accuracy_gap(
+        (val.accuracy, len(val.targets), val.per_class_accuracy(classes)),
+        (test.accuracy, len(test.targets), test.per_class_accuracy(classes)),
+    )
+
+
+def accuracy_gap(
+    val: tuple[float, int, dict[str, float | None]], test: tuple[float, int, dict[str, float | None]]
+) -> dict[str, Any] | None:
+    """:func:`split_gap` from (accuracy, images, recall per class) of each split."""
     import math
 
-    n1, n2 = len(val.targets), len(test.targets)
-    if n1 == 0 or n2 == 0 or test.accuracy >= val.accuracy:
+    (p1, n1, before), (p2, n2, after) = val, test
+    if n1 == 0 or n2 == 0 or p2 >= p1:
         return None
-    pooled = (val.accuracy * n1 + test.accuracy * n2) / (n1 + n2)
+    pooled = (p1 * n1 + p2 * n2) / (n1 + n2)
     spread = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
-    z = (val.accuracy - test.accuracy) / spread if spread > 0 else math.inf
+    z = (p1 - p2) / spread if spread > 0 else math.inf
     p_value = 0.5 * math.erfc(z / math.sqrt(2))
     if p_value >= GAP_P_VALUE:
         return None
-    before, after = val.per_class_accuracy(classes), test.per_class_accuracy(classes)
     fell = sorted(
-        (c for c in classes if before[c] is not None and after[c] is not None and after[c] < before[c]),
+        (c for c in before if before[c] is not None and after.get(c) is not None and after[c] < before[c]),
         key=lambda c: after[c] - before[c],
     )
     return {
-        "val_accuracy": round(val.accuracy, 4),
+        "val_accuracy": round(p1, 4),
         "val_images": n1,
-        "test_accuracy": round(test.accuracy, 4),
+        "test_accuracy": round(p2, 4),
         "test_images": n2,
         "z": round(z, 2),
         "p_value": float(f"{p_value:.3g}"),
@@ -384,13 +398,33 @@ def split_gap(val: EvalResult, test: EvalResult, classes: list[str]) -> dict[str
     }
 
 
-def gap_warning(gap: dict[str, Any], data: str) -> str:
-    """The log's words for :func:`split_gap`'s finding."""
-    fell = ", ".join(f"{r['class']} ({r['val']:.2f} on val, {r['test']:.2f} on test)" for r in gap["recall_fell_most"])
+def gap_warning(gap: dict[str, Any], data: str, what: str = "the test split") -> str:
+    """The log's words for :func:`split_gap`'s finding (``what``: the images compared with validation)."""
+    fell = ", ".join(f"{r['class']} ({r['val']:.2f} on val, {r['test']:.2f} here)" for r in gap["recall_fell_most"])
     return (
-        f"warning: test accuracy {gap['test_accuracy']:.4f} is below validation accuracy {gap['val_accuracy']:.4f} "
-        f"by more than the splits' sizes allow (two-proportion z-test, p = {gap['p_value']:.2g}): the test split "
-        "seems to differ from the training distribution"
+        f"warning: accuracy {gap['test_accuracy']:.4f} on {what} is below the validation accuracy "
+        f"{gap['val_accuracy']:.4f} by more than the two sizes allow (two-proportion z-test, "
+        f"p = {gap['p_value']:.2g}): {what} seems to differ from the training distribution"
         + (f"; recall fell most for {fell}" if fell else "")
-        + f". Compare the splits with: vitrain inspect {data}"
+        + f". Compare them with: vitrain inspect {data}"
+    )
+
+
+def _gap_with_the_run(checkpoint: Path, which: str, result: EvalResult, classes: list[str]) -> dict[str, Any] | None:
+    """:func:`accuracy_gap` of this evaluation against the validation split of the checkpoint's own run,
+    when its report.json records one (runs of this version on: accuracy, images and recall per class)."""
+    import json
+
+    report = checkpoint.parent / "report.json"
+    if which == "val" or not report.is_file():
+        return None
+    try:
+        val = json.loads(report.read_text()).get("val") or {}
+    except (OSError, ValueError):
+        return None
+    if "images" not in val or "per_class" not in val:
+        return None
+    return accuracy_gap(
+        (val["accuracy"], int(val["images"]), val["per_class"]),
+        (result.accuracy, len(result.targets), result.per_class_accuracy(classes)),
     )
