@@ -415,7 +415,7 @@ def test_two_nodes_train_as_one_node_with_two_processes(tmp_path):
     """``--nnodes 2`` launches joined by the c10d rendezvous: the same weights, metrics and report as one
     ``--nproc-per-node 2`` launch; each node runs in its own folder, HOME and cache (machines that share no
     file system but ``--out``'s), and only rank 0 writes: the other node's folders stay empty."""
-    args = ["train", "--data", "digits", *COMMON, "--epochs", "2", "--batch-size", "32", "--precision", "auto"]
+    args = ["train", "--data", "digits", *COMMON, "--epochs", "1", "--batch-size", "32", "--precision", "auto"]
     _torchrun([*args, "--out", str(tmp_path / "one-node")], tmp_path)
     done = _two_nodes([*args, "--out", str(tmp_path / "two-nodes")], [tmp_path / "node0", tmp_path / "node1"])
     one, two = tmp_path / "one-node", tmp_path / "two-nodes"
@@ -599,3 +599,38 @@ def test_an_epoch_saved_inside_continues_only_with_as_many_processes(flat_folder
     monkeypatch.undo()
     done = _torchrun(["train", "--resume", str(run), "--no-progress"], tmp_path, succeeds=False)
     assert "the run was saved at step 2 of epoch 2 by 1 process(es); continue it with 1" in done.stderr
+
+
+# a CPU with bf16 units, where rank 0's timing finds bf16 faster; a rank that timed by itself would find it slower
+BF16_CPU = """
+import os, sys
+from pathlib import Path
+from vitrain.engine import precision, torch_backend
+from vitrain.cli import main
+
+precision.cpu_bf16_units = lambda: ["AMX-BF16"]
+precision.measure_speedup = lambda *args, **kwargs: 1.5 if os.environ["RANK"] == "0" else 0.5
+start = torch_backend.TorchBackend.start
+
+def start_and_tell(self, total_steps, steps_per_epoch):
+    start(self, total_steps, steps_per_epoch)
+    Path(os.environ["VITRAIN_TEST_PRECISION"], os.environ["RANK"]).write_text(str(self.amp_dtype))
+
+torch_backend.TorchBackend.start = start_and_tell
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_precision_auto_under_torchrun_is_rank_0s_choice_on_every_rank(flat_folder, tmp_path, monkeypatch):
+    """``--precision auto`` on a CPU with bf16 units: rank 0 times the step and every rank trains in what it chose."""
+    script, told = tmp_path / "bf16_cpu.py", tmp_path / "told"
+    script.write_text(BF16_CPU)
+    told.mkdir()
+    monkeypatch.setenv("VITRAIN_TEST_PRECISION", str(told))
+    args = ["train", "--data", str(flat_folder), *COMMON, "--epochs", "1", "--batch-size", "4", "--compile", "off"]
+    done = _torchrun([*args, "--precision", "auto", "--out", str(tmp_path / "run")], tmp_path, entry=(str(script),))
+    chosen = "precision: bf16 autocast (auto: this CPU has AMX-BF16, and this model's training step ran 1.50x"
+    assert chosen in done.stdout, done.stdout[-2000:]
+    assert [(told / r).read_text() for r in ("0", "1")] == ["torch.bfloat16", "torch.bfloat16"]
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["precision"]["compute"] == "bf16" and report["processes"] == 2
