@@ -226,12 +226,18 @@ def _add_inspect_parser(sub: argparse._SubParsersAction) -> None:
         help="also list images whose label disagrees most with RUN's predicted probabilities (cleanlab's "
         "confident learning on the run's held-out validation and test images), as candidates to review",
     )
-    ins.add_argument("--val-fraction", type=float, default=0.1, help="for a flat folder, as for training (0.1)")
-    ins.add_argument("--test-fraction", type=float, default=0.1, help="for a flat folder, as for training (0.1)")
-    ins.add_argument("--split-seed", type=int, default=0, help="for a flat folder, as for training (0)")
+    _add_split_arguments(ins)
     ins.add_argument("--data-root", help="where built-in sets are stored (as for training)")
     ins.add_argument("--no-download", dest="download", action="store_false", help="never download a built-in set")
     ins.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+
+
+def _add_split_arguments(p: argparse.ArgumentParser) -> None:
+    """The options that carve a flat folder's splits, with training's defaults (the same images go where
+    training puts them)."""
+    p.add_argument("--val-fraction", type=float, default=0.1, help="for a flat folder, as for training (0.1)")
+    p.add_argument("--test-fraction", type=float, default=0.1, help="for a flat folder, as for training (0.1)")
+    p.add_argument("--split-seed", type=int, default=0, help="for a flat folder, as for training (0)")
 
 
 def _add_shards_parser(sub: argparse._SubParsersAction) -> None:
@@ -246,9 +252,7 @@ def _add_shards_parser(sub: argparse._SubParsersAction) -> None:
     shards.add_argument("data", help="a folder of class folders, or a .zip/.tar of one")
     shards.add_argument("--out", required=True, help="the folder to write the shards into (new, or empty)")
     shards.add_argument("--shard-size", type=int, default=1000, help="samples per shard (1000)")
-    shards.add_argument("--val-fraction", type=float, default=0.1, help="for a flat folder, as for training (0.1)")
-    shards.add_argument("--test-fraction", type=float, default=0.1, help="for a flat folder, as for training (0.1)")
-    shards.add_argument("--split-seed", type=int, default=0, help="for a flat folder, as for training (0)")
+    _add_split_arguments(shards)
 
 
 def _add_share_parsers(sub: argparse._SubParsersAction) -> None:
