@@ -22,7 +22,7 @@ from .datasets import (
     _select_classes,
     stratified_split,
 )
-from .images import ImageReadError, image_mode, image_side, is_image_file, read_image
+from .images import GRAY_MODES, ImageReadError, image_mode, image_side, is_image_file, read_image
 from .workers import worker_context
 
 SPLIT_NAMES = {
@@ -36,7 +36,6 @@ SPLIT_NAMES = {
 }
 _IGNORED_DIRS = {"__MACOSX"}
 PARALLEL_CHECK_MIN = 2048  # more files than this are checked in worker processes
-_GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 
 
 def _check_class_count(classes: list[str], where: str) -> None:
@@ -159,7 +158,7 @@ def _check_files(paths: Sequence[Path], skip_bad: bool = False) -> tuple[int, di
             else:
                 raise ImageReadError(f"{error} ({SKIP_BAD_IMAGES_HINT})")
             checked += 1
-    return (1 if modes <= _GRAY_MODES else 3), bad
+    return (1 if modes <= GRAY_MODES else 3), bad
 
 
 def _drop_bad(found: dict[str, list[Path]], bad: dict[Path, str]) -> dict[str, list[Path]]:

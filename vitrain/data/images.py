@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
-from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".dcm"}
 )
 HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # integer samples of more than 8 bits
+GRAY_MODES = frozenset({"1", "L", "LA", "F", *HIGH_BIT_MODES})  # single-channel images
+# what Pillow raises for a file that is not a readable image (UnidentifiedImageError is an OSError)
+UNREADABLE = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
 class ImageReadError(ValueError):
@@ -90,20 +94,28 @@ def read_image(
     path = Path(path)
     try:
         if path.suffix.lower() == ".dcm":
-            img = convert_channels(read_dicom(path, bit_depth), channels)
-        else:
-            with Image.open(path) as img:
-                if max_side is not None:
-                    img.draft(None, (max_side, max_side))
-                img.load()
-                img = convert_channels(upright(img), channels, bit_depth)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+            return _tensor(convert_channels(read_dicom(path, bit_depth), channels))
+        return decode_image(path, channels, max_side, bit_depth)
+    except UNREADABLE as err:
         raise _read_error(path, err) from None
+
+
+def decode_image(
+    source: str | Path | BinaryIO, channels: int, max_side: int | None = None, bit_depth: str | int = "auto"
+) -> torch.Tensor:
+    """What :func:`read_image` does with an image Pillow reads, from a path or a file object (an image
+    held in memory, such as a shard's sample); Pillow's errors (:data:`UNREADABLE`) pass through."""
+    with Image.open(source) as img:
+        if max_side is not None:
+            img.draft(None, (max_side, max_side))
+        img.load()
+        return _tensor(convert_channels(upright(img), channels, bit_depth))
+
+
+def _tensor(img: Image.Image) -> torch.Tensor:
+    """A PIL image as a (C, H, W) uint8 tensor that owns its memory."""
     arr = np.array(img, dtype=np.uint8)  # a writable copy
-    if arr.ndim == 2:
-        arr = arr[None]
-    else:
-        arr = arr.transpose(2, 0, 1)
+    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
     return torch.from_numpy(np.ascontiguousarray(arr))
 
 
@@ -115,12 +127,10 @@ def read_dicom(path: Path, bit_depth: str | int = "auto") -> Image.Image:
     C.11.2.1.2), as a viewer first shows them; a file without a window is scaled as
     ``bit_depth`` says (:func:`_to_8bit`). MONOCHROME1 (where white is low) is inverted.
     """
-    try:
-        import pydicom
-        from pydicom.multival import MultiValue
-        from pydicom.pixels import apply_modality_lut
-    except ImportError:
-        raise ValueError("reading DICOM files needs pydicom: pip install 'vitrain[dicom]'") from None
+    pydicom = _pydicom()
+    from pydicom.multival import MultiValue
+    from pydicom.pixels import apply_modality_lut
+
     try:
         ds = pydicom.dcmread(path)
         pixels = ds.pixel_array
@@ -155,7 +165,7 @@ def image_mode(path: Path) -> str:
     try:
         with Image.open(path) as img:
             return img.mode
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+    except UNREADABLE as err:
         raise _read_error(path, err) from None
 
 
@@ -167,22 +177,31 @@ def image_side(path: Path) -> int:
     try:
         with Image.open(path) as img:
             return min(img.size)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+    except UNREADABLE as err:
         raise _read_error(path, err) from None
 
 
 def _dicom_header(path: Path):
     """A DICOM file's header (its pixel data left unread)."""
     try:
-        import pydicom
-    except ImportError:
-        raise _read_error(path, ValueError("reading DICOM files needs pydicom: pip install 'vitrain[dicom]'")) from None
+        pydicom = _pydicom()
+    except ValueError as err:
+        raise _read_error(path, err) from None
     try:
         header = pydicom.dcmread(path, stop_before_pixels=True)
         header.Rows, header.Columns  # noqa: B018 - an image has both
         return header
     except Exception as err:  # pydicom raises many kinds for a broken file
         raise _read_error(path, ValueError(f"not a readable DICOM image ({type(err).__name__}: {err})")) from None
+
+
+def _pydicom():
+    """The pydicom module, or a ValueError that says how to install it."""
+    try:
+        import pydicom
+    except ImportError:
+        raise ValueError("reading DICOM files needs pydicom: pip install 'vitrain[dicom]'") from None
+    return pydicom
 
 
 def _read_error(path: Path, err: Exception) -> ImageReadError:

@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image
 
 from .datasets import DataError
-from .images import convert_channels, upright
+from .images import UNREADABLE, convert_channels, upright
 
 NEAR_CORRELATION = 0.95  # near-duplicates: their 16x16 grayscale thumbnails correlate at least this much
 NEAR_DISTANCE = 4  # and at most this many of their perceptual hashes' 64 bits differ
@@ -100,7 +100,7 @@ def scan(dataset: Any, split: str, channels: int, progress: Callable[[], None] |
                 img.draft(None, (64, 64))  # JPEGs decode small: statistics and hashes need no more
                 img.load()
                 small = convert_channels(upright(img), channels)
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        except UNREADABLE as err:
             facts.unreadable.append((name, str(err)))
             continue
         small.thumbnail((64, 64))
@@ -247,7 +247,7 @@ def _png(opener: Callable[[], Image.Image], side: int) -> bytes:
         with opener() as img:
             img.load()
             shown = convert_channels(upright(img), 3)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+    except UNREADABLE:
         return b""
     scale = side / max(shown.size)
     resample = Image.NEAREST if scale > 1 else Image.BILINEAR  # small images stay sharp when enlarged

@@ -40,12 +40,11 @@ from torch.utils.data import DataLoader, IterableDataset, default_collate, get_w
 
 from ..place import Dist
 from .datasets import DataError
-from .images import ImageReadError, convert_channels, upright
+from .images import GRAY_MODES, UNREADABLE, ImageReadError, decode_image
 
 SPLITS = ("train", "val", "test")
 CLASSES_FILE = "classes.txt"
 IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "ppm", "pgm")
-GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 
 
 @dataclass
@@ -110,18 +109,11 @@ def _sample(shard: Path, raw: dict[str, Any]) -> Sample:
 
 
 def decode(sample: Sample, channels: int, bit_depth: str | int = "auto", max_side: int | None = None) -> torch.Tensor:
-    """A sample's image as a (channels, H, W) uint8 tensor, decoded as files are (see ``read_image``)."""
+    """A sample's image as a (channels, H, W) uint8 tensor, decoded as files are (:func:`decode_image`)."""
     try:
-        with Image.open(io.BytesIO(sample.data)) as img:
-            if max_side is not None:
-                img.draft(None, (max_side, max_side))
-            img.load()
-            img = convert_channels(upright(img), channels, bit_depth)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        return decode_image(io.BytesIO(sample.data), channels, max_side, bit_depth)
+    except UNREADABLE as err:
         raise ImageReadError(f"cannot read image {sample.key}.{sample.suffix}: {err}") from None
-    arr = np.array(img, dtype=np.uint8)
-    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-    return torch.from_numpy(np.ascontiguousarray(arr))
 
 
 class ShardSplit:
@@ -240,7 +232,7 @@ def _mode(sample: Sample) -> str:
     try:
         with Image.open(io.BytesIO(sample.data)) as img:
             return img.mode
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+    except UNREADABLE as err:
         raise ImageReadError(f"cannot read image {sample.key}.{sample.suffix}: {err}") from None
 
 
