@@ -65,38 +65,37 @@ def write_class_folders(
     return root
 
 
-def interrupt_validation(monkeypatch, owner, name: str = "evaluate", at: int = 3):
-    """Make the ``at``-th call of ``owner.<name>`` raise KeyboardInterrupt, as Ctrl-C during epoch ``at``'s
-    validation pass would (epochs before it are saved, epoch ``at`` is lost); returns what undoes it."""
+def _ctrl_c() -> None:
+    raise KeyboardInterrupt
+
+
+def at_call(monkeypatch, owner, name: str, at: int, do=_ctrl_c):
+    """Run ``do()`` (default: raise KeyboardInterrupt, as Ctrl-C would) as the ``at``-th call of
+    ``owner.<name>`` starts; returns what undoes it (so does ``monkeypatch.undo()``)."""
     real, calls = getattr(owner, name), {"n": 0}
 
     def interrupting(*args, **kwargs):
         calls["n"] += 1
         if calls["n"] == at:
-            raise KeyboardInterrupt
+            do()
         return real(*args, **kwargs)
 
     monkeypatch.setattr(owner, name, interrupting)
     return lambda: monkeypatch.setattr(owner, name, real)
 
 
-def interrupt_step(monkeypatch, n: int, do=None) -> None:
-    """Run ``do()`` (default: raise KeyboardInterrupt, as Ctrl-C would) at the start of the ``n``-th training
-    step of the process, before it computes; ``monkeypatch.undo()`` undoes it."""
+def interrupt_validation(monkeypatch, owner, name: str = "evaluate", at: int = 3):
+    """Make the ``at``-th call of ``owner.<name>`` raise KeyboardInterrupt, as Ctrl-C during epoch ``at``'s
+    validation pass would (epochs before it are saved, epoch ``at`` is lost); returns what undoes it."""
+    return at_call(monkeypatch, owner, name, at)
+
+
+def interrupt_step(monkeypatch, n: int, do=_ctrl_c) -> None:
+    """Run ``do()`` (default: Ctrl-C) at the start of the ``n``-th training step of the process, before it
+    computes; ``monkeypatch.undo()`` undoes it."""
     from vitrain.engine import torch_backend
 
-    real, calls = torch_backend.TorchBackend.train_step, {"n": 0}
-
-    def stop() -> None:
-        raise KeyboardInterrupt
-
-    def step(self, images, labels):
-        calls["n"] += 1
-        if calls["n"] == n:
-            (do or stop)()
-        return real(self, images, labels)
-
-    monkeypatch.setattr(torch_backend.TorchBackend, "train_step", step)
+    at_call(monkeypatch, torch_backend.TorchBackend, "train_step", n, do)
 
 
 # JAX's compiled steps may stay in the user's cache between test sessions (they are keyed by

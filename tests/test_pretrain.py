@@ -16,6 +16,8 @@ from vitrain.data.strong import StrongAugment, color_jitter, random_blur, random
 from vitrain.engine.pretrain import InstanceHead, info_nce, instance_loss, mix_instances, mixed_targets
 from vitrain.models.convert import resample_pos_embed
 
+from .conftest import at_call
+
 
 def test_instance_loss_is_the_cross_entropy_of_the_right_instance():
     logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
@@ -600,20 +602,6 @@ def test_pretraining_skips_or_stops_on_a_non_finite_loss(flat_folder, tmp_path, 
     assert str(tmp_path / "stops" / "backbone.safetensors") in err
 
 
-def _interrupt_at(monkeypatch, module, name: str, call: int) -> None:
-    """Make ``module.name`` raise KeyboardInterrupt (Ctrl-C, or SIGTERM through the CLI) on its ``call``-th call."""
-    real = getattr(module, name)
-    calls = {"n": 0}
-
-    def interrupted(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == call:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(module, name, interrupted)
-
-
 def test_an_interrupted_pretraining_resumes_to_the_same_backbone(flat_folder, tmp_path, tiny_args, monkeypatch, capsys):
     import shutil
 
@@ -625,7 +613,7 @@ def test_an_interrupted_pretraining_resumes_to_the_same_backbone(flat_folder, tm
 
     run = tmp_path / "run"
     with monkeypatch.context() as patch:  # 3 steps per epoch: the 5th loss is in epoch 2
-        _interrupt_at(patch, pretrain_module, "instance_loss", 5)
+        at_call(patch, pretrain_module, "instance_loss", 5)
         assert main([*args, "--out", str(run)]) == 130
     assert f"Continue with: vitrain pretrain --resume {run}" in capsys.readouterr().err
     assert len((run / "metrics.csv").read_text().splitlines()) == 2  # the header and epoch 1
@@ -671,7 +659,7 @@ def test_a_chained_run_resumes_in_either_stage(flat_folder, tmp_path, tiny_args,
     for stage, (module, name, call) in interrupts.items():
         run = tmp_path / stage
         with monkeypatch.context() as patch:
-            _interrupt_at(patch, module, name, call)
+            at_call(patch, module, name, call)
             assert main([*args, "--out", str(run)]) == 130, stage
         assert f"Continue with: vitrain train --resume {run}" in capsys.readouterr().err
         assert main(["train", "--resume", str(run)]) == 0, stage
