@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 import torch
 
+from ..checkpoint import CheckpointError
 from ..config.checks import parse_save_every
 from . import distributed
 from .distributed import Dist
@@ -172,7 +173,7 @@ def resume_epoch(partial: dict[str, Any], loader: Any, backend: Any, place: Dist
 def check_partial(partial: dict[str, Any] | None, place: Dist, out: Any) -> None:
     """Refuse to continue, with another number of processes, an epoch that was saved inside."""
     if partial is not None and partial["world"] != place.world:
-        raise ValueError(
+        raise CheckpointError(
             f"--resume {out}: the run was saved at step {partial['step']} of epoch {partial['epoch']} by "
             f"{partial['world']} process(es); continue it with {partial['world']} (a run changes its number of "
             "processes only at the end of an epoch)"

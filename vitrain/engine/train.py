@@ -14,7 +14,7 @@ import math
 import time
 from typing import Any, Callable
 
-from ..checkpoint import CheckpointError, CheckpointWriter
+from ..checkpoint import CheckpointWriter
 from ..config import TrainConfig
 from ..data.sources import split_digest
 from ..report import metrics_csv_bytes
@@ -100,7 +100,7 @@ def train(
             epoch_start = time.perf_counter()
             loaders["train"].generator.manual_seed(epoch_seed(cfg.seed, epoch))  # the data order: shared
             backend.start_epoch(epoch)  # dropout, MixUp: per rank
-            resumed = partial and resume_epoch(partial, loaders["train"], backend, place, device)
+            resumed = resume_epoch(partial, loaders["train"], backend, place, device) if partial else None
             partial = None
             steps = min(steps_per_epoch - (resumed[0] if resumed else 0), total_steps - progress.step)
             stats = train_one_epoch(
@@ -118,7 +118,7 @@ def train(
                 label=f"epoch {epoch}/{n_epochs}",
                 log=log,
                 saves=saves,
-                resumed=resumed or None,
+                resumed=resumed,
             )
             with distributed.waiting_in(f"the validation of epoch {epoch}", place):
                 val = backend.evaluate(loaders["val"])
@@ -241,10 +241,7 @@ def continue_run(
     """
     out = run.out
     check_same_data(state, out, run.cfg.data, run.cfg.classes, run.splits, digest)
-    try:
-        check_partial(state.get("partial"), run.place, out)
-    except ValueError as err:
-        raise CheckpointError(str(err)) from None
+    check_partial(state.get("partial"), run.place, out)
     backend.load_state_dict(state, str(out / STATE_FILE))
     saved_steps = state.get("steps_per_epoch", steps_per_epoch)
     if saved_steps != steps_per_epoch:
