@@ -139,8 +139,7 @@ class MidEpochSaves:
         self.log(f"saved the run at step {position} of epoch {epoch} ({time.perf_counter() - t0:.2f}s)")
 
     def stop(self, epoch: int, position: int) -> StopRequested:
-        """What a SIGTERM ends with, once the state is saved."""
-        self.listen(False)
+        """What a SIGTERM ends with, once the state is saved (the epoch stops listening as it ends)."""
         return StopRequested(f"stopped by SIGTERM at step {position} of epoch {epoch}, which is saved")
 
 
