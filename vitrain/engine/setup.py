@@ -125,6 +125,8 @@ def prepare_run(
 def check_same_data_on_every_rank(cfg: TrainConfig, splits: DataSplits, place: Dist) -> None:
     """Refuse, on every rank at once, a run whose processes read different images (a copy of ``--data``
     that differs on another machine), which would deal other splits and train on test images."""
+    if not place.active:  # alone, there is nothing to compare with (and no fingerprint to compute)
+        return
     differing = distributed.ranks_differing(split_digest(splits), place)
     if differing:
         raise ConfigError(
