@@ -4,6 +4,7 @@ non-finite losses, time budgets, class weights, leaked images and unreadable fil
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import shutil
@@ -612,3 +613,24 @@ def test_skip_bad_images_trains_on_the_rest_and_counts_them_in_the_report(flat_f
         "truncated.jpg",
     ]
     assert sum(report["splits"].values()) == 30
+
+
+def test_stem_init_pca_starts_the_stem_from_training_patches(flat_folder, tmp_path, tiny_args, capsys):
+    from vitrain.config.files import config_from_dict, load_config_file
+    from vitrain.engine.build import build_model
+    from vitrain.engine.setup import prepare_run
+
+    run = tmp_path / "run"
+    args = ["train", "--data", str(flat_folder), "--out", str(run), *tiny_args, "--epochs", "1", "--stem", "conv"]
+    assert main([*args, "--stem-init", "pca"]) == 0
+    assert "first convolution from the patches of" in capsys.readouterr().out
+    cfg = config_from_dict(load_config_file(run / "config.yaml"))
+    assert cfg.stem_init == "pca"
+    splits = prepare_run(cfg, resume=True, log=lambda *a: None).splits
+    whitened, again = build_model(cfg, None, splits), build_model(cfg, None, splits)
+    random = build_model(dataclasses.replace(cfg, stem_init="random"))
+    first = [m.patch_embed.first_conv.weight for m in (whitened, again, random)]
+    assert torch.equal(first[0], first[1]) and not torch.allclose(first[0], first[2])
+    assert torch.equal(whitened.blocks[0].mlp.fc1.weight, random.blocks[0].mlp.fc1.weight)  # the rest as before
+    assert main([*args, "--out", str(tmp_path / "b"), "--stem-init", "pca", "--pretrained", str(run)]) == 2
+    assert "--stem-init pca is for a model trained from scratch; with --pretrained" in capsys.readouterr().err

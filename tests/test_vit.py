@@ -198,3 +198,22 @@ def test_timm_variants_that_differ_are_refused_not_converted():
 def test_config_round_trips_through_dict():
     cfg = resolve_config("vit-cifar", num_classes=10)
     assert ViTConfig(**cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize("stem", ["patch", "conv"])
+def test_whiten_stem_starts_the_first_convolution_whitened_and_centered(stem):
+    model = create_model("vit", img_size=16, patch_size=4, stem=stem, embed_dim=32, depth=1, num_heads=2, mlp_dim=32)
+    # smooth images with correlated channels: patches whose covariance is far from the identity
+    base = torch.nn.functional.interpolate(torch.randn(64, 1, 4, 4, generator=torch.Generator().manual_seed(0)), 16)
+    images = torch.cat([base, 0.5 * base + 0.1, base.flip(-1)], 1) + 0.3 * torch.randn(64, 3, 16, 16)
+    conv = model.patch_embed.first_conv
+    count = model.whiten_stem(images, eps=1e-9)
+    assert count == min(conv.out_channels, 2 * conv.in_channels * conv.kernel_size[0] ** 2)
+    with torch.no_grad():
+        out = conv(images)[:, :count].transpose(0, 1).flatten(1).double()  # (filters, positions)
+    if conv.bias is not None:
+        assert out.mean(1).abs().max() < 1e-3
+    half = count // 2
+    cov = torch.cov(out[:half])
+    assert torch.allclose(cov, torch.eye(half, dtype=cov.dtype), atol=2e-3)
+    assert torch.equal(conv.weight[half:count], -conv.weight[:half])

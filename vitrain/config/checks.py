@@ -163,6 +163,15 @@ def check_save_every(value: Any, cfg: Any) -> Optional[str]:
     return None
 
 
+def check_stem_init(value: Any, cfg: Any) -> Optional[str]:
+    """``--stem-init``: random or pca, and pca only for a model trained from scratch."""
+    if value not in ("random", "pca"):
+        return "must be random or pca"
+    if value == "pca" and cfg.pretrained:
+        return "pca is for a model trained from scratch; with --pretrained, the pretrained weights start the stem"
+    return None
+
+
 def parse_bit_depth(value: Any) -> str | int:
     """``--bit-depth``: ``auto``, or a number of bits from 8 to 16."""
     if str(value) == "auto":

@@ -26,6 +26,7 @@ from .checks import (
     check_device,
     check_model,
     check_save_every,
+    check_stem_init,
     check_workers,
     in_range,
     min_max,
@@ -141,6 +142,15 @@ class TrainConfig:
         "(better on small data and short budgets)",
         group=MODEL,
         choices=["patch", "conv"],
+    )
+    stem_init: str = option(
+        "random",
+        "random: the first convolution starts random, as every other layer; pca: its filters start as the "
+        "whitened principal components of training image patches (helps short runs from scratch)",
+        group=MODEL,
+        choices=["random", "pca"],
+        check=check_stem_init,
+        commands=TRAIN,
     )
     # fine-tuning (see vitrain.models.pretrained)
     pretrained: Optional[str] = option(

@@ -46,6 +46,8 @@ MODEL_FIELDS = (
 )
 
 
+STEM_IMAGES = 1024  # training images whose patches start a --stem-init pca stem
+
 # what pretrained weights fix; --pretrained with a different value is an error (size and patch may change)
 PRETRAINED_FIXED = ("embed_dim", "depth", "mlp_dim", "pool", "stem")
 
@@ -137,9 +139,12 @@ def model_arch(cfg: TrainConfig) -> ViTConfig:
     )
 
 
-def build_model(cfg: TrainConfig, pretrained: Pretrained | None = None) -> VisionTransformer:
+def build_model(
+    cfg: TrainConfig, pretrained: Pretrained | None = None, splits: DataSplits | None = None
+) -> VisionTransformer:
     """The model a resolved config describes, initialized from ``cfg.seed`` (the head, when ``pretrained``
-    supplies the rest), with ``--freeze`` applied."""
+    supplies the rest), with ``--freeze`` applied. ``--stem-init pca`` sets the first convolution from
+    the training images of ``splits`` (:func:`stem_images`)."""
     torch.manual_seed(cfg.seed)
     arch = model_arch(cfg)
     if pretrained is not None:
@@ -149,6 +154,10 @@ def build_model(cfg: TrainConfig, pretrained: Pretrained | None = None) -> Visio
             raise ConfigError(str(err)) from None
     else:
         model = VisionTransformer(arch)
+        if cfg.stem_init == "pca":
+            if splits is None:
+                raise ValueError("build_model: --stem-init pca needs the data splits")
+            model.whiten_stem(stem_images(cfg, splits))
     try:
         apply_freeze(model, cfg.freeze)
     except ValueError as err:
@@ -166,6 +175,19 @@ def build_model(cfg: TrainConfig, pretrained: Pretrained | None = None) -> Visio
         **({"pretrained": cfg.pretrained} if cfg.pretrained else {}),
     }
     return model
+
+
+def stem_images(cfg: TrainConfig, splits: DataSplits, count: int = STEM_IMAGES) -> torch.Tensor:
+    """Up to ``count`` training images chosen by ``cfg.seed``, as the model sees them in evaluation (resized,
+    center-cropped, normalized): what ``--stem-init pca`` takes its patch statistics from."""
+    if isinstance(splits.train, ShardSplit):
+        raise ConfigError(
+            f"--stem-init pca with --data {cfg.data}: shards are read in order, not by index, so there is no "
+            "sample of training images to start the stem from; leave --stem-init out"
+        )
+    dataset = TransformedDataset(splits.train, build_eval_transform(cfg.img_size, cfg.mean, cfg.std, cfg.crop_pct))
+    picked = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(cfg.seed))[:count]
+    return torch.stack([dataset[int(i)][0] for i in picked])
 
 
 def use_memory(cfg: TrainConfig, splits: DataSplits) -> bool:

@@ -242,7 +242,7 @@ class JaxBackend:
         self.precision = jax_precision(cfg.precision, platform)
         self.dtype = jnp.bfloat16 if self.precision.dtype else jnp.float32
         # the PyTorch model gives the initial (or pretrained) weights, the names and the checkpoints' format
-        self.model = build_model(cfg, pretrained)
+        self.model = build_model(cfg, pretrained, splits)
         flax_model = FlaxViT(self.model.config, nnx.Rngs(cfg.seed), self.dtype)
         load_torch_state(flax_model, self.model.state_dict())
         trainable = {n for n, p in self.model.named_parameters() if p.requires_grad}

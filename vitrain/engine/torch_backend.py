@@ -115,7 +115,7 @@ class TorchBackend:
         pretrained: Pretrained | None = None,
     ) -> None:
         self.cfg, self.device, self.place = cfg, device, place
-        self.model = build_model(cfg, pretrained).to(device)
+        self.model = build_model(cfg, pretrained, splits).to(device)
         self.precision = run_precision(cfg.precision, device, place, self.model, cfg.batch_size)
         self.amp_dtype = self.precision.dtype
         self.num_classes = len(cfg.classes)

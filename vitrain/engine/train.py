@@ -21,7 +21,7 @@ from ..report import metrics_csv_bytes
 from . import distributed
 from .backend import Backend
 from .budget import BudgetClock, plan_budget
-from .build import build_loaders
+from .build import STEM_IMAGES, build_loaders
 from .epoch import EpochStats, TrainingError, train_one_epoch
 from .final import final_report, finish_report, log_epoch_scalars
 from .midepoch import MidEpochSaves, check_partial, resume_epoch
@@ -282,6 +282,11 @@ def describe_run(
         f"model: {cfg.model}  {n_params / 1e6:.2f}M parameters, {cfg.img_size}px input, patch {cfg.patch_size}, "
         f"dim {cfg.embed_dim}, depth {cfg.depth}, heads {cfg.num_heads}"
         + (f"; from {cfg.pretrained}" if cfg.pretrained else "")
+        + (
+            f"; first convolution from the patches of {min(STEM_IMAGES, len(splits.train))} training images (pca)"
+            if cfg.stem_init == "pca" and not resume
+            else ""
+        )
         + (f"; {n_train:,} trainable (--freeze {cfg.freeze})" if n_train < n_params else "")
     )
     batch = f"batch {cfg.batch_size}"

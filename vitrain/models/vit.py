@@ -98,6 +98,11 @@ class PatchEmbed(nn.Module):
         self.num_patches = (img_size // patch_size) ** 2
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
 
+    @property
+    def first_conv(self) -> nn.Conv2d:
+        """The convolution that sees the pixels."""
+        return self.proj
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, num_patches, embed_dim)."""
         return self.proj(x).flatten(2).transpose(1, 2)
@@ -130,6 +135,11 @@ class ConvStem(nn.Module):
             channels = out
         self.stem = nn.Sequential(*layers)
         self.proj = nn.Conv2d(channels, embed_dim, kernel_size=1)
+
+    @property
+    def first_conv(self) -> nn.Conv2d:
+        """The convolution that sees the pixels."""
+        return self.stem[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, num_patches, embed_dim)."""
@@ -298,6 +308,43 @@ class VisionTransformer(nn.Module):
             elif isinstance(module, (nn.LayerNorm, nn.BatchNorm2d)):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
+
+    @torch.no_grad()
+    def whiten_stem(self, images: torch.Tensor, eps: float = 5e-4, chunk: int = 256) -> int:
+        """Set the filters of the convolution that sees the pixels from ``images`` (B, C, H, W, normalized
+        as the model sees them): the leading principal components of the patches it reads, each divided
+        by the square root of its variance (plus ``eps``), in pairs of opposite sign, so that its outputs
+        start whitened (patch-PCA initialization, as fast CIFAR-10 training runs use). A short run then
+        starts from filters matched to the data rather than random ones; the filters still train.
+
+        Returns how many filters were set: ``2 * min(out_channels // 2, C * k * k)``; any others keep
+        their random initialization. A bias is set so that the whitened outputs are centered.
+        """
+        conv = self.patch_embed.first_conv
+        dim = conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
+        total = torch.zeros(dim, dtype=torch.float64)
+        outer = torch.zeros(dim, dim, dtype=torch.float64)
+        count = 0
+        for start in range(0, len(images), chunk):  # the patches of a few images at a time
+            batch = images[start : start + chunk].to(conv.weight.device, torch.float32)
+            cols = F.unfold(batch, conv.kernel_size, padding=conv.padding, stride=conv.stride)
+            patches = cols.transpose(1, 2).reshape(-1, dim).double().cpu()
+            total += patches.sum(0)
+            outer += patches.T @ patches
+            count += len(patches)
+        if count < 2:
+            raise ValueError("whiten_stem needs at least one image")
+        mean = total / count
+        cov = outer / count - torch.outer(mean, mean)
+        variances, vectors = torch.linalg.eigh(cov)  # ascending
+        pairs = min(conv.out_channels // 2, dim)
+        variances, vectors = variances.flip(0)[:pairs], vectors.flip(1)[:, :pairs]
+        filters = (vectors / (variances.clamp_min(0) + eps).sqrt()).T  # (pairs, dim)
+        weights = torch.cat([filters, -filters])
+        conv.weight[: len(weights)] = weights.reshape(-1, *conv.weight.shape[1:]).to(conv.weight)
+        if conv.bias is not None:
+            conv.bias[: len(weights)] = -(weights @ mean).to(conv.bias)
+        return len(weights)
 
     def no_weight_decay(self) -> set[str]:
         """Parameter names that should not be weight-decayed (besides biases and norms)."""
