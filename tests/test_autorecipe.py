@@ -12,10 +12,11 @@ from tests.conftest import write_class_folders
 from vitrain.config import TrainConfig
 from vitrain.engine.autorecipe import apply_recipe, auto_applies, choose_recipe
 from vitrain.engine.launch import resolve_config
+from vitrain.recipes import get_recipe
 
 
-def data(side: int, images: int) -> SimpleNamespace:
-    return SimpleNamespace(native_size=side, train=range(images))
+def data(side: int, images: int, flips: bool = True) -> SimpleNamespace:
+    return SimpleNamespace(native_size=side, train=range(images), hflip_ok=flips)
 
 
 @pytest.mark.parametrize(
@@ -47,9 +48,12 @@ def test_naming_a_model_a_recipe_or_pretraining_leaves_the_choice_to_the_user():
     assert resolve_config({"data": "x"}, command="pretrain")[0].recipe is None
 
 
-def test_the_users_settings_win_over_the_chosen_recipe_and_flips_are_left_to_the_data():
+def test_the_users_settings_win_over_the_chosen_recipe_and_flips_are_left_to_the_data(monkeypatch):
+    monkeypatch.setitem(get_recipe("cifar10-best").config, "tta", "flip")
     given = TrainConfig(data="mnist", batch_size=32, lr=3e-4, out="runs/x")
-    cfg = apply_recipe(given, {"data", "batch_size", "lr"}, choose_recipe(data(28, 54_000)))
+    assert apply_recipe(given, {"data"}, choose_recipe(data(28, 54_000))).tta == "flip"
+    cfg = apply_recipe(given, {"data", "batch_size", "lr"}, choose_recipe(data(28, 54_000, flips=False)))
+    assert cfg.tta == "none"  # the recipe's flip test-time augmentation goes with the flips
     assert cfg.recipe == "cifar10-best" and cfg.stem == "conv" and cfg.embed_dim == 128 and cfg.img_size == 32
     assert cfg.batch_size == 32 and cfg.lr == 3e-4  # given, so kept (32 is also the default)
     assert cfg.data == "mnist" and cfg.out == "runs/x"  # the recipe's data: cifar10 does not replace them

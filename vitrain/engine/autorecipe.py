@@ -12,9 +12,10 @@ loaded: its typical image side, its number of training images and channels.
 The batch size is the recipe's, halved until an epoch has at least
 :data:`MIN_STEPS_PER_EPOCH` steps (a few hundred images would otherwise train a handful
 of steps per epoch). The recipe's horizontal flips are left to the data (off for digits,
-whose labels a mirror changes). Settings the user gave (flags, a ``--config`` file) still
-win; naming a model option (``--model``, ``--img-size``, ``--embed-dim``, ...), a recipe,
-``--pretrained`` or ``--pretrain`` turns the choice off.
+whose labels a mirror changes), and so is its flip test-time augmentation. Settings the
+user gave (flags, a ``--config`` file) still win; naming a model option (``--model``,
+``--img-size``, ``--embed-dim``, ...), a recipe, ``--pretrained`` or ``--pretrain`` turns
+the choice off.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ class RecipeChoice:
     name: str | None
     batch_size: int | None
     reason: str
+    flips: bool = True  # whether a mirror image keeps the label: else the recipe's flip TTA is dropped too
 
     def to_dict(self) -> dict[str, Any]:
         """``report.json``'s ``recipe``."""
@@ -78,7 +80,7 @@ def choose_recipe(splits: DataSplits) -> RecipeChoice:
         batch //= 2
     fits = "small images, many of them" if side <= 48 else "larger images, trained at 64 px"
     halved = f"; batch {batch}, the recipe's {given} halved for more steps per epoch" if batch < given else ""
-    return RecipeChoice(name, batch, f"auto: {what} ({fits}){halved}")
+    return RecipeChoice(name, batch, f"auto: {what} ({fits}){halved}", splits.hflip_ok)
 
 
 def apply_recipe(cfg: TrainConfig, user: Iterable[str], choice: RecipeChoice) -> TrainConfig:
@@ -87,6 +89,8 @@ def apply_recipe(cfg: TrainConfig, user: Iterable[str], choice: RecipeChoice) ->
     if choice.name is None:
         return dataclasses.replace(cfg, recipe=None)
     recipe = {k: v for k, v in get_recipe(choice.name).config.items() if k not in LEFT_TO_THE_DATA}
+    if not choice.flips:
+        recipe.pop("tta", None)  # the mirror images of data whose labels a mirror changes mean nothing
     base = config_from_dict({**recipe, "batch_size": choice.batch_size})
     kept = {name: getattr(cfg, name) for name in {*user, *KEPT} if hasattr(cfg, name)}
     kept.pop("recipe", None)
