@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -682,6 +683,25 @@ def test_pretraining_compiles_the_backbone_when_asked(flat_folder, tmp_path, tin
         == 0
     )
     assert compiled == ["VisionTransformer"] and ", torch.compile" in capsys.readouterr().out
+
+
+def test_pretraining_compile_auto_measures_as_training_does(flat_folder, tmp_path, tiny_args, monkeypatch, capsys):
+    from vitrain.engine import compiling
+
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: compiled.append(model) or model)
+    args = ["pretrain", "--data", str(flat_folder), *tiny_args, "--compile", "auto"]
+    assert main([*args, "--out", str(tmp_path / "short")]) == 0  # a tiny run: too short to compile
+    assert re.search(r"compile: off \(auto: about \d+s of steps, too short to win back", capsys.readouterr().out)
+    assert json.loads((tmp_path / "short" / "report.json").read_text())["compile"]["on"] is False
+    # as if its eager steps took 100 s, and compiled ones 50 s after 1 s of compiling
+    monkeypatch.setattr(compiling, "eager_step_seconds", lambda *a: 100.0)
+    timing = {"eager": 100.0, "compiled": 50.0, "compile": 1.0}
+    monkeypatch.setattr(compiling, "cached", lambda kind, key, measure: (timing, False))
+    assert main([*args, "--precision", "fp32", "--out", str(tmp_path / "long")]) == 0
+    out = capsys.readouterr().out
+    assert "compile: on (auto: compiled float32 steps ran 2.00x as fast as eager float32 ones" in out
+    assert compiled and json.loads((tmp_path / "long" / "report.json").read_text())["compile"]["on"] is True
 
 
 def test_the_compiling_first_epoch_does_not_shrink_the_pretraining_plan(flat_folder, tmp_path, tiny_args, monkeypatch):

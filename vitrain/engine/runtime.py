@@ -11,9 +11,9 @@ from .distributed import Dist
 
 
 def use_compile(setting: str, device: torch.device) -> bool:
-    """Whether ``--compile`` compiles ``vitrain pretrain``'s step: on for CUDA by default (fixed batch
-    shapes there make it pay), off on CPU. ``vitrain train`` decides with :mod:`.compiling`, which
-    measures on a CPU."""
+    """Whether ``--compile setting`` compiles on ``device`` without measuring anything: on for CUDA by
+    default (fixed batch shapes there make it pay), off on a CPU. Runs decide with :mod:`.compiling`,
+    which measures on a CPU; this rule is what :func:`use_cuda_graphs` builds on."""
     return setting == "on" or (setting == "auto" and device.type == "cuda")
 
 

@@ -37,7 +37,7 @@ also writes ``state.safetensors`` (backbone, instance head, optimizer, schedule,
 an interrupted run continues with ``vitrain pretrain --resume DIR`` and ends as an
 uninterrupted one would (on CPU). On a GPU the step autocasts to bf16 and the backbone is
 compiled (``--compile``; without CUDA graphs here, since multi-crop feeds the backbone two
-input sizes per step).
+input sizes per step); on a CPU ``--compile auto`` times it first, as ``vitrain train`` does.
 """
 
 from .chain import pretrain_then_train

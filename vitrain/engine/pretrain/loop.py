@@ -68,7 +68,7 @@ def pretrain(
             )
         task.load_state_dict(state, str(out / STATE_FILE))
         log(f"resuming pretraining after epoch {progress.epoch} (step {progress.step} of {total_steps})")
-    task.compile()
+    task.compile(total_steps)
     knn = knn_report(task, run)
     describe_pretraining(task, run)
     knn_before = state.get("knn_before")  # the untrained backbone's, for comparison (saved when resuming)
@@ -173,6 +173,8 @@ def describe_pretraining(task: InstanceTask, run: RunSetup) -> None:
         + (", torch.compile" if task.compiled else "")
     )
     run.log(f"precision: {task.precision.describe()}")
+    if task.compiling is not None:
+        run.log(f"compile: {'on' if task.compiling.on else 'off'} ({task.compiling.reason})")
     run.log(f"writing to {run.out}")
 
 
@@ -212,6 +214,7 @@ def pretraining_report(
         "model": task.model.config.to_dict(),
         "device": str(run.device),
         "precision": task.precision.to_dict(),
+        **({"compile": task.compiling.to_dict()} if task.compiling is not None else {}),
         "seed": cfg.seed,
         "total_seconds": round(time.perf_counter() - started, 2),
     }

@@ -21,9 +21,11 @@ from ...data.sources import DataSplits
 from ...data.strong import StrongAugment
 from ..backend import StepResult
 from ..build import build_model
+from ..compiling import CompileChoice, choose_compile
+from ..distributed import Dist
 from ..optim import build_optimizer, build_scheduler, replan
 from ..precision import choose_precision
-from ..runtime import checks_each_step, decode_workers, use_compile
+from ..runtime import checks_each_step, decode_workers
 from .method import (
     InstanceHead,
     Pretrainer,
@@ -77,15 +79,27 @@ class InstanceTask:
         # only the backbone's forward/backward is compiled; the augmentation and the losses stay eager
         self.forward = model
         self.compiled = False
+        self.compiling: CompileChoice | None = None  # decided in compile(), when the run's length is known
 
     def start(self, total_steps: int, steps_per_epoch: int) -> None:
         """The optimizer (backbone and head together) and the schedule; the compiled backbone."""
         self.optimizer = build_optimizer(self.net, self.cfg, self.device)
         self.scheduler = build_scheduler(self.optimizer, self.cfg, steps_per_epoch, total_steps)
 
-    def compile(self) -> None:
-        """Compile the backbone's forward (``--compile``), once the state is loaded."""
-        if use_compile(self.cfg.compile, self.device):
+    def compile(self, total_steps: int) -> None:
+        """Compile the backbone's forward (``--compile``), once the state is loaded. ``auto`` decides as
+        ``vitrain train`` does (:mod:`..compiling`): on a GPU, and on a CPU where a compiled copy of the
+        backbone's step, timed once, wins its compile time back over the run's ``total_steps`` (or what
+        fits its time budget), for each of the batch shapes (two with local crops)."""
+        cfg = self.cfg
+        shapes = 2 if self.local_augment is not None else 1
+        budget = cfg.time_budget * 60 if cfg.time_budget else None
+        self.compiling = choose_compile(
+            cfg.compile, self.device, Dist(), self.model, self.batch, self.precision, total_steps, shapes, budget
+        )
+        if self.compiling.precision is not None:  # --precision auto: the other precision is faster compiled
+            self.precision, self.amp_dtype = self.compiling.precision, self.compiling.precision.dtype
+        if self.compiling.on:
             self.forward, self.compiled = torch.compile(self.model), True
 
     def start_epoch(self, epoch: int) -> None:
