@@ -123,3 +123,24 @@ def test_every_test_the_docs_cite_exists():
                if not (ROOT / "tests" / file).is_file()
                or not re.search(rf"^def {name}\(", (ROOT / "tests" / file).read_text(), re.M)]  # fmt: skip
     assert not missing, f"cited by the docs but not defined there: {missing}"
+
+
+def test_every_figure_table_names_the_precision_and_the_cpu_flags_that_decide_it():
+    """Each "command | machine | date | code at" row says what the steps computed in and, on a CPU, which of
+    its flags (AVX2, AVX-512, AVX512-BF16, AMX-BF16) it has, or that they were not recorded."""
+    rows = []
+    for page in [ROOT / "README.md", *(ROOT / "docs").rglob("*.md")]:
+        for line in page.read_text().splitlines():
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if len(cells) >= 4 and re.fullmatch(r"\d{4}-\d\d-\d\d", cells[-2]):
+                rows.append((page.name, cells[-3]))
+    assert len(rows) > 40
+    lacking = [
+        (page, machine)
+        for page, machine in rows
+        if machine != "as above"
+        and not (
+            re.search(r"float32|fp32|bf16|precision", machine) and re.search(r"NVIDIA|AVX|flags not recorded", machine)
+        )
+    ]
+    assert not lacking, f"machine cells without the precision or the CPU flags: {lacking}"
