@@ -107,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
                 "torchvision_images_per_s": images_per_second(theirs, args.batches),
             }
         )
-    speeds = model_images_per_second(64)
+    model_batch = int(get_recipe("cifar10-best").config["batch_size"])  # the batch the recipe trains with
+    speeds = model_images_per_second(model_batch)
     fastest = max(speeds, key=speeds.get)
     model = speeds[fastest]
     result = {
@@ -116,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         "decode_seconds": round(decode_seconds, 2),
         "model_train_images_per_s": {k: round(v, 1) for k, v in speeds.items()},
         "fastest_model": fastest,
+        "model_batch_size": model_batch,
         "batch_size": args.batch_size,
         "rows": rows,
     }
@@ -125,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"decode once: {len(targets)} images in {decode_seconds:.1f}s; the cifar10-best model trains at "
         + ", ".join(f"{v:.0f} images/s {k}" for k, v in speeds.items())
-        + f" (batch 64); the last column is against the fastest, {fastest}\n"
+        + f" (batch {model_batch}); the last column is against the fastest, {fastest}\n"
     )
     print("| augmentation | vitrain in-memory img/s | torchvision DataLoader + PIL img/s | ratio | vitrain / model |")
     print("|---|---|---|---|---|")
