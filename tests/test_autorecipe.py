@@ -23,8 +23,8 @@ def data(side: int, images: int, flips: bool = True) -> SimpleNamespace:
     "side, images, recipe, batch",
     [
         (8, 1_259, None, None),  # digits: the defaults' vit-digits
-        (28, 54_000, "cifar10-best", 64),  # MNIST-sized
-        (32, 45_000, "cifar10-best", 64),  # CIFAR-10
+        (28, 54_000, "cifar10-best", 128),  # MNIST-sized
+        (32, 45_000, "cifar10-best", 128),  # CIFAR-10
         (224, 4_852, "folder-best", 64),  # a folder of scans
         (500, 1_000, "folder-best", 64),  # flowers17: 15 steps per epoch at the recipe's batch
         (500, 300, "folder-best", 16),  # 300 images: batch 16 gives 18 steps per epoch
@@ -66,12 +66,12 @@ def test_a_run_without_a_recipe_gets_one_chosen_from_its_data_and_says_why(tmp_p
     folder = write_class_folders(tmp_path / "flat", per_class=12)  # 36 images of 20 px
     run = tmp_path / "run"
     flags = ["--epochs", "1", "--workers", "0", "--no-progress", "--out", str(run)]
-    assert main(["train", "--data", str(folder), "--lr", "0.002", *flags]) == 0
+    assert main(["train", "--data", str(folder), "--lr", "0.003", *flags]) == 0
     out = capsys.readouterr().out
-    assert "recipe: cifar10-best (auto: 20 px images, " in out and "batch 8, the recipe's 64 halved" in out
+    assert "recipe: cifar10-best (auto: 20 px images, " in out and "batch 8, the recipe's 128 halved" in out
     saved = yaml.safe_load((run / "config.yaml").read_text())["train"]
     assert saved["recipe"] == "cifar10-best" and saved["stem"] == "conv" and saved["batch_size"] == 8
-    assert saved["lr"] == 0.002  # the flag, not the recipe's 1.5e-3
+    assert saved["lr"] == 0.003  # the flag, not the recipe's 2e-3
     report = json.loads((run / "report.json").read_text())
     assert report["recipe"]["name"] == "cifar10-best" and report["recipe"]["setting"] == "auto"
     assert main(["train", "--data", str(folder), *flags[:-1], str(tmp_path / "mine"), "--depth", "1"]) == 0
