@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from vitrain.config import TrainConfig
-from vitrain.engine.optim import build_optimizer, build_scheduler, param_groups, replan
+from vitrain.engine.optim import build_optimizer, build_scheduler, ema_decay, ema_update, param_groups, replan
 from vitrain.models import create_model
 
 
@@ -119,3 +119,21 @@ def test_replanning_rescales_the_rest_of_the_schedule_and_survives_a_state_dict(
 def test_min_lr_is_the_floor_of_the_cosine():
     lrs = _lrs(TrainConfig(lr=2.0, min_lr=0.2, epochs=4, schedule="cosine", warmup_epochs=0), 25)
     assert lrs[0] == 2.0 and lrs[50] == pytest.approx(1.1) and min(lrs) > 0.2
+
+
+def test_the_ema_warms_up_so_early_averages_follow_the_weights():
+    from torch.optim.swa_utils import AveragedModel
+
+    assert ema_decay(0.999, 1) == 2 / 11 and ema_decay(0.999, 8991) == 0.999 and ema_decay(0.9, 100) == 0.9
+    model = torch.nn.Linear(4, 2)
+    ema = AveragedModel(model, multi_avg_fn=ema_update(0.999), use_buffers=True)
+    expected = model.weight.detach().clone()
+    for n in range(50):  # the first update copies; the n-th after it decays by min(0.999, (1 + n) / (10 + n))
+        with torch.no_grad():
+            model.weight.add_(1.0)
+        ema.update_parameters(model)
+        d = 0.0 if n == 0 else ema_decay(0.999, n)
+        expected = d * expected + (1 - d) * model.weight.detach()
+    assert torch.allclose(ema.module.weight, expected, atol=1e-4)
+    # after 50 updates the random start weighs nothing; a plain 0.999 decay would still hold 95% of it
+    assert (model.weight - ema.module.weight).abs().max() < 10

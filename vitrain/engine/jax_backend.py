@@ -38,7 +38,7 @@ from .backend import Speed, StepResult
 from .build import build_model
 from .distributed import Dist
 from .evaluate import EvalResult, evaluate_logits
-from .optim import Schedule, layer_id, param_groups, schedule_for
+from .optim import EMA_WARMUP, Schedule, layer_id, param_groups, schedule_for
 from .precision import Precision
 from .torch_backend import build_batch_mix, class_weights, first_batches, forever
 
@@ -338,8 +338,9 @@ class JaxBackend:
         # a batch whose gradient is not finite changes nothing (the schedule still advances)
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
         new = {"params": keep(params, state["params"]), "rest": keep(rest, state["rest"]), "opt": keep(new_opt, opt)}
-        if "ema" in state:  # torch.optim.swa_utils' EMA: the first update copies the weights
-            d, count = cfg.ema, state["ema_count"]
+        if "ema" in state:  # as the PyTorch backend: the first update copies the weights, then a warmed-up decay
+            count = state["ema_count"]
+            d = jnp.minimum(cfg.ema, (1.0 + count) / (EMA_WARMUP + count))  # optim.ema_decay
             current = {"params": new["params"], "rest": new["rest"]}
             ema = jax.tree.map(lambda e, p: jnp.where(count == 0, p, d * e + (1 - d) * p), state["ema"], current)
             new["ema"], new["ema_count"] = keep(ema, state["ema"]), jnp.where(finite, count + 1, count)

@@ -152,3 +152,33 @@ def replan(scheduler: lr_scheduler.LambdaLR, total_steps: int) -> None:
     for group, base, schedule in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
         group["lr"] = base * schedule(scheduler.last_epoch)
     scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
+
+
+EMA_WARMUP = 10  # after n updates the EMA decays by at most (1 + n) / (EMA_WARMUP + n)
+
+
+def ema_decay(decay: float, updates: torch.Tensor | int) -> torch.Tensor | float:
+    """``--ema``'s decay after ``updates`` updates: ``min(decay, (1 + n) / (10 + n))``. The warmup lets the
+    average follow the weights while they move fast: without it, after 1,000 updates of a 0.999
+    decay the random initialization still holds 37% of the average, which ruins short runs (their
+    validation stayed at chance for 100 epochs of a small folder). TensorFlow's and timm's EMAs warm
+    up the same way."""
+    if isinstance(updates, torch.Tensor):
+        return torch.clamp((1 + updates) / (EMA_WARMUP + updates), max=decay)
+    return min(decay, (1 + updates) / (EMA_WARMUP + updates))
+
+
+def ema_update(decay: float):
+    """A ``multi_avg_fn`` for ``torch.optim.swa_utils.AveragedModel``: the EMA with :func:`ema_decay`'s
+    warmup, computed on the device (no host synchronization)."""
+
+    @torch.no_grad()
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n_averaged: torch.Tensor) -> None:
+        d = ema_decay(decay, n_averaged.to(averaged[0].device, torch.float32))
+        if torch.is_floating_point(averaged[0]):
+            torch._foreach_lerp_(averaged, current, (1 - d).to(averaged[0].dtype))
+        else:  # integer buffers (BatchNorm's batch counts)
+            for a, c in zip(averaged, current):
+                a.copy_(a * d + c * (1 - d))
+
+    return update

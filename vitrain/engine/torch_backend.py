@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 from torchvision.transforms import v2
 
 from ..checkpoint import CheckpointWriter, load_weights
@@ -33,7 +33,7 @@ from .compiling import CompileChoice, choose_compile
 from .distributed import Dist
 from .evaluate import EvalResult, evaluate
 from .finetune import train_mode
-from .optim import build_optimizer, build_scheduler, replan
+from .optim import build_optimizer, build_scheduler, ema_update, replan
 from .precision import Precision, choose_precision
 from .runtime import checks_each_step, writes_behind
 
@@ -153,7 +153,7 @@ class TorchBackend:
         self.optimizer = build_optimizer(model, cfg, self.device)
         self.scheduler = build_scheduler(self.optimizer, cfg, steps_per_epoch, total_steps)
         if cfg.ema:
-            self.ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
+            self.ema = AveragedModel(model, multi_avg_fn=ema_update(cfg.ema), use_buffers=True)
             self.eval_model = self.ema.module
         if self.place.active:  # DistributedDataParallel averages gradients over the ranks during backward
             ids = [self.device.index] if self.device.type == "cuda" else None

@@ -18,7 +18,7 @@ RECIPE = Recipe(
     "cosine, label smoothing, EMA 0.999, flip test-time augmentation",
     reference="0.7495 CIFAR-10 test accuracy in 15 minutes on a 2-core Xeon with AMX, mean of 3 seeds "
     "(0.7396-0.7649), measured by `python benchmarks/accuracy.py --budget 15 --only cifar10 --recipes "
-    "cifar10-best --flags=\"--seed S\"` (docs/benchmarks/accuracy.md)",
+    'cifar10-best --flags="--seed S"` (docs/benchmarks/accuracy.md)',
     command="vitrain train --recipe cifar10-best --data cifar10 --time-budget 15",
     config=dict(
         data="cifar10",
