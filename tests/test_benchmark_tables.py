@@ -103,3 +103,19 @@ def test_the_jax_profile_classes_each_xla_kernel_by_what_it_computes():
     assert profile.torch_kind("aten::_scaled_dot_product_flash_attention_for_cpu") == "batched matmul (attention)"
     assert profile.torch_kind("aten::native_dropout") == "dropout (random bits, masks)"
     assert profile.torch_kind("aten::gelu") == profile.KINDS[-1]
+
+
+def test_the_progressive_resizing_bound_pays_the_extra_compile_and_mixes_the_step_times():
+    progressive = _module("progressive")
+    assert progressive.sides(32, 8) == [16, 24, 32]
+    assert progressive.sides(64, 16) == [32, 48, 64]
+    result = {
+        "img_size": 32,
+        "batch_size": 100,
+        "step_s": {16: 0.05, 32: 0.1},
+        "compile_s": {16: 10.0, 32: 30.0},
+    }
+    rows = {row["fraction"]: row["images_ratio"] for row in progressive.bounds(result, train_seconds=100.0)}
+    # half the images at twice the speed: 0.075 s per 100 images; 90 s left after the extra compile
+    assert rows[0.5] == pytest.approx((90.0 / 0.075) / (100.0 / 0.1))
+    assert rows[1 / 3] == pytest.approx((90.0 / (0.05 / 3 + 0.1 * 2 / 3)) / 1000.0)
