@@ -5,7 +5,8 @@ bigger than the model's input, decoding each image on every epoch costs more tha
 model's step. Here each split is decoded once into one (N, C, S, S) uint8 tensor, and
 :class:`MemoryLoader` cuts batches out of it and augments them as batches:
 
-* pad-and-crop and horizontal flips are vectorized (one gather per batch);
+* pad-and-crop and horizontal flips are vectorized (two gathers per batch, the flip folded
+  into the columns read);
 * random resized crops are one :func:`torchvision.ops.roi_align` call per batch (bilinear,
   averaging several samples per output pixel, so downscaling is antialiased);
 * AutoAugment, RandAugment and TrivialAugment are torchvision v2 transforms applied to
@@ -134,10 +135,13 @@ class BatchAugment:
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """``images``: (B, C, S, S) uint8 on any device; randomness comes from ``generator`` (CPU)."""
         if self.augment != "none":
-            images = self._resized_crop(images, generator) if self.resized_crop else self._pad_crop(images, generator)
-            if self.hflip > 0:
-                flip = to_device(torch.rand(images.shape[0], generator=generator) < self.hflip, images.device)
-                images = torch.where(flip[:, None, None, None], images.flip(-1), images)
+            if self.resized_crop:
+                images = self._resized_crop(images, generator)
+                if self.hflip > 0:
+                    flip = to_device(torch.rand(images.shape[0], generator=generator) < self.hflip, images.device)
+                    images = torch.where(flip[:, None, None, None], images.flip(-1), images)
+            else:
+                images = self._pad_crop(images, generator)
             if self.policy is not None:
                 images = torch.cat(
                     [self.policy(images[i : i + POLICY_GROUP]) for i in range(0, images.shape[0], POLICY_GROUP)]
@@ -162,15 +166,21 @@ class BatchAugment:
         return images.masked_fill(mask[:, None], 0.0)
 
     def _pad_crop(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Zero-pad by 1/8 of the side and cut a random window per image (as v2.RandomCrop(padding=...))."""
-        b, _, h, w = images.shape
+        """Zero-pad by 1/8 of the side, cut a random window per image (as v2.RandomCrop(padding=...)) and
+        mirror it with probability ``hflip`` (as v2.RandomHorizontalFlip): a gather of rows and one of
+        columns for the whole batch, the mirror folded into the columns read."""
+        b, c, h, w = images.shape
         pad = max(1, self.img_size // 8)
         padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))
-        offsets = to_device(torch.randint(0, 2 * pad + 1, (2, b), generator=generator), images.device)
-        rows = (offsets[0][:, None] + torch.arange(h, device=images.device))[:, :, None]  # (B, H, 1)
-        cols = (offsets[1][:, None] + torch.arange(w, device=images.device))[:, None, :]  # (B, 1, W)
-        batch = torch.arange(b, device=images.device)[:, None, None]
-        return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2).contiguous()
+        offsets = torch.randint(0, 2 * pad + 1, (2, b), generator=generator)
+        cols = offsets[1][:, None] + torch.arange(w)  # (B, W)
+        if self.hflip > 0:  # the window's column w-1-j becomes column j
+            flip = torch.rand(b, generator=generator) < self.hflip
+            cols = torch.where(flip[:, None], cols.flip(-1), cols)
+        rows = to_device(offsets[0][:, None] + torch.arange(h), images.device)  # (B, H)
+        cols = to_device(cols, images.device)
+        padded = padded.gather(2, rows[:, None, :, None].expand(b, c, h, padded.shape[-1]))  # the window's rows
+        return padded.gather(3, cols[:, None, None, :].expand(b, c, h, w))  # and its columns
 
     def _resized_crop(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Random resized crops (area fraction in ``crop_scale``, aspect ratio in ``crop_ratio``) for the batch."""
@@ -245,7 +255,8 @@ def to_device(values: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 def to_float(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """uint8 -> float in [0, 1] -> normalized, exactly as the file pipeline's last two transforms."""
-    return TF.normalize(TF.to_dtype(images, torch.float32, scale=True), list(mean), list(std))
+    scaled = TF.to_dtype(images, torch.float32, scale=True)
+    return TF.normalize(scaled, list(mean), list(std), inplace=scaled is not images)  # never writes into ``images``
 
 
 class MemoryLoader:
