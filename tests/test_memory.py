@@ -66,6 +66,22 @@ def test_resized_crop_of_the_whole_image_is_a_plain_resize():
     assert torch.equal(_undo(aug(images, torch.Generator())), images)
 
 
+def test_policies_draw_four_operations_per_batch_in_groups_of_at_least_16():
+    assert [memory.policy_group(b) for b in (8, 32, 64, 128, 256)] == [16, 16, 16, 32, 64]
+    calls = []
+
+    def policy(group: torch.Tensor) -> torch.Tensor:  # stands in for one AutoAugment call
+        calls.append(len(group))
+        return group
+
+    aug = memory.BatchAugment(16, "autoaugment", MEAN, STD, resized_crop=False)
+    aug.policy = policy
+    for batch, expected in ((128, [32] * 4), (64, [16] * 4), (40, [16, 16, 8])):
+        calls.clear()
+        assert aug(_batch(batch), torch.Generator()).shape == (batch, 3, 16, 16)
+        assert calls == expected
+
+
 def test_policies_and_erasing_keep_shapes_and_erase_about_p_of_the_images():
     images = _batch(64)
     for policy in ("autoaugment", "randaugment", "trivialaugment"):
