@@ -25,8 +25,16 @@ BASE = dict(img_size=16, patch_size=4, in_chans=3, num_classes=7, embed_dim=32, 
 
 @pytest.mark.parametrize(
     "variant",
-    [{}, {"pool": "avg"}, {"stem": "conv"}, {"distilled": True}, {"head_hidden": 24}, {"in_chans": 1}],
-    ids=["cls", "avg", "conv-stem", "distilled", "mlp-head", "gray"],
+    [
+        {},
+        {"pool": "avg"},
+        {"stem": "conv"},
+        {"stem": "conv", "stem_width": 24},
+        {"distilled": True},
+        {"head_hidden": 24},
+        {"in_chans": 1},
+    ],
+    ids=["cls", "avg", "conv-stem", "wide-conv-stem", "distilled", "mlp-head", "gray"],
 )
 def test_the_same_weights_give_the_same_logits_in_both_backends(variant):
     cfg = ViTConfig(**{**BASE, **variant})

@@ -7,7 +7,7 @@ import torch
 import torchvision
 
 import vitrain
-from vitrain.models import PRESETS, ViTConfig, create_model, resolve_config
+from vitrain.models import PRESETS, ViTConfig, convert, create_model, resolve_config
 from vitrain.models.convert import detect_format, from_timm, from_torchvision
 
 
@@ -68,6 +68,21 @@ def test_conv_stem_gives_the_same_token_grid_as_the_patch_embedding(patch_size):
     assert ViTConfig(**conv.config.to_dict()).stem == "conv"
 
 
+def test_stem_width_sets_the_conv_stems_channels_and_weights_record_it():
+    kw = dict(img_size=32, patch_size=8, num_classes=5, embed_dim=128, depth=1, num_heads=2, mlp_dim=64, stem="conv")
+    default, wide = create_model("vit", **kw), create_model("vit", stem_width=32, **kw)
+
+    def widths(model):
+        return [m.out_channels for m in model.patch_embed.stem if isinstance(m, torch.nn.Conv2d)]
+
+    assert widths(default) == [16, 32, 64] and widths(wide) == [32, 64, 128]
+    assert wide(torch.randn(2, 3, 32, 32)).shape == (2, 5)
+    assert convert.infer_arch(default.state_dict(), 2)["stem_width"] == 0
+    assert convert.infer_arch(wide.state_dict(), 2)["stem_width"] == 32
+    with pytest.raises(ValueError, match="stem_width"):  # fitting weights to another stem is refused
+        convert.adapt(wide.state_dict(), wide.config.to_dict(), default.config.to_dict())
+
+
 def test_wrong_input_shape_is_a_clear_error():
     model = create_model("vit-digits", num_classes=10)
     with pytest.raises(ValueError, match=r"expected input of shape \(B, 1, 8, 8\)"):
@@ -83,6 +98,8 @@ def test_wrong_input_shape_is_a_clear_error():
         ({"pool": "max"}, "pool must be"),
         ({"drop_path": 1.5}, "drop_path"),
         ({"stem": "resnet"}, "stem must be"),
+        ({"stem": "conv", "stem_width": -1}, "stem_width must be >= 0"),
+        ({"stem": "patch", "stem_width": 32}, "needs stem='conv'"),
         ({"stem": "conv", "img_size": 24, "patch_size": 3}, "power-of-2 patch_size"),
     ],
 )

@@ -143,6 +143,13 @@ class TrainConfig:
         group=MODEL,
         choices=["patch", "conv"],
     )
+    stem_width: Optional[int] = option(
+        None,
+        "channels of a conv stem's first convolution, doubling at each further one (default: they double "
+        "up to half the token width, at least 16 each)",
+        group=MODEL,
+        check=non_negative(" (0: the default widths)"),
+    )
     stem_init: str = option(
         "random",
         "random: the first convolution starts random, as every other layer; pca: its filters start as the "

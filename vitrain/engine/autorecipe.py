@@ -39,6 +39,7 @@ MODEL_OPTIONS = (
     "num_heads",
     "mlp_dim",
     "stem",
+    "stem_width",
     "pool",
     "pretrained",
     "pretrain",

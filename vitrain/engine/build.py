@@ -41,6 +41,7 @@ MODEL_FIELDS = (
     "drop_path",
     "pool",
     "stem",
+    "stem_width",
     "distilled",
     "norm_eps",
 )
@@ -49,7 +50,7 @@ MODEL_FIELDS = (
 STEM_IMAGES = 1024  # training images whose patches start a --stem-init pca stem
 
 # what pretrained weights fix; --pretrained with a different value is an error (size and patch may change)
-PRETRAINED_FIXED = ("embed_dim", "depth", "mlp_dim", "pool", "stem")
+PRETRAINED_FIXED = ("embed_dim", "depth", "mlp_dim", "pool", "stem", "stem_width")
 
 
 def default_model(native_size: int) -> str:

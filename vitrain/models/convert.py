@@ -249,11 +249,13 @@ def infer_arch(state_dict: StateDict, num_heads: int | None = None) -> dict[str,
         raise KeyError("no encoder blocks or position embedding in the weights")
     proj = state_dict["patch_embed.proj.weight"]
     dim = proj.shape[0]
+    stem_width = 0
     if conv_stem:
         n_convs = len(
             [k for k in state_dict if re.fullmatch(r"patch_embed\.stem\.\d+\.weight", k) and state_dict[k].ndim == 4]
         )
         patch, in_chans = 2**n_convs, state_dict["patch_embed.stem.0.weight"].shape[1]
+        stem_width = _stem_width([state_dict[f"patch_embed.stem.{3 * i}.weight"].shape[0] for i in range(n_convs)], dim)
     else:
         patch, in_chans = proj.shape[-1], proj.shape[1]
     distilled = "dist_token" in state_dict
@@ -272,9 +274,21 @@ def infer_arch(state_dict: StateDict, num_heads: int | None = None) -> dict[str,
         "mlp_dim": state_dict["blocks.0.mlp.fc1.weight"].shape[0],
         "pool": "cls" if prefix else "avg",
         "stem": "conv" if conv_stem else "patch",
+        "stem_width": stem_width,
         "distilled": distilled,
         "head_hidden": head_hidden,
     }
+
+
+def _stem_width(widths: list[int], dim: int) -> int:
+    """The ``stem_width`` a conv stem with these convolution widths has (0: the default widths)."""
+    from .vit import stem_channels  # vit imports this module
+
+    if widths == stem_channels(dim, len(widths)):
+        return 0
+    if widths == stem_channels(dim, len(widths), widths[0]):
+        return widths[0]
+    raise KeyError(f"a conv stem of widths {widths}: vitrain's conv stems double their width at each convolution")
 
 
 def resample_pos_embed(pos_embed: torch.Tensor, grid: int, num_prefix: int) -> torch.Tensor:
@@ -317,7 +331,7 @@ def adapt(state_dict: StateDict, source: dict[str, Any], target: dict[str, Any])
     head(s), which the caller replaces for the new classes. Anything else that differs
     (width, depth, stem) is an error.
     """
-    for name in ("embed_dim", "depth", "mlp_dim", "stem", "pool", "distilled"):
+    for name in ("embed_dim", "depth", "mlp_dim", "stem", "stem_width", "pool", "distilled"):
         if source.get(name) != target.get(name):
             raise ValueError(
                 f"the pretrained weights have {name}={source.get(name)!r}, the model "

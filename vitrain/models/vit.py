@@ -29,6 +29,17 @@ Pool = Literal["cls", "avg"]
 Stem = Literal["patch", "conv"]
 
 
+def stem_channels(embed_dim: int, convs: int, width: int = 0) -> list[int]:
+    """The output channels of a conv stem's ``convs`` stride-2 convolutions.
+
+    ``width`` 0: they double up to ``embed_dim / 2``, at least 16 each (16, 32, 64 for a
+    width of 128 and patch 8). ``width`` C: C, 2C, 4C, ...
+    """
+    if width:
+        return [width * 2**i for i in range(convs)]
+    return [max(16, embed_dim // 2 ** (convs - i)) for i in range(convs)]
+
+
 @dataclass(frozen=True)
 class ViTConfig:
     """Every number that defines a ViT's architecture (and nothing about training)."""
@@ -45,6 +56,7 @@ class ViTConfig:
     drop_path: float = 0.0
     pool: Pool = "cls"
     stem: Stem = "patch"  # "conv": stride-2 3x3 convolutions instead of one patchifying convolution
+    stem_width: int = 0  # a conv stem's first channels, doubling at each convolution; 0: embed_dim / patch_size (>= 16)
     distilled: bool = False  # DeiT's distillation token and second head (logits: the mean of both heads)
     head_hidden: int = 0  # > 0: the head is Linear - ReLU - Dropout - Linear with this many hidden units
     head_dropout: float = 0.0  # dropout inside that MLP head
@@ -70,6 +82,10 @@ class ViTConfig:
             problems.append(f"stem must be 'patch' or 'conv', got {self.stem!r}")
         elif self.stem == "conv" and (self.patch_size < 2 or self.patch_size & (self.patch_size - 1)):
             problems.append(f"a conv stem needs a power-of-2 patch_size (>= 2), got {self.patch_size}")
+        if self.stem_width < 0:
+            problems.append(f"stem_width must be >= 0, got {self.stem_width}")
+        elif self.stem_width and self.stem != "conv":
+            problems.append(f"stem_width {self.stem_width} needs stem='conv' (a patch stem has one convolution)")
         if self.pool not in ("cls", "avg"):
             problems.append(f"pool must be 'cls' or 'avg', got {self.pool!r}")
         elif self.distilled and self.pool != "cls":
@@ -83,6 +99,10 @@ class ViTConfig:
     def grid_size(self) -> int:
         """Patches per side."""
         return self.img_size // self.patch_size
+
+    def stem_channels(self) -> list[int]:
+        """The output channels of a conv stem's stride-2 convolutions (see :func:`stem_channels`)."""
+        return stem_channels(self.embed_dim, self.patch_size.bit_length() - 1, self.stem_width)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -112,21 +132,20 @@ class ConvStem(nn.Module):
     """A convolutional stem ("Early Convolutions Help Transformers See Better", Xiao et al., 2021).
 
     ``log2(patch_size)`` 3x3 convolutions with stride 2, each followed by BatchNorm and ReLU
-    (channels doubling up to ``embed_dim / 2``), then a 1x1 projection to ``embed_dim``: the
-    same token grid as a ``patch_size`` patch embedding, with the locality bias of
-    overlapping convolutions. It helps most where data or training time is short.
+    (``widths`` channels: by default doubling up to ``embed_dim / 2``, see
+    :meth:`ViTConfig.stem_channels`), then a 1x1 projection to ``embed_dim``: the same token
+    grid as a ``patch_size`` patch embedding, with the locality bias of overlapping
+    convolutions. It helps most where data or training time is short.
     """
 
-    def __init__(self, img_size: int, patch_size: int, in_chans: int, embed_dim: int) -> None:
+    def __init__(self, img_size: int, patch_size: int, in_chans: int, embed_dim: int, widths: list[int]) -> None:
         super().__init__()
         self.img_size = img_size
         self.patch_size = patch_size
         self.num_patches = (img_size // patch_size) ** 2
-        n = patch_size.bit_length() - 1
         layers: list[nn.Module] = []
         channels = in_chans
-        for i in range(n):
-            out = max(16, embed_dim // 2 ** (n - i))
+        for out in widths:
             layers += [
                 nn.Conv2d(channels, out, 3, stride=2, padding=1, bias=False),
                 nn.BatchNorm2d(out),
@@ -271,8 +290,12 @@ class VisionTransformer(nn.Module):
         self.config = config
         dim = config.embed_dim
         self.num_prefix_tokens = (1 + config.distilled) if config.pool == "cls" else 0
-        stem = ConvStem if config.stem == "conv" else PatchEmbed
-        self.patch_embed = stem(config.img_size, config.patch_size, config.in_chans, dim)
+        if config.stem == "conv":
+            self.patch_embed = ConvStem(
+                config.img_size, config.patch_size, config.in_chans, dim, widths=config.stem_channels()
+            )
+        else:
+            self.patch_embed = PatchEmbed(config.img_size, config.patch_size, config.in_chans, dim)
         num_tokens = self.patch_embed.num_patches + self.num_prefix_tokens
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if config.pool == "cls" else None
         self.dist_token = nn.Parameter(torch.zeros(1, 1, dim)) if config.distilled else None

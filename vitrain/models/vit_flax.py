@@ -78,13 +78,12 @@ class BatchNorm(nnx.Module):
 
 
 class ConvStem(nnx.Module):
-    """``log2(patch_size)`` stride-2 3x3 convolutions with BatchNorm and ReLU, then a 1x1 projection."""
+    """``log2(patch_size)`` stride-2 3x3 convolutions (``cfg.stem_channels()`` wide) with BatchNorm and ReLU,
+    then a 1x1 projection."""
 
     def __init__(self, cfg: ViTConfig, rngs: nnx.Rngs, dtype: Any) -> None:
-        n = cfg.patch_size.bit_length() - 1
         channels, convs, norms = cfg.in_chans, [], []
-        for i in range(n):
-            out = max(16, cfg.embed_dim // 2 ** (n - i))
+        for out in cfg.stem_channels():
             convs.append(
                 nnx.Conv(
                     channels,
