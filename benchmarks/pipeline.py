@@ -68,7 +68,8 @@ def model_images_per_second(batch_size: int, steps: int = 30) -> dict[str, float
     """Training images per second of the cifar10-best architecture, eager and compiled, in float32 and
     under bf16 autocast (the ways ``vitrain train`` may run it), with fused AdamW."""
     cfg = get_recipe("cifar10-best").config
-    arch = {k: cfg[k] for k in ("img_size", "patch_size", "embed_dim", "mlp_dim", "num_heads", "depth", "stem")}
+    fields = ("img_size", "patch_size", "embed_dim", "mlp_dim", "num_heads", "depth", "stem", "stem_width")
+    arch = {k: cfg[k] for k in fields}
     torch.manual_seed(0)
     model = create_model("vit", num_classes=10, **arch)
     found = {}
