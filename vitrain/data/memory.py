@@ -12,8 +12,8 @@ model's step. Here each split is decoded once into one (N, C, S, S) uint8 tensor
 * AutoAugment, RandAugment and TrivialAugment are torchvision v2 transforms applied to
   :data:`POLICY_DRAWS` groups of the shuffled batch (of at least :data:`POLICY_GROUP` images
   each): each group shares one random operation and magnitude, so every image still gets
-  the policy's distribution, while the cost of a call (0.2-0.4 ms on a CPU for 16 or 32
-  small images alike) is paid once per group;
+  the policy's distribution, while the cost of a call (a few tenths of a millisecond on a
+  CPU for small images, much of it per call rather than per image) is paid once per group;
 * conversion to float, normalization and random erasing (one vectorized mask) run on the
   whole batch.
 
@@ -202,8 +202,8 @@ class BatchAugment:
 
 def policy_group(batch: int) -> int:
     """Images per AutoAugment/RandAugment/TrivialAugment call for a batch of ``batch``: :data:`POLICY_DRAWS`
-    groups, each of at least :data:`POLICY_GROUP` images (a call costs about 0.2-0.4 ms on a CPU
-    whatever the group's size, so fewer, bigger calls keep the pipeline ahead of the model)."""
+    groups, each of at least :data:`POLICY_GROUP` images (much of a call's cost on a CPU is per call,
+    not per image, so fewer, bigger calls keep the pipeline ahead of the model)."""
     return max(POLICY_GROUP, math.ceil(batch / POLICY_DRAWS))
 
 

@@ -84,6 +84,8 @@ def resolve_config(
     file_values = load_config_file(config_file) if config_file else {}
     cfg = layered_config(file_values, given)
     user = {**file_values, **given}
+    if cfg.stem == "patch" and "stem_width" not in user:
+        cfg.stem_width = None  # a recipe's conv-stem width means nothing to the patch stem the user chose
     if command == "train" and user.get("recipe") in (None, "auto") and auto_applies(user):
         cfg.recipe = "auto"  # chosen once the data has loaded (vitrain/engine/autorecipe.py)
         cfg._user_settings = frozenset(user)  # what a recipe may not override; read by launch()

@@ -5,10 +5,11 @@ and sample efficiency, not regularization: 4 layers rather than 6, a convolution
 twice the default width (32, 64, 128 channels: the transformer only sees 16 tokens, so the
 filters in front of it do much of the seeing), and a patch-8 grid (16 tokens, several times
 the images/s of a patch-4 grid). A batch of 128 spreads the work around the matrix products
-over more images (and makes bf16 pay on CPUs with bf16 units); an EMA of the weights is what is validated and kept, and the final
-evaluation averages each image with its mirror image. MixUp/CutMix, RandAugment and
-stochastic depth are off: they regularize, and a short run underfits already (they remain
-flags). docs/benchmarks/accuracy.md has the measurements.
+over more images (and makes bf16 pay on CPUs with bf16 units); an EMA of the weights is
+what is validated and kept, and the final evaluation averages each image with its mirror
+image. MixUp/CutMix, RandAugment and stochastic depth are off: they regularize, and a
+short run underfits already (they remain flags). docs/benchmarks/accuracy.md has the
+measurements.
 """
 
 from . import Recipe
