@@ -22,6 +22,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .stem import stem_channels
+
 StateDict = dict[str, torch.Tensor]
 
 _TORCHVISION_BLOCK = {
@@ -282,8 +284,6 @@ def infer_arch(state_dict: StateDict, num_heads: int | None = None) -> dict[str,
 
 def _stem_width(widths: list[int], dim: int) -> int:
     """The ``stem_width`` a conv stem with these convolution widths has (0: the default widths)."""
-    from .vit import stem_channels  # vit imports this module
-
     if widths == stem_channels(dim, len(widths)):
         return 0
     if widths == stem_channels(dim, len(widths), widths[0]):
