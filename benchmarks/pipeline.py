@@ -29,11 +29,13 @@ from torchvision.transforms import v2
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from vitrain.config import config_from_dict  # noqa: E402
 from vitrain.data import memory  # noqa: E402
 from vitrain.data.archive import extract_archive  # noqa: E402
 from vitrain.data.sources import FileImageDataset  # noqa: E402
+from vitrain.engine.build import model_arch  # noqa: E402
 from vitrain.engine.compiling import time_compiled  # noqa: E402
-from vitrain.models import create_model  # noqa: E402
+from vitrain.models.vit import VisionTransformer  # noqa: E402
 from vitrain.recipes import get_recipe  # noqa: E402
 
 ARCHIVE = ROOT.parent / "shared" / "datasets" / "cifar10.tar"
@@ -67,11 +69,10 @@ def images_per_second(loader, batches: int) -> float:
 def model_images_per_second(batch_size: int, steps: int = 30) -> dict[str, float]:
     """Training images per second of the cifar10-best architecture, eager and compiled, in float32 and
     under bf16 autocast (the ways ``vitrain train`` may run it), with fused AdamW."""
-    cfg = get_recipe("cifar10-best").config
-    fields = ("img_size", "patch_size", "embed_dim", "mlp_dim", "num_heads", "depth", "stem", "stem_width")
-    arch = {k: cfg[k] for k in fields}
+    recipe = get_recipe("cifar10-best").config
+    cfg = config_from_dict({**recipe, "channels": 3, "classes": [str(c) for c in range(10)]})
     torch.manual_seed(0)
-    model = create_model("vit", num_classes=10, **arch)
+    model = VisionTransformer(model_arch(cfg))  # the architecture `vitrain train --recipe cifar10-best` builds
     found = {}
     for name, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
         timing = time_compiled(model, batch_size, dtype, steps=steps)
