@@ -648,7 +648,8 @@ def test_stem_width_trains_is_recorded_and_reloads(flat_folder, tmp_path, tiny_a
     assert found.arch["stem_width"] == 8 and found.arch["stem"] == "conv"
     convs = [m for m in found.model().patch_embed.stem if isinstance(m, torch.nn.Conv2d)]
     assert [c.out_channels for c in convs] == [8, 16]  # patch 4: two stride-2 convolutions
-    capsys.readouterr()
+    printed = capsys.readouterr()
+    assert "patch 4 (conv stem, 8/16 channels), dim" in printed.out + printed.err  # the model line names the widths
     assert main([*args[:-2], "--out", str(tmp_path / "patch"), "--stem-width", "8"]) == 2
     assert "stem_width 8 needs stem='conv'" in capsys.readouterr().err
     # a recipe's stem width does not stand in the way of a patch stem

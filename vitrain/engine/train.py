@@ -255,6 +255,14 @@ def continue_run(
     return total_steps
 
 
+def stem_note(model: Any) -> str:
+    """The model line's note on a conv stem's widths, e.g. ``" (conv stem, 32/64/128 channels)"``; else ""."""
+    config = getattr(getattr(model, "module", model), "config", None)
+    if getattr(config, "stem", None) != "conv":
+        return ""
+    return f" (conv stem, {'/'.join(str(c) for c in config.stem_channels())} channels)"
+
+
 def describe_run(
     run: RunSetup,
     backend: Backend,
@@ -279,8 +287,9 @@ def describe_run(
     n_params = sum(p.numel() for p in params)
     n_train = sum(p.numel() for p in params if p.requires_grad)
     log(
-        f"model: {cfg.model}  {n_params / 1e6:.2f}M parameters, {cfg.img_size}px input, patch {cfg.patch_size}, "
-        f"dim {cfg.embed_dim}, depth {cfg.depth}, heads {cfg.num_heads}"
+        f"model: {cfg.model}  {n_params / 1e6:.2f}M parameters, {cfg.img_size}px input, patch {cfg.patch_size}"
+        + stem_note(backend.model)
+        + f", dim {cfg.embed_dim}, depth {cfg.depth}, heads {cfg.num_heads}"
         + (f"; from {cfg.pretrained}" if cfg.pretrained else "")
         + (
             f"; first convolution from the patches of {min(STEM_IMAGES, len(splits.train))} training images (pca)"
