@@ -15,7 +15,7 @@ RECIPE = Recipe(
     name="folder-best",
     summary="64 px, conv stem + patch-8 grid, 6 layers x 128 dim, random resized crops + flips, AdamW 1e-3, cosine, "
     "EMA 0.999, flip test-time augmentation",
-    reference="at 64 px, 15 minutes on a 2-core Xeon with AMX: brain-tumor-mri 0.9229 test accuracy (deduped; "
+    reference="at 64 px, 15 minutes on a 2-core Xeon with AMX: brain-tumor-mri 0.9409 test accuracy (deduped; "
     "folder-vit-b16 on an EPYC: 0.8405), flowers17 0.7941 (folder-vit-b16 on an EPYC: 0.5147), measured by "
     "`python benchmarks/accuracy.py --budget 15 --only brain-tumor-mri --only flowers17 --recipes folder-best` "
     "(docs/benchmarks/accuracy.md)",
