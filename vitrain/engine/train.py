@@ -257,7 +257,7 @@ def continue_run(
 
 def stem_note(model: Any) -> str:
     """The model line's note on a conv stem's widths, e.g. ``" (conv stem, 32/64/128 channels)"``; else ""."""
-    config = getattr(getattr(model, "module", model), "config", None)
+    config = getattr(model, "config", None)  # the bare model (DistributedDataParallel wraps only the step model)
     if getattr(config, "stem", None) != "conv":
         return ""
     return f" (conv stem, {'/'.join(str(c) for c in config.stem_channels())} channels)"
