@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 
 import pytest
 import torch
@@ -106,3 +108,58 @@ def test_precision_auto_takes_bf16_when_it_is_faster_compiled_though_not_eager(m
     fixed = choose_compile("auto", CPU, Dist(), VisionTransformer(TINY), 8, FP32, 50_000, shapes=2)
     assert fixed.on and fixed.precision is None  # --precision fp32 is kept, compiled
     assert precision.cpu_bf16_units() == []  # the tests' CPU has none unless a test says so
+
+
+def test_compiled_logits_are_checked_against_the_eager_ones():
+    eager = torch.tensor([[1.0, -2.0], [0.5, 3.0]])
+    nan = eager.clone()
+    nan[0, 1] = float("nan")
+    assert compiling.compiled_problem(eager, eager + 1e-4, True, None) is None
+    assert compiling.compiled_problem(eager, nan, False, None) == "non-finite logits where eager ones were finite"
+    assert compiling.compiled_problem(eager, eager + 0.5, True, None) == "logits up to 0.5 away from the eager ones"
+    assert compiling.compiled_problem(eager, eager + 0.2, True, torch.bfloat16) is None  # bf16 rounds more
+    assert compiling.compiled_problem(eager, eager + 0.5, False, None) is None  # dropout: only finiteness counts
+    assert compiling.compiled_problem(nan, nan, True, None) is not None  # NaN is never "close"
+    assert not compiling.draws_random_numbers(VisionTransformer(TINY))
+    assert compiling.draws_random_numbers(VisionTransformer(dataclasses.replace(TINY, drop_path=0.1)))
+
+
+def test_a_compiler_that_gives_nan_is_caught_by_the_timing_and_auto_stays_eager(monkeypatch, cache):
+    class Faulty(torch.nn.Module):  # what a miscompiled step does: NaN logits from the same weights
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, images):
+            return self.model(images) * float("nan")
+
+    monkeypatch.setattr(compiling.torch, "compile", lambda model, **kwargs: Faulty(model))
+    timing = compiling.time_compiled(VisionTransformer(TINY), 4, None, steps=2)
+    assert timing["problem"] == "non-finite logits where eager ones were finite"
+    monkeypatch.setattr(compiling, "eager_step_seconds", lambda *a: 0.01)
+    chosen = choose_compile("auto", CPU, Dist(), VisionTransformer(TINY), 4, FP32, 10**6)
+    assert not chosen.on
+    faulty = "compiled float32 steps gave non-finite logits where eager ones were finite"
+    assert chosen.reason == f"auto: {faulty}; left eager"
+    again = choose_compile("auto", CPU, Dist(), VisionTransformer(TINY), 4, FP32, 10**6)
+    assert not again.on and "(cached); left eager" in again.reason  # the fault is remembered, not re-measured
+
+
+def test_precision_auto_skips_a_precision_whose_compiled_step_is_wrong(monkeypatch, cache):
+    timings = {"None": {"eager": 0.010, "compiled": 0.006, "compile": 5.0, "problem": "non-finite logits"}}
+    timings["torch.bfloat16"] = {"eager": 0.0105, "compiled": 0.008, "compile": 6.0}
+    monkeypatch.setattr(compiling, "cpu_bf16_units", lambda: ["AVX512-BF16"])
+    monkeypatch.setattr(compiling, "eager_step_seconds", lambda *a: 0.010)
+    monkeypatch.setattr(compiling, "time_compiled", lambda model, batch, dtype: timings[str(dtype)])
+    chosen = choose_compile("auto", CPU, Dist(), VisionTransformer(TINY), 8, AUTO32, 50_000, shapes=2)
+    assert chosen.on and chosen.precision.dtype == torch.bfloat16  # the faster float32 step is wrong
+    assert chosen.precision.reason == "auto: this CPU has AVX512-BF16; compiled float32 steps gave non-finite logits"
+    assert "compiled bf16 steps ran 1.25x as fast as eager float32 ones" in chosen.reason
+    assert "(compiled float32 steps gave non-finite logits)" in chosen.reason
+
+
+def test_a_nonfinite_loss_in_a_compiled_step_suggests_compile_off(tmp_path):
+    from vitrain.engine.epoch import TrainingError, record_nonfinite
+
+    with pytest.raises(TrainingError, match="the step is compiled: try --compile off"):
+        record_nonfinite([], 0, 1, 1, 1, math.nan, tmp_path, print, compiled=True)

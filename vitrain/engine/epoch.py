@@ -92,6 +92,7 @@ def train_one_epoch(
                     out,
                     log,
                     checkpoint,
+                    compiled=backend.compiling is not None and backend.compiling.on,
                 )
             else:
                 if result.finite is not True:
@@ -125,7 +126,10 @@ def train_one_epoch(
     if sums.deferred and not flags.all():
         bad = int(np.flatnonzero(~flags)[0])
         epoch_start = progress.step - first - done
-        record_nonfinite(progress.skipped_batches, 0, epoch, epoch_start + bad + 1, bad + 1, math.nan, out, log)
+        compiled = backend.compiling is not None and backend.compiling.on
+        record_nonfinite(
+            progress.skipped_batches, 0, epoch, epoch_start + bad + 1, bad + 1, math.nan, out, log, compiled=compiled
+        )
     return EpochStats(
         steps=done,
         loss=float(loss_sum) / max(seen, 1),
@@ -184,8 +188,13 @@ def record_nonfinite(
     out: Path,
     log,
     checkpoint: str = "last.safetensors",
+    compiled: bool = False,
 ) -> None:
-    """A batch gave a NaN/Inf loss or gradient: record it, and stop once more than ``allowed`` have."""
+    """A batch gave a NaN/Inf loss or gradient: record it, and stop once more than ``allowed`` have.
+
+    ``compiled``: the step runs through ``torch.compile``, so the message also suggests
+    ``--compile off`` (a compiler fault shows as a non-finite loss in the first steps).
+    """
     where = f"epoch {epoch}, step {epoch_step} of the epoch (global step {step})"
     what = (
         f"the loss was {loss:g}"
@@ -196,7 +205,7 @@ def record_nonfinite(
         raise TrainingError(
             f"a non-finite loss or gradient at {where}: {what}; the last good checkpoint is "
             f"{out / checkpoint} (lower --lr, set --clip-grad, or skip up to N such "
-            "batches with --skip-nonfinite N)"
+            f"batches with --skip-nonfinite N{'; the step is compiled: try --compile off' if compiled else ''})"
         )
     skipped.append({"epoch": epoch, "step": step, "loss": loss if math.isfinite(loss) else str(loss)})
     log(f"skipped a batch at {where}: {what} ({len(skipped)} of --skip-nonfinite {allowed})")

@@ -92,10 +92,13 @@ def train_step(
     images: torch.Tensor,
     labels: torch.Tensor,
     amp_dtype: torch.dtype | None,
-) -> None:
-    """One timed training step on a CPU: cross entropy under autocast to ``amp_dtype`` (None: float32)."""
+) -> torch.Tensor:
+    """One timed training step on a CPU: cross entropy under autocast to ``amp_dtype`` (None: float32).
+    Returns the step's logits (detached)."""
     with torch.autocast("cpu", dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
-        loss = cross_entropy(model(images), labels)
+        logits = model(images)
+        loss = cross_entropy(logits, labels)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
+    return logits.detach()
