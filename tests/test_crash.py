@@ -35,7 +35,7 @@ os.fsync = _slow_fsync
 from vitrain.cli import main
 sys.exit(main(sys.argv[1:]))
 """
-KILLS = 10
+KILLS = 6
 
 
 def _start(args: list[str]) -> subprocess.Popen:

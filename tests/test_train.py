@@ -321,7 +321,7 @@ def test_nonfinite_loss_stops_naming_the_epoch_and_keeps_the_last_good_checkpoin
     assert main(["train", "--data", str(flat_folder), "--out", str(run), *tiny_args, "--epochs", "3"]) == 1
     err = capsys.readouterr().err
     assert "a non-finite loss or gradient at epoch 2, step 1 of the epoch (global step 4): the loss was nan" in err
-    assert "--skip-nonfinite" in err
+    assert "--skip-nonfinite" in err and "--compile off" not in err  # the step is not compiled
     assert vitrain.load_model(run / "last.safetensors").meta["epoch"] == 1
     assert len(_metrics(run)) == 1
 
@@ -650,6 +650,9 @@ def test_stem_width_trains_is_recorded_and_reloads(flat_folder, tmp_path, tiny_a
     assert [c.out_channels for c in convs] == [8, 16]  # patch 4: two stride-2 convolutions
     printed = capsys.readouterr()
     assert "patch 4 (conv stem, 8/16 channels), dim" in printed.out + printed.err  # the model line names the widths
+    test_accuracy = json.loads((run / "report.json").read_text())["test"]["accuracy"]
+    assert main(["eval", str(run)]) == 0  # eval rebuilds the wide stem from the run's own description
+    assert f"accuracy {test_accuracy:.4f}" in capsys.readouterr().out
     assert main([*args[:-2], "--out", str(tmp_path / "patch"), "--stem-width", "8"]) == 2
     assert "stem_width 8 needs stem='conv'" in capsys.readouterr().err
     # a recipe's stem width does not stand in the way of a patch stem
