@@ -173,15 +173,15 @@ def time_compiled(model: nn.Module, batch_size: int, amp_dtype: torch.dtype | No
         probe, optimizer, images, labels = probe_copy(model, batch_size)
         compiled = torch.compile(probe, dynamic=False)
 
-        def eager() -> None:
-            train_step(probe, optimizer, images, labels, amp_dtype)
+        def eager() -> torch.Tensor:
+            return train_step(probe, optimizer, images, labels, amp_dtype)
 
-        def fast() -> None:
-            train_step(compiled, optimizer, images, labels, amp_dtype)
+        def fast() -> torch.Tensor:
+            return train_step(compiled, optimizer, images, labels, amp_dtype)
 
-        want = train_step(probe, optimizer, images, labels, amp_dtype)  # also the warm-up
+        want = eager()  # also the warm-up
         start = time.perf_counter()
-        got = train_step(compiled, optimizer, images, labels, amp_dtype)
+        got = fast()
         fast()
         first_two = time.perf_counter() - start
         problem = compiled_problem(want, got, not draws_random_numbers(probe), amp_dtype)

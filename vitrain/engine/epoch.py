@@ -68,6 +68,7 @@ def train_one_epoch(
     (steps already done in the epoch, their sums) continues an epoch saved that way.
     """
     start = time.perf_counter()
+    compiled = backend.compiling is not None and backend.compiling.on  # torch.compile: named in a non-finite error
     first, sums = resumed or (0, EpochSums())
     done = 0
     shown = tqdm(batches, desc=label, leave=False, disable=not bar, dynamic_ncols=True, total=steps)
@@ -92,7 +93,7 @@ def train_one_epoch(
                     out,
                     log,
                     checkpoint,
-                    compiled=backend.compiling is not None and backend.compiling.on,
+                    compiled=compiled,
                 )
             else:
                 if result.finite is not True:
@@ -126,7 +127,6 @@ def train_one_epoch(
     if sums.deferred and not flags.all():
         bad = int(np.flatnonzero(~flags)[0])
         epoch_start = progress.step - first - done
-        compiled = backend.compiling is not None and backend.compiling.on
         record_nonfinite(
             progress.skipped_batches, 0, epoch, epoch_start + bad + 1, bad + 1, math.nan, out, log, compiled=compiled
         )
